@@ -1,0 +1,1 @@
+//! The node agent: enrolls, heartbeats, reconciles local VMs to the intents for its node.

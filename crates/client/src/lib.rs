@@ -1,0 +1,1 @@
+//! Typed HTTPS client for the FireFleet REST API.

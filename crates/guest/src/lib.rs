@@ -1,0 +1,1 @@
+//! firefleet-guest: PID 1 inside every microVM, and the host<->guest channel protocol.

@@ -1,0 +1,1 @@
+//! The cluster's certificate authority: CA, server and agent certificates, rustls configs.

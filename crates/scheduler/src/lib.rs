@@ -1,0 +1,1 @@
+//! Placement engine (pure: no I/O, no async, no clock).

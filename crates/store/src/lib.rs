@@ -1,0 +1,1 @@
+//! Revisioned key-value store (etcd model) with the SQLite backend and a backend conformance suite.

@@ -1,0 +1,52 @@
+//! FireFleet's shared vocabulary: typed ids, resources, topology, VM and node specs and
+//! statuses, the VM phase state machine, and pure validation returning typed errors that
+//! name the offending field.
+//!
+//! This crate is pure: it depends on serde (and utoipa for schema derivation) only. It must
+//! never do I/O, read the clock, or depend on tokio, an HTTP stack or a database driver
+//! (checked by `cargo xtask check`).
+
+pub mod ids;
+pub mod node;
+pub mod resources;
+pub mod topology;
+pub mod validate;
+pub mod vm;
+
+pub use ids::{NodeId, TenantId, VmId};
+pub use node::{Accel, NodeFacts, NodeInfo, NodeStatus};
+pub use resources::Resources;
+pub use topology::Labels;
+pub use validate::ValidationError;
+pub use vm::{DesiredState, RestartPolicy, Vm, VmPhase, VmSpec, VmStatus};
+
+/// A monotonically increasing counter of spec changes (Omicron's `Generation`). Agents refuse
+/// intents older than the generation they already have.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(transparent)]
+pub struct Generation(pub u64);
+
+impl Generation {
+    /// The generation after this one.
+    #[must_use]
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
+/// Milliseconds since the Unix epoch. Pure code receives times as values; only I/O crates read
+/// the clock.
+pub type UnixMillis = u64;

@@ -1,0 +1,82 @@
+//! Nodes: what an agent reports about its host (facts) and what the control plane observes
+//! (status).
+
+use crate::{ids::NodeId, resources::Resources, topology::Labels, UnixMillis};
+
+/// The accelerator a VMM uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// What an agent reports about its host with each heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NodeFacts {
+    /// Host name.
+    pub hostname: String,
+    /// Capacity offered to VMs.
+    pub capacity: Resources,
+    /// The accelerator chosen by the probe boot.
+    pub accel: Accel,
+    /// What the probe boot saw (why KVM was or was not chosen).
+    pub accel_probe: String,
+    /// VMM runtimes available (`qemu`, later `firecracker`).
+    pub runtimes: Vec<String>,
+    /// VMM version string.
+    pub vmm_version: String,
+    /// Host kernel release.
+    pub kernel: String,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// Whether a node takes work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeReadiness {
+    /// Heartbeats arrive.
+    Ready,
+    /// Heartbeats stopped arriving.
+    NotReady,
+}
+
+/// What the control plane observes of a node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NodeStatus {
+    /// Readiness.
+    pub readiness: NodeReadiness,
+    /// When the last heartbeat arrived.
+    pub last_heartbeat_ms: UnixMillis,
+    /// The facts of the last heartbeat.
+    pub facts: Option<NodeFacts>,
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NodeInfo {
+    /// Id (its name).
+    #[schema(value_type = String)]
+    pub id: NodeId,
+    /// Topology and other labels given at enrollment (`cloud`, `region`, `zone`, `site`).
+    pub labels: Labels,
+    /// Excluded from new placements.
+    #[serde(default)]
+    pub cordoned: bool,
+    /// When it enrolled.
+    pub enrolled_ms: UnixMillis,
+    /// Observed state.
+    pub status: NodeStatus,
+}

@@ -1,0 +1,266 @@
+//! VMs: the spec a user writes, the status controllers and agents observe, and the phase
+//! state machine with its legal transitions in one place.
+
+use crate::{
+    ids::{NodeId, TenantId, VmId},
+    node::Accel,
+    resources::Resources,
+    topology::{validate_labels, Labels},
+    validate::{check_name, ValidationError},
+    Generation, UnixMillis,
+};
+
+/// Most arguments in a VM's command.
+pub const MAX_CMD_ARGS: usize = 64;
+/// Most bytes in a VM's command, all arguments together (it travels on the kernel command line).
+pub const MAX_CMD_BYTES: usize = 1024;
+
+/// What the user wants of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    /// Run it.
+    Running,
+    /// Stop it (and keep the record).
+    Stopped,
+}
+
+/// What to do when a VM's guest exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// Leave it stopped.
+    #[default]
+    Never,
+    /// Restart it if it failed.
+    OnFailure,
+    /// Always restart it.
+    Always,
+}
+
+/// The desired state of a VM, as written through the API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// Human name, unique per tenant.
+    pub name: String,
+    /// Owner.
+    #[schema(value_type = String)]
+    pub tenant: TenantId,
+    /// Image digest (`sha256:<hex>`).
+    pub image: String,
+    /// Requested resources.
+    pub resources: Resources,
+    /// User labels.
+    #[serde(default)]
+    pub labels: Labels,
+    /// Command the guest runs after boot; none means the guest just idles.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// Restart policy.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Run or stop.
+    pub desired: DesiredState,
+}
+
+impl VmSpec {
+    /// Validates every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_name("name", &self.name)?;
+        validate_image_ref("image", &self.image)?;
+        self.resources.validate_request()?;
+        validate_labels("labels", &self.labels)?;
+        if let Some(cmd) = &self.cmd {
+            validate_cmd(cmd)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks an image reference: `sha256:` and 64 lowercase hex digits.
+pub fn validate_image_ref(field: &str, s: &str) -> Result<(), ValidationError> {
+    let hex = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| ValidationError::new(field, format!("{s:?} is not an image digest (sha256:<64 hex>)")))?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(ValidationError::new(field, format!("{s:?} is not an image digest (sha256:<64 hex>)")));
+    }
+    Ok(())
+}
+
+/// Checks a guest command.
+pub fn validate_cmd(cmd: &[String]) -> Result<(), ValidationError> {
+    if cmd.is_empty() {
+        return Err(ValidationError::new("cmd", "must not be empty when given"));
+    }
+    if cmd.len() > MAX_CMD_ARGS {
+        return Err(ValidationError::new("cmd", format!("at most {MAX_CMD_ARGS} arguments")));
+    }
+    let total: usize = cmd.iter().map(String::len).sum();
+    if total > MAX_CMD_BYTES {
+        return Err(ValidationError::new("cmd", format!("at most {MAX_CMD_BYTES} bytes in all")));
+    }
+    if cmd.iter().any(|a| a.contains('\0')) {
+        return Err(ValidationError::new("cmd", "arguments must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// Where a VM is in its life. Legal moves are in [`VmPhase::can_move_to`] and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmPhase {
+    /// Accepted, not yet placed.
+    Pending,
+    /// Placed on a node; the agent has not started it yet.
+    Scheduled,
+    /// The VMM process runs; the guest is not ready yet.
+    Starting,
+    /// The guest reported ready.
+    Running,
+    /// Stop requested; shutting down.
+    Stopping,
+    /// Not running (stopped by request, or its command exited).
+    Stopped,
+    /// Could not be started, or crashed.
+    Failed,
+}
+
+impl VmPhase {
+    /// Whether moving from `self` to `next` is legal. Staying put is always legal.
+    #[must_use]
+    pub fn can_move_to(self, next: VmPhase) -> bool {
+        use VmPhase::*;
+        if self == next {
+            return true;
+        }
+        matches!(
+            (self, next),
+            (Pending, Scheduled | Stopped | Failed)
+                | (Scheduled, Starting | Running | Stopping | Stopped | Failed)
+                | (Starting, Running | Stopping | Stopped | Failed)
+                | (Running, Stopping | Stopped | Failed)
+                | (Stopping, Stopped | Failed)
+                // A restart (restart policy, or the user starting it again) goes back to Pending.
+                | (Stopped | Failed, Pending)
+        )
+    }
+
+    /// Whether a VMM process may exist in this phase.
+    #[must_use]
+    pub fn is_active(self) -> bool {
+        matches!(self, VmPhase::Scheduled | VmPhase::Starting | VmPhase::Running | VmPhase::Stopping)
+    }
+
+    /// Whether the VM has come to rest.
+    #[must_use]
+    pub fn is_terminal(self) -> bool {
+        matches!(self, VmPhase::Stopped | VmPhase::Failed)
+    }
+}
+
+/// What is observed of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct VmStatus {
+    /// Phase.
+    pub phase: VmPhase,
+    /// The node it is placed on.
+    #[schema(value_type = Option<String>)]
+    pub node: Option<NodeId>,
+    /// The accelerator its VMM uses.
+    pub accel: Option<Accel>,
+    /// The spec generation the agent last acted on.
+    #[schema(value_type = u64)]
+    pub observed_generation: Generation,
+    /// Exit status of the guest command, when it has exited.
+    pub exit_code: Option<i32>,
+    /// Human-readable detail about the phase (why it failed, why it is pending).
+    pub message: Option<String>,
+    /// When the VM was accepted.
+    pub created_ms: UnixMillis,
+    /// When it was placed.
+    pub scheduled_ms: Option<UnixMillis>,
+    /// When the agent started its VMM process.
+    pub launched_ms: Option<UnixMillis>,
+    /// When the guest reported ready.
+    pub running_ms: Option<UnixMillis>,
+    /// When it stopped.
+    pub stopped_ms: Option<UnixMillis>,
+}
+
+impl VmStatus {
+    /// The status of a VM just accepted at `now`.
+    #[must_use]
+    pub fn new(now: UnixMillis) -> Self {
+        Self {
+            phase: VmPhase::Pending,
+            node: None,
+            accel: None,
+            observed_generation: Generation(0),
+            exit_code: None,
+            message: None,
+            created_ms: now,
+            scheduled_ms: None,
+            launched_ms: None,
+            running_ms: None,
+            stopped_ms: None,
+        }
+    }
+}
+
+/// A VM as stored: id, spec, generation and status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Vm {
+    /// Id.
+    #[schema(value_type = String)]
+    pub id: VmId,
+    /// Spec generation; bumped on each spec change.
+    #[schema(value_type = u64)]
+    pub generation: Generation,
+    /// Desired state.
+    pub spec: VmSpec,
+    /// Observed state.
+    pub status: VmStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "web".into(),
+            tenant: "acme".parse().unwrap(),
+            image: format!("sha256:{}", "a".repeat(64)),
+            resources: Resources { vcpus: 1, memory_mib: 256 },
+            labels: Labels::new(),
+            cmd: None,
+            restart_policy: RestartPolicy::Never,
+            desired: DesiredState::Running,
+        }
+    }
+
+    #[test]
+    fn spec_validation_names_fields() {
+        assert!(spec().validate().is_ok());
+        assert_eq!(VmSpec { name: "Web!".into(), ..spec() }.validate().unwrap_err().field, "name");
+        assert_eq!(VmSpec { image: "latest".into(), ..spec() }.validate().unwrap_err().field, "image");
+        assert_eq!(VmSpec { cmd: Some(vec![]), ..spec() }.validate().unwrap_err().field, "cmd");
+        let huge = VmSpec { cmd: Some(vec!["x".repeat(MAX_CMD_BYTES + 1)]), ..spec() };
+        assert_eq!(huge.validate().unwrap_err().field, "cmd");
+    }
+
+    #[test]
+    fn phase_machine() {
+        use VmPhase::*;
+        assert!(Pending.can_move_to(Scheduled));
+        assert!(Running.can_move_to(Stopped));
+        assert!(!Stopped.can_move_to(Running));
+        assert!(!Failed.can_move_to(Running));
+        assert!(!Pending.can_move_to(Running));
+        for p in [Pending, Scheduled, Starting, Running, Stopping, Stopped, Failed] {
+            assert!(p.can_move_to(p));
+        }
+    }
+}
