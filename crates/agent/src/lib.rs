@@ -1,1 +1,165 @@
-//! The node agent: enrolls, heartbeats, reconciles local VMs to the intents for its node.
+//! The FireFleet node agent.
+//!
+//! Enrolls once with a one-time join token (its key never leaves the node: it sends a CSR and
+//! gets a certificate signed by the cluster CA), then talks to the server only over mutual TLS
+//! and only outbound: heartbeats with the node's facts, a long-poll on the intents for its node,
+//! status reports and console uploads. It reconciles the host to the intents: launches what
+//! should run, stops what should not, removes what was deleted, and reports what is. VMM
+//! processes outlive the agent; a restarted agent re-adopts them from their state directories.
+//!
+//! It never decides placement and never deletes a VM the control plane still lists for it.
+
+mod facts;
+mod identity;
+mod reconcile;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use firefleet_client::{Client, ClientError, Connection};
+use firefleet_types::{Labels, NodeId, Resources};
+use firefleet_vmm::QemuRuntime;
+use tokio::sync::watch;
+
+pub use facts::gather_facts;
+
+/// How the agent is started.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `https://host:port` of the server.
+    pub server: String,
+    /// PEM file of the cluster CA (trusted for enrollment; the enrolled CA is kept in `data_dir`).
+    pub ca_file: PathBuf,
+    /// The node's name.
+    pub node: NodeId,
+    /// Topology and other labels.
+    pub labels: Labels,
+    /// One-time join token, needed only for the first start.
+    pub join_token: Option<String>,
+    /// Where the identity and the VM state directories live.
+    pub data_dir: PathBuf,
+    /// The local image store.
+    pub image_dir: PathBuf,
+    /// Capacity offered to VMs (default: the host's CPUs and memory less a reserve).
+    pub capacity: Option<Resources>,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Enrollment or identity loading failed.
+    #[error("identity: {0}")]
+    Identity(String),
+    /// An I/O step failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An API call failed.
+    #[error("{what}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: ClientError,
+    },
+    /// The VMM runtime failed to start.
+    #[error("vmm")]
+    Vmm(#[source] firefleet_vmm::VmmError),
+}
+
+/// Runs the agent until `shutdown` turns true. VMs keep running when it returns.
+pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let identity = identity::load_or_enroll(&config).await?;
+    let client = Client::new(&Connection {
+        server: config.server.clone(),
+        ca_pem: identity.ca_pem.clone(),
+        token: None,
+        identity: Some((identity.cert_pem.clone(), identity.key_pem.clone())),
+    })
+    .map_err(|source| AgentError::Api { what: "building the mTLS client".into(), source })?;
+    let runtime = Arc::new(QemuRuntime::new(config.data_dir.join("vms")).map_err(AgentError::Vmm)?);
+
+    let facts = {
+        let cfg = config.clone();
+        let rt = runtime.clone();
+        tokio::task::spawn_blocking(move || gather_facts(&cfg, &rt))
+            .await
+            .map_err(|e| AgentError::Identity(format!("fact gathering panicked: {e}")))?
+    };
+    tracing::info!(node = %config.node, accel = %facts.accel, probe = %facts.accel_probe, "agent started");
+    let accel = facts.accel;
+
+    // Heartbeats.
+    let hb = {
+        let client = client.clone();
+        let mut shutdown = shutdown.clone();
+        let period = config.heartbeat;
+        tokio::spawn(async move {
+            let req = firefleet_api::HeartbeatRequest { facts };
+            loop {
+                if let Err(e) = client.heartbeat(&req).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    };
+
+    let mut rec = reconcile::Reconciler::new(client.clone(), runtime, config.image_dir.clone(), accel);
+    let mut intents: Option<Vec<firefleet_api::VmIntent>> = None;
+    let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);
+    // Long-poll for intents in its own task so that local observation keeps going meanwhile.
+    let poller = {
+        let client = client.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut after_local: Option<u64> = None;
+            loop {
+                let r = tokio::select! {
+                    r = client.intents(after_local, Duration::from_secs(20)) => r,
+                    _ = shutdown.changed() => return,
+                };
+                match r {
+                    Ok(resp) => {
+                        after_local = Some(resp.revision);
+                        if poll_tx.send(resp).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fetching intents failed; retrying");
+                        after_local = None;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+    };
+    loop {
+        if let Some(list) = &intents {
+            rec.reconcile(list).await;
+        }
+        let period = if rec.has_starting() { Duration::from_millis(100) } else { Duration::from_secs(1) };
+        tokio::select! {
+            Some(resp) = poll_rx.recv() => {
+                intents = Some(resp.vms);
+            }
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    poller.abort();
+    hb.abort();
+    tracing::info!("agent stopped; VMs keep running");
+    Ok(())
+}

@@ -1,1 +1,54 @@
-fn main() {}
+//! `firefleet`: the one binary. Parses the command line into a command enum and dispatches
+//! (`up`, `server`, `agent`, `vm`, `node`, `token`, `join-token`, `image`). Thin glue over the
+//! library crates; `anyhow` lives only here.
+
+mod args;
+mod cmd_image;
+mod cmd_run;
+mod cmd_vm;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    let filter = std::env::var("FIREFLEET_LOG").unwrap_or_else(|_| "info".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
+    use args::Command;
+    let g = cli.global;
+    match cli.command {
+        Command::Up(a) => cmd_run::up(a).await,
+        Command::Server(a) => cmd_run::server(a).await,
+        Command::Agent(a) => cmd_run::agent(a).await,
+        Command::Vm(c) => cmd_vm::vm(&g, c).await,
+        Command::Node(args::NodeCommand::Ls) => cmd_vm::node_ls(&g).await,
+        Command::Token(args::TokenCommand::Create { tenant }) => cmd_vm::token_create(&g, &tenant).await,
+        Command::JoinToken(args::JoinTokenCommand::Create { ttl_secs }) => cmd_vm::join_token_create(&g, ttl_secs).await,
+        Command::Image(c) => cmd_image::image(&g, c).await,
+    }
+}

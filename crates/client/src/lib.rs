@@ -1,1 +1,260 @@
-//! Typed HTTPS client for the FireFleet REST API.
+//! Typed HTTPS client for the FireFleet API, used by the CLI and the agent. It trusts only the
+//! cluster CA, authenticates with a bearer token (people, scripts) or a client certificate
+//! (agents), and turns error bodies into [`ClientError::Api`] carrying the server's message.
+
+use std::time::Duration;
+
+use firefleet_api::*;
+use firefleet_types::{NodeInfo, Vm};
+use reqwest::{Method, StatusCode};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Errors of API calls.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// The field at fault.
+        field: Option<String>,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS setup failed")]
+    Tls(#[source] firefleet_pki::PkiError),
+    /// The request did not complete.
+    #[error("request to {url} failed")]
+    Transport {
+        /// Where.
+        url: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server's answer was not what the API says.
+    #[error("unexpected response from {url}: {detail}")]
+    Decode {
+        /// Where.
+        url: String,
+        /// What.
+        detail: String,
+    },
+    /// The server address is not usable.
+    #[error("invalid server address {0:?} (expected https://host:port)")]
+    BadServer(String),
+}
+
+impl ClientError {
+    /// The HTTP status, for an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach the server.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// `https://host:port`.
+    pub server: String,
+    /// PEM of the cluster CA (the only root trusted).
+    pub ca_pem: String,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Client certificate and key (agents).
+    pub identity: Option<(String, String)>,
+}
+
+/// A FireFleet API client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// Builds a client.
+    pub fn new(conn: &Connection) -> Result<Client, ClientError> {
+        let base = conn.server.trim_end_matches('/').to_owned();
+        if !base.starts_with("https://") {
+            return Err(ClientError::BadServer(conn.server.clone()));
+        }
+        let tls = firefleet_pki::client_tls_config(&conn.ca_pem, conn.identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))
+            .map_err(ClientError::Tls)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|source| ClientError::Transport { url: base.clone(), source })?;
+        Ok(Client { http, base, token: conn.token.clone() })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Option<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.finish(url, req).await
+    }
+
+    async fn finish<T: DeserializeOwned>(
+        &self,
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Option<T>, ClientError> {
+        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: e.error.code,
+                    message: e.error.message,
+                    field: e.error.field,
+                },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http".to_owned(),
+                    message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                    field: None,
+                },
+            });
+        }
+        if status == StatusCode::NO_CONTENT || bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Decode { url, detail: e.to_string() })
+    }
+
+    async fn must<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
+        self.call(method, path, body).await?.ok_or_else(|| ClientError::Decode {
+            url: format!("{}{path}", self.base),
+            detail: "empty body".to_owned(),
+        })
+    }
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.must::<(), _>(Method::GET, "/healthz", None).await
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let url = format!("{}/metrics", self.base);
+        let resp = self.http.get(&url).send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        resp.text().await.map_err(|source| ClientError::Transport { url, source })
+    }
+
+    /// Creates a VM.
+    pub async fn vm_create(&self, req: &CreateVmRequest) -> Result<Vm, ClientError> {
+        self.must(Method::POST, "/v1/vms", Some(req)).await
+    }
+
+    /// Lists VMs.
+    pub async fn vm_list(&self) -> Result<Vec<Vm>, ClientError> {
+        Ok(self.must::<(), VmList>(Method::GET, "/v1/vms", None).await?.items)
+    }
+
+    /// Gets a VM by id or name.
+    pub async fn vm_get(&self, vm: &str) -> Result<Vm, ClientError> {
+        self.must::<(), _>(Method::GET, &format!("/v1/vms/{}", enc(vm)), None).await
+    }
+
+    /// Stops a VM.
+    pub async fn vm_stop(&self, vm: &str) -> Result<Vm, ClientError> {
+        self.must::<(), _>(Method::POST, &format!("/v1/vms/{}/stop", enc(vm)), None).await
+    }
+
+    /// Deletes a VM; returns it while deletion is under way, None when it is gone.
+    pub async fn vm_delete(&self, vm: &str) -> Result<Option<Vm>, ClientError> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/vms/{}", enc(vm)), None).await
+    }
+
+    /// Reads a VM's console from `offset`.
+    pub async fn vm_logs(&self, vm: &str, offset: u64) -> Result<ConsoleChunk, ClientError> {
+        self.must::<(), _>(Method::GET, &format!("/v1/vms/{}/logs?offset={offset}", enc(vm)), None).await
+    }
+
+    /// Lists nodes.
+    pub async fn node_list(&self) -> Result<Vec<NodeInfo>, ClientError> {
+        Ok(self.must::<(), NodeList>(Method::GET, "/v1/nodes", None).await?.items)
+    }
+
+    /// Creates a tenant token.
+    pub async fn token_create(&self, req: &CreateTokenRequest) -> Result<TokenResponse, ClientError> {
+        self.must(Method::POST, "/v1/tokens", Some(req)).await
+    }
+
+    /// Creates a join token.
+    pub async fn join_token_create(&self, req: &CreateJoinTokenRequest) -> Result<JoinTokenResponse, ClientError> {
+        self.must(Method::POST, "/v1/join-tokens", Some(req)).await
+    }
+
+    /// Agent: enrolls.
+    pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
+        self.must(Method::POST, "/v1/agent/enroll", Some(req)).await
+    }
+
+    /// Agent: heartbeat.
+    pub async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(Method::POST, "/v1/agent/heartbeat", Some(req)).await.map(|_| ())
+    }
+
+    /// Agent: the VMs placed on this node, waiting for a change past `after`.
+    pub async fn intents(&self, after: Option<u64>, wait: Duration) -> Result<IntentsResponse, ClientError> {
+        let path = match after {
+            Some(a) => format!("/v1/agent/intents?after={a}&wait_ms={}", wait.as_millis()),
+            None => "/v1/agent/intents".to_owned(),
+        };
+        self.must::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// Agent: reports a VM's status.
+    pub async fn report_status(&self, vm: &str, report: &VmStatusReport) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(Method::PUT, &format!("/v1/agent/vms/{}/status", enc(vm)), Some(report))
+            .await
+            .map(|_| ())
+    }
+
+    /// Agent: uploads console bytes at `offset`; returns where the server's copy ends.
+    pub async fn upload_console(&self, vm: &str, offset: u64, data: Vec<u8>) -> Result<u64, ClientError> {
+        let url = format!("{}/v1/agent/vms/{}/console?offset={offset}", self.base, enc(vm));
+        let req = self.http.post(&url).header("content-type", "application/octet-stream").body(data);
+        let r: Option<ConsoleOffset> = self.finish(url.clone(), req).await?;
+        r.map(|o| o.next_offset).ok_or(ClientError::Decode { url, detail: "empty body".to_owned() })
+    }
+}
+
+/// Percent-encodes a path segment (ids and names are `[a-z0-9-]`, but input is input).
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,1 +1,184 @@
-//! The control plane: REST API, authentication, controllers.
+//! The FireFleet control plane.
+//!
+//! Owns the REST API under `/v1` (axum, served over HTTPS with the cluster's own CA; agents
+//! authenticate with client certificates, people and scripts with bearer tokens), the typed
+//! repositories over the [`firefleet_store`] key-value store, and the level-triggered
+//! controllers (scheduling, node readiness). Decisions are made by the pure engines
+//! (`firefleet-scheduler`); this crate prepares their inputs from the store and writes their
+//! outputs back.
+//!
+//! Where to start reading: [`Server::start`], then `http/mod.rs` (routes) and `controllers/`.
+
+mod auth;
+mod controllers;
+mod error;
+pub mod http;
+mod metrics;
+mod repo;
+mod tls;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use firefleet_pki::Ca;
+use firefleet_store::{KvStore, SqliteStore};
+use tokio::{net::TcpListener, sync::watch};
+
+pub use error::ApiError;
+pub use http::openapi_json;
+
+/// Heartbeats older than this mark a node NotReady.
+pub const NODE_GRACE: Duration = Duration::from_secs(15);
+
+/// How the server is started.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Directory for the store, the CA and the admin token.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Extra DNS names for the server certificate.
+    pub dns_names: Vec<String>,
+}
+
+/// Shared state of every handler and controller.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Arc<dyn KvStore>,
+    pub ca: Arc<Ca>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Fires when something controllers should look at changed (new VM, stop, heartbeat).
+    pub kick: Arc<tokio::sync::Notify>,
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be prepared.
+    #[error("cannot prepare data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store")]
+    Store(#[source] firefleet_store::StoreError),
+    /// The CA or server certificate could not be made.
+    #[error("cannot prepare TLS")]
+    Pki(#[source] firefleet_pki::PkiError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bootstrapping the admin token failed.
+    #[error("cannot create the admin token")]
+    Bootstrap(#[source] ApiError),
+}
+
+/// A running server.
+pub struct Server {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// PEM of the cluster CA.
+    pub ca_pem: String,
+    state: AppState,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the store and CA in `config.data_dir` (creating them on first start, with
+    /// `admin.token` and `ca.pem`), binds, and starts serving and the controllers.
+    pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir { path: dir.clone(), source })?;
+        let store: Arc<dyn KvStore> =
+            Arc::new(SqliteStore::open(&dir.join("store.db")).map_err(StartError::Store)?);
+        let ca = Ca::load_or_create(dir).map_err(StartError::Pki)?;
+        let ca_pem = ca.cert_pem().to_owned();
+        let mut dns = config.dns_names.clone();
+        dns.push("localhost".to_owned());
+        let ips = vec![config.listen.ip()];
+        let server_cert = ca.issue_server_cert(&dns, &ips).map_err(StartError::Pki)?;
+        let tls = firefleet_pki::server_tls_config(&ca_pem, &server_cert.cert_pem, &server_cert.key_pem)
+            .map_err(StartError::Pki)?;
+
+        let state = AppState {
+            store,
+            ca: Arc::new(ca),
+            metrics: Arc::new(metrics::Metrics::default()),
+            kick: Arc::new(tokio::sync::Notify::new()),
+        };
+        bootstrap_admin(&state, dir).await.map_err(StartError::Bootstrap)?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let router = http::router(state.clone());
+        let mut tasks = vec![tokio::spawn(tls::serve(listener, Arc::new(tls), router, shutdown_rx.clone()))];
+        tasks.extend(controllers::spawn_all(state.clone(), shutdown_rx));
+        tracing::info!(%addr, "firefleet server listening");
+        Ok(Server { addr, ca_pem, state, shutdown, tasks })
+    }
+
+    /// Creates a one-time join token for an agent (used by `firefleet up` for its local agent).
+    pub async fn create_join_token(&self, ttl: Duration) -> Result<String, ApiError> {
+        repo::create_join_token(&self.state, ttl).await.map(|r| r.token)
+    }
+
+    /// Stops serving and the controllers.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Creates the admin token on first start and writes it to `dir/admin.token` (mode 0600).
+async fn bootstrap_admin(state: &AppState, dir: &Path) -> Result<(), ApiError> {
+    let path = dir.join("admin.token");
+    if repo::admin_exists(state).await? {
+        if path.exists() {
+            return Ok(());
+        }
+        // The token file was lost (it is only written once). Make a new admin token rather than
+        // lock the operator out; the old one stays valid.
+    }
+    let token = repo::create_token(state, &"admin".parse().map_err(ApiError::Validation)?, firefleet_api::Role::Admin)
+        .await?;
+    write_private_file(&path, token.token.as_bytes()).map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
+}
+
+/// Writes a file atomically with mode 0600.
+pub(crate) fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

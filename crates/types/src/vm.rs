@@ -222,6 +222,9 @@ pub struct Vm {
     pub spec: VmSpec,
     /// Observed state.
     pub status: VmStatus,
+    /// Deletion was requested: the agent stops the VM and removes its state, then the record goes.
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 #[cfg(test)]

@@ -1,0 +1,240 @@
+//! The command line.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "firefleet", version, about = "FireFleet: a control plane for microVMs")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Options every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Server address.
+    #[arg(long, global = true, env = "FIREFLEET_SERVER", default_value = "https://127.0.0.1:7443")]
+    pub server: String,
+    /// Bearer token, or @FILE to read it from a file.
+    #[arg(long, global = true, env = "FIREFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the cluster CA.
+    #[arg(long, global = true, env = "FIREFLEET_CA")]
+    pub ca: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Local image store.
+    #[arg(long, global = true, env = "FIREFLEET_IMAGE_DIR")]
+    pub image_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a server and a local agent in one process tree (embedded SQLite store).
+    Up(UpArgs),
+    /// Run the control-plane server.
+    Server(ServerArgs),
+    /// Run a node agent.
+    Agent(AgentArgs),
+    /// Manage VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// One-time join tokens for agents.
+    #[command(subcommand, name = "join-token")]
+    JoinToken(JoinTokenCommand),
+    /// Guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Directory for the store, CA, admin token and the local agent's state.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Labels of the local node (`k=v`).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Name of the local node.
+    #[arg(long, default_value = "local")]
+    pub node_name: String,
+    /// Local image store.
+    #[arg(long, env = "FIREFLEET_IMAGE_DIR")]
+    pub image_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Directory for the store, CA and admin token.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Extra DNS name for the server certificate (repeatable).
+    #[arg(long = "dns-name")]
+    pub dns_names: Vec<String>,
+    /// Write the bound address to this file once listening (useful with port 0).
+    #[arg(long)]
+    pub addr_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Server address.
+    #[arg(long, env = "FIREFLEET_SERVER", default_value = "https://127.0.0.1:7443")]
+    pub server: String,
+    /// PEM file of the cluster CA.
+    #[arg(long, env = "FIREFLEET_CA")]
+    pub ca: PathBuf,
+    /// Node name.
+    #[arg(long)]
+    pub name: String,
+    /// One-time join token (first start only).
+    #[arg(long, env = "FIREFLEET_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Labels (`k=v`), e.g. `--label cloud=aws --label region=us-east-1`.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Directory for the identity and VM state.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Local image store.
+    #[arg(long, env = "FIREFLEET_IMAGE_DIR")]
+    pub image_dir: Option<PathBuf>,
+    /// vCPUs offered to VMs (default: the host's CPUs).
+    #[arg(long)]
+    pub capacity_vcpus: Option<u32>,
+    /// Memory offered to VMs in MiB (default: host memory less 512 MiB).
+    #[arg(long)]
+    pub capacity_memory_mib: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM.
+    Run(VmRunArgs),
+    /// List VMs.
+    Ls,
+    /// Show a VM.
+    Get {
+        /// VM name or id.
+        vm: String,
+    },
+    /// Show a VM's console.
+    Logs {
+        /// VM name or id.
+        vm: String,
+        /// Keep printing new output until the VM stops.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Stop a VM.
+    Stop {
+        /// VM name or id.
+        vm: String,
+        /// Wait until it has stopped.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete a VM (stopping it first).
+    Rm {
+        /// VM name or id.
+        vm: String,
+        /// Wait until it is gone.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VmRunArgs {
+    /// Name (default: a generated one).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image name or digest (default: the `default` image, built on first use).
+    #[arg(long, default_value = "default")]
+    pub image: String,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory: u64,
+    /// Labels (`k=v`).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Command for the guest, run with `sh -c`; the VM stops when it exits.
+    #[arg(long)]
+    pub cmd: Option<String>,
+    /// Tenant (admin only).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Wait until the VM is Running (or has finished).
+    #[arg(long)]
+    pub wait: bool,
+    /// Longest wait in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for a tenant (admin).
+    Create {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Create a one-time join token for an agent (admin).
+    Create {
+        /// Validity in seconds.
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a guest image from Debian's cloud kernel and firefleet-guest.
+    Build {
+        /// Image name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The static firefleet-guest binary (default: next to this binary, or FIREFLEET_GUEST_BIN).
+        #[arg(long)]
+        guest_bin: Option<PathBuf>,
+    },
+    /// List images.
+    Ls,
+}

@@ -1,0 +1,132 @@
+//! Long-running commands: `up`, `server`, `agent`.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use anyhow::Context;
+use firefleet_agent::AgentConfig;
+use firefleet_server::{Server, ServerConfig};
+use firefleet_types::{topology::parse_label, Labels, Resources};
+use tokio::{signal::unix::SignalKind, sync::watch};
+
+use crate::args::{AgentArgs, ServerArgs, UpArgs};
+
+fn labels(list: &[String]) -> anyhow::Result<Labels> {
+    let mut l = Labels::new();
+    for s in list {
+        let (k, v) = parse_label(s)?;
+        l.insert(k, v);
+    }
+    Ok(l)
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
+    let server = Server::start(ServerConfig { data_dir: a.data_dir.clone(), listen: a.listen, dns_names: a.dns_names })
+        .await
+        .context("starting the server")?;
+    if let Some(f) = &a.addr_file {
+        std::fs::write(f, server.addr.to_string()).with_context(|| format!("writing {}", f.display()))?;
+    }
+    eprintln!("firefleet server on https://{} (data in {})", server.addr, a.data_dir.display());
+    terminated().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
+    let capacity = match (a.capacity_vcpus, a.capacity_memory_mib) {
+        (None, None) => None,
+        (v, m) => Some(Resources { vcpus: v.unwrap_or(1), memory_mib: m.unwrap_or(1024) }),
+    };
+    let config = AgentConfig {
+        server: a.server,
+        ca_file: a.ca,
+        node: a.name.parse()?,
+        labels: labels(&a.labels)?,
+        join_token: a.join_token,
+        data_dir: a.data_dir,
+        image_dir: crate::cmd_image::image_dir(a.image_dir.as_ref()),
+        capacity,
+        heartbeat: Duration::from_secs(2),
+    };
+    let (tx, rx) = watch::channel(false);
+    let run = tokio::spawn(firefleet_agent::run(config, rx));
+    tokio::select! {
+        r = run => r.context("agent task")?.context("agent")?,
+        _ = terminated() => {
+            let _ = tx.send(true);
+        }
+    }
+    Ok(())
+}
+
+pub async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let data_dir = std::path::absolute(&a.data_dir).with_context(|| format!("resolving {}", a.data_dir.display()))?;
+    let labels = labels(&a.labels)?;
+    let server = Server::start(ServerConfig { data_dir: data_dir.clone(), listen: a.listen, dns_names: vec![] })
+        .await
+        .context("starting the server")?;
+    let agent_dir = data_dir.join("agent");
+    let enrolled = agent_dir.join("node.pem").exists();
+    let join = if enrolled { None } else { Some(server.create_join_token(Duration::from_secs(600)).await?) };
+    let exe = std::env::current_exe().context("finding the firefleet binary")?;
+    let image_dir: PathBuf = crate::cmd_image::image_dir(a.image_dir.as_ref());
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("agent")
+        .arg("--server")
+        .arg(format!("https://{}", server.addr))
+        .arg("--ca")
+        .arg(data_dir.join("ca.pem"))
+        .arg("--name")
+        .arg(&a.node_name)
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .arg("--image-dir")
+        .arg(&image_dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for l in &a.labels {
+        cmd.arg("--label").arg(l);
+    }
+    if let Some(j) = &join {
+        cmd.env("FIREFLEET_JOIN_TOKEN", j);
+    }
+    let mut child = cmd.spawn().context("starting the local agent")?;
+    eprintln!(
+        "firefleet up: server on https://{}, local agent {:?} {:?}\n  export FIREFLEET_SERVER=https://{} FIREFLEET_CA={} FIREFLEET_TOKEN=@{}",
+        server.addr,
+        a.node_name,
+        labels,
+        server.addr,
+        data_dir.join("ca.pem").display(),
+        data_dir.join("admin.token").display()
+    );
+    let status = tokio::select! {
+        s = child.wait() => Some(s),
+        _ = terminated() => None,
+    };
+    if status.is_none() {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        let _ = child.kill().await;
+    }
+    server.shutdown().await;
+    match status {
+        Some(Ok(s)) if !s.success() => anyhow::bail!("the local agent exited: {s}"),
+        Some(Err(e)) => Err(e).context("waiting for the local agent"),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,238 @@
+//! Client commands: `vm`, `node`, `token`, `join-token`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, CreateVmRequest};
+use firefleet_client::{Client, Connection};
+use firefleet_types::{topology::parse_label, Labels, Resources, Vm, VmPhase};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    args::{Global, Output, VmCommand, VmRunArgs},
+    output::{opt, print, wire},
+};
+
+/// Builds a client from the global options.
+pub fn client(g: &Global) -> anyhow::Result<Client> {
+    let ca = g.ca.as_ref().context("no CA given: pass --ca FILE or set FIREFLEET_CA (e.g. DATA_DIR/ca.pem)")?;
+    let ca_pem = std::fs::read_to_string(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
+    let token = match &g.token {
+        Some(t) => Some(match t.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading the token file {path}"))?.trim().to_owned(),
+            None => t.clone(),
+        }),
+        None => None,
+    };
+    if token.is_none() {
+        bail!("no token given: pass --token TOKEN (or @FILE) or set FIREFLEET_TOKEN");
+    }
+    Ok(Client::new(&Connection { server: g.server.clone(), ca_pem, token, identity: None })?)
+}
+
+fn vm_row(vm: &Vm) -> Vec<String> {
+    vec![
+        vm.spec.name.clone(),
+        vm.spec.tenant.to_string(),
+        wire(&vm.status.phase),
+        opt(&vm.status.node),
+        opt(&vm.status.accel),
+        format!("{}/{}Mi", vm.spec.resources.vcpus, vm.spec.resources.memory_mib),
+        vm.id.to_string(),
+    ]
+}
+
+const VM_HEADERS: &[&str] = &["NAME", "TENANT", "PHASE", "NODE", "ACCEL", "CPU/MEM", "ID"];
+
+pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
+    let c = client(g)?;
+    match cmd {
+        VmCommand::Run(a) => run(g, &c, a).await,
+        VmCommand::Ls => {
+            let vms = c.vm_list().await?;
+            print(g.output, &vms, VM_HEADERS, vms.iter().map(vm_row).collect())
+        }
+        VmCommand::Get { vm } => {
+            let v = c.vm_get(&vm).await?;
+            print_vm(g.output, &v)
+        }
+        VmCommand::Logs { vm, follow } => logs(g, &c, &vm, follow).await,
+        VmCommand::Stop { vm, wait } => {
+            let v = c.vm_stop(&vm).await?;
+            let v = if wait { wait_for(&c, &v.id.to_string(), g.output, Duration::from_secs(60), |v| v.status.phase.is_terminal()).await? } else { v };
+            print_vm(g.output, &v)
+        }
+        VmCommand::Rm { vm, wait } => {
+            let v = c.vm_get(&vm).await?;
+            let id = v.id.to_string();
+            c.vm_delete(&id).await?;
+            if wait {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match c.vm_get(&id).await {
+                        Err(e) if e.status() == Some(404) => break,
+                        Err(e) => return Err(e.into()),
+                        Ok(_) if Instant::now() > deadline => bail!("vm {id} still exists after 60 s"),
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            }
+            match g.output {
+                Output::Json => println!("{}", serde_json::json!({ "deleted": id, "waited": wait })),
+                Output::Table => println!("deleted {} ({id})", v.spec.name),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_vm(output: Output, v: &Vm) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Table => {
+            print!("{}", crate::output::table(VM_HEADERS, &[vm_row(v)]));
+            if let Some(m) = &v.status.message {
+                println!("message: {m}");
+            }
+            if let Some(code) = v.status.exit_code {
+                println!("exit status: {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
+    let image = crate::cmd_image::resolve_or_build(g, &a.image).await?;
+    let mut labels = Labels::new();
+    for l in &a.labels {
+        let (k, v) = parse_label(l)?;
+        labels.insert(k, v);
+    }
+    let name = a.name.clone().unwrap_or_else(|| {
+        let u = uuid::Uuid::new_v4().simple().to_string();
+        format!("vm-{}", &u[..8])
+    });
+    let req = CreateVmRequest {
+        name,
+        image,
+        resources: Resources { vcpus: a.vcpus, memory_mib: a.memory },
+        labels,
+        cmd: a.cmd.map(|s| vec!["sh".to_owned(), "-c".to_owned(), s]),
+        restart_policy: Default::default(),
+        tenant: a.tenant.as_deref().map(str::parse).transpose()?,
+    };
+    let vm = c.vm_create(&req).await?;
+    let vm = if a.wait {
+        let v = wait_for(c, &vm.id.to_string(), g.output, Duration::from_secs(a.timeout), |v| {
+            v.status.phase == VmPhase::Running || v.status.phase.is_terminal()
+        })
+        .await?;
+        if v.status.phase == VmPhase::Failed {
+            print_vm(g.output, &v)?;
+            bail!("vm {} failed: {}", v.spec.name, v.status.message.clone().unwrap_or_default());
+        }
+        v
+    } else {
+        vm
+    };
+    print_vm(g.output, &vm)
+}
+
+/// Polls a VM until `done`, with a spinner on a terminal.
+pub async fn wait_for(
+    c: &Client,
+    id: &str,
+    output: Output,
+    timeout: Duration,
+    done: impl Fn(&Vm) -> bool,
+) -> anyhow::Result<Vm> {
+    let bar = if output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = ProgressBar::new_spinner();
+        b.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = c.vm_get(id).await?;
+        bar.set_message(format!("{} is {}", v.spec.name, wire(&v.status.phase)));
+        if done(&v) {
+            bar.finish_and_clear();
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bar.finish_and_clear();
+            bail!(
+                "vm {} is still {} after {} s{}",
+                v.spec.name,
+                wire(&v.status.phase),
+                timeout.as_secs(),
+                v.status.message.map(|m| format!(" ({m})")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn logs(g: &Global, c: &Client, vm: &str, follow: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut offset = 0;
+    let mut all = String::new();
+    loop {
+        let chunk = c.vm_logs(vm, offset).await?;
+        offset = chunk.next_offset;
+        if g.output == Output::Table {
+            print!("{}", chunk.data);
+            let _ = std::io::stdout().flush();
+        } else {
+            all.push_str(&chunk.data);
+        }
+        if !follow || chunk.finished {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    if g.output == Output::Json {
+        println!("{}", serde_json::json!({ "vm": vm, "console": all, "next_offset": offset }));
+    }
+    Ok(())
+}
+
+pub async fn node_ls(g: &Global) -> anyhow::Result<()> {
+    let nodes = client(g)?.node_list().await?;
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            let f = n.status.facts.as_ref();
+            vec![
+                n.id.to_string(),
+                wire(&n.status.readiness),
+                f.map(|f| f.accel.to_string()).unwrap_or_else(|| "-".into()),
+                f.map(|f| format!("{}/{}Mi", f.capacity.vcpus, f.capacity.memory_mib)).unwrap_or_else(|| "-".into()),
+                n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            ]
+        })
+        .collect();
+    print(g.output, &nodes, &["NAME", "READINESS", "ACCEL", "CAPACITY", "LABELS"], rows)
+}
+
+pub async fn token_create(g: &Global, tenant: &str) -> anyhow::Result<()> {
+    let t = client(g)?.token_create(&CreateTokenRequest { tenant: tenant.parse()? }).await?;
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),
+        Output::Table => println!("{}", t.token),
+    }
+    Ok(())
+}
+
+pub async fn join_token_create(g: &Global, ttl_secs: Option<u64>) -> anyhow::Result<()> {
+    let t = client(g)?.join_token_create(&CreateJoinTokenRequest { ttl_secs }).await?;
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),
+        Output::Table => println!("{}", t.token),
+    }
+    Ok(())
+}

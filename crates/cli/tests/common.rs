@@ -1,0 +1,249 @@
+//! Test harness: real `firefleet` processes on loopback, torn down (with every QEMU they
+//! started) when the harness is dropped, even when a test fails.
+
+#![allow(dead_code)]
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_firefleet");
+
+/// The image store the suite uses (`FIREFLEET_IMAGE_DIR`, set up by `scripts/setup.sh`).
+pub fn image_dir() -> PathBuf {
+    match std::env::var_os("FIREFLEET_IMAGE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/firefleet/images"),
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub server: Option<Child>,
+    pub agents: Vec<(String, Child)>,
+    pub addr: String,
+}
+
+impl Cluster {
+    /// Starts a server on an ephemeral port.
+    pub fn start() -> Cluster {
+        let dir = tempfile::Builder::new().prefix("ff-e2e-").tempdir().unwrap();
+        let mut c = Cluster { dir, server: None, agents: vec![], addr: String::new() };
+        c.start_server();
+        c
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn start_server(&mut self) {
+        let addr_file = self.path("server.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let listen = if self.addr.is_empty() { "127.0.0.1:0".to_owned() } else { self.addr.clone() };
+        let child = Command::new(BIN)
+            .args(["server", "--listen", &listen, "--data-dir"])
+            .arg(self.path("server"))
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.path("server.log")))
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        wait_until(Duration::from_secs(30), "server address file", || addr_file.exists());
+        self.addr = std::fs::read_to_string(&addr_file).unwrap();
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill_server(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path("server/ca.pem")
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.path("server/admin.token")).unwrap().trim().to_owned()
+    }
+
+    /// Runs a CLI command with the admin token (or `token`) and returns its output.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("FIREFLEET_SERVER", self.server_url())
+            .env("FIREFLEET_CA", self.ca())
+            .env("FIREFLEET_TOKEN", token)
+            .env("FIREFLEET_IMAGE_DIR", image_dir())
+            .env("FIREFLEET_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as(&self.admin_token(), args)
+    }
+
+    /// Runs a CLI command that must succeed and returns its stdout parsed as JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        let out = self.cli(&a);
+        assert!(out.status.success(), "firefleet {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("firefleet {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Starts an agent with a fresh join token (first start) or its existing identity.
+    pub fn start_agent(&mut self, name: &str, labels: &[&str], vcpus: u32) {
+        let data = self.path(&format!("agent-{name}"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["agent", "--server", &self.server_url(), "--name", name, "--data-dir"])
+            .arg(&data)
+            .arg("--ca")
+            .arg(self.ca())
+            .arg("--image-dir")
+            .arg(image_dir())
+            .args(["--capacity-vcpus", &vcpus.to_string(), "--capacity-memory-mib", "2048"]);
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        if !data.join("node.pem").exists() {
+            let t = self.json(&["join-token", "create"]);
+            cmd.env("FIREFLEET_JOIN_TOKEN", t["token"].as_str().unwrap());
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.path(&format!("agent-{name}.log"))))
+            .spawn()
+            .unwrap();
+        self.agents.push((name.to_owned(), child));
+    }
+
+    /// Kills an agent's process (SIGKILL); its VMs keep running.
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some(i) = self.agents.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.agents.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn wait_nodes_ready(&self, n: usize) {
+        wait_until(Duration::from_secs(90), "nodes ready", || {
+            let nodes = self.json(&["node", "ls"]);
+            nodes.as_array().unwrap().iter().filter(|n| n["status"]["readiness"] == "ready").count() >= n
+        });
+    }
+
+    pub fn vm(&self, name: &str) -> serde_json::Value {
+        self.json(&["vm", "get", name])
+    }
+
+    pub fn wait_phase(&self, name: &str, phase: &str, timeout: Duration) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            last = self.vm(name);
+            if last["status"]["phase"] == phase {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("vm {name} did not reach {phase} in {timeout:?}; last: {last}\n{}", self.logs());
+    }
+
+    /// Every log of the cluster, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let mut text = String::new();
+                    let _ = std::fs::File::open(&p).and_then(|mut f| f.read_to_string(&mut text));
+                    let tail: String = text.chars().rev().take(3000).collect::<String>().chars().rev().collect();
+                    s.push_str(&format!("---- {} ----\n{tail}\n", p.display()));
+                }
+            }
+        }
+        s
+    }
+
+    /// PIDs of QEMU processes started for this cluster.
+    pub fn qemu_pids(&self) -> Vec<u32> {
+        qemu_pids_under(self.dir.path())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.agents {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_server();
+        for pid in self.qemu_pids() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+fn log_file(p: &Path) -> Stdio {
+    Stdio::from(std::fs::File::create(p).unwrap())
+}
+
+/// PIDs of live (non-zombie) qemu processes whose command line mentions `dir`.
+pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().to_string();
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Zombie processes whose parent is `ppid`.
+pub fn zombies_of(ppid: u32) -> Vec<u32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_owned()) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.first() == Some(&"Z") && f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}

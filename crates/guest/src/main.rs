@@ -1,0 +1,550 @@
+//! `firefleet-guest`: PID 1 in the microVM's initramfs.
+//!
+//! Boot: mount /proc, /sys, /dev, /tmp; load the modules listed in /lib/modules/order; read the
+//! config from `firefleet.config=` on the kernel command line; open the agent port; print
+//! `firefleet-guest ready`; run the workload if any. Stop (workload exit, `shutdown` on the
+//! channel, SIGTERM/SIGINT/SIGUSR1/SIGUSR2/SIGPWR to PID 1): SIGTERM everyone, SIGKILL after a
+//! grace, sync, print `firefleet-guest powering off`, `reboot(RB_POWER_OFF)`.
+//! It reaps every zombie, and never panics or exits on bad input (PID 1 exiting panics the kernel).
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use firefleet_guest::config::GuestConfig;
+use firefleet_guest::console::{EXIT_STATUS_PREFIX, POWERING_OFF_LINE, READY_LINE};
+use firefleet_guest::proto::{self, Decoded, LineReader, Message, ReadLine};
+use firefleet_guest::AGENT_PORT_NAME;
+
+const PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin";
+const TERM_GRACE: Duration = Duration::from_secs(2);
+const STOP_SIGNALS: [libc::c_int; 5] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGPWR,
+];
+
+/// What wakes the main loop.
+enum Event {
+    Signal(libc::c_int),
+    Shutdown,
+}
+
+/// What the main loop asks of the channel thread.
+enum Outgoing {
+    Exited(i32),
+    Flush(Sender<()>),
+}
+
+fn log(msg: &str) {
+    let mut out = io::stdout().lock();
+    // Nothing sensible to do if the console is gone.
+    let _ = writeln!(out, "{msg}");
+    let _ = out.flush();
+}
+
+fn warn(what: &str, err: impl std::fmt::Display) {
+    log(&format!("firefleet-guest: {what}: {err}"));
+}
+
+fn main() {
+    let start = Instant::now();
+    let sigset = block_signals();
+    // Edition 2021: set_var is safe; we are single threaded here.
+    std::env::set_var("PATH", PATH);
+    std::env::set_var("HOME", "/");
+    std::env::set_var("TERM", "linux");
+
+    mount_filesystems();
+    reopen_console();
+    load_modules(Path::new("/lib/modules"));
+    // Ctrl-Alt-Del becomes SIGINT to PID 1 instead of an immediate reboot.
+    // SAFETY: reboot(2) with CAD_OFF only changes a kernel flag.
+    unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) };
+
+    let config = match fs::read_to_string("/proc/cmdline") {
+        Ok(line) => match GuestConfig::from_kernel_cmdline(&line) {
+            Ok(c) => c,
+            Err(e) => {
+                warn("no usable config, idling", error_chain(&e));
+                GuestConfig::default()
+            }
+        },
+        Err(e) => {
+            warn("reading /proc/cmdline", e);
+            GuestConfig::default()
+        }
+    };
+
+    let (events_tx, events_rx) = mpsc::channel();
+    spawn_signal_thread(sigset, events_tx.clone());
+    let channel = spawn_channel_thread(events_tx, start);
+
+    log(READY_LINE);
+
+    let workload = config.cmd.as_ref().and_then(|cmd| spawn_workload(cmd));
+    if config.cmd.is_some() && workload.is_none() {
+        // Could not start: report it like a shell would.
+        finish_workload(127, &channel);
+        power_off(&channel);
+    }
+    main_loop(events_rx, workload, &channel);
+}
+
+fn main_loop(events: Receiver<Event>, workload: Option<libc::pid_t>, channel: &Sender<Outgoing>) -> ! {
+    loop {
+        let stop = match events.recv_timeout(Duration::from_secs(1)) {
+            Ok(Event::Signal(sig)) if sig == libc::SIGCHLD => false,
+            Ok(Event::Signal(sig)) => {
+                log(&format!("firefleet-guest: signal {sig}, stopping"));
+                true
+            }
+            Ok(Event::Shutdown) => {
+                log("firefleet-guest: shutdown requested by the host");
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_secs(1));
+                false
+            }
+        };
+        for (pid, code) in reap_all() {
+            if Some(pid) == workload {
+                finish_workload(code, channel);
+                power_off(channel);
+            }
+        }
+        if stop {
+            power_off_reporting(channel, workload);
+        }
+    }
+}
+
+fn finish_workload(code: i32, channel: &Sender<Outgoing>) {
+    log(&format!("{EXIT_STATUS_PREFIX}{code}"));
+    let _ = channel.send(Outgoing::Exited(code));
+}
+
+/// Stops everything; if the workload is reaped while stopping, its status is reported first.
+fn power_off_reporting(channel: &Sender<Outgoing>, workload: Option<libc::pid_t>) -> ! {
+    let reaped = terminate_all();
+    if let Some(code) = workload.and_then(|w| reaped.iter().find(|(p, _)| *p == w).map(|r| r.1)) {
+        finish_workload(code, channel);
+    }
+    final_power_off(channel)
+}
+
+fn power_off(channel: &Sender<Outgoing>) -> ! {
+    terminate_all();
+    final_power_off(channel)
+}
+
+fn final_power_off(channel: &Sender<Outgoing>) -> ! {
+    let (ack_tx, ack_rx) = mpsc::channel();
+    if channel.send(Outgoing::Flush(ack_tx)).is_ok() {
+        let _ = ack_rx.recv_timeout(Duration::from_millis(500));
+    }
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    log(POWERING_OFF_LINE);
+    loop {
+        // SAFETY: reboot(2) powers the machine off; it only returns on error.
+        let rc = unsafe { libc::reboot(libc::RB_POWER_OFF) };
+        warn("reboot(RB_POWER_OFF) failed", io::Error::last_os_error());
+        let _ = rc;
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+/// SIGTERM to every process, reap until none is left or the grace ends, then SIGKILL.
+fn terminate_all() -> Vec<(libc::pid_t, i32)> {
+    let mut reaped = Vec::new();
+    // SAFETY: kill(-1) from PID 1 signals every process but itself.
+    unsafe { libc::kill(-1, libc::SIGTERM) };
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline {
+        reaped.extend(reap_all());
+        if no_children() {
+            return reaped;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline && !no_children() {
+        reaped.extend(reap_all());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    reaped.extend(reap_all());
+    reaped
+}
+
+fn no_children() -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid with WNOHANG only inspects; a return of -1/ECHILD means no children.
+    let rc = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if rc > 0 {
+        // We reaped one while checking; there may be more.
+        return false;
+    }
+    rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+}
+
+/// Reaps every zombie; returns (pid, exit code or 128+signal).
+fn reap_all() -> Vec<(libc::pid_t, i32)> {
+    let mut out = Vec::new();
+    loop {
+        let mut status = 0;
+        // SAFETY: plain waitpid on any child.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return out;
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            continue;
+        };
+        out.push((pid, code));
+    }
+}
+
+fn spawn_workload(cmd: &[String]) -> Option<libc::pid_t> {
+    let Some((prog, args)) = cmd.split_first() else {
+        warn("workload", "empty command");
+        return None;
+    };
+    match Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .env("PATH", PATH)
+        .spawn()
+    {
+        // Dropping the Child neither waits nor kills; we reap it with waitpid(-1).
+        Ok(child) => i32::try_from(child.id()).ok(),
+        Err(e) => {
+            warn(&format!("starting {prog}"), e);
+            None
+        }
+    }
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local, then masking this (only) thread; threads spawned
+    // later inherit the mask, so only the signal thread receives these signals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn spawn_signal_thread(set: libc::sigset_t, tx: Sender<Event>) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: set is a valid, initialised sigset; sig is a valid out pointer.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc == 0 && tx.send(Event::Signal(sig)).is_err() {
+                return;
+            }
+        });
+    if let Err(e) = spawned {
+        warn("starting the signal thread", e);
+    }
+}
+
+fn mount_filesystems() {
+    for (src, target, fstype, flags) in [
+        ("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
+        ("sysfs", "/sys", "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
+        ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID),
+        ("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV),
+    ] {
+        if let Err(e) = fs::create_dir_all(target) {
+            warn(&format!("mkdir {target}"), e);
+        }
+        if let Err(e) = mount(src, target, fstype, flags) {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                warn(&format!("mount {target}"), e);
+            }
+        }
+    }
+}
+
+fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let (src, target, fstype) = (c(src)?, c(target)?, c(fstype)?);
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Points fds 0/1/2 at /dev/console from devtmpfs (the initramfs node may be missing).
+fn reopen_console() {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/console")
+    {
+        Ok(f) => {
+            let fd = f.into_raw_fd();
+            for target in 0..3 {
+                // SAFETY: fd is open; dup2 onto the standard descriptors.
+                unsafe { libc::dup2(fd, target) };
+            }
+            if fd > 2 {
+                // SAFETY: fd is ours and no longer needed.
+                unsafe { libc::close(fd) };
+            }
+        }
+        Err(e) => warn("opening /dev/console", e),
+    }
+}
+
+/// Loads `dir/<name>` for each name in `dir/order`, with finit_module(2).
+fn load_modules(dir: &Path) {
+    let order = match fs::read_to_string(dir.join("order")) {
+        Ok(o) => o,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) => return warn("reading /lib/modules/order", e),
+    };
+    for name in order.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        if name.contains('/') {
+            warn("module order", format!("skipping {name:?}"));
+            continue;
+        }
+        let path = dir.join(name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                warn(&format!("opening {}", path.display()), e);
+                continue;
+            }
+        };
+        // SAFETY: finit_module with a valid fd and an empty NUL-terminated parameter string.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_finit_module,
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                0 as libc::c_int,
+            )
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EEXIST) {
+                warn(&format!("loading {name}"), err);
+            }
+        }
+    }
+}
+
+fn find_agent_port() -> Option<PathBuf> {
+    let entries = fs::read_dir("/sys/class/virtio-ports").ok()?;
+    for entry in entries.flatten() {
+        let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if name.trim() == AGENT_PORT_NAME {
+            return Some(Path::new("/dev").join(entry.file_name()));
+        }
+    }
+    None
+}
+
+fn spawn_channel_thread(events: Sender<Event>, start: Instant) -> Sender<Outgoing> {
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("channel".into())
+        .spawn(move || channel_thread(events, rx, start));
+    if let Err(e) = spawned {
+        warn("starting the channel thread", e);
+    }
+    tx
+}
+
+fn channel_thread(events: Sender<Event>, outgoing: Receiver<Outgoing>, start: Instant) {
+    // The port appears asynchronously after virtio_console loads.
+    let mut waited = Duration::ZERO;
+    let path = loop {
+        if let Some(p) = find_agent_port() {
+            break p;
+        }
+        // Keep serving Flush requests while there is no port.
+        while let Ok(msg) = outgoing.try_recv() {
+            if let Outgoing::Flush(ack) = msg {
+                let _ = ack.send(());
+            }
+        }
+        let step = if waited < Duration::from_secs(5) { 100 } else { 1000 };
+        std::thread::sleep(Duration::from_millis(step));
+        waited += Duration::from_millis(step);
+    };
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            warn(&format!("opening {}", path.display()), e);
+            return;
+        }
+    };
+    let mut port = Port {
+        reader: LineReader::new(file),
+        connected: false,
+        pending: Vec::new(),
+        dropped: 0,
+    };
+    let mut last_heartbeat = Instant::now();
+    loop {
+        let mut flush_acks = Vec::new();
+        while let Ok(msg) = outgoing.try_recv() {
+            match msg {
+                Outgoing::Exited(code) => port.pending.push(Message::Exited { code }),
+                Outgoing::Flush(ack) => flush_acks.push(ack),
+            }
+        }
+        let revents = port.poll(100);
+        if revents & libc::POLLHUP != 0 {
+            // Host side not connected: nothing to read or write.
+            port.connected = false;
+            for ack in flush_acks {
+                let _ = ack.send(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        if !port.connected {
+            port.connected = true;
+            port.send(&Message::Hello {
+                version: proto::PROTO_VERSION,
+            });
+            port.send(&Message::Ready);
+        }
+        if revents & libc::POLLIN != 0 && port.read_all(&events).is_err() {
+            return;
+        }
+        if last_heartbeat.elapsed() >= Duration::from_secs(1) {
+            last_heartbeat = Instant::now();
+            let uptime_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            port.send(&Message::Heartbeat { uptime_ms });
+        }
+        let pending = std::mem::take(&mut port.pending);
+        for msg in pending {
+            if !port.send(&msg) {
+                port.pending.push(msg);
+            }
+        }
+        for ack in flush_acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+struct Port {
+    reader: LineReader<File>,
+    connected: bool,
+    pending: Vec<Message>,
+    dropped: u64,
+}
+
+impl Port {
+    fn poll(&self, timeout_ms: libc::c_int) -> libc::c_short {
+        let mut pfd = libc::pollfd {
+            fd: self.reader.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc < 0 {
+            0
+        } else {
+            pfd.revents
+        }
+    }
+
+    /// Writes one message; false if it could not be written now.
+    fn send(&mut self, msg: &Message) -> bool {
+        let line = proto::encode(msg);
+        let mut file = self.reader.get_ref();
+        match file.write(&line) {
+            Ok(n) if n == line.len() => true,
+            Ok(_) => true, // partial write of a small line on a message port: rare; the peer drops it
+            Err(_) => false,
+        }
+    }
+
+    /// Reads every available line; Err if the port broke for good.
+    fn read_all(&mut self, events: &Sender<Event>) -> Result<(), ()> {
+        loop {
+            match self.reader.read_line() {
+                Ok(ReadLine::Line(line)) => match proto::decode(&line) {
+                    Ok(Decoded::Message(Message::Shutdown)) => {
+                        let _ = events.send(Event::Shutdown);
+                    }
+                    Ok(_) => {}
+                    Err(e) => self.drop_line(e),
+                },
+                Ok(ReadLine::TooLong) => self.drop_line("line too long"),
+                Ok(ReadLine::WouldBlock) | Ok(ReadLine::Eof) => return Ok(()),
+                Err(e) => {
+                    warn("reading the agent port", e);
+                    std::thread::sleep(Duration::from_millis(500));
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn drop_line(&mut self, why: impl std::fmt::Display) {
+        self.dropped += 1;
+        if self.dropped <= 10 {
+            warn("dropped a channel line", why);
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,78 @@
+//! The API's error type. It knows nothing about HTTP; `http::error_response` maps it to a
+//! status code and a body fit for the user.
+
+use firefleet_types::ValidationError;
+
+/// Why an API operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field of the request was invalid.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// The request body was not valid JSON for this endpoint (unknown field, wrong type, ...).
+    #[error("{message}")]
+    BadRequest {
+        /// What was wrong.
+        message: String,
+        /// The field at fault, when known.
+        field: Option<String>,
+    },
+    /// The body was larger than the endpoint accepts.
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// No (valid) credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the right to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The object does not exist (or the caller may not see it).
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// Kind of object.
+        kind: &'static str,
+        /// Its name or id.
+        name: String,
+    },
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error("store error")]
+    Store(#[from] firefleet_store::StoreError),
+    /// Something else failed inside the server.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A not-found error.
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        ApiError::NotFound { kind, name: name.into() }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) | ApiError::BadRequest { .. } => "invalid_request",
+            ApiError::TooLarge { .. } => "payload_too_large",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Store(_) | ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The request field at fault.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::Validation(v) => Some(&v.field),
+            ApiError::BadRequest { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+}

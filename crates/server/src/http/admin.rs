@@ -1,0 +1,75 @@
+//! Admin endpoints: nodes, tokens, join tokens.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, ErrorBody, JoinTokenResponse, NodeList, Role, TokenResponse};
+use firefleet_types::{NodeId, NodeInfo};
+
+use super::ValidJson;
+use crate::{auth::Caller, repo, ApiError, AppState};
+
+/// Longest join-token validity.
+const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// List nodes (admin).
+#[utoipa::path(get, path = "/v1/nodes", security(("bearer" = [])),
+    responses((status = 200, body = NodeList), (status = 403, body = ErrorBody)))]
+pub async fn list_nodes(State(state): State<AppState>, caller: Caller) -> Result<Json<NodeList>, ApiError> {
+    caller.require_admin()?;
+    let (items, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
+    Ok(Json(NodeList { items }))
+}
+
+/// Get a node (admin).
+#[utoipa::path(get, path = "/v1/nodes/{node}", security(("bearer" = [])),
+    params(("node" = String, Path, description = "node name")),
+    responses((status = 200, body = NodeInfo), (status = 404, body = ErrorBody)))]
+pub async fn get_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(node): Path<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    caller.require_admin()?;
+    let id: NodeId = NodeId::parse("node", &node)?;
+    repo::get_json::<NodeInfo>(&state, &repo::node_key(&id))
+        .await?
+        .map(|(n, _)| Json(n))
+        .ok_or_else(|| ApiError::not_found("node", node))
+}
+
+/// Create a tenant token (admin).
+#[utoipa::path(post, path = "/v1/tokens", request_body = CreateTokenRequest, security(("bearer" = [])),
+    responses((status = 201, body = TokenResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidJson(req): ValidJson<CreateTokenRequest>,
+) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+    caller.require_admin()?;
+    let t = repo::create_token(&state, &req.tenant, Role::Tenant).await?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+/// Create a one-time join token for an agent (admin).
+#[utoipa::path(post, path = "/v1/join-tokens", request_body = CreateJoinTokenRequest, security(("bearer" = [])),
+    responses((status = 201, body = JoinTokenResponse), (status = 403, body = ErrorBody)))]
+pub async fn create_join_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidJson(req): ValidJson<CreateJoinTokenRequest>,
+) -> Result<(StatusCode, Json<JoinTokenResponse>), ApiError> {
+    caller.require_admin()?;
+    let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(3600));
+    if ttl.is_zero() || ttl > MAX_JOIN_TTL {
+        return Err(ApiError::Validation(firefleet_types::ValidationError::new(
+            "ttl_secs",
+            format!("must be between 1 and {}", MAX_JOIN_TTL.as_secs()),
+        )));
+    }
+    Ok((StatusCode::CREATED, Json(repo::create_join_token(&state, ttl).await?)))
+}

@@ -1,0 +1,179 @@
+//! `/v1/agent/*`: what agents call. Enrollment is authenticated by a one-time join token; every
+//! other call by the client certificate the agent got from enrollment.
+
+use std::time::Duration;
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    Json,
+};
+use firefleet_api::{
+    ConsoleOffset, EnrollRequest, EnrollResponse, ErrorBody, HeartbeatRequest, IntentsResponse, VmIntent,
+    VmStatusReport, MAX_CONSOLE_CHUNK,
+};
+use firefleet_types::{
+    node::{NodeReadiness, NodeStatus},
+    topology::validate_labels,
+    NodeInfo, VmId, VmPhase,
+};
+use serde::Deserialize;
+
+use super::{ValidJson, ValidQuery};
+use crate::{auth::AgentNode, now_ms, repo, ApiError, AppState};
+
+/// Longest an intents long-poll waits.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Enroll a node: trade a one-time join token and a CSR for a client certificate.
+#[utoipa::path(post, path = "/v1/agent/enroll", request_body = EnrollRequest,
+    responses((status = 200, body = EnrollResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn enroll(
+    State(state): State<AppState>,
+    ValidJson(req): ValidJson<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    validate_labels("labels", &req.labels)?;
+    // Sign first (pure), so a bad CSR does not burn the join token.
+    let cert_pem = state
+        .ca
+        .sign_agent_csr(&req.csr_pem, req.node.as_str(), 365)
+        .map_err(|e| ApiError::BadRequest { message: format!("csr_pem: {e}"), field: Some("csr_pem".to_owned()) })?;
+    let now = now_ms();
+    let node = NodeInfo {
+        id: req.node.clone(),
+        labels: req.labels,
+        cordoned: false,
+        enrolled_ms: now,
+        status: NodeStatus { readiness: NodeReadiness::NotReady, last_heartbeat_ms: 0, facts: None },
+    };
+    repo::enroll_node(&state, &req.join_token, node).await?;
+    tracing::info!(node = %req.node, "node enrolled");
+    Ok(Json(EnrollResponse { cert_pem, ca_pem: state.ca.cert_pem().to_owned() }))
+}
+
+/// Heartbeat with the node's facts.
+#[utoipa::path(post, path = "/v1/agent/heartbeat", request_body = HeartbeatRequest, security(("mtls" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    ValidJson(req): ValidJson<HeartbeatRequest>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let now = now_ms();
+    let mut became_ready = false;
+    repo::update_node(&state, &node, |n| {
+        became_ready = n.status.readiness != NodeReadiness::Ready;
+        n.status = NodeStatus { readiness: NodeReadiness::Ready, last_heartbeat_ms: now, facts: Some(req.facts.clone()) };
+        true
+    })
+    .await?;
+    if became_ready {
+        state.kick.notify_waiters();
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntentsQuery {
+    /// Wait until the VMs change after this revision.
+    after: Option<u64>,
+    /// Longest wait in milliseconds (default and cap 30000).
+    wait_ms: Option<u64>,
+}
+
+/// The VMs placed on the calling node; with `after`, waits until they change.
+#[utoipa::path(get, path = "/v1/agent/intents", security(("mtls" = [])),
+    params(("after" = Option<u64>, Query, description = "revision to wait past"), ("wait_ms" = Option<u64>, Query, description = "longest wait")),
+    responses((status = 200, body = IntentsResponse), (status = 401, body = ErrorBody)))]
+pub async fn intents(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    ValidQuery(q): ValidQuery<IntentsQuery>,
+) -> Result<Json<IntentsResponse>, ApiError> {
+    if let Some(after) = q.after {
+        let wait = Duration::from_millis(q.wait_ms.unwrap_or(MAX_WAIT.as_millis() as u64)).min(MAX_WAIT);
+        // Wait for any change under /vms/ past `after` (or give up after `wait`).
+        if let Ok(mut watch) = state.store.watch("/vms/", after + 1).await {
+            let _ = tokio::time::timeout(wait, watch.next()).await;
+        }
+    }
+    let (vms, revision) = repo::list_vms(&state).await?;
+    let vms = vms
+        .into_iter()
+        .filter(|vm| vm.status.node.as_ref() == Some(&node))
+        .map(|vm| VmIntent { id: vm.id, generation: vm.generation, spec: vm.spec, deleting: vm.deleting, phase: vm.status.phase })
+        .collect();
+    Ok(Json(IntentsResponse { revision, vms }))
+}
+
+/// Report what the agent observes of one of its VMs.
+#[utoipa::path(put, path = "/v1/agent/vms/{vm}/status", request_body = VmStatusReport, security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn report_status(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path(vm): Path<String>,
+    ValidJson(report): ValidJson<VmStatusReport>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let id = VmId::parse("vm", &vm)?;
+    let vm = repo::update_vm(&state, &id, |vm| {
+        if vm.status.node.as_ref() != Some(&node) {
+            return Err(ApiError::Forbidden(format!("vm {id} is not placed on node {node}")));
+        }
+        if report.generation < vm.status.observed_generation || report.generation > vm.generation {
+            return Ok(false); // stale (or from the future): ignore
+        }
+        let s = &mut vm.status;
+        if !s.phase.can_move_to(report.phase) {
+            return Err(ApiError::Conflict(format!("vm {id}: cannot move from {:?} to {:?}", s.phase, report.phase)));
+        }
+        let before = s.clone();
+        s.phase = report.phase;
+        s.observed_generation = report.generation;
+        s.accel = report.accel.or(s.accel);
+        s.exit_code = report.exit_code.or(s.exit_code);
+        s.message = report.message.clone();
+        s.launched_ms = report.launched_ms.or(s.launched_ms);
+        s.running_ms = report.running_ms.or(s.running_ms);
+        s.stopped_ms = if report.phase.is_terminal() { report.stopped_ms.or(s.stopped_ms) } else { None };
+        Ok(*s != before)
+    })
+    .await?;
+    if report.removed && vm.deleting && matches!(vm.status.phase, VmPhase::Stopped | VmPhase::Failed) {
+        repo::delete_vm_record(&state, &vm).await?;
+        tracing::info!(vm = %vm.id, "vm deleted");
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleQuery {
+    offset: u64,
+}
+
+/// Append console output of a VM at `offset`; answers where the server's copy ends.
+#[utoipa::path(post, path = "/v1/agent/vms/{vm}/console", security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id"), ("offset" = u64, Query, description = "stream offset of the body")),
+    request_body(content = String, content_type = "application/octet-stream"),
+    responses((status = 200, body = ConsoleOffset), (status = 403, body = ErrorBody)))]
+pub async fn upload_console(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path(vm): Path<String>,
+    ValidQuery(q): ValidQuery<ConsoleQuery>,
+    body: axum::body::Body,
+) -> Result<Json<ConsoleOffset>, ApiError> {
+    let id = VmId::parse("vm", &vm)?;
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_CONSOLE_CHUNK)
+        .await
+        .map_err(|_| ApiError::TooLarge { limit: MAX_CONSOLE_CHUNK })?;
+    let vm = repo::get_vm(&state, &id).await?.ok_or_else(|| ApiError::not_found("vm", id.as_str()))?;
+    if vm.status.node.as_ref() != Some(&node) {
+        return Err(ApiError::Forbidden(format!("vm {id} is not placed on node {node}")));
+    }
+    let next_offset = repo::append_console(&state, &id, q.offset, &bytes).await?;
+    Ok(Json(ConsoleOffset { next_offset }))
+}

@@ -1,0 +1,47 @@
+//! `/healthz`, `/metrics`, `/openapi.json`.
+
+use std::collections::BTreeMap;
+
+use axum::{extract::State, http::header, response::IntoResponse, Json};
+use firefleet_api::Health;
+use firefleet_types::{node::NodeReadiness, NodeInfo, Vm};
+
+use crate::{repo, ApiError, AppState};
+
+/// Liveness and store revision.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let revision = state.store.revision().await?;
+    Ok(Json(Health { status: "ok".to_owned(), revision }))
+}
+
+/// Prometheus metrics (text format).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    state.metrics.render(&mut out);
+    let (vms, revision) = repo::list_json::<Vm>(&state, "/vms/").await?;
+    let mut by_phase: BTreeMap<String, u64> = BTreeMap::new();
+    for vm in &vms {
+        let phase = serde_json::to_value(vm.status.phase).ok().and_then(|v| v.as_str().map(str::to_owned));
+        *by_phase.entry(phase.unwrap_or_default()).or_default() += 1;
+    }
+    out.push_str("# HELP firefleet_vms VMs by phase.\n# TYPE firefleet_vms gauge\n");
+    for (phase, n) in by_phase {
+        let _ = writeln!(out, "firefleet_vms{{phase=\"{phase}\"}} {n}");
+    }
+    let (nodes, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
+    let ready = nodes.iter().filter(|n| n.status.readiness == NodeReadiness::Ready).count();
+    out.push_str("# HELP firefleet_nodes Nodes by readiness.\n# TYPE firefleet_nodes gauge\n");
+    let _ = writeln!(out, "firefleet_nodes{{readiness=\"ready\"}} {ready}");
+    let _ = writeln!(out, "firefleet_nodes{{readiness=\"not_ready\"}} {}", nodes.len() - ready);
+    out.push_str("# HELP firefleet_store_revision Current store revision.\n# TYPE firefleet_store_revision gauge\n");
+    let _ = writeln!(out, "firefleet_store_revision {revision}");
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// The OpenAPI document.
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], super::openapi_json())
+}

@@ -1,0 +1,202 @@
+//! The HTTP layer: routes, extractors that turn bad input into errors naming the field, the
+//! mapping of [`ApiError`] to status codes, and the OpenAPI document derived from the handlers.
+
+mod agent;
+mod admin;
+mod meta;
+mod vms;
+
+use axum::{
+    extract::{FromRequest, MatchedPath, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+    Json, Router,
+};
+use firefleet_api::{ErrorBody, ErrorDetail, MAX_BODY_BYTES};
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+
+use crate::{ApiError, AppState};
+
+/// Builds the router with every route.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(meta::healthz))
+        .route("/metrics", get(meta::metrics))
+        .route("/openapi.json", get(meta::openapi))
+        .route("/v1/vms", post(vms::create).get(vms::list))
+        .route("/v1/vms/{vm}", get(vms::get).delete(vms::delete))
+        .route("/v1/vms/{vm}/stop", post(vms::stop))
+        .route("/v1/vms/{vm}/logs", get(vms::logs))
+        .route("/v1/nodes", get(admin::list_nodes))
+        .route("/v1/nodes/{node}", get(admin::get_node))
+        .route("/v1/tokens", post(admin::create_token))
+        .route("/v1/join-tokens", post(admin::create_join_token))
+        .route("/v1/agent/enroll", post(agent::enroll))
+        .route("/v1/agent/heartbeat", post(agent::heartbeat))
+        .route("/v1/agent/intents", get(agent::intents))
+        .route("/v1/agent/vms/{vm}/status", put(agent::report_status))
+        .route("/v1/agent/vms/{vm}/console", post(agent::upload_console))
+        .fallback(|| async { ApiError::NotFound { kind: "route", name: "this path".to_owned() } })
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    state.metrics.request(&method, &route, resp.status().as_u16());
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::Validation(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = if status.is_server_error() {
+            tracing::error!(error = %error_chain(&self), "request failed");
+            "internal error (see the server log)".to_owned()
+        } else {
+            self.to_string()
+        };
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code().to_owned(), message, field: self.field().map(str::to_owned) },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A JSON body, size-limited, deserialised with the path of the failing field in the error.
+pub struct ValidJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ValidJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(axum::http::header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("");
+            if !ct.starts_with("application/json") {
+                return Err(ApiError::BadRequest {
+                    message: format!("content-type must be application/json, got {ct:?}"),
+                    field: None,
+                });
+            }
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| ApiError::TooLarge { limit: MAX_BODY_BYTES })?;
+        parse_json(&bytes).map(ValidJson)
+    }
+}
+
+/// Parses JSON, naming the failing field.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let malformed = matches!(inner.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof);
+        let field = (path != "." && !malformed).then(|| path.clone());
+        let message = match &field {
+            Some(f) => format!("{f}: {inner}"),
+            None => format!("invalid JSON body: {inner}"),
+        };
+        ApiError::BadRequest { message, field }
+    })
+}
+
+/// Query parameters, with errors as [`ApiError`].
+pub struct ValidQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ValidQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded_query(q).map(ValidQuery)
+    }
+}
+
+fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(&format!("/?{q}").parse().map_err(|_| ApiError::BadRequest {
+        message: "invalid query string".to_owned(),
+        field: None,
+    })?)
+    .map(|axum::extract::Query(v)| v)
+    .map_err(|e| ApiError::BadRequest { message: format!("invalid query: {}", e.body_text()), field: None })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "FireFleet API", description = "Control plane for microVMs."),
+    paths(
+        meta::healthz,
+        meta::metrics,
+        vms::create,
+        vms::list,
+        vms::get,
+        vms::stop,
+        vms::delete,
+        vms::logs,
+        admin::list_nodes,
+        admin::get_node,
+        admin::create_token,
+        admin::create_join_token,
+        agent::enroll,
+        agent::heartbeat,
+        agent::intents,
+        agent::report_status,
+        agent::upload_console,
+    ),
+    modifiers(&SecuritySchemes)
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "mtls",
+            SecurityScheme::MutualTls { description: Some("agent client certificate".to_owned()), extensions: None },
+        );
+    }
+}
+
+/// The OpenAPI document, as pretty JSON (what `/openapi.json` serves and `openapi.json` holds).
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}

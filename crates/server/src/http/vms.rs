@@ -1,0 +1,170 @@
+//! `/v1/vms`: create, list, get, stop, delete, logs. A tenant sees only its own VMs; another
+//! tenant's VM is answered as not found.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use firefleet_api::{ConsoleChunk, CreateVmRequest, ErrorBody, VmList};
+use firefleet_types::{DesiredState, Vm, VmId, VmPhase, VmSpec};
+use serde::Deserialize;
+
+use super::{ValidJson, ValidQuery};
+use crate::{auth::Caller, now_ms, repo, ApiError, AppState};
+
+/// Finds a VM the caller may see, by id or by name within the caller's tenant.
+pub(crate) async fn find_vm(state: &AppState, caller: &Caller, key: &str) -> Result<Vm, ApiError> {
+    let not_found = || ApiError::not_found("vm", key);
+    if let Ok(id) = key.parse::<VmId>() {
+        if let Some(vm) = repo::get_vm(state, &id).await? {
+            if caller.owns(&vm) {
+                return Ok(vm);
+            }
+            return Err(not_found());
+        }
+    }
+    if firefleet_types::validate::check_name("vm", key).is_ok() {
+        let key_name = format!("/vmnames/{}/{key}", caller.tenant);
+        if let Some(kv) = state.store.get(&key_name).await? {
+            let id = String::from_utf8_lossy(&kv.value).parse::<VmId>().map_err(ApiError::Validation)?;
+            if let Some(vm) = repo::get_vm(state, &id).await? {
+                if caller.owns(&vm) {
+                    return Ok(vm);
+                }
+            }
+        }
+    }
+    Err(not_found())
+}
+
+/// Create a VM.
+#[utoipa::path(post, path = "/v1/vms", request_body = CreateVmRequest, security(("bearer" = [])),
+    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidJson(req): ValidJson<CreateVmRequest>,
+) -> Result<(StatusCode, Json<Vm>), ApiError> {
+    let tenant = match req.tenant {
+        Some(t) if t != caller.tenant => {
+            caller.require_admin()?;
+            t
+        }
+        _ => caller.tenant.clone(),
+    };
+    let spec = VmSpec {
+        name: req.name,
+        tenant,
+        image: req.image,
+        resources: req.resources,
+        labels: req.labels,
+        cmd: req.cmd,
+        restart_policy: req.restart_policy,
+        desired: DesiredState::Running,
+    };
+    spec.validate()?;
+    let vm = repo::create_vm(&state, spec).await?;
+    state.kick.notify_waiters();
+    Ok((StatusCode::CREATED, Json(vm)))
+}
+
+/// List the caller's VMs (an admin sees all).
+#[utoipa::path(get, path = "/v1/vms", security(("bearer" = [])),
+    responses((status = 200, body = VmList), (status = 401, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<VmList>, ApiError> {
+    let (vms, _) = repo::list_vms(&state).await?;
+    let mut items: Vec<Vm> = vms.into_iter().filter(|vm| caller.owns(vm)).collect();
+    items.sort_by(|a, b| (&a.spec.tenant, &a.spec.name).cmp(&(&b.spec.tenant, &b.spec.name)));
+    Ok(Json(VmList { items }))
+}
+
+/// Get a VM by id or name.
+#[utoipa::path(get, path = "/v1/vms/{vm}", security(("bearer" = [])),
+    params(("vm" = String, Path, description = "VM id or name")),
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(key): Path<String>) -> Result<Json<Vm>, ApiError> {
+    Ok(Json(find_vm(&state, &caller, &key).await?))
+}
+
+/// Stop a VM (idempotent). Its record stays; its status becomes Stopped.
+#[utoipa::path(post, path = "/v1/vms/{vm}/stop", security(("bearer" = [])),
+    params(("vm" = String, Path, description = "VM id or name")),
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
+pub async fn stop(State(state): State<AppState>, caller: Caller, Path(key): Path<String>) -> Result<Json<Vm>, ApiError> {
+    let vm = find_vm(&state, &caller, &key).await?;
+    let vm = repo::update_vm(&state, &vm.id, |vm| {
+        if vm.spec.desired == DesiredState::Stopped {
+            return Ok(false);
+        }
+        vm.spec.desired = DesiredState::Stopped;
+        vm.generation = vm.generation.next();
+        if vm.status.phase == VmPhase::Pending {
+            // Never placed: nothing runs anywhere, so it is stopped now.
+            vm.status.phase = VmPhase::Stopped;
+            vm.status.stopped_ms = Some(now_ms());
+        }
+        Ok(true)
+    })
+    .await?;
+    state.kick.notify_waiters();
+    Ok(Json(vm))
+}
+
+/// Delete a VM. A VM on a node is stopped and its state removed by the agent first (202, the VM
+/// shows `deleting`); one that never ran anywhere goes at once (204).
+#[utoipa::path(delete, path = "/v1/vms/{vm}", security(("bearer" = [])),
+    params(("vm" = String, Path, description = "VM id or name")),
+    responses((status = 202, body = Vm), (status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let vm = find_vm(&state, &caller, &key).await?;
+    if vm.status.node.is_none() {
+        repo::delete_vm_record(&state, &vm).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let vm = repo::update_vm(&state, &vm.id, |vm| {
+        if vm.deleting {
+            return Ok(false);
+        }
+        vm.deleting = true;
+        vm.spec.desired = DesiredState::Stopped;
+        vm.generation = vm.generation.next();
+        Ok(true)
+    })
+    .await?;
+    state.kick.notify_waiters();
+    Ok((StatusCode::ACCEPTED, Json(vm)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    #[serde(default)]
+    offset: u64,
+}
+
+/// Read a VM's console from an offset.
+#[utoipa::path(get, path = "/v1/vms/{vm}/logs", security(("bearer" = [])),
+    params(("vm" = String, Path, description = "VM id or name"), ("offset" = Option<u64>, Query, description = "console offset")),
+    responses((status = 200, body = ConsoleChunk), (status = 404, body = ErrorBody)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    ValidQuery(q): ValidQuery<LogsQuery>,
+) -> Result<Json<ConsoleChunk>, ApiError> {
+    let vm = find_vm(&state, &caller, &key).await?;
+    let rec = repo::get_console(&state, &vm.id).await?;
+    let start = q.offset.max(rec.start);
+    let skip = usize::try_from(start - rec.start).unwrap_or(usize::MAX).min(rec.data.len());
+    let data = String::from_utf8_lossy(&rec.data[skip..]).into_owned();
+    let next_offset = rec.start + rec.data.len() as u64;
+    let finished = vm.status.phase.is_terminal() && vm.status.stopped_ms.is_some();
+    Ok(Json(ConsoleChunk { data, offset: start.min(next_offset), next_offset, finished }))
+}

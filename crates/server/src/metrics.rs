@@ -1,0 +1,55 @@
+//! Request counters for `/metrics`. Object gauges (VMs by phase, nodes by readiness) are read
+//! from the store when scraped.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+/// Counters kept in memory.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    placements: Mutex<(u64, u64)>,
+}
+
+impl Metrics {
+    /// Counts one HTTP request.
+    pub fn request(&self, method: &str, route: &str, status: u16) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
+        }
+    }
+
+    /// Counts scheduling outcomes.
+    pub fn placements(&self, placed: u64, unschedulable: u64) {
+        if let Ok(mut p) = self.placements.lock() {
+            p.0 += placed;
+            p.1 += unschedulable;
+        }
+    }
+
+    /// Renders the counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str("# HELP firefleet_http_requests_total HTTP requests by method, route and status.\n");
+        out.push_str("# TYPE firefleet_http_requests_total counter\n");
+        if let Ok(m) = self.requests.lock() {
+            for ((method, route, status), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "firefleet_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route)
+                );
+            }
+        }
+        if let Ok(p) = self.placements.lock() {
+            out.push_str("# HELP firefleet_scheduler_placements_total Placement decisions by outcome.\n");
+            out.push_str("# TYPE firefleet_scheduler_placements_total counter\n");
+            let _ = writeln!(out, "firefleet_scheduler_placements_total{{outcome=\"placed\"}} {}", p.0);
+            let _ = writeln!(out, "firefleet_scheduler_placements_total{{outcome=\"unschedulable\"}} {}", p.1);
+        }
+    }
+}
+
+/// Escapes a Prometheus label value.
+pub fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -1,0 +1,291 @@
+//! Typed repositories over the key-value store. Key layout:
+//!
+//! | key | value |
+//! |---|---|
+//! | `/vms/<id>` | [`Vm`] JSON |
+//! | `/vmnames/<tenant>/<name>` | the VM id (name uniqueness per tenant) |
+//! | `/nodes/<id>` | [`NodeInfo`] JSON |
+//! | `/tokens/<sha256 of token>` | [`TokenRecord`] JSON (secrets are never stored) |
+//! | `/jointokens/<sha256 of token>` | [`JoinTokenRecord`] JSON |
+//! | `/console/<vm id>` | the VM's console (last [`CONSOLE_KEEP`] bytes) |
+//!
+//! Every read-modify-write is a compare-and-swap on the key's revision, retried on conflict.
+
+use std::time::Duration;
+
+use firefleet_api::{JoinTokenResponse, Role, TokenResponse};
+use firefleet_store::{Compare, KeyValue, Op, Revision, StoreError};
+use firefleet_types::{NodeId, NodeInfo, TenantId, Vm, VmId, VmSpec, VmStatus};
+use rand::RngCore;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{now_ms, ApiError, AppState};
+
+/// Bytes of console kept per VM.
+pub const CONSOLE_KEEP: usize = 256 * 1024;
+
+/// A stored token (the secret itself is not stored, only its hash as the key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Role.
+    pub role: Role,
+    /// Created.
+    pub created_ms: u64,
+}
+
+/// A stored join token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    /// Expiry.
+    pub expires_ms: u64,
+}
+
+/// A VM's console as stored: the bytes kept and the stream offset of the first kept byte.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConsoleRecord {
+    /// Offset of `data[0]` in the VM's console stream.
+    pub start: u64,
+    /// The kept bytes.
+    #[serde(with = "b64")]
+    pub data: Vec<u8>,
+}
+
+mod b64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn vm_key(id: &VmId) -> String {
+    format!("/vms/{id}")
+}
+fn vm_name_key(tenant: &TenantId, name: &str) -> String {
+    format!("/vmnames/{tenant}/{name}")
+}
+pub fn node_key(id: &NodeId) -> String {
+    format!("/nodes/{id}")
+}
+fn console_key(id: &VmId) -> String {
+    format!("/console/{id}")
+}
+fn hash_secret(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, ApiError> {
+    serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(format!("corrupt record at {}: {e}", kv.key)))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(v).map_err(|e| ApiError::Internal(format!("encoding a record: {e}")))
+}
+
+/// Reads and decodes one key.
+pub async fn get_json<T: DeserializeOwned>(state: &AppState, key: &str) -> Result<Option<(T, Revision)>, ApiError> {
+    match state.store.get(key).await? {
+        Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
+        None => Ok(None),
+    }
+}
+
+/// Lists and decodes a prefix, with the revision it was read at.
+pub async fn list_json<T: DeserializeOwned>(state: &AppState, prefix: &str) -> Result<(Vec<T>, Revision), ApiError> {
+    let (kvs, rev) = state.store.list(prefix).await?;
+    let items = kvs.iter().map(decode).collect::<Result<Vec<T>, _>>()?;
+    Ok((items, rev))
+}
+
+fn random_secret(prefix: &str) -> String {
+    let mut b = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut b);
+    format!("{prefix}_{}", hex::encode(b))
+}
+
+/// Creates a VM record (phase Pending), unique by (tenant, name).
+pub async fn create_vm(state: &AppState, spec: VmSpec) -> Result<Vm, ApiError> {
+    let id: VmId = VmId::parse("id", &uuid::Uuid::new_v4().to_string())?;
+    let vm = Vm {
+        id: id.clone(),
+        generation: firefleet_types::Generation(1),
+        spec,
+        status: VmStatus::new(now_ms()),
+        deleting: false,
+    };
+    let name_key = vm_name_key(&vm.spec.tenant, &vm.spec.name);
+    let resp = state
+        .store
+        .txn(
+            vec![Compare::Absent { key: name_key.clone() }],
+            vec![
+                Op::Put { key: vm_key(&id), value: encode(&vm)? },
+                Op::Put { key: name_key, value: id.as_str().as_bytes().to_vec() },
+            ],
+            vec![],
+        )
+        .await?;
+    if !resp.succeeded {
+        return Err(ApiError::Conflict(format!(
+            "a VM named {:?} already exists for tenant {}",
+            vm.spec.name, vm.spec.tenant
+        )));
+    }
+    Ok(vm)
+}
+
+/// Reads a VM.
+pub async fn get_vm(state: &AppState, id: &VmId) -> Result<Option<Vm>, ApiError> {
+    Ok(get_json::<Vm>(state, &vm_key(id)).await?.map(|(v, _)| v))
+}
+
+/// Lists every VM.
+pub async fn list_vms(state: &AppState) -> Result<(Vec<Vm>, Revision), ApiError> {
+    list_json(state, "/vms/").await
+}
+
+/// Applies `f` to a VM with compare-and-swap, retrying on conflict. `f` returns whether it
+/// changed anything; nothing is written when it did not. Returns the VM as stored after.
+pub async fn update_vm<F>(state: &AppState, id: &VmId, mut f: F) -> Result<Vm, ApiError>
+where
+    F: FnMut(&mut Vm) -> Result<bool, ApiError>,
+{
+    loop {
+        let Some((mut vm, rev)) = get_json::<Vm>(state, &vm_key(id)).await? else {
+            return Err(ApiError::not_found("vm", id.as_str()));
+        };
+        if !f(&mut vm)? {
+            return Ok(vm);
+        }
+        match state.store.compare_and_swap(&vm_key(id), rev, encode(&vm)?).await {
+            Ok(_) => return Ok(vm),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Removes a VM's record, its name and its console.
+pub async fn delete_vm_record(state: &AppState, vm: &Vm) -> Result<(), ApiError> {
+    state
+        .store
+        .txn(
+            vec![],
+            vec![
+                Op::Delete { key: vm_key(&vm.id) },
+                Op::Delete { key: vm_name_key(&vm.spec.tenant, &vm.spec.name) },
+                Op::Delete { key: console_key(&vm.id) },
+            ],
+            vec![],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Reads a VM's stored console.
+pub async fn get_console(state: &AppState, id: &VmId) -> Result<ConsoleRecord, ApiError> {
+    Ok(get_json::<ConsoleRecord>(state, &console_key(id)).await?.map(|(c, _)| c).unwrap_or_default())
+}
+
+/// Appends to a VM's console if `offset` is where the stored copy ends; returns the new end.
+/// An upload at another offset changes nothing (the agent resends from the returned end).
+pub async fn append_console(state: &AppState, id: &VmId, offset: u64, bytes: &[u8]) -> Result<u64, ApiError> {
+    loop {
+        let (mut rec, rev) = get_json::<ConsoleRecord>(state, &console_key(id)).await?.unwrap_or_default();
+        let end = rec.start + rec.data.len() as u64;
+        if offset != end || bytes.is_empty() {
+            return Ok(end);
+        }
+        rec.data.extend_from_slice(bytes);
+        if rec.data.len() > CONSOLE_KEEP {
+            let cut = rec.data.len() - CONSOLE_KEEP;
+            rec.data.drain(..cut);
+            rec.start += cut as u64;
+        }
+        let new_end = rec.start + rec.data.len() as u64;
+        match state.store.compare_and_swap(&console_key(id), rev, encode(&rec)?).await {
+            Ok(_) => return Ok(new_end),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether an admin token exists.
+pub async fn admin_exists(state: &AppState) -> Result<bool, ApiError> {
+    let (tokens, _) = list_json::<TokenRecord>(state, "/tokens/").await?;
+    Ok(tokens.iter().any(|t| t.role == Role::Admin))
+}
+
+/// Creates a bearer token.
+pub async fn create_token(state: &AppState, tenant: &TenantId, role: Role) -> Result<TokenResponse, ApiError> {
+    let token = random_secret("fft");
+    let rec = TokenRecord { tenant: tenant.clone(), role, created_ms: now_ms() };
+    state.store.compare_and_swap(&format!("/tokens/{}", hash_secret(&token)), 0, encode(&rec)?).await?;
+    Ok(TokenResponse { token, tenant: tenant.clone(), role })
+}
+
+/// Looks a bearer token up.
+pub async fn lookup_token(state: &AppState, token: &str) -> Result<Option<TokenRecord>, ApiError> {
+    Ok(get_json::<TokenRecord>(state, &format!("/tokens/{}", hash_secret(token))).await?.map(|(t, _)| t))
+}
+
+/// Creates a one-time join token.
+pub async fn create_join_token(state: &AppState, ttl: Duration) -> Result<JoinTokenResponse, ApiError> {
+    let token = random_secret("ffj");
+    let expires_ms = now_ms() + ttl.as_millis() as u64;
+    let rec = JoinTokenRecord { expires_ms };
+    state.store.compare_and_swap(&format!("/jointokens/{}", hash_secret(&token)), 0, encode(&rec)?).await?;
+    Ok(JoinTokenResponse { token, expires_ms })
+}
+
+/// Consumes a join token (once) and records the node in the same transaction.
+pub async fn enroll_node(state: &AppState, join_token: &str, node: NodeInfo) -> Result<(), ApiError> {
+    let key = format!("/jointokens/{}", hash_secret(join_token));
+    let invalid = || ApiError::Unauthorized("join token is invalid, expired or already used".to_owned());
+    let Some((rec, rev)) = get_json::<JoinTokenRecord>(state, &key).await? else {
+        return Err(invalid());
+    };
+    if rec.expires_ms < now_ms() {
+        let _ = state.store.delete(&key, Some(rev)).await;
+        return Err(invalid());
+    }
+    let resp = state
+        .store
+        .txn(
+            vec![Compare::ModRevision { key: key.clone(), equals: rev }],
+            vec![Op::Delete { key }, Op::Put { key: node_key(&node.id), value: encode(&node)? }],
+            vec![],
+        )
+        .await?;
+    if !resp.succeeded {
+        return Err(invalid());
+    }
+    Ok(())
+}
+
+/// Applies `f` to a node with compare-and-swap.
+pub async fn update_node<F>(state: &AppState, id: &NodeId, mut f: F) -> Result<NodeInfo, ApiError>
+where
+    F: FnMut(&mut NodeInfo) -> bool,
+{
+    loop {
+        let Some((mut node, rev)) = get_json::<NodeInfo>(state, &node_key(id)).await? else {
+            return Err(ApiError::not_found("node", id.as_str()));
+        };
+        if !f(&mut node) {
+            return Ok(node);
+        }
+        match state.store.compare_and_swap(&node_key(id), rev, encode(&node)?).await {
+            Ok(_) => return Ok(node),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

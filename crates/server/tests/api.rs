@@ -1,0 +1,241 @@
+//! The API against bad input, with a real server (real TLS, real HTTP, real SQLite file). Each
+//! bad request gets a clear 4xx (or a TLS refusal) and leaves the store unchanged.
+
+use std::{net::SocketAddr, time::Duration};
+
+use firefleet_server::{Server, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    server: Server,
+    admin: String,
+    http: reqwest::Client,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let server = Server::start(ServerConfig { data_dir: dir.path().to_owned(), listen, dns_names: vec![] })
+            .await
+            .unwrap();
+        let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
+        let http = client(&server.ca_pem, None);
+        Fixture { _dir: dir, server, admin, http }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.server.addr)
+    }
+
+    async fn revision(&self) -> u64 {
+        let v: Value = self.http.get(self.url("/healthz")).send().await.unwrap().json().await.unwrap();
+        v["revision"].as_u64().unwrap()
+    }
+
+    async fn post(&self, token: Option<&str>, path: &str, body: String) -> (StatusCode, Value) {
+        let mut r = self.http.post(self.url(path)).header("content-type", "application/json").body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn tenant_token(&self, tenant: &str) -> String {
+        let (s, v) = self.post(Some(&self.admin), "/v1/tokens", json!({ "tenant": tenant }).to_string()).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+}
+
+fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let tls = firefleet_pki::client_tls_config(ca_pem, identity).unwrap();
+    reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(20)).build().unwrap()
+}
+
+fn vm_body() -> Value {
+    json!({ "name": "web", "image": format!("sha256:{}", "a".repeat(64)), "resources": { "vcpus": 1, "memory_mib": 256 } })
+}
+
+/// Asserts a 4xx whose error names `field`, and that the store did not change.
+async fn assert_refused(f: &Fixture, token: Option<&str>, body: String, status: StatusCode, field_hint: &str) {
+    let before = f.revision().await;
+    let (s, v) = f.post(token, "/v1/vms", body.clone()).await;
+    assert_eq!(s, status, "body {body} -> {v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(field_hint), "error for {body} should name {field_hint:?}: {v}");
+    assert_eq!(f.revision().await, before, "store changed by a refused request: {body}");
+}
+
+#[tokio::test]
+async fn bad_vm_requests_are_refused_naming_the_field() {
+    let f = Fixture::start().await;
+    let t = f.tenant_token("acme").await;
+    let t = Some(t.as_str());
+    assert_refused(&f, t, "{\"name\": ".to_owned(), StatusCode::BAD_REQUEST, "invalid JSON").await;
+    let mut unknown = vm_body();
+    unknown["colour"] = json!("red");
+    assert_refused(&f, t, unknown.to_string(), StatusCode::BAD_REQUEST, "colour").await;
+    let mut nested_unknown = vm_body();
+    nested_unknown["resources"]["gpus_please"] = json!(3);
+    assert_refused(&f, t, nested_unknown.to_string(), StatusCode::BAD_REQUEST, "gpus_please").await;
+    for (vcpus, mem, field) in [
+        (json!(0), json!(256), "resources.vcpus"),
+        (json!(-1), json!(256), "resources.vcpus"),
+        (json!(1), json!(0), "resources.memory_mib"),
+        (json!(1), json!(-5), "resources.memory_mib"),
+        (json!(100000), json!(256), "resources.vcpus"),
+        (json!(1), json!(1u64 << 40), "resources.memory_mib"),
+        (json!(1), json!("many"), "resources.memory_mib"),
+    ] {
+        let mut b = vm_body();
+        b["resources"] = json!({ "vcpus": vcpus, "memory_mib": mem });
+        assert_refused(&f, t, b.to_string(), StatusCode::BAD_REQUEST, field).await;
+    }
+    for name in ["", "UPPER", "has space", "-dash", "x".repeat(64).as_str(), "a/b"] {
+        let mut b = vm_body();
+        b["name"] = json!(name);
+        assert_refused(&f, t, b.to_string(), StatusCode::BAD_REQUEST, "name").await;
+    }
+    let mut b = vm_body();
+    b["image"] = json!("ubuntu:latest");
+    assert_refused(&f, t, b.to_string(), StatusCode::BAD_REQUEST, "image").await;
+    let mut b = vm_body();
+    b["labels"] = json!({ "Bad Key": "v" });
+    assert_refused(&f, t, b.to_string(), StatusCode::BAD_REQUEST, "labels").await;
+    // Too large a body.
+    let mut b = vm_body();
+    b["labels"] = json!({ "k": "v".repeat(100_000) });
+    assert_refused(&f, t, b.to_string(), StatusCode::PAYLOAD_TOO_LARGE, "larger than").await;
+    // A tenant may not create for another tenant.
+    let mut b = vm_body();
+    b["tenant"] = json!("other");
+    assert_refused(&f, t, b.to_string(), StatusCode::FORBIDDEN, "admin").await;
+    // And a good one goes through.
+    let (s, v) = f.post(t, "/v1/vms", vm_body().to_string()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["spec"]["resources"], json!({ "vcpus": 1, "memory_mib": 256 }));
+    // Same name again: conflict.
+    assert_refused(&f, t, vm_body().to_string(), StatusCode::CONFLICT, "already exists").await;
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_tenants_are_isolated() {
+    let f = Fixture::start().await;
+    assert_refused(&f, None, vm_body().to_string(), StatusCode::UNAUTHORIZED, "bearer token").await;
+    assert_refused(&f, Some("fft_wrong"), vm_body().to_string(), StatusCode::UNAUTHORIZED, "invalid token").await;
+
+    let acme = f.tenant_token("acme").await;
+    let globex = f.tenant_token("globex").await;
+    let (s, vm) = f.post(Some(&acme), "/v1/vms", vm_body().to_string()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = vm["id"].as_str().unwrap();
+
+    // globex sees nothing of acme's VM, by id or by name, and cannot stop or delete it.
+    let (s, list) = f.get(&globex, "/v1/vms").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    for path in [format!("/v1/vms/{id}"), "/v1/vms/web".to_owned(), format!("/v1/vms/{id}/logs")] {
+        let (s, _) = f.get(&globex, &path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+    }
+    let before = f.revision().await;
+    let (s, _) = f.post(Some(&globex), &format!("/v1/vms/{id}/stop"), String::new()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let resp = f.http.delete(f.url(&format!("/v1/vms/{id}"))).bearer_auth(&globex).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(f.revision().await, before);
+    // Tenants cannot mint tokens or see nodes.
+    let (s, _) = f.post(Some(&globex), "/v1/tokens", json!({ "tenant": "acme" }).to_string()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = f.get(&globex, "/v1/nodes").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // acme sees its VM by name and id; the admin sees it too.
+    assert_eq!(f.get(&acme, "/v1/vms/web").await.0, StatusCode::OK);
+    assert_eq!(f.get(&f.admin, &format!("/v1/vms/{id}")).await.0, StatusCode::OK);
+    // acme stops it (never placed, so it is stopped at once).
+    let (s, v) = f.post(Some(&acme), &format!("/v1/vms/{id}/stop"), String::new()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"]["phase"], "stopped");
+}
+
+#[tokio::test]
+async fn agents_need_a_client_certificate_and_join_tokens_work_once() {
+    let f = Fixture::start().await;
+    // No client certificate: the agent endpoints refuse.
+    let before = f.revision().await;
+    let resp = f.http.get(f.url("/v1/agent/intents")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = f
+        .http
+        .post(f.url("/v1/agent/heartbeat"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(f.revision().await, before);
+
+    // Enroll with a join token.
+    let (s, jt) = f.post(Some(&f.admin), "/v1/join-tokens", "{}".to_owned()).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let token = jt["token"].as_str().unwrap();
+    let (csr, key) = firefleet_pki::make_agent_csr("node-a").unwrap();
+    let enroll = json!({ "join_token": token, "node": "node-a", "labels": { "cloud": "aws" }, "csr_pem": csr });
+    let (s, cert) = f.post(None, "/v1/agent/enroll", enroll.to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{cert}");
+    // The same token again (even for another node) is refused, and changes nothing.
+    let before = f.revision().await;
+    let (csr_b, _) = firefleet_pki::make_agent_csr("node-b").unwrap();
+    let again = json!({ "join_token": token, "node": "node-b", "csr_pem": csr_b });
+    let (s, v) = f.post(None, "/v1/agent/enroll", again.to_string()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("already used"));
+    assert_eq!(f.revision().await, before);
+
+    // With its certificate the agent is let in.
+    let agent = client(&f.server.ca_pem, Some((cert["cert_pem"].as_str().unwrap(), &key)));
+    let resp = agent.get(f.url("/v1/agent/intents")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // A certificate from another CA is refused at the TLS handshake.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = firefleet_pki::Ca::load_or_create(other_dir.path()).unwrap();
+    let (csr_x, key_x) = firefleet_pki::make_agent_csr("node-a").unwrap();
+    let forged = other.sign_agent_csr(&csr_x, "node-a", 1).unwrap();
+    let intruder = client(&f.server.ca_pem, Some((&forged, &key_x)));
+    assert!(intruder.get(f.url("/v1/agent/intents")).send().await.is_err(), "handshake must fail");
+}
+
+#[tokio::test]
+async fn openapi_document_is_checked_in_and_current() {
+    let generated = firefleet_server::openapi_json();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "openapi.json is out of date with the code: run `UPDATE_OPENAPI=1 cargo test -p firefleet-server --test api openapi` and commit it"
+    );
+    // And the server serves the same document.
+    let f = Fixture::start().await;
+    let served = f.http.get(f.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(served, generated);
+    let metrics = f.http.get(f.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("firefleet_http_requests_total"), "{metrics}");
+    assert!(metrics.contains("firefleet_store_revision"), "{metrics}");
+}

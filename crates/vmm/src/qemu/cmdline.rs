@@ -1,0 +1,145 @@
+//! The QEMU command line for a microvm (see ../shared/RUNTIME-NOTES.md for why each part).
+
+use firefleet_guest::config::GuestConfig;
+use firefleet_guest::AGENT_PORT_NAME;
+use firefleet_types::Accel;
+
+use crate::runtime::LaunchConfig;
+
+/// File names inside a VM's state directory. QEMU runs with the state directory as its working
+/// directory and gets these relative names, so long state roots do not hit the 108-byte limit
+/// of Unix socket paths on the QEMU side.
+pub const CONFIG_FILE: &str = "config.json";
+/// `"<pid> <start_time>"`.
+pub const PID_FILE: &str = "pid";
+/// QMP socket.
+pub const QMP_SOCK: &str = "qmp.sock";
+/// The guest channel (virtio-serial port `org.firefleet.agent`).
+pub const GUEST_SOCK: &str = "guest.sock";
+/// The serial console, written by QEMU itself.
+pub const CONSOLE_LOG: &str = "console.log";
+/// QEMU's own stdout/stderr.
+pub const QEMU_LOG: &str = "qemu.log";
+/// How the VMM process ended, written by the process that reaped it.
+pub const EXIT_FILE: &str = "exit";
+
+/// The host's TSC frequency in kHz: `$FIREFLEET_TSC_KHZ`, else `cpu MHz` of /proc/cpuinfo x 1000.
+pub fn host_tsc_khz() -> Option<u64> {
+    if let Some(v) = std::env::var("FIREFLEET_TSC_KHZ").ok().and_then(|v| v.trim().parse().ok()) {
+        return Some(v);
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    tsc_khz_from_cpuinfo(&cpuinfo)
+}
+
+/// Parses the first `cpu MHz` line.
+pub fn tsc_khz_from_cpuinfo(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+/// The kernel command line.
+pub fn kernel_cmdline(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> String {
+    let guest = GuestConfig {
+        cmd: cfg.cmd.clone(),
+        vm_id: cfg.id.clone(),
+    };
+    let mut s = String::from("console=ttyS0 reboot=t panic=-1 quiet");
+    if let Some(khz) = tsc_khz {
+        s.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    s.push(' ');
+    s.push_str(&guest.to_cmdline_param());
+    s
+}
+
+/// The arguments after the binary.
+pub fn qemu_args(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> Vec<String> {
+    let (accel, cpu) = match cfg.accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-M", &format!("microvm,accel={accel}"), "-cpu", cpu]);
+    push(&["-m", &cfg.memory_mib.to_string(), "-smp", &cfg.vcpus.to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    push(&["-name", &format!("firefleet-{},debug-threads=on", cfg.id)]);
+    push(&["-kernel", &cfg.image.kernel.to_string_lossy()]);
+    push(&["-initrd", &cfg.image.initrd.to_string_lossy()]);
+    push(&["-append", &kernel_cmdline(cfg, tsc_khz)]);
+    push(&["-chardev", &format!("file,id=console,path={CONSOLE_LOG}"), "-serial", "chardev:console"]);
+    push(&["-qmp", &format!("unix:{QMP_SOCK},server=on,wait=off")]);
+    push(&["-chardev", &format!("socket,id=agent,path={GUEST_SOCK},server=on,wait=off")]);
+    push(&["-device", "virtio-serial-device"]);
+    push(&["-device", &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}")]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::Image;
+
+    fn cfg(accel: Accel, cmd: Option<Vec<String>>) -> LaunchConfig {
+        LaunchConfig {
+            id: "vm1".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            image: Image {
+                digest: "sha256:00".into(),
+                kernel: "/img/vmlinuz".into(),
+                initrd: "/img/initrd.img".into(),
+                vmlinux: None,
+            },
+            cmd,
+            accel,
+        }
+    }
+
+    #[test]
+    fn builds_a_microvm_command_line() {
+        let args = qemu_args(&cfg(Accel::Tcg, None), Some(2_300_000));
+        let joined = args.join(" ");
+        assert!(joined.starts_with("-M microvm,accel=tcg -cpu max -m 256 -smp 2"), "{joined}");
+        for part in [
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-name firefleet-vm1,debug-threads=on",
+            "-kernel /img/vmlinuz",
+            "-initrd /img/initrd.img",
+            "-serial chardev:console",
+            "file,id=console,path=console.log",
+            "-qmp unix:qmp.sock,server=on,wait=off",
+            "socket,id=agent,path=guest.sock,server=on,wait=off",
+            "virtserialport,chardev=agent,name=org.firefleet.agent",
+        ] {
+            assert!(joined.contains(part), "missing {part}: {joined}");
+        }
+        let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
+        assert!(append.starts_with("console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=2300000 firefleet.config="));
+        assert!(!append.contains("acpi=off"));
+        let kvm = qemu_args(&cfg(Accel::Kvm, None), None).join(" ");
+        assert!(kvm.contains("-M microvm,accel=kvm -cpu host"));
+        assert!(!kvm.contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn passes_the_command_to_the_guest() {
+        let cmd = vec!["sh".to_string(), "-c".to_string(), "echo hi; exit 3".to_string()];
+        let line = kernel_cmdline(&cfg(Accel::Tcg, Some(cmd.clone())), None);
+        let guest = GuestConfig::from_kernel_cmdline(&line).unwrap();
+        assert_eq!(guest.cmd, Some(cmd));
+        assert_eq!(guest.vm_id, "vm1");
+    }
+
+    #[test]
+    fn reads_tsc_from_cpuinfo() {
+        let info = "processor\t: 0\ncpu MHz\t\t: 2300.000\ncpu MHz\t\t: 1.0\n";
+        assert_eq!(tsc_khz_from_cpuinfo(info), Some(2_300_000));
+        assert_eq!(tsc_khz_from_cpuinfo("nothing"), None);
+    }
+}

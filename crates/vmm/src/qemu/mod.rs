@@ -1,0 +1,474 @@
+//! The QEMU `microvm` backend of [`Runtime`].
+//!
+//! Each VM has a state directory `state_root/<id>/` with `config.json` (the [`LaunchConfig`]),
+//! `pid` (`"<pid> <start time>"`), `qmp.sock`, `guest.sock` (the guest channel), `console.log`
+//! (written by QEMU itself, so capture survives an agent restart), `qemu.log` (QEMU's stderr)
+//! and, once the process that launched it reaped it, `exit`.
+//!
+//! QEMU runs in its own session (setsid) so it outlives the agent. While the launching process
+//! lives, a waiter thread per child reaps it (no zombies); after a restart the VM is found again
+//! from the state directory (pid + start time) and driven over QMP and the guest channel.
+
+pub mod cmdline;
+pub mod process;
+pub mod qmp;
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use firefleet_guest::console::{parse_line, ConsoleEvent};
+use firefleet_guest::proto::{self, Message};
+
+use crate::runtime::{ConsoleChunk, LaunchConfig, Observation, Runtime, VmProcessInfo, VmmError};
+use cmdline::{CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, GUEST_SOCK, PID_FILE, QEMU_LOG, QMP_SOCK};
+use process::ProcessId;
+use qmp::Qmp;
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const REMOVE_GRACE: Duration = Duration::from_secs(5);
+
+/// The QEMU runtime. Cheap to create; holds no per-VM state in memory (the state directories
+/// are the truth), so a new instance on the same root re-adopts running VMs.
+#[derive(Debug, Clone)]
+pub struct QemuRuntime {
+    state_root: PathBuf,
+    qemu: PathBuf,
+    tsc_khz: Option<u64>,
+}
+
+/// Finds `qemu-system-x86_64`: `$FIREFLEET_QEMU`, else the first on PATH.
+pub fn find_qemu() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FIREFLEET_QEMU") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+}
+
+/// `qemu-system-x86_64 -version`, first line.
+pub fn qemu_version(qemu: &Path) -> Option<String> {
+    let out = Command::new(qemu).arg("-version").stdin(Stdio::null()).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+}
+
+fn state_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> VmmError {
+    let path = path.into();
+    move |source| VmmError::State { path, source }
+}
+
+fn validate_id(id: &str) -> Result<(), VmmError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(VmmError::InvalidId(id.to_string()))
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VmmError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(state_err(&tmp))?;
+    f.write_all(bytes).map_err(state_err(&tmp))?;
+    f.sync_all().map_err(state_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(state_err(path))
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+impl QemuRuntime {
+    /// A runtime keeping VM state under `state_root` (created if missing).
+    pub fn new(state_root: PathBuf) -> Result<Self, VmmError> {
+        let qemu = find_qemu().ok_or(VmmError::QemuNotFound)?;
+        Self::with_qemu(state_root, qemu)
+    }
+
+    /// A runtime with an explicit QEMU binary.
+    pub fn with_qemu(state_root: PathBuf, qemu: PathBuf) -> Result<Self, VmmError> {
+        fs::create_dir_all(&state_root).map_err(state_err(&state_root))?;
+        Ok(Self {
+            state_root,
+            qemu,
+            tsc_khz: cmdline::host_tsc_khz(),
+        })
+    }
+
+    /// The QEMU binary in use.
+    pub fn qemu(&self) -> &Path {
+        &self.qemu
+    }
+
+    /// The state root.
+    pub fn state_root(&self) -> &Path {
+        &self.state_root
+    }
+
+    /// A VM's state directory.
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        self.state_root.join(id)
+    }
+
+    fn process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
+        let path = self.vm_dir(id).join(PID_FILE);
+        ProcessId::read(&path).map_err(state_err(path))
+    }
+
+    fn spawn(&self, cfg: &LaunchConfig, dir: &Path) -> Result<ProcessId, VmmError> {
+        let log_path = dir.join(QEMU_LOG);
+        let log = File::create(&log_path).map_err(state_err(&log_path))?;
+        let log2 = log.try_clone().map_err(state_err(&log_path))?;
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(cmdline::qemu_args(cfg, self.tsc_khz))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            id: cfg.id.clone(),
+            binary: self.qemu.clone(),
+            source,
+        })?;
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        let Some(proc_id) = ProcessId::of(pid) else {
+            // Gone already: reap it and report what it said.
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(VmmError::EarlyExit {
+                id: cfg.id.clone(),
+                status,
+                log: log_tail(&log_path),
+            });
+        };
+        let pid_path = dir.join(PID_FILE);
+        if let Err(e) = write_atomic(&pid_path, proc_id.to_file_contents().as_bytes()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        // The reaper: waits for the child, records how it ended.
+        let exit_path = dir.join(EXIT_FILE);
+        let spawned = std::thread::Builder::new()
+            .name(format!("reap-{}", cfg.id))
+            .spawn(move || {
+                if let Ok(status) = child.wait() {
+                    let text = match (status.code(), status.signal()) {
+                        (Some(c), _) => format!("exit status: {c}"),
+                        (None, Some(s)) => format!("killed by signal {s}"),
+                        _ => status.to_string(),
+                    };
+                    let _ = fs::write(&exit_path, text);
+                }
+            });
+        if let Err(e) = spawned {
+            // Without a reaper thread the child would become a zombie when it exits; stop it.
+            proc_id.signal(libc::SIGKILL);
+            return Err(VmmError::Spawn {
+                id: cfg.id.clone(),
+                binary: self.qemu.clone(),
+                source: e,
+            });
+        }
+        Ok(proc_id)
+    }
+
+    /// Asks the guest to shut down over its channel; the stream is returned so it stays open
+    /// while we wait (closing at once could race with QEMU forwarding the line).
+    fn send_guest_shutdown(&self, id: &str) -> Option<UnixStream> {
+        let mut s = UnixStream::connect(self.vm_dir(id).join(GUEST_SOCK)).ok()?;
+        s.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.write_all(&proto::encode(&Message::Shutdown)).ok()?;
+        Some(s)
+    }
+
+    fn qmp(&self, id: &str, command: &str) -> Result<serde_json::Value, VmmError> {
+        let path = self.vm_dir(id).join(QMP_SOCK);
+        Qmp::connect(&path, Duration::from_secs(2))
+            .and_then(|mut q| q.execute(command, None))
+            .map_err(|source| VmmError::Qmp {
+                id: id.to_string(),
+                command: command.to_string(),
+                source,
+            })
+    }
+
+    /// Runs a QMP command without arguments on a VM (e.g. `query-status`).
+    pub fn qmp_command(&self, id: &str, command: &str) -> Result<serde_json::Value, VmmError> {
+        validate_id(id)?;
+        self.qmp(id, command)
+    }
+
+    /// Waits until the process no longer exists (reaped), accepting a zombie we cannot reap
+    /// (another parent) after a while.
+    fn wait_gone(p: ProcessId, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        wait_until(deadline, || !p.exists());
+    }
+}
+
+impl Runtime for QemuRuntime {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn launch(&self, cfg: &LaunchConfig) -> Result<VmProcessInfo, VmmError> {
+        validate_id(&cfg.id)?;
+        let invalid = |what: &str| VmmError::InvalidConfig {
+            id: cfg.id.clone(),
+            what: what.to_string(),
+        };
+        if cfg.vcpus == 0 || cfg.vcpus > 255 {
+            return Err(invalid("vcpus must be 1..=255"));
+        }
+        if cfg.memory_mib < 32 {
+            return Err(invalid("memory_mib must be at least 32"));
+        }
+        if !cfg.image.kernel.is_file() || !cfg.image.initrd.is_file() {
+            return Err(invalid("image kernel or initrd missing"));
+        }
+        if cmdline::kernel_cmdline(cfg, self.tsc_khz).len() > 2000 {
+            return Err(invalid("command too long for the kernel command line"));
+        }
+        let dir = self.vm_dir(&cfg.id);
+        if let Some(p) = self.process(&cfg.id)? {
+            if p.is_alive() {
+                return Ok(VmProcessInfo {
+                    id: cfg.id.clone(),
+                    pid: p.pid,
+                    start_time: p.start_time,
+                    state_dir: dir,
+                    already_running: true,
+                });
+            }
+        }
+        fs::create_dir_all(&dir).map_err(state_err(&dir))?;
+        for stale in [PID_FILE, EXIT_FILE, QMP_SOCK, GUEST_SOCK] {
+            let p = dir.join(stale);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(VmmError::State { path: p, source: e }),
+            }
+        }
+        let config = serde_json::to_vec_pretty(cfg).map_err(|e| VmmError::CorruptState {
+            path: dir.join(CONFIG_FILE),
+            source: e,
+        })?;
+        write_atomic(&dir.join(CONFIG_FILE), &config)?;
+
+        let p = self.spawn(cfg, &dir)?;
+        let qmp_path = dir.join(QMP_SOCK);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let up = wait_until(deadline, || !p.is_alive() || UnixStream::connect(&qmp_path).is_ok());
+        if !p.is_alive() {
+            Self::wait_gone(p, Duration::from_secs(2));
+            let status = fs::read_to_string(dir.join(EXIT_FILE)).unwrap_or_else(|_| "exited".into());
+            return Err(VmmError::EarlyExit {
+                id: cfg.id.clone(),
+                status,
+                log: log_tail(&dir.join(QEMU_LOG)),
+            });
+        }
+        if !up {
+            p.signal(libc::SIGKILL);
+            Self::wait_gone(p, Duration::from_secs(5));
+            return Err(VmmError::StartTimeout {
+                id: cfg.id.clone(),
+                secs: START_TIMEOUT.as_secs(),
+            });
+        }
+        Ok(VmProcessInfo {
+            id: cfg.id.clone(),
+            pid: p.pid,
+            start_time: p.start_time,
+            state_dir: dir,
+            already_running: false,
+        })
+    }
+
+    fn list(&self) -> Result<Vec<String>, VmmError> {
+        let mut ids = Vec::new();
+        let entries = fs::read_dir(&self.state_root).map_err(state_err(&self.state_root))?;
+        for e in entries {
+            let e = e.map_err(state_err(&self.state_root))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if validate_id(&name).is_ok() && e.path().join(CONFIG_FILE).is_file() {
+                ids.push(name);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn observe(&self, id: &str) -> Result<Observation, VmmError> {
+        validate_id(id)?;
+        let dir = self.vm_dir(id);
+        if !dir.is_dir() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        let p = self.process(id)?;
+        let running = p.is_some_and(|p| p.is_alive());
+        let console_path = dir.join(CONSOLE_LOG);
+        let console = match fs::read(&console_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(VmmError::State { path: console_path, source: e }),
+        };
+        let (mut ready, mut exit_code, mut powering_off) = (false, None, false);
+        for line in String::from_utf8_lossy(&console).lines() {
+            match parse_line(line) {
+                Some(ConsoleEvent::Ready) => ready = true,
+                Some(ConsoleEvent::ExitStatus(c)) => exit_code = Some(c),
+                Some(ConsoleEvent::PoweringOff) => powering_off = true,
+                None => {}
+            }
+        }
+        let vmm_exit = fs::read_to_string(dir.join(EXIT_FILE)).ok().map(|s| s.trim().to_string());
+        Ok(Observation {
+            id: id.to_string(),
+            pid: p.map(|p| p.pid),
+            running,
+            guest_ready: ready,
+            guest_exit_code: exit_code,
+            powered_off: powering_off && !running,
+            vmm_exit,
+        })
+    }
+
+    fn stop(&self, id: &str, grace: Duration) -> Result<(), VmmError> {
+        validate_id(id)?;
+        let Some(p) = self.process(id)? else {
+            return Ok(());
+        };
+        if !p.is_alive() {
+            Self::wait_gone(p, Duration::from_secs(2));
+            return Ok(());
+        }
+        if !grace.is_zero() {
+            let deadline = Instant::now() + grace;
+            let channel = self.send_guest_shutdown(id);
+            if channel.is_none() {
+                // No guest channel: try the ACPI power button.
+                let _ = self.qmp(id, "system_powerdown");
+            }
+            wait_until(deadline, || !p.is_alive());
+            drop(channel);
+        }
+        if p.is_alive() {
+            // Ask QEMU to quit; the reply may be cut short by the exit.
+            let _ = self.qmp(id, "quit");
+            wait_until(Instant::now() + Duration::from_secs(1), || !p.is_alive());
+        }
+        if p.is_alive() {
+            p.signal(libc::SIGKILL);
+            if !wait_until(Instant::now() + Duration::from_secs(5), || !p.is_alive()) {
+                return Err(VmmError::Unkillable {
+                    id: id.to_string(),
+                    pid: p.pid,
+                });
+            }
+        }
+        Self::wait_gone(p, Duration::from_secs(2));
+        Ok(())
+    }
+
+    fn console(&self, id: &str, offset: u64, max: usize) -> Result<ConsoleChunk, VmmError> {
+        validate_id(id)?;
+        let dir = self.vm_dir(id);
+        if !dir.is_dir() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        let path = dir.join(CONSOLE_LOG);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(ConsoleChunk {
+                    data: Vec::new(),
+                    next_offset: offset,
+                })
+            }
+            Err(e) => return Err(VmmError::State { path, source: e }),
+        };
+        f.seek(SeekFrom::Start(offset)).map_err(state_err(&path))?;
+        let mut data = Vec::with_capacity(max.min(1 << 20));
+        f.take(max as u64).read_to_end(&mut data).map_err(state_err(&path))?;
+        Ok(ConsoleChunk {
+            next_offset: offset + data.len() as u64,
+            data,
+        })
+    }
+
+    fn remove(&self, id: &str) -> Result<(), VmmError> {
+        validate_id(id)?;
+        let dir = self.vm_dir(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        self.stop(id, REMOVE_GRACE)?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(VmmError::State { path: dir, source: e }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_ids() {
+        for ok in ["vm-1", "a.b_c", "X"] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_vms_are_not_found_and_stop_remove_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = QemuRuntime::with_qemu(dir.path().to_path_buf(), "/nonexistent/qemu".into()).unwrap();
+        assert!(matches!(rt.observe("nope"), Err(VmmError::NotFound(_))));
+        rt.stop("nope", Duration::from_secs(1)).unwrap();
+        rt.remove("nope").unwrap();
+        assert!(rt.list().unwrap().is_empty());
+    }
+}
