@@ -23,7 +23,7 @@ pub fn gather_facts(config: &AgentConfig, runtime: &QemuRuntime) -> NodeFacts {
         accel,
         accel_probe,
         runtimes: vec!["qemu".to_owned()],
-        vmm_version: firefleet_vmm::qemu_version().unwrap_or_else(|e| format!("unknown ({e})")),
+        vmm_version: firefleet_vmm::qemu::qemu_version(runtime.qemu()).unwrap_or_else(|| "unknown".to_owned()),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     }
@@ -38,7 +38,7 @@ fn probe(config: &AgentConfig, runtime: &QemuRuntime) -> (Accel, String) {
         Ok(i) => i,
         Err(e) => return (Accel::Tcg, format!("not probed (no guest image to probe with: {e}); using tcg")),
     };
-    let p = runtime.probe_accel(&image, std::time::Duration::from_secs(15));
+    let p = firefleet_vmm::probe_accel(runtime.state_root(), &image, std::time::Duration::from_secs(5));
     (p.accel, p.detail)
 }
 

@@ -45,6 +45,8 @@ pub struct Reconciler {
     accel: Accel,
     local: HashMap<VmId, Local>,
     busy: Arc<Mutex<HashSet<String>>>,
+    /// Launches that failed, with why (reported as Failed).
+    failed: Arc<Mutex<HashMap<String, String>>>,
     starting: bool,
 }
 
@@ -57,7 +59,7 @@ enum Action {
 
 impl Reconciler {
     pub fn new(client: Client, runtime: Arc<QemuRuntime>, image_dir: PathBuf, accel: Accel) -> Self {
-        Self { client, runtime, image_dir, accel, local: HashMap::new(), busy: Default::default(), starting: false }
+        Self { client, runtime, image_dir, accel, local: HashMap::new(), busy: Default::default(), failed: Default::default(), starting: false }
     }
 
     /// Whether a VM is booting (the caller then reconciles more often to see it become ready).
@@ -87,6 +89,9 @@ impl Reconciler {
             self.reconcile_vm(intent).await;
         }
         self.local.retain(|id, _| wanted.contains(id.as_str()));
+        if let Ok(mut f) = self.failed.lock() {
+            f.retain(|id, _| wanted.contains(id.as_str()));
+        }
     }
 
     async fn reconcile_vm(&mut self, intent: &VmIntent) {
@@ -101,7 +106,7 @@ impl Reconciler {
         let obs_id = id.clone();
         let obs = match tokio::task::spawn_blocking(move || rt.observe(&obs_id)).await {
             Ok(Ok(o)) => Some(o),
-            Ok(Err(e)) if e.is_not_found() => None,
+            Ok(Err(firefleet_vmm::VmmError::NotFound(_))) => None,
             Ok(Err(e)) => {
                 tracing::warn!(vm = %id, error = %e, "observing failed");
                 return;
@@ -110,7 +115,14 @@ impl Reconciler {
         };
         let local = self.local.entry(intent.id.clone()).or_default();
         let now = now_ms();
-        let (phase, message, exit_code, action) = decide(intent, obs.as_ref(), local, now, &self.image_dir, self.accel);
+        let launch_error = self.failed.lock().ok().and_then(|f| f.get(&id).cloned());
+        let (phase, message, exit_code, action) = match launch_error {
+            Some(err) if obs.is_none() && !intent.deleting && !intent.phase.is_terminal() => {
+                local.stopped_ms.get_or_insert(now);
+                (VmPhase::Failed, Some(format!("launch failed: {err}")), None, None)
+            }
+            _ => decide(intent, obs.as_ref(), local, now, &self.image_dir, self.accel),
+        };
         if phase == VmPhase::Starting || matches!(action, Some(Action::Launch(_))) {
             self.starting = true;
         }
@@ -175,6 +187,7 @@ impl Reconciler {
         }
         let rt = self.runtime.clone();
         let busy = self.busy.clone();
+        let failed = self.failed.clone();
         tokio::task::spawn_blocking(move || {
             let r = match &action {
                 Action::Launch(cfg) => rt.launch(cfg).map(|_| ()),
@@ -183,6 +196,11 @@ impl Reconciler {
             };
             if let Err(e) = r {
                 tracing::warn!(vm = %id, error = %e, "vmm operation failed");
+                if matches!(action, Action::Launch(_)) {
+                    if let Ok(mut f) = failed.lock() {
+                        f.insert(id.clone(), error_chain(&e));
+                    }
+                }
             }
             if let Ok(mut b) = busy.lock() {
                 b.remove(&id);
@@ -213,11 +231,11 @@ fn decide(
         },
         // Exists locally.
         Some(o) => {
-            if o.alive {
+            if o.running {
                 if spec.desired == DesiredState::Stopped {
                     return (VmPhase::Stopping, None, None, Some(Action::Stop));
                 }
-                if o.ready {
+                if o.guest_ready {
                     local.running_ms.get_or_insert(now);
                     (VmPhase::Running, None, None, None)
                 } else {
@@ -226,12 +244,13 @@ fn decide(
             } else {
                 local.stopped_ms.get_or_insert(now);
                 if spec.desired == DesiredState::Stopped {
-                    (VmPhase::Stopped, Some("stopped".to_owned()), o.exit_code, None)
-                } else if o.powered_off || o.exit_code.is_some() {
-                    let msg = o.exit_code.map(|c| format!("command exited with status {c}"));
-                    (VmPhase::Stopped, msg, o.exit_code, None)
+                    (VmPhase::Stopped, Some("stopped".to_owned()), o.guest_exit_code, None)
+                } else if o.powered_off || o.guest_exit_code.is_some() {
+                    let msg = o.guest_exit_code.map(|c| format!("command exited with status {c}"));
+                    (VmPhase::Stopped, msg, o.guest_exit_code, None)
                 } else {
-                    (VmPhase::Failed, Some("the VMM process exited unexpectedly".to_owned()), None, None)
+                    let why = o.vmm_exit.clone().unwrap_or_else(|| "unknown cause".to_owned());
+                    (VmPhase::Failed, Some(format!("the VMM process exited unexpectedly: {why}")), None, None)
                 }
             }
         }
@@ -273,4 +292,15 @@ fn stopping_or(phase: VmPhase) -> VmPhase {
     } else {
         VmPhase::Stopping
     }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -62,6 +62,22 @@ pub enum Command {
     /// Guest images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Benchmarks against a live cluster.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time from `vm run` to Running, split into control-plane and VMM boot time.
+    VmRun {
+        /// Number of VMs, one after another.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Memory per VM in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u64,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -65,11 +65,11 @@ pub async fn build(
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let mut progress = |p: BuildProgress| {
-            bar.set_message(p.stage.to_string());
-            bar.set_length(p.total.max(1));
+            bar.set_message(format!("{}: {}", p.stage.as_str(), p.message));
+            bar.set_length(p.total.unwrap_or(0).max(p.done).max(1));
             bar.set_position(p.done);
             if !show {
-                tracing::debug!(stage = %p.stage, done = p.done, total = p.total, "image build");
+                tracing::debug!(stage = p.stage.as_str(), done = p.done, total = ?p.total, "image build");
             }
         };
         let r = build_image(&store, &opts, &mut progress);

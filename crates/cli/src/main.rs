@@ -3,6 +3,7 @@
 //! library crates; `anyhow` lives only here.
 
 mod args;
+mod cmd_bench;
 mod cmd_image;
 mod cmd_run;
 mod cmd_vm;
@@ -50,5 +51,6 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Token(args::TokenCommand::Create { tenant }) => cmd_vm::token_create(&g, &tenant).await,
         Command::JoinToken(args::JoinTokenCommand::Create { ttl_secs }) => cmd_vm::join_token_create(&g, ttl_secs).await,
         Command::Image(c) => cmd_image::image(&g, c).await,
+        Command::Bench(args::BenchCommand::VmRun { count, memory }) => cmd_bench::vm_run(&g, count, memory).await,
     }
 }

@@ -81,8 +81,8 @@ impl GuestConfig {
         let prefix = format!("{CMDLINE_PARAM}=");
         let value = cmdline
             .split_ascii_whitespace()
-            .filter_map(|w| w.strip_prefix(prefix.as_str()))
-            .last()
+            .rev()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
             .ok_or(ConfigError::Missing)?;
         Self::from_cmdline_value(value)
     }

@@ -40,7 +40,10 @@ mod tests {
 
     #[test]
     fn parses_guest_lines() {
-        assert_eq!(parse_line("firefleet-guest ready\r"), Some(ConsoleEvent::Ready));
+        assert_eq!(
+            parse_line("firefleet-guest ready\r"),
+            Some(ConsoleEvent::Ready)
+        );
         assert_eq!(
             parse_line("firefleet-guest exit-status 3\r"),
             Some(ConsoleEvent::ExitStatus(3))

@@ -12,6 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -36,6 +37,7 @@ const STOP_SIGNALS: [libc::c_int; 5] = [
 enum Event {
     Signal(libc::c_int),
     Shutdown,
+    PowerButton,
 }
 
 /// What the main loop asks of the channel thread.
@@ -86,6 +88,7 @@ fn main() {
 
     let (events_tx, events_rx) = mpsc::channel();
     spawn_signal_thread(sigset, events_tx.clone());
+    spawn_power_button_thread(events_tx.clone());
     let channel = spawn_channel_thread(events_tx, start);
 
     log(READY_LINE);
@@ -99,7 +102,11 @@ fn main() {
     main_loop(events_rx, workload, &channel);
 }
 
-fn main_loop(events: Receiver<Event>, workload: Option<libc::pid_t>, channel: &Sender<Outgoing>) -> ! {
+fn main_loop(
+    events: Receiver<Event>,
+    workload: Option<libc::pid_t>,
+    channel: &Sender<Outgoing>,
+) -> ! {
     loop {
         let stop = match events.recv_timeout(Duration::from_secs(1)) {
             Ok(Event::Signal(sig)) if sig == libc::SIGCHLD => false,
@@ -109,6 +116,10 @@ fn main_loop(events: Receiver<Event>, workload: Option<libc::pid_t>, channel: &S
             }
             Ok(Event::Shutdown) => {
                 log("firefleet-guest: shutdown requested by the host");
+                true
+            }
+            Ok(Event::PowerButton) => {
+                log("firefleet-guest: power button pressed");
                 true
             }
             Err(RecvTimeoutError::Timeout) => false,
@@ -172,8 +183,9 @@ fn terminate_all() -> Vec<(libc::pid_t, i32)> {
     unsafe { libc::kill(-1, libc::SIGTERM) };
     let deadline = Instant::now() + TERM_GRACE;
     while Instant::now() < deadline {
-        reaped.extend(reap_all());
-        if no_children() {
+        let (pids, none_left) = reap();
+        reaped.extend(pids);
+        if none_left {
             return reaped;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -181,34 +193,34 @@ fn terminate_all() -> Vec<(libc::pid_t, i32)> {
     // SAFETY: as above.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < deadline && !no_children() {
-        reaped.extend(reap_all());
+    loop {
+        let (pids, none_left) = reap();
+        reaped.extend(pids);
+        if none_left || Instant::now() >= deadline {
+            return reaped;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
-    reaped.extend(reap_all());
-    reaped
-}
-
-fn no_children() -> bool {
-    let mut status = 0;
-    // SAFETY: waitpid with WNOHANG only inspects; a return of -1/ECHILD means no children.
-    let rc = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-    if rc > 0 {
-        // We reaped one while checking; there may be more.
-        return false;
-    }
-    rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
 }
 
 /// Reaps every zombie; returns (pid, exit code or 128+signal).
 fn reap_all() -> Vec<(libc::pid_t, i32)> {
+    reap().0
+}
+
+/// Reaps every zombie; also says whether no children are left at all.
+fn reap() -> (Vec<(libc::pid_t, i32)>, bool) {
     let mut out = Vec::new();
     loop {
         let mut status = 0;
         // SAFETY: plain waitpid on any child.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return out;
+        if pid == 0 {
+            return (out, false);
+        }
+        if pid < 0 {
+            let none_left = io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
+            return (out, none_left);
         }
         let code = if libc::WIFEXITED(status) {
             libc::WEXITSTATUS(status)
@@ -226,12 +238,20 @@ fn spawn_workload(cmd: &[String]) -> Option<libc::pid_t> {
         warn("workload", "empty command");
         return None;
     };
-    match Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .env("PATH", PATH)
-        .spawn()
-    {
+    let mut command = Command::new(prog);
+    command.args(args).stdin(Stdio::null()).env("PATH", PATH);
+    // SAFETY: only async-signal-safe calls between fork and exec. PID 1 blocks the stop signals
+    // for its signal thread; the workload must start with an empty mask or SIGTERM cannot
+    // reach it.
+    unsafe {
+        command.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    match command.spawn() {
         // Dropping the Child neither waits nor kills; we reap it with waitpid(-1).
         Ok(child) => i32::try_from(child.id()).ok(),
         Err(e) => {
@@ -274,8 +294,18 @@ fn spawn_signal_thread(set: libc::sigset_t, tx: Sender<Event>) {
 
 fn mount_filesystems() {
     for (src, target, fstype, flags) in [
-        ("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
-        ("sysfs", "/sys", "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
+        (
+            "proc",
+            "/proc",
+            "proc",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        ),
+        (
+            "sysfs",
+            "/sys",
+            "sysfs",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        ),
         ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID),
         ("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV),
     ] {
@@ -340,7 +370,11 @@ fn load_modules(dir: &Path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return,
         Err(e) => return warn("reading /lib/modules/order", e),
     };
-    for name in order.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for name in order
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         if name.contains('/') {
             warn("module order", format!("skipping {name:?}"));
             continue;
@@ -368,6 +402,64 @@ fn load_modules(dir: &Path) {
                 warn(&format!("loading {name}"), err);
             }
         }
+    }
+}
+
+/// The input device of the ACPI power button (module `button`), if any.
+fn find_power_button() -> Option<PathBuf> {
+    let entries = fs::read_dir("/sys/class/input").ok()?;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        if !file_name.to_string_lossy().starts_with("event") {
+            continue;
+        }
+        let name = fs::read_to_string(entry.path().join("device/name")).unwrap_or_default();
+        if name.trim() == "Power Button" {
+            return Some(Path::new("/dev/input").join(file_name));
+        }
+    }
+    None
+}
+
+/// Turns a power-button press (QEMU `system_powerdown`) into a stop request.
+fn spawn_power_button_thread(events: Sender<Event>) {
+    const EV_KEY: u16 = 1;
+    const KEY_POWER: u16 = 116;
+    let spawned = std::thread::Builder::new()
+        .name("power-button".into())
+        .spawn(move || {
+            // The device appears once `button` and `evdev` are loaded; give it a few seconds.
+            let mut path = None;
+            for _ in 0..50 {
+                path = find_power_button();
+                if path.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let Some(path) = path else {
+                return;
+            };
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) => return warn(&format!("opening {}", path.display()), e),
+            };
+            // struct input_event on x86-64: timeval (16 bytes), type u16, code u16, value i32.
+            let mut ev = [0u8; 24];
+            loop {
+                if let Err(e) = io::Read::read_exact(&mut file, &mut ev) {
+                    return warn("reading the power button", e);
+                }
+                let kind = u16::from_ne_bytes([ev[16], ev[17]]);
+                let code = u16::from_ne_bytes([ev[18], ev[19]]);
+                let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+                if kind == EV_KEY && code == KEY_POWER && value == 1 {
+                    let _ = events.send(Event::PowerButton);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn("starting the power button thread", e);
     }
 }
 
@@ -406,7 +498,11 @@ fn channel_thread(events: Sender<Event>, outgoing: Receiver<Outgoing>, start: In
                 let _ = ack.send(());
             }
         }
-        let step = if waited < Duration::from_secs(5) { 100 } else { 1000 };
+        let step = if waited < Duration::from_secs(5) {
+            100
+        } else {
+            1000
+        };
         std::thread::sleep(Duration::from_millis(step));
         waited += Duration::from_millis(step);
     };

@@ -260,7 +260,10 @@ mod tests {
             String::from_utf8(line).unwrap(),
             "{\"v\":1,\"type\":\"heartbeat\",\"uptime_ms\":1500}\n"
         );
-        assert_eq!(encode(&Message::Shutdown), b"{\"v\":1,\"type\":\"shutdown\"}\n");
+        assert_eq!(
+            encode(&Message::Shutdown),
+            b"{\"v\":1,\"type\":\"shutdown\"}\n"
+        );
     }
 
     #[test]

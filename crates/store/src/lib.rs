@@ -8,7 +8,7 @@
 //!   watches that replay history from a revision and then follow live writes;
 //! - the embedded backend, [`SqliteStore`] (one file, WAL, `synchronous=FULL`: a write that
 //!   returned `Ok` survives a crash of the process or the host);
-//! - with the `test-util` feature, [`conformance`]: the suite every backend must pass
+//! - with the `test-util` feature, `conformance`: the suite every backend must pass
 //!   unchanged (SQLite here, etcd later).
 //!
 //! It must not know about FireFleet's objects (VMs, nodes, ...): typed repositories live above

@@ -31,9 +31,7 @@ fn child(db: &Path) {
         while started.elapsed() < CHILD_LIMIT {
             let key = format!("/kill9/{i:08}");
             // Alternate plain puts and two-key transactions.
-            let revision = if i % 2 == 0 {
-                store.put(&key, value_of(i)).await.expect("put")
-            } else {
+            let revision = if i % 2 == 1 {
                 let resp = store
                     .txn(
                         vec![],
@@ -53,6 +51,8 @@ fn child(db: &Path) {
                     .expect("txn");
                 assert!(resp.succeeded);
                 resp.revision
+            } else {
+                store.put(&key, value_of(i)).await.expect("put")
             };
             // Fails (ending the child) once the parent is gone.
             writeln!(stdout, "ACK {i} {revision}").expect("write ack");

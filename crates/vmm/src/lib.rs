@@ -6,6 +6,33 @@
 //! QEMU backend in [`qemu`]) and choosing KVM or TCG ([`probe_accel`]). The API is synchronous
 //! (blocking); async callers use `spawn_blocking`. It must not depend on tokio, the store or the
 //! server, and it makes no scheduling decisions.
+//!
+//! # Building a guest image
+//! 1. The guest binary (static, no PT_INTERP): `crates/guest/build-static.sh` prints its path
+//!    (`$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/firefleet-guest`).
+//! 2. An image, with apt, dpkg-deb and busybox-static installed:
+//!
+//! ```no_run
+//! use firefleet_vmm::image::{build_image, BuildOptions, ImageStore};
+//! let store = ImageStore::open("/var/lib/firefleet/images".as_ref())?;
+//! let manifest = build_image(
+//!     &store,
+//!     &BuildOptions {
+//!         name: "default".into(),
+//!         guest_bin: firefleet_vmm::default_guest_bin()?, // or the path from build-static.sh
+//!         work_dir: "/var/cache/firefleet".into(),        // .deb cache lives in work_dir/debs
+//!         kernel_package: None,                           // linux-image-cloud-amd64
+//!     },
+//!     &mut |p| eprintln!("{} {}/{:?} {}", p.stage.as_str(), p.done, p.total, p.message),
+//! )?;
+//! let image = store.resolve("default")?;
+//! # let _ = (manifest, image);
+//! # Ok::<(), firefleet_vmm::ImageError>(())
+//! ```
+//!
+//! # Running a VM
+//! `QemuRuntime::new(state_root)?.launch(&LaunchConfig { .. })`, then `observe`, `console`,
+//! `stop`, `remove`. Choose `accel` with [`probe_accel`] (cached per host).
 
 pub mod image;
 pub mod probe;
@@ -13,7 +40,10 @@ pub mod qemu;
 mod runtime;
 
 pub use firefleet_types::Accel;
-pub use image::{build_image, default_guest_bin, BuildOptions, BuildProgress, BuildStage, Image, ImageError, ImageManifest, ImageStore};
+pub use image::{
+    build_image, default_guest_bin, BuildOptions, BuildProgress, BuildStage, Image, ImageError,
+    ImageManifest, ImageStore,
+};
 pub use probe::{probe_accel, AccelProbe};
 pub use qemu::QemuRuntime;
 pub use runtime::{ConsoleChunk, LaunchConfig, Observation, Runtime, VmProcessInfo, VmmError};

@@ -43,7 +43,11 @@ pub fn probe_accel(state_root: &Path, image: &Image, deadline: Duration) -> Acce
         accel: Accel::Tcg,
         detail,
     };
-    if let Err(e) = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         return tcg(format!("kvm probe: /dev/kvm not usable: {e}"));
     }
     let probe_root = state_root.join(".accel-probe");
@@ -104,19 +108,31 @@ fn run_probe(rt: &QemuRuntime, image: &Image, deadline: Duration) -> AccelProbe 
             Ok(o) if o.guest_ready => {
                 break AccelProbe {
                     accel: Accel::Kvm,
-                    detail: format!("kvm probe: guest ready in {} ms", started.elapsed().as_millis()),
+                    detail: format!(
+                        "kvm probe: guest ready in {} ms",
+                        started.elapsed().as_millis()
+                    ),
                 }
             }
             Ok(o) if !o.running => {
-                let log = fs::read_to_string(rt.vm_dir(PROBE_ID).join(crate::qemu::cmdline::QEMU_LOG)).unwrap_or_default();
-                let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+                let log =
+                    fs::read_to_string(rt.vm_dir(PROBE_ID).join(crate::qemu::cmdline::QEMU_LOG))
+                        .unwrap_or_default();
+                let last = log
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no output");
                 break tcg(format!("kvm probe: qemu exited: {}", last.trim()));
             }
             Ok(_) => {}
             Err(e) => break tcg(format!("kvm probe: {}", error_chain(&e))),
         }
         if started.elapsed() >= deadline {
-            break tcg(format!("kvm probe: no ready line within {}s", deadline.as_secs_f32()));
+            break tcg(format!(
+                "kvm probe: no ready line within {}s",
+                deadline.as_secs_f32()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -3,6 +3,7 @@
 //! a timer and whenever `AppState::kick` fires, so being killed at any point is harmless: the next
 //! run sees the same state and finishes the work.
 
+mod compaction;
 mod nodes;
 mod scheduling;
 
@@ -16,7 +17,8 @@ use crate::AppState;
 pub(crate) fn spawn_all(state: AppState, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     vec![
         spawn_loop("scheduling", state.clone(), shutdown.clone(), Duration::from_secs(1), scheduling::reconcile),
-        spawn_loop("node-readiness", state, shutdown, Duration::from_secs(2), nodes::reconcile),
+        spawn_loop("node-readiness", state.clone(), shutdown.clone(), Duration::from_secs(2), nodes::reconcile),
+        spawn_loop("compaction", state, shutdown, Duration::from_secs(60), compaction::reconcile),
     ]
 }
 

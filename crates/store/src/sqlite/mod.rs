@@ -67,7 +67,8 @@ struct Inner {
 
 /// The SQLite-backed [`KvStore`]. Cloning shares the same open store.
 ///
-/// The file is locked exclusively while open: one process owns a store.
+/// The file is locked exclusively while open: one process owns a store. Its async methods
+/// must run inside a tokio runtime (they use `spawn_blocking`; watches spawn a task).
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,

@@ -93,7 +93,8 @@ pub(super) struct Cursor {
 }
 
 /// Up to `limit` logged events under `prefix`, from `cursor` to `upto` inclusive, in order,
-/// each with its seq within its revision. Fails with `Compacted` if rows the cursor still needs may have been compacted away.
+/// each with its seq within its revision. Fails with `Compacted` if rows the cursor still
+/// needs may have been compacted away.
 pub(super) fn replay_page(
     conn: &Connection,
     prefix: &str,

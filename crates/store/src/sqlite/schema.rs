@@ -57,7 +57,6 @@ pub(super) fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, St
     }
     // FULL: each commit fsyncs the WAL, so an acknowledged write survives a power loss.
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
 
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let version: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;

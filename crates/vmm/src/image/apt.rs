@@ -22,12 +22,20 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
         .chain(cmd.get_args().map(|a| a.to_string_lossy().to_string()))
         .collect::<Vec<_>>()
         .join(" ");
-    let out = cmd
-        .output()
-        .map_err(|source| ImageError::ToolSpawn { tool: program, source })?;
+    let out = cmd.output().map_err(|source| ImageError::ToolSpawn {
+        tool: program,
+        source,
+    })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: String = stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = stderr
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(ImageError::ToolFailed {
             command: line,
             status: out.status.to_string(),
@@ -78,7 +86,12 @@ pub(crate) fn resolve_package(requested: &str) -> Result<String, ImageError> {
         name = deps
             .lines()
             .filter_map(|l| l.trim().strip_prefix("Depends:"))
-            .map(|d| d.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+            .map(|d| {
+                d.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
             .find(|d| is_versioned_image(d))
             .ok_or_else(|| ImageError::Package {
                 package: requested.to_string(),
@@ -117,7 +130,9 @@ pub(crate) fn fetch_verified(
         package: pinned.clone(),
         what: format!("no {what} field"),
     };
-    let expected = field(&stanza, "SHA256").ok_or_else(|| missing("SHA256"))?.to_ascii_lowercase();
+    let expected = field(&stanza, "SHA256")
+        .ok_or_else(|| missing("SHA256"))?
+        .to_ascii_lowercase();
     let filename = field(&stanza, "Filename").ok_or_else(|| missing("Filename"))?;
     let base = filename.rsplit('/').next().unwrap_or(&filename).to_string();
     fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;

@@ -12,12 +12,13 @@ use super::apt::{self, run};
 use super::cpio::CpioWriter;
 use super::elf::{self, ExecutableKind};
 use super::{
-    image_digest, io_err, sha256_file, sync_dir, write_file_synced, ImageError, ImageManifest, ImageStore, INITRD_FILE,
-    KERNEL_FILE, VMLINUX_FILE,
+    image_digest, io_err, sha256_file, sync_dir, write_file_synced, ImageError, ImageManifest,
+    ImageStore, INITRD_FILE, KERNEL_FILE, VMLINUX_FILE,
 };
 
-/// The kernel modules put into the initramfs, in load order (dependencies first; from each
-/// module's `depends=` in `.modinfo`). For the `microvm` machine (virtio-mmio).
+/// The kernel modules put into the initramfs. Their dependencies (from each module's
+/// `depends=` in `.modinfo`) are added and ordered before them automatically. For the
+/// `microvm` machine (virtio-mmio).
 pub const GUEST_MODULES: &[&str] = &[
     "virtio",
     "virtio_ring",
@@ -32,6 +33,9 @@ pub const GUEST_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
     "virtio_balloon",
     "virtio-rng",
+    // The ACPI power button (QEMU `system_powerdown`) as an input device.
+    "button",
+    "evdev",
 ];
 
 /// The default package: Debian's cloud kernel metapackage.
@@ -151,11 +155,19 @@ pub fn build_image(
         .unwrap_or_else(|| PathBuf::from("/bin/busybox"));
     let busybox = read_static(&busybox_path)?;
 
-    report(BuildStage::Resolve, 0, Some(1), "resolving the kernel package".into());
+    report(
+        BuildStage::Resolve,
+        0,
+        Some(1),
+        "resolving the kernel package".into(),
+    );
     if apt::ensure_apt_lists()? {
         report(BuildStage::Resolve, 0, Some(1), "ran apt-get update".into());
     }
-    let requested = opts.kernel_package.as_deref().unwrap_or(DEFAULT_KERNEL_PACKAGE);
+    let requested = opts
+        .kernel_package
+        .as_deref()
+        .unwrap_or(DEFAULT_KERNEL_PACKAGE);
     let package = apt::resolve_package(requested)?;
     report(BuildStage::Resolve, 1, Some(1), package.clone());
 
@@ -173,7 +185,10 @@ pub fn build_image(
         stage: BuildStage::Download,
         done: deb_size,
         total: Some(deb_size),
-        message: format!("{} {} verified (sha256 {})", pkg.name, pkg.version, pkg.sha256),
+        message: format!(
+            "{} {} verified (sha256 {})",
+            pkg.name, pkg.version, pkg.sha256
+        ),
     });
 
     let scratch = ScratchDir::new(&opts.work_dir)?;
@@ -183,7 +198,10 @@ pub fn build_image(
         total: Some(deb_size),
         message: format!("dpkg-deb -x {}", pkg.deb.display()),
     });
-    run(Command::new("dpkg-deb").arg("-x").arg(&pkg.deb).arg(&scratch.0))?;
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&pkg.deb)
+        .arg(&scratch.0))?;
     progress(BuildProgress {
         stage: BuildStage::Extract,
         done: deb_size,
@@ -193,31 +211,21 @@ pub fn build_image(
 
     let (vmlinuz, kernel_version) = find_kernel(&scratch.0, &pkg.name)?;
     let modules_dir = scratch.0.join("lib/modules").join(&kernel_version);
-    let mut modules = Vec::new();
-    let total = GUEST_MODULES.len() as u64;
-    for (i, name) in GUEST_MODULES.iter().enumerate() {
-        match find_module(&modules_dir, name)? {
-            Some(path) => modules.push((format!("{name}.ko"), read_module(&path)?)),
-            None if is_builtin(&modules_dir, name) => {}
-            None => {
-                return Err(ImageError::ModuleMissing {
-                    module: name.to_string(),
-                    dir: modules_dir,
-                })
-            }
-        }
+    let modules = collect_modules(&modules_dir, GUEST_MODULES, &mut |done, total, name| {
         progress(BuildProgress {
             stage: BuildStage::Modules,
-            done: i as u64 + 1,
+            done,
             total: Some(total),
             message: name.to_string(),
-        });
-    }
+        })
+    })?;
 
     let tmp = TempImageDir::new(store)?;
     let kernel_dst = tmp.0.join(KERNEL_FILE);
     fs::copy(&vmlinuz, &kernel_dst).map_err(io_err(&kernel_dst))?;
-    fs::File::open(&kernel_dst).and_then(|f| f.sync_all()).map_err(io_err(&kernel_dst))?;
+    fs::File::open(&kernel_dst)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&kernel_dst))?;
 
     let applets = busybox_applets(&busybox_path)?;
     let initrd = write_initramfs(&guest, &busybox, &applets, &modules, &mut |done, total| {
@@ -307,6 +315,74 @@ fn find_kernel(root: &Path, package: &str) -> Result<(PathBuf, String), ImageErr
     Err(ImageError::NoKernel(package.to_string()))
 }
 
+/// The modules' files in load order: each module's dependencies (the `depends=` of its
+/// `.modinfo`; the package ships no modules.dep we could trust to be present) come before it.
+/// Modules built into the kernel are skipped.
+fn collect_modules(
+    dir: &Path,
+    wanted: &[&str],
+    progress: &mut dyn FnMut(u64, u64, &str),
+) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    fn visit(
+        dir: &Path,
+        name: &str,
+        stack: &mut Vec<String>,
+        done: &mut Vec<(String, Vec<u8>)>,
+        seen: &mut std::collections::HashSet<String>,
+    ) -> Result<(), ImageError> {
+        let key = name.replace('-', "_");
+        if seen.contains(&key) || stack.contains(&key) {
+            return Ok(());
+        }
+        let Some(path) = find_module(dir, name)? else {
+            if is_builtin(dir, name) {
+                seen.insert(key);
+                return Ok(());
+            }
+            return Err(ImageError::ModuleMissing {
+                module: name.to_string(),
+                dir: dir.to_path_buf(),
+            });
+        };
+        let bytes = read_module(&path)?;
+        stack.push(key.clone());
+        for dep in module_depends(&bytes) {
+            visit(dir, &dep, stack, done, seen)?;
+        }
+        stack.pop();
+        seen.insert(key);
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let base = file.split(".ko").next().unwrap_or(name).to_string();
+        done.push((format!("{base}.ko"), bytes));
+        Ok(())
+    }
+    let mut done = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, name) in wanted.iter().enumerate() {
+        visit(dir, name, &mut Vec::new(), &mut done, &mut seen)?;
+        progress(i as u64 + 1, wanted.len() as u64, name);
+    }
+    Ok(done)
+}
+
+/// The `depends=` list of a module's `.modinfo` (NUL-separated `key=value` strings).
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    ko.split(|&b| b == 0)
+        .find_map(|s| s.strip_prefix(b"depends="))
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Finds `<name>.ko[.xz|.zst|.gz]` anywhere under `dir` (also with `-`/`_` swapped).
 fn find_module(dir: &Path, name: &str) -> Result<Option<PathBuf>, ImageError> {
     let alt = if name.contains('-') {
@@ -361,7 +437,8 @@ fn read_module(path: &Path) -> Result<Vec<u8>, ImageError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
     if name.ends_with(".ko.gz") {
         let mut out = Vec::new();
-        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out).map_err(io_err(path))?;
+        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out)
+            .map_err(io_err(path))?;
         return Ok(out);
     }
     Ok(bytes)
@@ -389,7 +466,13 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
     Ok(out
         .lines()
         .map(|l| l.trim().trim_start_matches('/').to_string())
-        .filter(|l| !l.is_empty() && !l.contains("..") && l != "linuxrc" && l != "sbin/init" && l != "bin/busybox")
+        .filter(|l| {
+            !l.is_empty()
+                && !l.contains("..")
+                && l != "linuxrc"
+                && l != "sbin/init"
+                && l != "bin/busybox"
+        })
         .collect())
 }
 
@@ -408,8 +491,21 @@ fn write_initramfs(
     let gz = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     let mut w = CpioWriter::new(gz);
     let dirs = [
-        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "lib", "lib/modules", "root",
-        "run", "var",
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "etc",
+        "lib",
+        "lib/modules",
+        "root",
+        "run",
+        "var",
     ];
     let total = (dirs.len() + applets.len() + modules.len() + 6) as u64;
     let mut done = 0u64;
@@ -422,7 +518,8 @@ fn write_initramfs(
     w.char_dev("dev/null", 0o666, 1, 3).map_err(wrap)?;
     w.file("init", 0o755, guest).map_err(wrap)?;
     w.file("bin/busybox", 0o755, busybox).map_err(wrap)?;
-    w.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n").map_err(wrap)?;
+    w.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")
+        .map_err(wrap)?;
     w.file("etc/group", 0o644, b"root:x:0:\n").map_err(wrap)?;
     done += 6;
     progress(done, total);
@@ -433,12 +530,14 @@ fn write_initramfs(
     progress(done, total);
     let mut order = String::new();
     for (name, bytes) in modules {
-        w.file(&format!("lib/modules/{name}"), 0o644, bytes).map_err(wrap)?;
+        w.file(&format!("lib/modules/{name}"), 0o644, bytes)
+            .map_err(wrap)?;
         order.push_str(name);
         order.push('\n');
         done += 1;
     }
-    w.file("lib/modules/order", 0o644, order.as_bytes()).map_err(wrap)?;
+    w.file("lib/modules/order", 0o644, order.as_bytes())
+        .map_err(wrap)?;
     progress(done, total);
     let gz = w.finish().map_err(wrap)?;
     let mut bytes = gz.finish().map_err(wrap)?;
@@ -496,8 +595,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn orders_modules_by_their_depends() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("kernel/drivers");
+        fs::create_dir_all(&sub).unwrap();
+        let ko = |deps: &str| format!("\0license=GPL\0depends={deps}\0name=x\0").into_bytes();
+        fs::write(sub.join("virtio_ring.ko"), ko("")).unwrap();
+        fs::write(sub.join("virtio.ko"), ko("virtio_ring")).unwrap();
+        fs::write(sub.join("virtio-rng.ko"), ko("virtio,virtio_ring")).unwrap();
+        fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/drivers/builtin_one.ko\n",
+        )
+        .unwrap();
+        let got = collect_modules(
+            dir.path(),
+            &["virtio", "virtio-rng", "builtin_one"],
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        let names: Vec<_> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["virtio_ring.ko", "virtio.ko", "virtio-rng.ko"]);
+        assert!(matches!(
+            collect_modules(dir.path(), &["nope"], &mut |_, _, _| {}),
+            Err(ImageError::ModuleMissing { .. })
+        ));
+    }
+
+    #[test]
     fn initramfs_is_reproducible_and_lists_modules_in_order() {
-        let modules = vec![("a.ko".to_string(), b"A".to_vec()), ("b.ko".to_string(), b"B".to_vec())];
+        let modules = vec![
+            ("a.ko".to_string(), b"A".to_vec()),
+            ("b.ko".to_string(), b"B".to_vec()),
+        ];
         let applets = vec!["bin/sh".to_string(), "usr/bin/env".to_string()];
         let mk = || write_initramfs(b"guest", b"bb", &applets, &modules, &mut |_, _| {}).unwrap();
         let one = mk();

@@ -61,16 +61,31 @@ impl<W: Write> CpioWriter<W> {
         Ok(self.out)
     }
 
-    fn entry(&mut self, path: &str, mode: u32, rmajor: u32, rminor: u32, data: &[u8]) -> io::Result<()> {
+    fn entry(
+        &mut self,
+        path: &str,
+        mode: u32,
+        rmajor: u32,
+        rminor: u32,
+        data: &[u8],
+    ) -> io::Result<()> {
         let name = path.trim_start_matches('/');
         if name.is_empty() || name.contains('\0') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad cpio path {path:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad cpio path {path:?}"),
+            ));
         }
-        let filesize = u32::try_from(data.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{path} is over 4 GiB")))?;
+        let filesize = u32::try_from(data.len()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{path} is over 4 GiB"))
+        })?;
         let ino = if name == TRAILER { 0 } else { self.next_ino };
         self.next_ino += 1;
-        let nlink = if mode & S_IFDIR != 0 && mode & S_IFREG == 0 { 2 } else { 1 };
+        let nlink = if mode & S_IFDIR != 0 && mode & S_IFREG == 0 {
+            2
+        } else {
+            1
+        };
         let namesize = name.len() + 1;
         let header = format!(
             "{MAGIC}{ino:08x}{mode:08x}{uid:08x}{gid:08x}{nlink:08x}{mtime:08x}{filesize:08x}\
@@ -134,7 +149,12 @@ mod tests {
         let listing = String::from_utf8_lossy(&out.stdout);
         assert!(listing.contains("bin/sh -> /bin/busybox"), "{listing}");
         assert!(listing.contains("init"), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with('c') && l.contains("dev/console")), "{listing}");
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with('c') && l.contains("dev/console")),
+            "{listing}"
+        );
     }
 
     #[test]

@@ -21,7 +21,11 @@ pub fn inspect_executable(bytes: &[u8]) -> ExecutableKind {
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
         return ExecutableKind::NotElf;
     }
-    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u32_at = |o: usize| {
         bytes
             .get(o..o + 4)
@@ -34,7 +38,8 @@ pub fn inspect_executable(bytes: &[u8]) -> ExecutableKind {
             u64::from_le_bytes(a)
         })
     };
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
         return ExecutableKind::NotElf;
     };
     let Ok(phoff) = usize::try_from(phoff) else {
@@ -46,11 +51,19 @@ pub fn inspect_executable(bytes: &[u8]) -> ExecutableKind {
             return ExecutableKind::NotElf;
         };
         if p_type == PT_INTERP {
-            let off = u64_at(ph + 8).and_then(|o| usize::try_from(o).ok()).unwrap_or(0);
-            let size = u64_at(ph + 32).and_then(|s| usize::try_from(s).ok()).unwrap_or(0);
+            let off = u64_at(ph + 8)
+                .and_then(|o| usize::try_from(o).ok())
+                .unwrap_or(0);
+            let size = u64_at(ph + 32)
+                .and_then(|s| usize::try_from(s).ok())
+                .unwrap_or(0);
             let interp = bytes
                 .get(off..off.saturating_add(size))
-                .map(|b| String::from_utf8_lossy(b).trim_end_matches('\0').to_string())
+                .map(|b| {
+                    String::from_utf8_lossy(b)
+                        .trim_end_matches('\0')
+                        .to_string()
+                })
                 .unwrap_or_default();
             return ExecutableKind::Dynamic(interp);
         }
@@ -67,7 +80,9 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Option<Vec<u8>> {
     let candidates: [(&[u8], Decoder); 4] = [
         (&[0x02, 0x21, 0x4c, 0x18], |b| run_tool("lz4", &["-dc"], b)),
         (&[0x1f, 0x8b, 0x08], gunzip),
-        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], |b| run_tool("xz", &["-dc"], b)),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], |b| {
+            run_tool("xz", &["-dc"], b)
+        }),
         (&[0x28, 0xb5, 0x2f, 0xfd], |b| run_tool("zstd", &["-dc"], b)),
     ];
     for (magic, decode) in candidates {
@@ -75,7 +90,10 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Option<Vec<u8>> {
         while let Some(pos) = find(&bzimage[start..], magic) {
             let at = start + pos;
             if let Some(out) = decode(&bzimage[at..]) {
-                if matches!(inspect_executable(&out), ExecutableKind::Static | ExecutableKind::Dynamic(_)) {
+                if matches!(
+                    inspect_executable(&out),
+                    ExecutableKind::Static | ExecutableKind::Dynamic(_)
+                ) {
                     return Some(out);
                 }
             }
@@ -126,7 +144,10 @@ mod tests {
     fn detects_static_and_dynamic_binaries() {
         // The test binary itself is dynamically linked on a gnu host.
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert!(matches!(inspect_executable(&me), ExecutableKind::Dynamic(_)));
+        assert!(matches!(
+            inspect_executable(&me),
+            ExecutableKind::Dynamic(_)
+        ));
         assert_eq!(inspect_executable(b"#!/bin/sh\n"), ExecutableKind::NotElf);
         if let Ok(bb) = std::fs::read("/bin/busybox") {
             // busybox-static on Debian.

@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-pub use build::{build_image, default_guest_bin, BuildOptions, BuildProgress, BuildStage, GUEST_MODULES};
+pub use build::{
+    build_image, default_guest_bin, BuildOptions, BuildProgress, BuildStage, GUEST_MODULES,
+};
 
 /// The file names inside an image directory.
 pub const KERNEL_FILE: &str = "vmlinuz";
@@ -225,7 +227,11 @@ impl ImageStore {
                 Err(e) => return Err(ImageError::Io { path, source: e }),
             }
         }
-        out.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms).then(a.digest.cmp(&b.digest)));
+        out.sort_by(|a, b| {
+            b.created_unix_ms
+                .cmp(&a.created_unix_ms)
+                .then(a.digest.cmp(&b.digest))
+        });
         Ok(out)
     }
 
@@ -233,7 +239,9 @@ impl ImageStore {
     /// `sha256:`), or a name (the newest image with that name; `default` is just a name).
     pub fn resolve(&self, name_or_digest: &str) -> Result<Image, ImageError> {
         let images = self.list()?;
-        let hex = name_or_digest.strip_prefix("sha256:").unwrap_or(name_or_digest);
+        let hex = name_or_digest
+            .strip_prefix("sha256:")
+            .unwrap_or(name_or_digest);
         let looks_like_digest = hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit());
         if looks_like_digest {
             let hex = hex.to_ascii_lowercase();
@@ -286,12 +294,17 @@ impl ImageStore {
     pub(crate) fn publish(&self, tmp: &Path, manifest: &ImageManifest) -> Result<(), ImageError> {
         let hex = manifest.digest.trim_start_matches("sha256:");
         let final_dir = self.root.join(hex);
-        write_file_synced(&tmp.join(MANIFEST_FILE), &serde_json::to_vec_pretty(manifest).unwrap_or_default())?;
+        write_file_synced(
+            &tmp.join(MANIFEST_FILE),
+            &serde_json::to_vec_pretty(manifest).unwrap_or_default(),
+        )?;
         sync_dir(tmp)?;
         if final_dir.join(MANIFEST_FILE).exists() {
             let staged = final_dir.join(format!(".{MANIFEST_FILE}.tmp"));
             fs::copy(tmp.join(MANIFEST_FILE), &staged).map_err(io_err(&staged))?;
-            File::open(&staged).and_then(|f| f.sync_all()).map_err(io_err(&staged))?;
+            File::open(&staged)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&staged))?;
             fs::rename(&staged, final_dir.join(MANIFEST_FILE)).map_err(io_err(&final_dir))?;
             sync_dir(&final_dir)?;
             fs::remove_dir_all(tmp).map_err(io_err(tmp))?;
@@ -364,7 +377,9 @@ pub(crate) fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), ImageEr
 }
 
 pub(crate) fn sync_dir(path: &Path) -> Result<(), ImageError> {
-    File::open(path).and_then(|d| d.sync_all()).map_err(io_err(path))
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(path))
 }
 
 #[cfg(test)]
@@ -410,7 +425,9 @@ mod tests {
             let tmp = store.temp_dir().unwrap();
             fs::write(tmp.join(KERNEL_FILE), b"k").unwrap();
             fs::write(tmp.join(INITRD_FILE), b"i").unwrap();
-            store.publish(&tmp, &manifest(d, "default", created)).unwrap();
+            store
+                .publish(&tmp, &manifest(d, "default", created))
+                .unwrap();
             assert!(!tmp.exists());
         }
         // A half-written build is invisible.
@@ -422,9 +439,15 @@ mod tests {
         assert_eq!(store.resolve(&a).unwrap().digest, a);
         assert_eq!(store.resolve("aaaaaaaaaa").unwrap().digest, a);
         assert!(matches!(store.resolve("abababab"), Ok(img) if img.digest == b));
-        assert!(matches!(store.resolve("nope"), Err(ImageError::NotFound(_))));
+        assert!(matches!(
+            store.resolve("nope"),
+            Err(ImageError::NotFound(_))
+        ));
         let img = store.resolve(&b).unwrap();
-        assert_eq!(img.kernel, dir.path().join("ab".repeat(32)).join(KERNEL_FILE));
+        assert_eq!(
+            img.kernel,
+            dir.path().join("ab".repeat(32)).join(KERNEL_FILE)
+        );
 
         // Re-publishing the same digest replaces the manifest only.
         let tmp = store.temp_dir().unwrap();

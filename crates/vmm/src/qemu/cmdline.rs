@@ -25,7 +25,10 @@ pub const EXIT_FILE: &str = "exit";
 
 /// The host's TSC frequency in kHz: `$FIREFLEET_TSC_KHZ`, else `cpu MHz` of /proc/cpuinfo x 1000.
 pub fn host_tsc_khz() -> Option<u64> {
-    if let Some(v) = std::env::var("FIREFLEET_TSC_KHZ").ok().and_then(|v| v.trim().parse().ok()) {
+    if let Some(v) = std::env::var("FIREFLEET_TSC_KHZ")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
         return Some(v);
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -63,17 +66,33 @@ pub fn qemu_args(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-M", &format!("microvm,accel={accel}"), "-cpu", cpu]);
-    push(&["-m", &cfg.memory_mib.to_string(), "-smp", &cfg.vcpus.to_string()]);
+    push(&[
+        "-m",
+        &cfg.memory_mib.to_string(),
+        "-smp",
+        &cfg.vcpus.to_string(),
+    ]);
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     push(&["-name", &format!("firefleet-{},debug-threads=on", cfg.id)]);
     push(&["-kernel", &cfg.image.kernel.to_string_lossy()]);
     push(&["-initrd", &cfg.image.initrd.to_string_lossy()]);
     push(&["-append", &kernel_cmdline(cfg, tsc_khz)]);
-    push(&["-chardev", &format!("file,id=console,path={CONSOLE_LOG}"), "-serial", "chardev:console"]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={CONSOLE_LOG}"),
+        "-serial",
+        "chardev:console",
+    ]);
     push(&["-qmp", &format!("unix:{QMP_SOCK},server=on,wait=off")]);
-    push(&["-chardev", &format!("socket,id=agent,path={GUEST_SOCK},server=on,wait=off")]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=agent,path={GUEST_SOCK},server=on,wait=off"),
+    ]);
     push(&["-device", "virtio-serial-device"]);
-    push(&["-device", &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}")]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
+    ]);
     a
 }
 
@@ -102,7 +121,10 @@ mod tests {
     fn builds_a_microvm_command_line() {
         let args = qemu_args(&cfg(Accel::Tcg, None), Some(2_300_000));
         let joined = args.join(" ");
-        assert!(joined.starts_with("-M microvm,accel=tcg -cpu max -m 256 -smp 2"), "{joined}");
+        assert!(
+            joined.starts_with("-M microvm,accel=tcg -cpu max -m 256 -smp 2"),
+            "{joined}"
+        );
         for part in [
             "-nodefaults",
             "-no-user-config",
@@ -120,7 +142,9 @@ mod tests {
             assert!(joined.contains(part), "missing {part}: {joined}");
         }
         let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
-        assert!(append.starts_with("console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=2300000 firefleet.config="));
+        assert!(append.starts_with(
+            "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=2300000 firefleet.config="
+        ));
         assert!(!append.contains("acpi=off"));
         let kvm = qemu_args(&cfg(Accel::Kvm, None), None).join(" ");
         assert!(kvm.contains("-M microvm,accel=kvm -cpu host"));
@@ -129,7 +153,11 @@ mod tests {
 
     #[test]
     fn passes_the_command_to_the_guest() {
-        let cmd = vec!["sh".to_string(), "-c".to_string(), "echo hi; exit 3".to_string()];
+        let cmd = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "echo hi; exit 3".to_string(),
+        ];
         let line = kernel_cmdline(&cfg(Accel::Tcg, Some(cmd.clone())), None);
         let guest = GuestConfig::from_kernel_cmdline(&line).unwrap();
         assert_eq!(guest.cmd, Some(cmd));

@@ -54,7 +54,11 @@ pub fn find_qemu() -> Option<PathBuf> {
 
 /// `qemu-system-x86_64 -version`, first line.
 pub fn qemu_version(qemu: &Path) -> Option<String> {
-    let out = Command::new(qemu).arg("-version").stdin(Stdio::null()).output().ok()?;
+    let out = Command::new(qemu)
+        .arg("-version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -70,7 +74,9 @@ fn validate_id(id: &str) -> Result<(), VmmError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
     } else {
@@ -192,7 +198,13 @@ impl QemuRuntime {
                         (None, Some(s)) => format!("killed by signal {s}"),
                         _ => status.to_string(),
                     };
-                    let _ = fs::write(&exit_path, text);
+                    // Tagged with the process identity, so a record that lands after a
+                    // relaunch is not mistaken for the new process's.
+                    let tmp = exit_path.with_extension("tmp");
+                    let record = format!("{}{text}\n", proc_id.to_file_contents());
+                    if fs::write(&tmp, record).is_ok() {
+                        let _ = fs::rename(&tmp, &exit_path);
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -266,6 +278,10 @@ impl Runtime for QemuRuntime {
         }
         let dir = self.vm_dir(&cfg.id);
         if let Some(p) = self.process(&cfg.id)? {
+            if !p.is_alive() {
+                // A zombie of ours is about to be reaped by its waiter thread: let it finish.
+                Self::wait_gone(p, Duration::from_millis(500));
+            }
             if p.is_alive() {
                 return Ok(VmProcessInfo {
                     id: cfg.id.clone(),
@@ -294,10 +310,15 @@ impl Runtime for QemuRuntime {
         let p = self.spawn(cfg, &dir)?;
         let qmp_path = dir.join(QMP_SOCK);
         let deadline = Instant::now() + START_TIMEOUT;
-        let up = wait_until(deadline, || !p.is_alive() || UnixStream::connect(&qmp_path).is_ok());
+        let up = wait_until(deadline, || {
+            !p.is_alive() || UnixStream::connect(&qmp_path).is_ok()
+        });
         if !p.is_alive() {
             Self::wait_gone(p, Duration::from_secs(2));
-            let status = fs::read_to_string(dir.join(EXIT_FILE)).unwrap_or_else(|_| "exited".into());
+            let status = fs::read_to_string(dir.join(EXIT_FILE))
+                .ok()
+                .and_then(|s| s.split_once('\n').map(|(_, t)| t.trim().to_string()))
+                .unwrap_or_else(|| "exited".into());
             return Err(VmmError::EarlyExit {
                 id: cfg.id.clone(),
                 status,
@@ -347,7 +368,12 @@ impl Runtime for QemuRuntime {
         let console = match fs::read(&console_path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(VmmError::State { path: console_path, source: e }),
+            Err(e) => {
+                return Err(VmmError::State {
+                    path: console_path,
+                    source: e,
+                })
+            }
         };
         let (mut ready, mut exit_code, mut powering_off) = (false, None, false);
         for line in String::from_utf8_lossy(&console).lines() {
@@ -358,7 +384,10 @@ impl Runtime for QemuRuntime {
                 None => {}
             }
         }
-        let vmm_exit = fs::read_to_string(dir.join(EXIT_FILE)).ok().map(|s| s.trim().to_string());
+        let vmm_exit = fs::read_to_string(dir.join(EXIT_FILE)).ok().and_then(|s| {
+            let (who, text) = s.split_once('\n')?;
+            (p.is_some() && ProcessId::parse(who) == p).then(|| text.trim().to_string())
+        });
         Ok(Observation {
             id: id.to_string(),
             pid: p.map(|p| p.pid),
@@ -426,7 +455,9 @@ impl Runtime for QemuRuntime {
         };
         f.seek(SeekFrom::Start(offset)).map_err(state_err(&path))?;
         let mut data = Vec::with_capacity(max.min(1 << 20));
-        f.take(max as u64).read_to_end(&mut data).map_err(state_err(&path))?;
+        f.take(max as u64)
+            .read_to_end(&mut data)
+            .map_err(state_err(&path))?;
         Ok(ConsoleChunk {
             next_offset: offset + data.len() as u64,
             data,
@@ -440,10 +471,23 @@ impl Runtime for QemuRuntime {
             return Ok(());
         }
         self.stop(id, REMOVE_GRACE)?;
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VmmError::State { path: dir, source: e }),
+        // A reaper thread may still be writing the exit record: retry briefly.
+        let mut attempt = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(VmmError::State {
+                        path: dir,
+                        source: e,
+                    })
+                }
+            }
         }
     }
 }
@@ -465,7 +509,8 @@ mod tests {
     #[test]
     fn unknown_vms_are_not_found_and_stop_remove_are_idempotent() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = QemuRuntime::with_qemu(dir.path().to_path_buf(), "/nonexistent/qemu".into()).unwrap();
+        let rt =
+            QemuRuntime::with_qemu(dir.path().to_path_buf(), "/nonexistent/qemu".into()).unwrap();
         assert!(matches!(rt.observe("nope"), Err(VmmError::NotFound(_))));
         rt.stop("nope", Duration::from_secs(1)).unwrap();
         rt.remove("nope").unwrap();

@@ -85,7 +85,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_odd_command_names() {
-        let line = "1234 (qemu (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 3 0 987654 100 10";
+        let line =
+            "1234 (qemu (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 3 0 987654 100 10";
         assert_eq!(parse_stat(line), Some(('S', 987654)));
         assert_eq!(parse_stat("garbage"), None);
     }
@@ -98,7 +99,10 @@ mod tests {
             start_time: me.start_time + 1,
             ..me
         };
-        assert!(!other.exists(), "a different start time is a different process");
+        assert!(
+            !other.exists(),
+            "a different start time is a different process"
+        );
         assert_eq!(ProcessId::parse(&me.to_file_contents()), Some(me));
         assert_eq!(ProcessId::parse("12"), None);
     }

@@ -25,14 +25,21 @@ impl Qmp {
         };
         let greeting = qmp.read_value()?;
         if greeting.get("QMP").is_none() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "no QMP greeting"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no QMP greeting",
+            ));
         }
         qmp.execute("qmp_capabilities", None)?;
         Ok(qmp)
     }
 
     /// Runs a command; returns its `return` value. A QMP `error` becomes an `io::Error`.
-    pub fn execute(&mut self, command: &str, arguments: Option<serde_json::Value>) -> io::Result<serde_json::Value> {
+    pub fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> io::Result<serde_json::Value> {
         let mut req = serde_json::json!({ "execute": command });
         if let Some(args) = arguments {
             req["arguments"] = args;
@@ -46,7 +53,10 @@ impl Qmp {
                 return Ok(r.clone());
             }
             if let Some(e) = v.get("error") {
-                let desc = e.get("desc").and_then(|d| d.as_str()).unwrap_or("unknown error");
+                let desc = e
+                    .get("desc")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("unknown error");
                 return Err(io::Error::other(format!("QMP error: {desc}")));
             }
             // Events ({"event": ...}) interleave with replies: skip them.
@@ -59,13 +69,20 @@ impl Qmp {
             line.clear();
             let n = self.reader.read_line(&mut line)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "QMP connection closed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "QMP connection closed",
+                ));
             }
             if line.len() > 1 << 20 {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "QMP line too long"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "QMP line too long",
+                ));
             }
             if !line.trim().is_empty() {
-                return serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+                return serde_json::from_str(&line)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
             }
         }
     }

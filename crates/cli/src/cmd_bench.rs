@@ -1,0 +1,151 @@
+//! `firefleet bench vm-run`: time from `vm run` to Running against a live cluster, split into
+//! control-plane time (accepted -> VMM launched: API, store, scheduler, agent watch) and VMM boot
+//! time (launched -> guest ready line seen), from the timestamps the server records.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use firefleet_api::CreateVmRequest;
+use firefleet_types::{Resources, VmPhase};
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use crate::{
+    args::{Global, Output},
+    cmd_vm::{client, wait_for},
+};
+
+#[derive(Debug, Serialize)]
+struct Sample {
+    control_plane_ms: u64,
+    vmm_boot_ms: u64,
+    total_ms: u64,
+    client_wall_ms: u64,
+    accel: String,
+    node: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    runs: usize,
+    median_control_plane_ms: u64,
+    median_vmm_boot_ms: u64,
+    median_total_ms: u64,
+    median_client_wall_ms: u64,
+    accel: String,
+    samples: Vec<Sample>,
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    match v.len() {
+        0 => 0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2,
+    }
+}
+
+pub async fn vm_run(g: &Global, count: usize, memory: u64) -> anyhow::Result<()> {
+    if count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let c = client(g)?;
+    let image = crate::cmd_image::resolve_or_build(g, "default").await?;
+    let bar = if g.output == Output::Table { ProgressBar::new(count as u64) } else { ProgressBar::hidden() };
+    let mut samples = vec![];
+    for i in 0..count {
+        let name = format!("bench-{}-{i}", std::process::id());
+        let req = CreateVmRequest {
+            name: name.clone(),
+            image: image.clone(),
+            resources: Resources { vcpus: 1, memory_mib: memory },
+            labels: Default::default(),
+            cmd: None,
+            restart_policy: Default::default(),
+            tenant: None,
+        };
+        let t0 = Instant::now();
+        let vm = c.vm_create(&req).await?;
+        let id = vm.id.to_string();
+        let vm = wait_for(&c, &id, Output::Json, Duration::from_secs(180), |v| {
+            v.status.phase == VmPhase::Running || v.status.phase.is_terminal()
+        })
+        .await?;
+        let wall = t0.elapsed().as_millis() as u64;
+        let s = &vm.status;
+        let (Some(launched), Some(running)) = (s.launched_ms, s.running_ms) else {
+            bail!("vm {name} ended {:?} without launch/ready times: {:?}", s.phase, s.message);
+        };
+        samples.push(Sample {
+            control_plane_ms: launched.saturating_sub(s.created_ms),
+            vmm_boot_ms: running.saturating_sub(launched),
+            total_ms: running.saturating_sub(s.created_ms),
+            client_wall_ms: wall,
+            accel: s.accel.map(|a| a.to_string()).unwrap_or_default(),
+            node: s.node.as_ref().map(ToString::to_string).unwrap_or_default(),
+        });
+        c.vm_delete(&id).await?;
+        // Wait until it is gone so runs do not overlap.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.vm_get(&id).await.is_ok() {
+            if Instant::now() > deadline {
+                bail!("vm {name} was not deleted within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let summary = Summary {
+        runs: samples.len(),
+        median_control_plane_ms: median(samples.iter().map(|s| s.control_plane_ms).collect()),
+        median_vmm_boot_ms: median(samples.iter().map(|s| s.vmm_boot_ms).collect()),
+        median_total_ms: median(samples.iter().map(|s| s.total_ms).collect()),
+        median_client_wall_ms: median(samples.iter().map(|s| s.client_wall_ms).collect()),
+        accel: samples.first().map(|s| s.accel.clone()).unwrap_or_default(),
+        samples,
+    };
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Output::Table => {
+            let rows: Vec<Vec<String>> = summary
+                .samples
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    vec![
+                        (i + 1).to_string(),
+                        s.control_plane_ms.to_string(),
+                        s.vmm_boot_ms.to_string(),
+                        s.total_ms.to_string(),
+                        s.client_wall_ms.to_string(),
+                        s.accel.clone(),
+                    ]
+                })
+                .chain(std::iter::once(vec![
+                    "median".to_owned(),
+                    summary.median_control_plane_ms.to_string(),
+                    summary.median_vmm_boot_ms.to_string(),
+                    summary.median_total_ms.to_string(),
+                    summary.median_client_wall_ms.to_string(),
+                    summary.accel.clone(),
+                ]))
+                .collect();
+            print!(
+                "{}",
+                crate::output::table(&["RUN", "CONTROL_PLANE_MS", "VMM_BOOT_MS", "TOTAL_MS", "CLIENT_WALL_MS", "ACCEL"], &rows)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn medians() {
+        assert_eq!(super::median(vec![3, 1, 2]), 2);
+        assert_eq!(super::median(vec![4, 1, 2, 3]), 2);
+        assert_eq!(super::median(vec![]), 0);
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The main job: start FireFleet (server + local agent), boot a real microVM, show its console and
+# status, run a one-shot command VM, stop and delete everything, tear down, exit 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export FIREFLEET_IMAGE_DIR="${FIREFLEET_IMAGE_DIR:-$HOME/.cache/firefleet/images}"
+scripts/setup.sh
+
+ff="$CARGO_TARGET_DIR/debug/firefleet"
+data=$(mktemp -d /tmp/firefleet-main.XXXXXX)
+listen="${FIREFLEET_LISTEN:-127.0.0.1:7443}"
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+step "firefleet up --data-dir $data --listen $listen"
+"$ff" up --data-dir "$data" --listen "$listen" --node-name local --label cloud=local --label region=dev-1 \
+  2>"$data/up.log" &
+up=$!
+cleanup() {
+  kill "$up" 2>/dev/null || true
+  wait "$up" 2>/dev/null || true
+  # Nothing of ours may outlive the job.
+  pkill -9 -f "qemu-system.*$data" 2>/dev/null || true
+  rm -rf "$data"
+}
+trap cleanup EXIT
+
+export FIREFLEET_SERVER="https://$listen" FIREFLEET_CA="$data/ca.pem" FIREFLEET_TOKEN="@$data/admin.token"
+for _ in $(seq 1 300); do
+  if [ -f "$data/admin.token" ] && "$ff" node ls --output json 2>/dev/null | grep -q '"readiness": "ready"'; then break; fi
+  if ! kill -0 "$up" 2>/dev/null; then cat "$data/up.log"; echo "firefleet up exited" >&2; exit 1; fi
+  sleep 0.2
+done
+"$ff" node ls
+
+step "firefleet vm run --name hello --wait"
+"$ff" vm run --name hello --wait
+
+step "firefleet vm logs hello"
+for _ in $(seq 1 100); do
+  "$ff" vm logs hello | grep -q "firefleet-guest ready" && break
+  sleep 0.2
+done
+"$ff" vm logs hello | tee "$data/hello.console"
+grep -q "firefleet-guest ready" "$data/hello.console"
+
+step "firefleet vm get hello"
+"$ff" vm get hello
+
+step "firefleet vm run --name job --cmd 'echo hello from a microVM; uname -r; exit 7' --wait"
+"$ff" vm run --name job --cmd 'echo hello from a microVM; uname -r; exit 7' --wait
+for _ in $(seq 1 300); do
+  [ "$("$ff" vm get job --output json | grep -c '"phase": "stopped"')" = 1 ] && break
+  sleep 0.2
+done
+"$ff" vm get job
+"$ff" vm logs job | grep -E "hello from a microVM|exit-status"
+
+step "firefleet vm stop hello --wait; firefleet vm rm hello job --wait"
+"$ff" vm stop hello --wait
+"$ff" vm rm hello --wait
+"$ff" vm rm job --wait
+"$ff" vm ls
+
+step "tearing down"
+kill "$up"
+wait "$up" || true
+if pgrep -f "qemu-system.*$data" >/dev/null; then
+  echo "a QEMU process outlived the job" >&2
+  exit 1
+fi
+echo "main job: OK"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up (idempotent), formatting, lints, the layering check, and every
+# test of the workspace, including the end-to-end tests that boot real QEMU microVMs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export FIREFLEET_IMAGE_DIR="${FIREFLEET_IMAGE_DIR:-$HOME/.cache/firefleet/images}"
+export FIREFLEET_GUEST_BIN="$CARGO_TARGET_DIR/debug/firefleet-guest"
+
+scripts/setup.sh
+echo "==> cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "==> cargo clippy" >&2
+cargo clippy -q --workspace --all-targets --all-features -- -D warnings
+echo "==> cargo xtask check (layering of the pure crates)" >&2
+cargo xtask check
+echo "==> cargo test" >&2
+# QEMU under TCG is CPU-bound: two test threads per binary on these 2-core machines.
+cargo test --workspace --all-features -- --test-threads=2
