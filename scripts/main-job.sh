@@ -20,7 +20,7 @@ cleanup() {
   kill "$up" 2>/dev/null || true
   wait "$up" 2>/dev/null || true
   # Nothing of ours may outlive the job.
-  pkill -9 -f "qemu-system.*$data" 2>/dev/null || true
+  for p in $(pgrep -f qemu-system); do case "$(readlink /proc/$p/cwd)" in "$data"/*) kill -9 "$p";; esac; done 2>/dev/null || true
   rm -rf "$data"
 }
 trap cleanup EXIT
@@ -65,8 +65,9 @@ step "firefleet vm stop hello --wait; firefleet vm rm hello job --wait"
 step "tearing down"
 kill "$up"
 wait "$up" || true
-if pgrep -f "qemu-system.*$data" >/dev/null; then
-  echo "a QEMU process outlived the job" >&2
-  exit 1
-fi
+for p in $(pgrep -f qemu-system || true); do
+  case "$(readlink "/proc/$p/cwd")" in
+    "$data"/*) echo "a QEMU process ($p) outlived the job" >&2; exit 1 ;;
+  esac
+done
 echo "main job: OK"

@@ -207,7 +207,7 @@ fn log_file(p: &Path) -> Stdio {
     Stdio::from(std::fs::File::create(p).unwrap())
 }
 
-/// PIDs of live (non-zombie) qemu processes whose command line mentions `dir`.
+/// PIDs of qemu processes whose command line mentions `dir` or that run in a directory under it.
 pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().to_string();
     let mut out = vec![];
@@ -215,7 +215,8 @@ pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
+        if cmdline.contains("qemu-system") && (cmdline.contains(&needle) || cwd.starts_with(&needle)) {
             out.push(pid);
         }
     }

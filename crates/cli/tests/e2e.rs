@@ -70,7 +70,9 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
     }
     for agent in ["aws-1", "edge-1"] {
         let vms = c.path(&format!("agent-{agent}/vms"));
-        let left: Vec<_> = std::fs::read_dir(&vms).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        let left: Vec<_> = std::fs::read_dir(&vms)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
         assert!(left.is_empty(), "state directories left on {agent}: {left:?}");
     }
 }
