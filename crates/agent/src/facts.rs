@@ -11,20 +11,28 @@ const HOST_RESERVE_MIB: u64 = 512;
 /// Gathers the facts, including the accelerator probe (a real probe boot, cached by the vmm
 /// crate per host). Blocking.
 pub fn gather_facts(config: &AgentConfig, runtime: &QemuRuntime) -> NodeFacts {
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let mem_mib = meminfo_total_mib().unwrap_or(1024);
-    let capacity = config
-        .capacity
-        .unwrap_or(Resources { vcpus: cpus, memory_mib: mem_mib.saturating_sub(HOST_RESERVE_MIB) });
+    let capacity = config.capacity.unwrap_or(Resources {
+        vcpus: cpus,
+        memory_mib: mem_mib.saturating_sub(HOST_RESERVE_MIB),
+    });
     let (accel, accel_probe) = probe(config, runtime);
     NodeFacts {
-        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
         capacity,
         accel,
         accel_probe,
         runtimes: vec!["qemu".to_owned()],
-        vmm_version: firefleet_vmm::qemu::qemu_version(runtime.qemu()).unwrap_or_else(|| "unknown".to_owned()),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default(),
+        vmm_version: firefleet_vmm::qemu::qemu_version(runtime.qemu())
+            .unwrap_or_else(|| "unknown".to_owned()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     }
 }
@@ -36,9 +44,18 @@ fn probe(config: &AgentConfig, runtime: &QemuRuntime) -> (Accel, String) {
     };
     let image = match store.resolve("default") {
         Ok(i) => i,
-        Err(e) => return (Accel::Tcg, format!("not probed (no guest image to probe with: {e}); using tcg")),
+        Err(e) => {
+            return (
+                Accel::Tcg,
+                format!("not probed (no guest image to probe with: {e}); using tcg"),
+            )
+        }
     };
-    let p = firefleet_vmm::probe_accel(runtime.state_root(), &image, std::time::Duration::from_secs(5));
+    let p = firefleet_vmm::probe_accel(
+        runtime.state_root(),
+        &image,
+        std::time::Duration::from_secs(5),
+    );
     (p.accel, p.detail)
 }
 

@@ -75,7 +75,10 @@ pub enum AgentError {
 }
 
 /// Runs the agent until `shutdown` turns true. VMs keep running when it returns.
-pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     let identity = identity::load_or_enroll(&config).await?;
     let client = Client::new(&Connection {
         server: config.server.clone(),
@@ -83,7 +86,10 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
         token: None,
         identity: Some((identity.cert_pem.clone(), identity.key_pem.clone())),
     })
-    .map_err(|source| AgentError::Api { what: "building the mTLS client".into(), source })?;
+    .map_err(|source| AgentError::Api {
+        what: "building the mTLS client".into(),
+        source,
+    })?;
     let runtime = Arc::new(QemuRuntime::new(config.data_dir.join("vms")).map_err(AgentError::Vmm)?);
 
     let facts = {
@@ -115,7 +121,8 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
         })
     };
 
-    let mut rec = reconcile::Reconciler::new(client.clone(), runtime, config.image_dir.clone(), accel);
+    let mut rec =
+        reconcile::Reconciler::new(client.clone(), runtime, config.image_dir.clone(), accel);
     let mut intents: Option<Vec<firefleet_api::VmIntent>> = None;
     let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);
     // Long-poll for intents in its own task so that local observation keeps going meanwhile.
@@ -149,7 +156,11 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> Re
         if let Some(list) = &intents {
             rec.reconcile(list).await;
         }
-        let period = if rec.has_starting() { Duration::from_millis(100) } else { Duration::from_secs(1) };
+        let period = if rec.has_starting() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             Some(resp) = poll_rx.recv() => {
                 intents = Some(resp.vms);

@@ -24,7 +24,10 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const CONSOLE_CHUNK: usize = 64 * 1024;
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -58,8 +61,22 @@ enum Action {
 }
 
 impl Reconciler {
-    pub fn new(client: Client, runtime: Arc<QemuRuntime>, image_dir: PathBuf, accel: Accel) -> Self {
-        Self { client, runtime, image_dir, accel, local: HashMap::new(), busy: Default::default(), failed: Default::default(), starting: false }
+    pub fn new(
+        client: Client,
+        runtime: Arc<QemuRuntime>,
+        image_dir: PathBuf,
+        accel: Accel,
+    ) -> Self {
+        Self {
+            client,
+            runtime,
+            image_dir,
+            accel,
+            local: HashMap::new(),
+            busy: Default::default(),
+            failed: Default::default(),
+            starting: false,
+        }
     }
 
     /// Whether a VM is booting (the caller then reconciles more often to see it become ready).
@@ -119,9 +136,21 @@ impl Reconciler {
         let (phase, message, exit_code, action) = match launch_error {
             Some(err) if obs.is_none() && !intent.deleting && !intent.phase.is_terminal() => {
                 local.stopped_ms.get_or_insert(now);
-                (VmPhase::Failed, Some(format!("launch failed: {err}")), None, None)
+                (
+                    VmPhase::Failed,
+                    Some(format!("launch failed: {err}")),
+                    None,
+                    None,
+                )
             }
-            _ => decide(intent, obs.as_ref(), local, now, &self.image_dir, self.accel),
+            _ => decide(
+                intent,
+                obs.as_ref(),
+                local,
+                now,
+                &self.image_dir,
+                self.accel,
+            ),
         };
         if phase == VmPhase::Starting || matches!(action, Some(Action::Launch(_))) {
             self.starting = true;
@@ -129,9 +158,9 @@ impl Reconciler {
         let report = VmStatusReport {
             generation: intent.generation,
             phase,
-            accel: (phase != VmPhase::Pending && obs.is_some()).then_some(self.accel).or_else(|| {
-                matches!(action, Some(Action::Launch(_))).then_some(self.accel)
-            }),
+            accel: (phase != VmPhase::Pending && obs.is_some())
+                .then_some(self.accel)
+                .or_else(|| matches!(action, Some(Action::Launch(_))).then_some(self.accel)),
             exit_code,
             message,
             launched_ms: local.launched_ms,
@@ -139,8 +168,11 @@ impl Reconciler {
             stopped_ms: local.stopped_ms,
             removed: intent.deleting && obs.is_none(),
         };
-        let terminal_with_no_state = intent.phase.is_terminal() && obs.is_none() && !intent.deleting;
-        if local.reported.as_ref() != Some(&report) && !(terminal_with_no_state && report.phase == intent.phase) {
+        let terminal_with_no_state =
+            intent.phase.is_terminal() && obs.is_none() && !intent.deleting;
+        if local.reported.as_ref() != Some(&report)
+            && !(terminal_with_no_state && report.phase == intent.phase)
+        {
             match self.client.report_status(&id, &report).await {
                 Ok(()) => local.reported = Some(report),
                 Err(e) => tracing::warn!(vm = %id, error = %e, "status report refused"),
@@ -155,7 +187,9 @@ impl Reconciler {
     }
 
     async fn upload_console(&mut self, id: &VmId) {
-        let Some(local) = self.local.get_mut(id) else { return };
+        let Some(local) = self.local.get_mut(id) else {
+            return;
+        };
         let end = match local.console_end {
             Some(e) => e,
             None => match self.client.upload_console(id.as_str(), 0, Vec::new()).await {
@@ -166,14 +200,19 @@ impl Reconciler {
         local.console_end = Some(end);
         let rt = self.runtime.clone();
         let vid = id.as_str().to_owned();
-        let chunk = match tokio::task::spawn_blocking(move || rt.console(&vid, end, CONSOLE_CHUNK)).await {
-            Ok(Ok(c)) => c,
-            _ => return,
-        };
+        let chunk =
+            match tokio::task::spawn_blocking(move || rt.console(&vid, end, CONSOLE_CHUNK)).await {
+                Ok(Ok(c)) => c,
+                _ => return,
+            };
         if chunk.data.is_empty() {
             return;
         }
-        match self.client.upload_console(id.as_str(), end, chunk.data).await {
+        match self
+            .client
+            .upload_console(id.as_str(), end, chunk.data)
+            .await
+        {
             Ok(e) => local.console_end = Some(e),
             Err(e) => tracing::debug!(vm = %id, error = %e, "console upload failed"),
         }
@@ -224,7 +263,11 @@ fn decide(
         _ if intent.deleting => match obs {
             Some(_) => (stopping_or(intent.phase), None, None, Some(Action::Remove)),
             None => {
-                let phase = if intent.phase == VmPhase::Failed { VmPhase::Failed } else { VmPhase::Stopped };
+                let phase = if intent.phase == VmPhase::Failed {
+                    VmPhase::Failed
+                } else {
+                    VmPhase::Stopped
+                };
                 local.stopped_ms.get_or_insert(now);
                 (phase, None, None, None)
             }
@@ -244,13 +287,28 @@ fn decide(
             } else {
                 local.stopped_ms.get_or_insert(now);
                 if spec.desired == DesiredState::Stopped {
-                    (VmPhase::Stopped, Some("stopped".to_owned()), o.guest_exit_code, None)
+                    (
+                        VmPhase::Stopped,
+                        Some("stopped".to_owned()),
+                        o.guest_exit_code,
+                        None,
+                    )
                 } else if o.powered_off || o.guest_exit_code.is_some() {
-                    let msg = o.guest_exit_code.map(|c| format!("command exited with status {c}"));
+                    let msg = o
+                        .guest_exit_code
+                        .map(|c| format!("command exited with status {c}"));
                     (VmPhase::Stopped, msg, o.guest_exit_code, None)
                 } else {
-                    let why = o.vmm_exit.clone().unwrap_or_else(|| "unknown cause".to_owned());
-                    (VmPhase::Failed, Some(format!("the VMM process exited unexpectedly: {why}")), None, None)
+                    let why = o
+                        .vmm_exit
+                        .clone()
+                        .unwrap_or_else(|| "unknown cause".to_owned());
+                    (
+                        VmPhase::Failed,
+                        Some(format!("the VMM process exited unexpectedly: {why}")),
+                        None,
+                        None,
+                    )
                 }
             }
         }
@@ -271,16 +329,24 @@ fn decide(
                         };
                         (VmPhase::Starting, None, None, Some(Action::Launch(cfg)))
                     }
-                    Err(e) => (VmPhase::Failed, Some(format!("image {}: {e}", spec.image)), None, None),
+                    Err(e) => (
+                        VmPhase::Failed,
+                        Some(format!("image {}: {e}", spec.image)),
+                        None,
+                        None,
+                    ),
                 }
             }
             VmPhase::Scheduled | VmPhase::Stopping => {
                 local.stopped_ms.get_or_insert(now);
                 (VmPhase::Stopped, None, None, None)
             }
-            VmPhase::Starting | VmPhase::Running => {
-                (VmPhase::Failed, Some("the VM's state directory is gone from the node".to_owned()), None, None)
-            }
+            VmPhase::Starting | VmPhase::Running => (
+                VmPhase::Failed,
+                Some("the VM's state directory is gone from the node".to_owned()),
+                None,
+                None,
+            ),
             p => (p, None, None, None),
         },
     }

@@ -3,8 +3,8 @@
 //! stack, no I/O. Requests refuse unknown fields.
 
 use firefleet_types::{
-    node::NodeFacts, Accel, Generation, Labels, NodeId, NodeInfo, Resources, RestartPolicy, TenantId,
-    UnixMillis, Vm, VmId, VmPhase, VmSpec,
+    node::NodeFacts, Accel, Generation, Labels, NodeId, NodeInfo, Resources, RestartPolicy,
+    TenantId, UnixMillis, Vm, VmId, VmPhase, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

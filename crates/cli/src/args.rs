@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "firefleet", version, about = "FireFleet: a control plane for microVMs")]
+#[command(
+    name = "firefleet",
+    version,
+    about = "FireFleet: a control plane for microVMs"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -23,7 +27,12 @@ pub enum Output {
 #[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Server address.
-    #[arg(long, global = true, env = "FIREFLEET_SERVER", default_value = "https://127.0.0.1:7443")]
+    #[arg(
+        long,
+        global = true,
+        env = "FIREFLEET_SERVER",
+        default_value = "https://127.0.0.1:7443"
+    )]
     pub server: String,
     /// Bearer token, or @FILE to read it from a file.
     #[arg(long, global = true, env = "FIREFLEET_TOKEN", hide_env_values = true)]
@@ -118,7 +127,11 @@ pub struct ServerArgs {
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Server address.
-    #[arg(long, env = "FIREFLEET_SERVER", default_value = "https://127.0.0.1:7443")]
+    #[arg(
+        long,
+        env = "FIREFLEET_SERVER",
+        default_value = "https://127.0.0.1:7443"
+    )]
     pub server: String,
     /// PEM file of the cluster CA.
     #[arg(long, env = "FIREFLEET_CA")]

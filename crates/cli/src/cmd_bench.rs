@@ -51,14 +51,21 @@ pub async fn vm_run(g: &Global, count: usize, memory: u64) -> anyhow::Result<()>
     }
     let c = client(g)?;
     let image = crate::cmd_image::resolve_or_build(g, "default").await?;
-    let bar = if g.output == Output::Table { ProgressBar::new(count as u64) } else { ProgressBar::hidden() };
+    let bar = if g.output == Output::Table {
+        ProgressBar::new(count as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     let mut samples = vec![];
     for i in 0..count {
         let name = format!("bench-{}-{i}", std::process::id());
         let req = CreateVmRequest {
             name: name.clone(),
             image: image.clone(),
-            resources: Resources { vcpus: 1, memory_mib: memory },
+            resources: Resources {
+                vcpus: 1,
+                memory_mib: memory,
+            },
             labels: Default::default(),
             cmd: None,
             restart_policy: Default::default(),
@@ -74,7 +81,11 @@ pub async fn vm_run(g: &Global, count: usize, memory: u64) -> anyhow::Result<()>
         let wall = t0.elapsed().as_millis() as u64;
         let s = &vm.status;
         let (Some(launched), Some(running)) = (s.launched_ms, s.running_ms) else {
-            bail!("vm {name} ended {:?} without launch/ready times: {:?}", s.phase, s.message);
+            bail!(
+                "vm {name} ended {:?} without launch/ready times: {:?}",
+                s.phase,
+                s.message
+            );
         };
         samples.push(Sample {
             control_plane_ms: launched.saturating_sub(s.created_ms),
@@ -133,7 +144,17 @@ pub async fn vm_run(g: &Global, count: usize, memory: u64) -> anyhow::Result<()>
                 .collect();
             print!(
                 "{}",
-                crate::output::table(&["RUN", "CONTROL_PLANE_MS", "VMM_BOOT_MS", "TOTAL_MS", "CLIENT_WALL_MS", "ACCEL"], &rows)
+                crate::output::table(
+                    &[
+                        "RUN",
+                        "CONTROL_PLANE_MS",
+                        "VMM_BOOT_MS",
+                        "TOTAL_MS",
+                        "CLIENT_WALL_MS",
+                        "ACCEL"
+                    ],
+                    &rows
+                )
             );
         }
     }

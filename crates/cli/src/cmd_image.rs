@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use firefleet_vmm::image::{build_image, default_guest_bin, BuildOptions, BuildProgress, ImageStore};
+use firefleet_vmm::image::{
+    build_image, default_guest_bin, BuildOptions, BuildProgress, ImageStore,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
@@ -16,7 +18,9 @@ pub fn image_dir(explicit: Option<&PathBuf>) -> PathBuf {
     if let Some(d) = explicit {
         return d.clone();
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache/firefleet/images")
 }
 
@@ -32,7 +36,8 @@ pub async fn image(g: &Global, cmd: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ImageCommand::Ls => {
-            let store = ImageStore::open(&dir).with_context(|| format!("opening the image store {}", dir.display()))?;
+            let store = ImageStore::open(&dir)
+                .with_context(|| format!("opening the image store {}", dir.display()))?;
             let list = store.list()?;
             let rows = list
                 .iter()
@@ -54,9 +59,15 @@ pub async fn build(
         Some(p) => p,
         None => default_guest_bin()?,
     };
-    let store = ImageStore::open(dir).with_context(|| format!("opening the image store {}", dir.display()))?;
+    let store = ImageStore::open(dir)
+        .with_context(|| format!("opening the image store {}", dir.display()))?;
     let work_dir = dir.join(".work");
-    let opts = BuildOptions { name: name.to_owned(), guest_bin, work_dir, kernel_package: None };
+    let opts = BuildOptions {
+        name: name.to_owned(),
+        guest_bin,
+        work_dir,
+        kernel_package: None,
+    };
     let show = output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let m = tokio::task::spawn_blocking(move || {
         let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
@@ -83,7 +94,8 @@ pub async fn build(
 /// Resolves an image name or digest to a digest, building the default image if it is missing.
 pub async fn resolve_or_build(g: &Global, image: &str) -> anyhow::Result<String> {
     let dir = image_dir(g.image_dir.as_ref());
-    let store = ImageStore::open(&dir).with_context(|| format!("opening the image store {}", dir.display()))?;
+    let store = ImageStore::open(&dir)
+        .with_context(|| format!("opening the image store {}", dir.display()))?;
     match store.resolve(image) {
         Ok(i) => Ok(i.digest),
         Err(_) if image.starts_with("sha256:") => Ok(image.to_owned()),

@@ -32,13 +32,22 @@ async fn terminated() {
 }
 
 pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
-    let server = Server::start(ServerConfig { data_dir: a.data_dir.clone(), listen: a.listen, dns_names: a.dns_names })
-        .await
-        .context("starting the server")?;
+    let server = Server::start(ServerConfig {
+        data_dir: a.data_dir.clone(),
+        listen: a.listen,
+        dns_names: a.dns_names,
+    })
+    .await
+    .context("starting the server")?;
     if let Some(f) = &a.addr_file {
-        std::fs::write(f, server.addr.to_string()).with_context(|| format!("writing {}", f.display()))?;
+        std::fs::write(f, server.addr.to_string())
+            .with_context(|| format!("writing {}", f.display()))?;
     }
-    eprintln!("firefleet server on https://{} (data in {})", server.addr, a.data_dir.display());
+    eprintln!(
+        "firefleet server on https://{} (data in {})",
+        server.addr,
+        a.data_dir.display()
+    );
     terminated().await;
     server.shutdown().await;
     Ok(())
@@ -47,7 +56,10 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
 pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     let capacity = match (a.capacity_vcpus, a.capacity_memory_mib) {
         (None, None) => None,
-        (v, m) => Some(Resources { vcpus: v.unwrap_or(1), memory_mib: m.unwrap_or(1024) }),
+        (v, m) => Some(Resources {
+            vcpus: v.unwrap_or(1),
+            memory_mib: m.unwrap_or(1024),
+        }),
     };
     let config = AgentConfig {
         server: a.server,
@@ -72,14 +84,23 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
 }
 
 pub async fn up(a: UpArgs) -> anyhow::Result<()> {
-    let data_dir = std::path::absolute(&a.data_dir).with_context(|| format!("resolving {}", a.data_dir.display()))?;
+    let data_dir = std::path::absolute(&a.data_dir)
+        .with_context(|| format!("resolving {}", a.data_dir.display()))?;
     let labels = labels(&a.labels)?;
-    let server = Server::start(ServerConfig { data_dir: data_dir.clone(), listen: a.listen, dns_names: vec![] })
-        .await
-        .context("starting the server")?;
+    let server = Server::start(ServerConfig {
+        data_dir: data_dir.clone(),
+        listen: a.listen,
+        dns_names: vec![],
+    })
+    .await
+    .context("starting the server")?;
     let agent_dir = data_dir.join("agent");
     let enrolled = agent_dir.join("node.pem").exists();
-    let join = if enrolled { None } else { Some(server.create_join_token(Duration::from_secs(600)).await?) };
+    let join = if enrolled {
+        None
+    } else {
+        Some(server.create_join_token(Duration::from_secs(600)).await?)
+    };
     let exe = std::env::current_exe().context("finding the firefleet binary")?;
     let image_dir: PathBuf = crate::cmd_image::image_dir(a.image_dir.as_ref());
     let mut cmd = tokio::process::Command::new(exe);
@@ -118,7 +139,10 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     };
     if status.is_none() {
         if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         let _ = child.kill().await;

@@ -15,11 +15,17 @@ use crate::{
 
 /// Builds a client from the global options.
 pub fn client(g: &Global) -> anyhow::Result<Client> {
-    let ca = g.ca.as_ref().context("no CA given: pass --ca FILE or set FIREFLEET_CA (e.g. DATA_DIR/ca.pem)")?;
-    let ca_pem = std::fs::read_to_string(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
+    let ca =
+        g.ca.as_ref()
+            .context("no CA given: pass --ca FILE or set FIREFLEET_CA (e.g. DATA_DIR/ca.pem)")?;
+    let ca_pem = std::fs::read_to_string(ca)
+        .with_context(|| format!("reading the CA file {}", ca.display()))?;
     let token = match &g.token {
         Some(t) => Some(match t.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading the token file {path}"))?.trim().to_owned(),
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {path}"))?
+                .trim()
+                .to_owned(),
             None => t.clone(),
         }),
         None => None,
@@ -27,7 +33,12 @@ pub fn client(g: &Global) -> anyhow::Result<Client> {
     if token.is_none() {
         bail!("no token given: pass --token TOKEN (or @FILE) or set FIREFLEET_TOKEN");
     }
-    Ok(Client::new(&Connection { server: g.server.clone(), ca_pem, token, identity: None })?)
+    Ok(Client::new(&Connection {
+        server: g.server.clone(),
+        ca_pem,
+        token,
+        identity: None,
+    })?)
 }
 
 fn vm_row(vm: &Vm) -> Vec<String> {
@@ -37,7 +48,10 @@ fn vm_row(vm: &Vm) -> Vec<String> {
         wire(&vm.status.phase),
         opt(&vm.status.node),
         opt(&vm.status.accel),
-        format!("{}/{}Mi", vm.spec.resources.vcpus, vm.spec.resources.memory_mib),
+        format!(
+            "{}/{}Mi",
+            vm.spec.resources.vcpus, vm.spec.resources.memory_mib
+        ),
         vm.id.to_string(),
     ]
 }
@@ -59,7 +73,18 @@ pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
         VmCommand::Logs { vm, follow } => logs(g, &c, &vm, follow).await,
         VmCommand::Stop { vm, wait } => {
             let v = c.vm_stop(&vm).await?;
-            let v = if wait { wait_for(&c, &v.id.to_string(), g.output, Duration::from_secs(60), |v| v.status.phase.is_terminal()).await? } else { v };
+            let v = if wait {
+                wait_for(
+                    &c,
+                    &v.id.to_string(),
+                    g.output,
+                    Duration::from_secs(60),
+                    |v| v.status.phase.is_terminal(),
+                )
+                .await?
+            } else {
+                v
+            };
             print_vm(g.output, &v)
         }
         VmCommand::Rm { vm, wait } => {
@@ -72,13 +97,17 @@ pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
                     match c.vm_get(&id).await {
                         Err(e) if e.status() == Some(404) => break,
                         Err(e) => return Err(e.into()),
-                        Ok(_) if Instant::now() > deadline => bail!("vm {id} still exists after 60 s"),
+                        Ok(_) if Instant::now() > deadline => {
+                            bail!("vm {id} still exists after 60 s")
+                        }
                         Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
                 }
             }
             match g.output {
-                Output::Json => println!("{}", serde_json::json!({ "deleted": id, "waited": wait })),
+                Output::Json => {
+                    println!("{}", serde_json::json!({ "deleted": id, "waited": wait }))
+                }
                 Output::Table => println!("deleted {} ({id})", v.spec.name),
             }
             Ok(())
@@ -116,7 +145,10 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
     let req = CreateVmRequest {
         name,
         image,
-        resources: Resources { vcpus: a.vcpus, memory_mib: a.memory },
+        resources: Resources {
+            vcpus: a.vcpus,
+            memory_mib: a.memory,
+        },
         labels,
         cmd: a.cmd.map(|s| vec!["sh".to_owned(), "-c".to_owned(), s]),
         restart_policy: Default::default(),
@@ -124,13 +156,21 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
     };
     let vm = c.vm_create(&req).await?;
     let vm = if a.wait {
-        let v = wait_for(c, &vm.id.to_string(), g.output, Duration::from_secs(a.timeout), |v| {
-            v.status.phase == VmPhase::Running || v.status.phase.is_terminal()
-        })
+        let v = wait_for(
+            c,
+            &vm.id.to_string(),
+            g.output,
+            Duration::from_secs(a.timeout),
+            |v| v.status.phase == VmPhase::Running || v.status.phase.is_terminal(),
+        )
         .await?;
         if v.status.phase == VmPhase::Failed {
             print_vm(g.output, &v)?;
-            bail!("vm {} failed: {}", v.spec.name, v.status.message.clone().unwrap_or_default());
+            bail!(
+                "vm {} failed: {}",
+                v.spec.name,
+                v.status.message.clone().unwrap_or_default()
+            );
         }
         v
     } else {
@@ -149,7 +189,10 @@ pub async fn wait_for(
 ) -> anyhow::Result<Vm> {
     let bar = if output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = ProgressBar::new_spinner();
-        b.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         b.enable_steady_tick(Duration::from_millis(120));
         b
     } else {
@@ -170,7 +213,10 @@ pub async fn wait_for(
                 v.spec.name,
                 wire(&v.status.phase),
                 timeout.as_secs(),
-                v.status.message.map(|m| format!(" ({m})")).unwrap_or_default()
+                v.status
+                    .message
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -196,7 +242,10 @@ async fn logs(g: &Global, c: &Client, vm: &str, follow: bool) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     if g.output == Output::Json {
-        println!("{}", serde_json::json!({ "vm": vm, "console": all, "next_offset": offset }));
+        println!(
+            "{}",
+            serde_json::json!({ "vm": vm, "console": all, "next_offset": offset })
+        );
     }
     Ok(())
 }
@@ -211,16 +260,30 @@ pub async fn node_ls(g: &Global) -> anyhow::Result<()> {
                 n.id.to_string(),
                 wire(&n.status.readiness),
                 f.map(|f| f.accel.to_string()).unwrap_or_else(|| "-".into()),
-                f.map(|f| format!("{}/{}Mi", f.capacity.vcpus, f.capacity.memory_mib)).unwrap_or_else(|| "-".into()),
-                n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                f.map(|f| format!("{}/{}Mi", f.capacity.vcpus, f.capacity.memory_mib))
+                    .unwrap_or_else(|| "-".into()),
+                n.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]
         })
         .collect();
-    print(g.output, &nodes, &["NAME", "READINESS", "ACCEL", "CAPACITY", "LABELS"], rows)
+    print(
+        g.output,
+        &nodes,
+        &["NAME", "READINESS", "ACCEL", "CAPACITY", "LABELS"],
+        rows,
+    )
 }
 
 pub async fn token_create(g: &Global, tenant: &str) -> anyhow::Result<()> {
-    let t = client(g)?.token_create(&CreateTokenRequest { tenant: tenant.parse()? }).await?;
+    let t = client(g)?
+        .token_create(&CreateTokenRequest {
+            tenant: tenant.parse()?,
+        })
+        .await?;
     match g.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),
         Output::Table => println!("{}", t.token),
@@ -229,7 +292,9 @@ pub async fn token_create(g: &Global, tenant: &str) -> anyhow::Result<()> {
 }
 
 pub async fn join_token_create(g: &Global, ttl_secs: Option<u64>) -> anyhow::Result<()> {
-    let t = client(g)?.join_token_create(&CreateJoinTokenRequest { ttl_secs }).await?;
+    let t = client(g)?
+        .join_token_create(&CreateJoinTokenRequest { ttl_secs })
+        .await?;
     match g.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),
         Output::Table => println!("{}", t.token),

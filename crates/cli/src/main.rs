@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -48,9 +51,15 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Agent(a) => cmd_run::agent(a).await,
         Command::Vm(c) => cmd_vm::vm(&g, c).await,
         Command::Node(args::NodeCommand::Ls) => cmd_vm::node_ls(&g).await,
-        Command::Token(args::TokenCommand::Create { tenant }) => cmd_vm::token_create(&g, &tenant).await,
-        Command::JoinToken(args::JoinTokenCommand::Create { ttl_secs }) => cmd_vm::join_token_create(&g, ttl_secs).await,
+        Command::Token(args::TokenCommand::Create { tenant }) => {
+            cmd_vm::token_create(&g, &tenant).await
+        }
+        Command::JoinToken(args::JoinTokenCommand::Create { ttl_secs }) => {
+            cmd_vm::join_token_create(&g, ttl_secs).await
+        }
         Command::Image(c) => cmd_image::image(&g, c).await,
-        Command::Bench(args::BenchCommand::VmRun { count, memory }) => cmd_bench::vm_run(&g, count, memory).await,
+        Command::Bench(args::BenchCommand::VmRun { count, memory }) => {
+            cmd_bench::vm_run(&g, count, memory).await
+        }
     }
 }

@@ -5,7 +5,12 @@ use serde::Serialize;
 use crate::args::Output;
 
 /// Prints `value` as JSON, or `rows` under `headers` as a table.
-pub fn print<T: Serialize>(output: Output, value: &T, headers: &[&str], rows: Vec<Vec<String>>) -> anyhow::Result<()> {
+pub fn print<T: Serialize>(
+    output: Output,
+    value: &T,
+    headers: &[&str],
+    rows: Vec<Vec<String>>,
+) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Output::Table => print!("{}", table(headers, &rows)),
@@ -25,8 +30,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> =
-            cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0))).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
     };
@@ -39,12 +47,17 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// Short form of an optional value.
 pub fn opt<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map(ToString::to_string).unwrap_or_else(|| "-".to_owned())
+    v.as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "-".to_owned())
 }
 
 /// A serde enum as its wire name.
 pub fn wire<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Test harness: real `firefleet` processes on loopback, torn down (with every QEMU they
 //! started) when the harness is dropped, even when a test fails.
 
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::{
     io::Read,
@@ -16,7 +16,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_firefleet");
 pub fn image_dir() -> PathBuf {
     match std::env::var_os("FIREFLEET_IMAGE_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/firefleet/images"),
+        None => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+            .join(".cache/firefleet/images"),
     }
 }
 
@@ -30,8 +31,16 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a server on an ephemeral port.
     pub fn start() -> Cluster {
-        let dir = tempfile::Builder::new().prefix("ff-e2e-").tempdir().unwrap();
-        let mut c = Cluster { dir, server: None, agents: vec![], addr: String::new() };
+        let dir = tempfile::Builder::new()
+            .prefix("ff-e2e-")
+            .tempdir()
+            .unwrap();
+        let mut c = Cluster {
+            dir,
+            server: None,
+            agents: vec![],
+            addr: String::new(),
+        };
         c.start_server();
         c
     }
@@ -43,7 +52,11 @@ impl Cluster {
     pub fn start_server(&mut self) {
         let addr_file = self.path("server.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let listen = if self.addr.is_empty() { "127.0.0.1:0".to_owned() } else { self.addr.clone() };
+        let listen = if self.addr.is_empty() {
+            "127.0.0.1:0".to_owned()
+        } else {
+            self.addr.clone()
+        };
         let child = Command::new(BIN)
             .args(["server", "--listen", &listen, "--data-dir"])
             .arg(self.path("server"))
@@ -55,7 +68,9 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.server = Some(child);
-        wait_until(Duration::from_secs(30), "server address file", || addr_file.exists());
+        wait_until(Duration::from_secs(30), "server address file", || {
+            addr_file.exists()
+        });
         self.addr = std::fs::read_to_string(&addr_file).unwrap();
     }
 
@@ -76,7 +91,10 @@ impl Cluster {
     }
 
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.path("server/admin.token")).unwrap().trim().to_owned()
+        std::fs::read_to_string(self.path("server/admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     /// Runs a CLI command with the admin token (or `token`) and returns its output.
@@ -102,22 +120,42 @@ impl Cluster {
         let mut a = args.to_vec();
         a.extend(["--output", "json"]);
         let out = self.cli(&a);
-        assert!(out.status.success(), "firefleet {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("firefleet {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "firefleet {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "firefleet {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// Starts an agent with a fresh join token (first start) or its existing identity.
     pub fn start_agent(&mut self, name: &str, labels: &[&str], vcpus: u32) {
         let data = self.path(&format!("agent-{name}"));
         let mut cmd = Command::new(BIN);
-        cmd.args(["agent", "--server", &self.server_url(), "--name", name, "--data-dir"])
-            .arg(&data)
-            .arg("--ca")
-            .arg(self.ca())
-            .arg("--image-dir")
-            .arg(image_dir())
-            .args(["--capacity-vcpus", &vcpus.to_string(), "--capacity-memory-mib", "2048"]);
+        cmd.args([
+            "agent",
+            "--server",
+            &self.server_url(),
+            "--name",
+            name,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--ca")
+        .arg(self.ca())
+        .arg("--image-dir")
+        .arg(image_dir())
+        .args([
+            "--capacity-vcpus",
+            &vcpus.to_string(),
+            "--capacity-memory-mib",
+            "2048",
+        ]);
         for l in labels {
             cmd.args(["--label", l]);
         }
@@ -146,7 +184,13 @@ impl Cluster {
     pub fn wait_nodes_ready(&self, n: usize) {
         wait_until(Duration::from_secs(90), "nodes ready", || {
             let nodes = self.json(&["node", "ls"]);
-            nodes.as_array().unwrap().iter().filter(|n| n["status"]["readiness"] == "ready").count() >= n
+            nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["status"]["readiness"] == "ready")
+                .count()
+                >= n
         });
     }
 
@@ -164,7 +208,10 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("vm {name} did not reach {phase} in {timeout:?}; last: {last}\n{}", self.logs());
+        panic!(
+            "vm {name} did not reach {phase} in {timeout:?}; last: {last}\n{}",
+            self.logs()
+        );
     }
 
     /// Every log of the cluster, for failure messages.
@@ -176,7 +223,14 @@ impl Cluster {
                 if p.extension().is_some_and(|x| x == "log") {
                     let mut text = String::new();
                     let _ = std::fs::File::open(&p).and_then(|mut f| f.read_to_string(&mut text));
-                    let tail: String = text.chars().rev().take(3000).collect::<String>().chars().rev().collect();
+                    let tail: String = text
+                        .chars()
+                        .rev()
+                        .take(3000)
+                        .collect::<String>()
+                        .chars()
+                        .rev()
+                        .collect();
                     s.push_str(&format!("---- {} ----\n{tail}\n", p.display()));
                 }
             }
@@ -212,11 +266,19 @@ pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().to_string();
     let mut out = vec![];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
-        if cmdline.contains("qemu-system") && (cmdline.contains(&needle) || cwd.starts_with(&needle)) {
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if cmdline.contains("qemu-system")
+            && (cmdline.contains(&needle) || cwd.starts_with(&needle))
+        {
             out.push(pid);
         }
     }
@@ -227,9 +289,15 @@ pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
 pub fn zombies_of(ppid: u32) -> Vec<u32> {
     let mut out = vec![];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_owned()) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_owned()) else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         if f.first() == Some(&"Z") && f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
             out.push(pid);

@@ -2,6 +2,8 @@
 //! topology labels, real QEMU microVMs booting the real guest image, real TLS and HTTP.
 //! Needs the guest image (`scripts/setup.sh` builds it; `FIREFLEET_IMAGE_DIR` points to it).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -17,7 +19,15 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
     c.start_agent("edge-1", &["cloud=edge", "site=factory-1"], 1);
     c.wait_nodes_ready(2);
     let nodes = c.json(&["node", "ls"]);
-    let labels_of = |n: &str| nodes.as_array().unwrap().iter().find(|x| x["id"] == n).unwrap()["labels"].clone();
+    let labels_of = |n: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == n)
+            .unwrap()["labels"]
+            .clone()
+    };
     assert_eq!(labels_of("aws-1")["region"], "us-east-1");
     assert_eq!(labels_of("edge-1")["site"], "factory-1");
 
@@ -26,54 +36,119 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
     c.json(&["vm", "run", "--name", "b"]);
     let a = c.wait_phase("a", "running", BOOT);
     let b = c.wait_phase("b", "running", BOOT);
-    let mut placed = vec![a["status"]["node"].as_str().unwrap().to_owned(), b["status"]["node"].as_str().unwrap().to_owned()];
+    let mut placed = vec![
+        a["status"]["node"].as_str().unwrap().to_owned(),
+        b["status"]["node"].as_str().unwrap().to_owned(),
+    ];
     placed.sort();
     assert_eq!(placed, ["aws-1", "edge-1"]);
     for vm in [&a, &b] {
-        let node = nodes.as_array().unwrap().iter().find(|x| x["id"] == vm["status"]["node"]).unwrap();
-        assert_eq!(vm["status"]["accel"], node["status"]["facts"]["accel"], "VM status names the node's accelerator");
+        let node = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == vm["status"]["node"])
+            .unwrap();
+        assert_eq!(
+            vm["status"]["accel"], node["status"]["facts"]["accel"],
+            "VM status names the node's accelerator"
+        );
     }
     assert_eq!(c.qemu_pids().len(), 2);
-    wait_until(Duration::from_secs(20), "console of a shows the ready line", || {
-        c.json(&["vm", "logs", "a"])["console"].as_str().unwrap().contains("firefleet-guest ready")
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "console of a shows the ready line",
+        || {
+            c.json(&["vm", "logs", "a"])["console"]
+                .as_str()
+                .unwrap()
+                .contains("firefleet-guest ready")
+        },
+    );
 
     // No room for a third: it waits, saying why.
-    c.json(&["vm", "run", "--name", "job", "--cmd", "echo hello-from-guest; exit 3"]);
-    wait_until(Duration::from_secs(10), "job reported unschedulable", || {
-        let v = c.vm("job");
-        v["status"]["phase"] == "pending" && v["status"]["message"].as_str().unwrap_or("").contains("unschedulable")
-    });
+    c.json(&[
+        "vm",
+        "run",
+        "--name",
+        "job",
+        "--cmd",
+        "echo hello-from-guest; exit 3",
+    ]);
+    wait_until(
+        Duration::from_secs(10),
+        "job reported unschedulable",
+        || {
+            let v = c.vm("job");
+            v["status"]["phase"] == "pending"
+                && v["status"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("unschedulable")
+        },
+    );
 
     // Deleting a frees its node: the job runs there, prints, and stops with its exit status.
     let out = c.cli(&["vm", "rm", "a", "--wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!c.cli(&["vm", "get", "a"]).status.success(), "a is gone");
     let job = c.wait_phase("job", "stopped", BOOT);
     assert_eq!(job["status"]["exit_code"], 3);
-    wait_until(Duration::from_secs(10), "job's output in its console", || {
-        c.json(&["vm", "logs", "job"])["console"].as_str().unwrap().contains("hello-from-guest")
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "job's output in its console",
+        || {
+            c.json(&["vm", "logs", "job"])["console"]
+                .as_str()
+                .unwrap()
+                .contains("hello-from-guest")
+        },
+    );
 
     // Stop and delete the rest.
     let out = c.cli(&["vm", "stop", "b", "--wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(c.vm("b")["status"]["phase"], "stopped");
     for vm in ["b", "job"] {
         let out = c.cli(&["vm", "rm", vm, "--wait"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(c.json(&["vm", "ls"]).as_array().unwrap().len(), 0);
-    wait_until(Duration::from_secs(20), "no qemu left", || c.qemu_pids().is_empty());
+    wait_until(Duration::from_secs(20), "no qemu left", || {
+        c.qemu_pids().is_empty()
+    });
     for (name, agent) in &c.agents {
-        assert!(zombies_of(agent.id()).is_empty(), "agent {name} left zombie processes");
+        assert!(
+            zombies_of(agent.id()).is_empty(),
+            "agent {name} left zombie processes"
+        );
     }
     for agent in ["aws-1", "edge-1"] {
         let vms = c.path(&format!("agent-{agent}/vms"));
         let left: Vec<_> = std::fs::read_dir(&vms)
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
             .unwrap_or_default();
-        assert!(left.is_empty(), "state directories left on {agent}: {left:?}");
+        assert!(
+            left.is_empty(),
+            "state directories left on {agent}: {left:?}"
+        );
     }
 }
 
@@ -98,28 +173,70 @@ fn restarted_agent_readopts_its_running_vm() {
     assert_eq!(c.vm("keeper")["status"]["phase"], "running");
     assert_eq!(c.qemu_pids(), pids);
     let out = c.cli(&["vm", "stop", "keeper", "--wait"]);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), c.logs());
-    wait_until(Duration::from_secs(20), "qemu gone after stop", || c.qemu_pids().is_empty());
-    wait_until(Duration::from_secs(20), "console shows the guest powering off", || {
-        c.json(&["vm", "logs", "keeper"])["console"].as_str().unwrap().contains("powering off")
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    wait_until(Duration::from_secs(20), "qemu gone after stop", || {
+        c.qemu_pids().is_empty()
     });
+    wait_until(
+        Duration::from_secs(20),
+        "console shows the guest powering off",
+        || {
+            c.json(&["vm", "logs", "keeper"])["console"]
+                .as_str()
+                .unwrap()
+                .contains("powering off")
+        },
+    );
 }
 
 #[test]
 fn acknowledged_writes_survive_kill_9_of_the_server() {
     let mut c = Cluster::start();
-    let token = c.json(&["token", "create", "--tenant", "acme"])["token"].as_str().unwrap().to_owned();
+    let token = c.json(&["token", "create", "--tenant", "acme"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let digest = format!("sha256:{}", "ab".repeat(32));
     for i in 0..5 {
-        let out = c.cli_as(&token, &["vm", "run", "--name", &format!("w{i}"), "--image", &digest, "--output", "json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = c.cli_as(
+            &token,
+            &[
+                "vm",
+                "run",
+                "--name",
+                &format!("w{i}"),
+                "--image",
+                &digest,
+                "--output",
+                "json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     c.kill_server();
     c.start_server();
     let out = c.cli_as(&token, &["vm", "ls", "--output", "json"]);
-    assert!(out.status.success(), "tenant token survives: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tenant token survives: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut names: Vec<_> = vms.as_array().unwrap().iter().map(|v| v["spec"]["name"].as_str().unwrap().to_owned()).collect();
+    let mut names: Vec<_> = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["spec"]["name"].as_str().unwrap().to_owned())
+        .collect();
     names.sort();
     assert_eq!(names, ["w0", "w1", "w2", "w3", "w4"]);
 }
@@ -130,7 +247,18 @@ fn cli_errors_exit_nonzero_with_the_cause() {
     let out = c.cli_as("not-a-token", &["vm", "ls"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid token"));
-    let out = c.cli(&["vm", "run", "--name", "Bad_Name", "--image", &format!("sha256:{}", "0".repeat(64))]);
+    let out = c.cli(&[
+        "vm",
+        "run",
+        "--name",
+        "Bad_Name",
+        "--image",
+        &format!("sha256:{}", "0".repeat(64)),
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("name"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -87,15 +87,27 @@ impl Client {
         if !base.starts_with("https://") {
             return Err(ClientError::BadServer(conn.server.clone()));
         }
-        let tls = firefleet_pki::client_tls_config(&conn.ca_pem, conn.identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))
-            .map_err(ClientError::Tls)?;
+        let tls = firefleet_pki::client_tls_config(
+            &conn.ca_pem,
+            conn.identity
+                .as_ref()
+                .map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+        .map_err(ClientError::Tls)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|source| ClientError::Transport { url: base.clone(), source })?;
-        Ok(Client { http, base, token: conn.token.clone() })
+            .map_err(|source| ClientError::Transport {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Client {
+            http,
+            base,
+            token: conn.token.clone(),
+        })
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -120,9 +132,18 @@ impl Client {
         url: String,
         req: reqwest::RequestBuilder,
     ) -> Result<Option<T>, ClientError> {
-        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(e) => ClientError::Api {
@@ -144,14 +165,24 @@ impl Client {
         }
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| ClientError::Decode { url, detail: e.to_string() })
+            .map_err(|e| ClientError::Decode {
+                url,
+                detail: e.to_string(),
+            })
     }
 
-    async fn must<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
-        self.call(method, path, body).await?.ok_or_else(|| ClientError::Decode {
-            url: format!("{}{path}", self.base),
-            detail: "empty body".to_owned(),
-        })
+    async fn must<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        self.call(method, path, body)
+            .await?
+            .ok_or_else(|| ClientError::Decode {
+                url: format!("{}{path}", self.base),
+                detail: "empty body".to_owned(),
+            })
     }
 
     /// `GET /healthz`.
@@ -162,8 +193,18 @@ impl Client {
     /// `GET /metrics` as text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);
-        let resp = self.http.get(&url).send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
-        resp.text().await.map_err(|source| ClientError::Transport { url, source })
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        resp.text()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })
     }
 
     /// Creates a VM.
@@ -173,41 +214,61 @@ impl Client {
 
     /// Lists VMs.
     pub async fn vm_list(&self) -> Result<Vec<Vm>, ClientError> {
-        Ok(self.must::<(), VmList>(Method::GET, "/v1/vms", None).await?.items)
+        Ok(self
+            .must::<(), VmList>(Method::GET, "/v1/vms", None)
+            .await?
+            .items)
     }
 
     /// Gets a VM by id or name.
     pub async fn vm_get(&self, vm: &str) -> Result<Vm, ClientError> {
-        self.must::<(), _>(Method::GET, &format!("/v1/vms/{}", enc(vm)), None).await
+        self.must::<(), _>(Method::GET, &format!("/v1/vms/{}", enc(vm)), None)
+            .await
     }
 
     /// Stops a VM.
     pub async fn vm_stop(&self, vm: &str) -> Result<Vm, ClientError> {
-        self.must::<(), _>(Method::POST, &format!("/v1/vms/{}/stop", enc(vm)), None).await
+        self.must::<(), _>(Method::POST, &format!("/v1/vms/{}/stop", enc(vm)), None)
+            .await
     }
 
     /// Deletes a VM; returns it while deletion is under way, None when it is gone.
     pub async fn vm_delete(&self, vm: &str) -> Result<Option<Vm>, ClientError> {
-        self.call::<(), _>(Method::DELETE, &format!("/v1/vms/{}", enc(vm)), None).await
+        self.call::<(), _>(Method::DELETE, &format!("/v1/vms/{}", enc(vm)), None)
+            .await
     }
 
     /// Reads a VM's console from `offset`.
     pub async fn vm_logs(&self, vm: &str, offset: u64) -> Result<ConsoleChunk, ClientError> {
-        self.must::<(), _>(Method::GET, &format!("/v1/vms/{}/logs?offset={offset}", enc(vm)), None).await
+        self.must::<(), _>(
+            Method::GET,
+            &format!("/v1/vms/{}/logs?offset={offset}", enc(vm)),
+            None,
+        )
+        .await
     }
 
     /// Lists nodes.
     pub async fn node_list(&self) -> Result<Vec<NodeInfo>, ClientError> {
-        Ok(self.must::<(), NodeList>(Method::GET, "/v1/nodes", None).await?.items)
+        Ok(self
+            .must::<(), NodeList>(Method::GET, "/v1/nodes", None)
+            .await?
+            .items)
     }
 
     /// Creates a tenant token.
-    pub async fn token_create(&self, req: &CreateTokenRequest) -> Result<TokenResponse, ClientError> {
+    pub async fn token_create(
+        &self,
+        req: &CreateTokenRequest,
+    ) -> Result<TokenResponse, ClientError> {
         self.must(Method::POST, "/v1/tokens", Some(req)).await
     }
 
     /// Creates a join token.
-    pub async fn join_token_create(&self, req: &CreateJoinTokenRequest) -> Result<JoinTokenResponse, ClientError> {
+    pub async fn join_token_create(
+        &self,
+        req: &CreateJoinTokenRequest,
+    ) -> Result<JoinTokenResponse, ClientError> {
         self.must(Method::POST, "/v1/join-tokens", Some(req)).await
     }
 
@@ -218,11 +279,17 @@ impl Client {
 
     /// Agent: heartbeat.
     pub async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<(), ClientError> {
-        self.call::<_, serde_json::Value>(Method::POST, "/v1/agent/heartbeat", Some(req)).await.map(|_| ())
+        self.call::<_, serde_json::Value>(Method::POST, "/v1/agent/heartbeat", Some(req))
+            .await
+            .map(|_| ())
     }
 
     /// Agent: the VMs placed on this node, waiting for a change past `after`.
-    pub async fn intents(&self, after: Option<u64>, wait: Duration) -> Result<IntentsResponse, ClientError> {
+    pub async fn intents(
+        &self,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<IntentsResponse, ClientError> {
         let path = match after {
             Some(a) => format!("/v1/agent/intents?after={a}&wait_ms={}", wait.as_millis()),
             None => "/v1/agent/intents".to_owned(),
@@ -231,18 +298,42 @@ impl Client {
     }
 
     /// Agent: reports a VM's status.
-    pub async fn report_status(&self, vm: &str, report: &VmStatusReport) -> Result<(), ClientError> {
-        self.call::<_, serde_json::Value>(Method::PUT, &format!("/v1/agent/vms/{}/status", enc(vm)), Some(report))
-            .await
-            .map(|_| ())
+    pub async fn report_status(
+        &self,
+        vm: &str,
+        report: &VmStatusReport,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("/v1/agent/vms/{}/status", enc(vm)),
+            Some(report),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Agent: uploads console bytes at `offset`; returns where the server's copy ends.
-    pub async fn upload_console(&self, vm: &str, offset: u64, data: Vec<u8>) -> Result<u64, ClientError> {
-        let url = format!("{}/v1/agent/vms/{}/console?offset={offset}", self.base, enc(vm));
-        let req = self.http.post(&url).header("content-type", "application/octet-stream").body(data);
+    pub async fn upload_console(
+        &self,
+        vm: &str,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<u64, ClientError> {
+        let url = format!(
+            "{}/v1/agent/vms/{}/console?offset={offset}",
+            self.base,
+            enc(vm)
+        );
+        let req = self
+            .http
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .body(data);
         let r: Option<ConsoleOffset> = self.finish(url.clone(), req).await?;
-        r.map(|o| o.next_offset).ok_or(ClientError::Decode { url, detail: "empty body".to_owned() })
+        r.map(|o| o.next_offset).ok_or(ClientError::Decode {
+            url,
+            detail: "empty body".to_owned(),
+        })
     }
 }
 

@@ -40,17 +40,24 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("missing bearer token (Authorization header)".to_owned()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing bearer token (Authorization header)".to_owned())
+            })?;
         let value = header
             .to_str()
             .map_err(|_| ApiError::Unauthorized("Authorization header is not text".to_owned()))?;
         let token = value
             .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::Unauthorized("Authorization header must be `Bearer <token>`".to_owned()))?
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization header must be `Bearer <token>`".to_owned())
+            })?
             .trim();
         if token.is_empty() || token.len() > 256 {
             return Err(ApiError::Unauthorized("invalid token".to_owned()));
@@ -58,7 +65,10 @@ impl FromRequestParts<AppState> for Caller {
         let rec = repo::lookup_token(state, token)
             .await?
             .ok_or_else(|| ApiError::Unauthorized("invalid token".to_owned()))?;
-        Ok(Caller { tenant: rec.tenant, role: rec.role })
+        Ok(Caller {
+            tenant: rec.tenant,
+            role: rec.role,
+        })
     }
 }
 
@@ -69,13 +79,21 @@ pub struct AgentNode(pub NodeId);
 impl FromRequestParts<AppState> for AgentNode {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let node = parts
             .extensions
             .get::<PeerIdentity>()
             .and_then(|p| p.0.clone())
-            .ok_or_else(|| ApiError::Unauthorized("agent endpoints need a client certificate".to_owned()))?;
-        if repo::get_json::<firefleet_types::NodeInfo>(state, &repo::node_key(&node)).await?.is_none() {
+            .ok_or_else(|| {
+                ApiError::Unauthorized("agent endpoints need a client certificate".to_owned())
+            })?;
+        if repo::get_json::<firefleet_types::NodeInfo>(state, &repo::node_key(&node))
+            .await?
+            .is_none()
+        {
             return Err(ApiError::Forbidden(format!("node {node} is not enrolled")));
         }
         Ok(AgentNode(node))

@@ -51,7 +51,10 @@ pub enum ApiError {
 impl ApiError {
     /// A not-found error.
     pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
-        ApiError::NotFound { kind, name: name.into() }
+        ApiError::NotFound {
+            kind,
+            name: name.into(),
+        }
     }
 
     /// Stable machine-readable code.

@@ -103,7 +103,10 @@ impl Server {
     /// `admin.token` and `ca.pem`), binds, and starts serving and the controllers.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
         let store: Arc<dyn KvStore> =
             Arc::new(SqliteStore::open(&dir.join("store.db")).map_err(StartError::Store)?);
         let ca = Ca::load_or_create(dir).map_err(StartError::Pki)?;
@@ -112,8 +115,9 @@ impl Server {
         dns.push("localhost".to_owned());
         let ips = vec![config.listen.ip()];
         let server_cert = ca.issue_server_cert(&dns, &ips).map_err(StartError::Pki)?;
-        let tls = firefleet_pki::server_tls_config(&ca_pem, &server_cert.cert_pem, &server_cert.key_pem)
-            .map_err(StartError::Pki)?;
+        let tls =
+            firefleet_pki::server_tls_config(&ca_pem, &server_cert.cert_pem, &server_cert.key_pem)
+                .map_err(StartError::Pki)?;
 
         let state = AppState {
             store,
@@ -121,23 +125,45 @@ impl Server {
             metrics: Arc::new(metrics::Metrics::default()),
             kick: Arc::new(tokio::sync::Notify::new()),
         };
-        bootstrap_admin(&state, dir).await.map_err(StartError::Bootstrap)?;
-
-        let listener = TcpListener::bind(config.listen)
+        bootstrap_admin(&state, dir)
             .await
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+            .map_err(StartError::Bootstrap)?;
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let router = http::router(state.clone());
-        let mut tasks = vec![tokio::spawn(tls::serve(listener, Arc::new(tls), router, shutdown_rx.clone()))];
+        let mut tasks = vec![tokio::spawn(tls::serve(
+            listener,
+            Arc::new(tls),
+            router,
+            shutdown_rx.clone(),
+        ))];
         tasks.extend(controllers::spawn_all(state.clone(), shutdown_rx));
         tracing::info!(%addr, "firefleet server listening");
-        Ok(Server { addr, ca_pem, state, shutdown, tasks })
+        Ok(Server {
+            addr,
+            ca_pem,
+            state,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Creates a one-time join token for an agent (used by `firefleet up` for its local agent).
     pub async fn create_join_token(&self, ttl: Duration) -> Result<String, ApiError> {
-        repo::create_join_token(&self.state, ttl).await.map(|r| r.token)
+        repo::create_join_token(&self.state, ttl)
+            .await
+            .map(|r| r.token)
     }
 
     /// Stops serving and the controllers.
@@ -152,16 +178,19 @@ impl Server {
 /// Creates the admin token on first start and writes it to `dir/admin.token` (mode 0600).
 async fn bootstrap_admin(state: &AppState, dir: &Path) -> Result<(), ApiError> {
     let path = dir.join("admin.token");
-    if repo::admin_exists(state).await? {
-        if path.exists() {
-            return Ok(());
-        }
-        // The token file was lost (it is only written once). Make a new admin token rather than
-        // lock the operator out; the old one stays valid.
+    // If the token file was lost (it is only written once), make a new admin token rather than
+    // lock the operator out; the old one stays valid.
+    if path.exists() && repo::admin_exists(state).await? {
+        return Ok(());
     }
-    let token = repo::create_token(state, &"admin".parse().map_err(ApiError::Validation)?, firefleet_api::Role::Admin)
-        .await?;
-    write_private_file(&path, token.token.as_bytes()).map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
+    let token = repo::create_token(
+        state,
+        &"admin".parse().map_err(ApiError::Validation)?,
+        firefleet_api::Role::Admin,
+    )
+    .await?;
+    write_private_file(&path, token.token.as_bytes())
+        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
 }
 
 /// Writes a file atomically with mode 0600.
@@ -169,7 +198,12 @@ pub(crate) fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

@@ -14,7 +14,8 @@ impl Metrics {
     /// Counts one HTTP request.
     pub fn request(&self, method: &str, route: &str, status: u16) {
         if let Ok(mut m) = self.requests.lock() {
-            *m.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
+            *m.entry((method.to_owned(), route.to_owned(), status))
+                .or_default() += 1;
         }
     }
 
@@ -29,7 +30,9 @@ impl Metrics {
     /// Renders the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        out.push_str("# HELP firefleet_http_requests_total HTTP requests by method, route and status.\n");
+        out.push_str(
+            "# HELP firefleet_http_requests_total HTTP requests by method, route and status.\n",
+        );
         out.push_str("# TYPE firefleet_http_requests_total counter\n");
         if let Ok(m) = self.requests.lock() {
             for ((method, route, status), n) in m.iter() {
@@ -41,15 +44,27 @@ impl Metrics {
             }
         }
         if let Ok(p) = self.placements.lock() {
-            out.push_str("# HELP firefleet_scheduler_placements_total Placement decisions by outcome.\n");
+            out.push_str(
+                "# HELP firefleet_scheduler_placements_total Placement decisions by outcome.\n",
+            );
             out.push_str("# TYPE firefleet_scheduler_placements_total counter\n");
-            let _ = writeln!(out, "firefleet_scheduler_placements_total{{outcome=\"placed\"}} {}", p.0);
-            let _ = writeln!(out, "firefleet_scheduler_placements_total{{outcome=\"unschedulable\"}} {}", p.1);
+            let _ = writeln!(
+                out,
+                "firefleet_scheduler_placements_total{{outcome=\"placed\"}} {}",
+                p.0
+            );
+            let _ = writeln!(
+                out,
+                "firefleet_scheduler_placements_total{{outcome=\"unschedulable\"}} {}",
+                p.1
+            );
         }
     }
 }
 
 /// Escapes a Prometheus label value.
 pub fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -81,7 +81,8 @@ fn hash_secret(token: &str) -> String {
 }
 
 fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, ApiError> {
-    serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(format!("corrupt record at {}: {e}", kv.key)))
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::Internal(format!("corrupt record at {}: {e}", kv.key)))
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
@@ -89,7 +90,10 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Reads and decodes one key.
-pub async fn get_json<T: DeserializeOwned>(state: &AppState, key: &str) -> Result<Option<(T, Revision)>, ApiError> {
+pub async fn get_json<T: DeserializeOwned>(
+    state: &AppState,
+    key: &str,
+) -> Result<Option<(T, Revision)>, ApiError> {
     match state.store.get(key).await? {
         Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
         None => Ok(None),
@@ -97,7 +101,10 @@ pub async fn get_json<T: DeserializeOwned>(state: &AppState, key: &str) -> Resul
 }
 
 /// Lists and decodes a prefix, with the revision it was read at.
-pub async fn list_json<T: DeserializeOwned>(state: &AppState, prefix: &str) -> Result<(Vec<T>, Revision), ApiError> {
+pub async fn list_json<T: DeserializeOwned>(
+    state: &AppState,
+    prefix: &str,
+) -> Result<(Vec<T>, Revision), ApiError> {
     let (kvs, rev) = state.store.list(prefix).await?;
     let items = kvs.iter().map(decode).collect::<Result<Vec<T>, _>>()?;
     Ok((items, rev))
@@ -123,10 +130,18 @@ pub async fn create_vm(state: &AppState, spec: VmSpec) -> Result<Vm, ApiError> {
     let resp = state
         .store
         .txn(
-            vec![Compare::Absent { key: name_key.clone() }],
+            vec![Compare::Absent {
+                key: name_key.clone(),
+            }],
             vec![
-                Op::Put { key: vm_key(&id), value: encode(&vm)? },
-                Op::Put { key: name_key, value: id.as_str().as_bytes().to_vec() },
+                Op::Put {
+                    key: vm_key(&id),
+                    value: encode(&vm)?,
+                },
+                Op::Put {
+                    key: name_key,
+                    value: id.as_str().as_bytes().to_vec(),
+                },
             ],
             vec![],
         )
@@ -163,7 +178,11 @@ where
         if !f(&mut vm)? {
             return Ok(vm);
         }
-        match state.store.compare_and_swap(&vm_key(id), rev, encode(&vm)?).await {
+        match state
+            .store
+            .compare_and_swap(&vm_key(id), rev, encode(&vm)?)
+            .await
+        {
             Ok(_) => return Ok(vm),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -178,9 +197,15 @@ pub async fn delete_vm_record(state: &AppState, vm: &Vm) -> Result<(), ApiError>
         .txn(
             vec![],
             vec![
-                Op::Delete { key: vm_key(&vm.id) },
-                Op::Delete { key: vm_name_key(&vm.spec.tenant, &vm.spec.name) },
-                Op::Delete { key: console_key(&vm.id) },
+                Op::Delete {
+                    key: vm_key(&vm.id),
+                },
+                Op::Delete {
+                    key: vm_name_key(&vm.spec.tenant, &vm.spec.name),
+                },
+                Op::Delete {
+                    key: console_key(&vm.id),
+                },
             ],
             vec![],
         )
@@ -190,14 +215,24 @@ pub async fn delete_vm_record(state: &AppState, vm: &Vm) -> Result<(), ApiError>
 
 /// Reads a VM's stored console.
 pub async fn get_console(state: &AppState, id: &VmId) -> Result<ConsoleRecord, ApiError> {
-    Ok(get_json::<ConsoleRecord>(state, &console_key(id)).await?.map(|(c, _)| c).unwrap_or_default())
+    Ok(get_json::<ConsoleRecord>(state, &console_key(id))
+        .await?
+        .map(|(c, _)| c)
+        .unwrap_or_default())
 }
 
 /// Appends to a VM's console if `offset` is where the stored copy ends; returns the new end.
 /// An upload at another offset changes nothing (the agent resends from the returned end).
-pub async fn append_console(state: &AppState, id: &VmId, offset: u64, bytes: &[u8]) -> Result<u64, ApiError> {
+pub async fn append_console(
+    state: &AppState,
+    id: &VmId,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<u64, ApiError> {
     loop {
-        let (mut rec, rev) = get_json::<ConsoleRecord>(state, &console_key(id)).await?.unwrap_or_default();
+        let (mut rec, rev) = get_json::<ConsoleRecord>(state, &console_key(id))
+            .await?
+            .unwrap_or_default();
         let end = rec.start + rec.data.len() as u64;
         if offset != end || bytes.is_empty() {
             return Ok(end);
@@ -209,7 +244,11 @@ pub async fn append_console(state: &AppState, id: &VmId, offset: u64, bytes: &[u
             rec.start += cut as u64;
         }
         let new_end = rec.start + rec.data.len() as u64;
-        match state.store.compare_and_swap(&console_key(id), rev, encode(&rec)?).await {
+        match state
+            .store
+            .compare_and_swap(&console_key(id), rev, encode(&rec)?)
+            .await
+        {
             Ok(_) => return Ok(new_end),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -224,31 +263,69 @@ pub async fn admin_exists(state: &AppState) -> Result<bool, ApiError> {
 }
 
 /// Creates a bearer token.
-pub async fn create_token(state: &AppState, tenant: &TenantId, role: Role) -> Result<TokenResponse, ApiError> {
+pub async fn create_token(
+    state: &AppState,
+    tenant: &TenantId,
+    role: Role,
+) -> Result<TokenResponse, ApiError> {
     let token = random_secret("fft");
-    let rec = TokenRecord { tenant: tenant.clone(), role, created_ms: now_ms() };
-    state.store.compare_and_swap(&format!("/tokens/{}", hash_secret(&token)), 0, encode(&rec)?).await?;
-    Ok(TokenResponse { token, tenant: tenant.clone(), role })
+    let rec = TokenRecord {
+        tenant: tenant.clone(),
+        role,
+        created_ms: now_ms(),
+    };
+    state
+        .store
+        .compare_and_swap(
+            &format!("/tokens/{}", hash_secret(&token)),
+            0,
+            encode(&rec)?,
+        )
+        .await?;
+    Ok(TokenResponse {
+        token,
+        tenant: tenant.clone(),
+        role,
+    })
 }
 
 /// Looks a bearer token up.
 pub async fn lookup_token(state: &AppState, token: &str) -> Result<Option<TokenRecord>, ApiError> {
-    Ok(get_json::<TokenRecord>(state, &format!("/tokens/{}", hash_secret(token))).await?.map(|(t, _)| t))
+    Ok(
+        get_json::<TokenRecord>(state, &format!("/tokens/{}", hash_secret(token)))
+            .await?
+            .map(|(t, _)| t),
+    )
 }
 
 /// Creates a one-time join token.
-pub async fn create_join_token(state: &AppState, ttl: Duration) -> Result<JoinTokenResponse, ApiError> {
+pub async fn create_join_token(
+    state: &AppState,
+    ttl: Duration,
+) -> Result<JoinTokenResponse, ApiError> {
     let token = random_secret("ffj");
     let expires_ms = now_ms() + ttl.as_millis() as u64;
     let rec = JoinTokenRecord { expires_ms };
-    state.store.compare_and_swap(&format!("/jointokens/{}", hash_secret(&token)), 0, encode(&rec)?).await?;
+    state
+        .store
+        .compare_and_swap(
+            &format!("/jointokens/{}", hash_secret(&token)),
+            0,
+            encode(&rec)?,
+        )
+        .await?;
     Ok(JoinTokenResponse { token, expires_ms })
 }
 
 /// Consumes a join token (once) and records the node in the same transaction.
-pub async fn enroll_node(state: &AppState, join_token: &str, node: NodeInfo) -> Result<(), ApiError> {
+pub async fn enroll_node(
+    state: &AppState,
+    join_token: &str,
+    node: NodeInfo,
+) -> Result<(), ApiError> {
     let key = format!("/jointokens/{}", hash_secret(join_token));
-    let invalid = || ApiError::Unauthorized("join token is invalid, expired or already used".to_owned());
+    let invalid =
+        || ApiError::Unauthorized("join token is invalid, expired or already used".to_owned());
     let Some((rec, rev)) = get_json::<JoinTokenRecord>(state, &key).await? else {
         return Err(invalid());
     };
@@ -259,8 +336,17 @@ pub async fn enroll_node(state: &AppState, join_token: &str, node: NodeInfo) -> 
     let resp = state
         .store
         .txn(
-            vec![Compare::ModRevision { key: key.clone(), equals: rev }],
-            vec![Op::Delete { key }, Op::Put { key: node_key(&node.id), value: encode(&node)? }],
+            vec![Compare::ModRevision {
+                key: key.clone(),
+                equals: rev,
+            }],
+            vec![
+                Op::Delete { key },
+                Op::Put {
+                    key: node_key(&node.id),
+                    value: encode(&node)?,
+                },
+            ],
             vec![],
         )
         .await?;
@@ -282,7 +368,11 @@ where
         if !f(&mut node) {
             return Ok(node);
         }
-        match state.store.compare_and_swap(&node_key(id), rev, encode(&node)?).await {
+        match state
+            .store
+            .compare_and_swap(&node_key(id), rev, encode(&node)?)
+            .await
+        {
             Ok(_) => return Ok(node),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),

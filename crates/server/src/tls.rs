@@ -38,7 +38,9 @@ pub async fn serve(
         let router = router.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await;
             let stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -55,10 +57,12 @@ pub async fn serve(
                 .and_then(|der| firefleet_pki::node_name_from_cert(der.as_ref()).ok())
                 .and_then(|name| name.parse().ok());
             let peer = PeerIdentity(identity);
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                router.clone().oneshot(req)
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    router.clone().oneshot(req)
+                },
+            );
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);

@@ -1,6 +1,8 @@
 //! The API against bad input, with a real server (real TLS, real HTTP, real SQLite file). Each
 //! bad request gets a clear 4xx (or a TLS refusal) and leaves the store unchanged.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{net::SocketAddr, time::Duration};
 
 use firefleet_server::{Server, ServerConfig};
@@ -18,12 +20,24 @@ impl Fixture {
     async fn start() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let server = Server::start(ServerConfig { data_dir: dir.path().to_owned(), listen, dns_names: vec![] })
-            .await
-            .unwrap();
-        let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
+        let server = Server::start(ServerConfig {
+            data_dir: dir.path().to_owned(),
+            listen,
+            dns_names: vec![],
+        })
+        .await
+        .unwrap();
+        let admin = std::fs::read_to_string(dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
         let http = client(&server.ca_pem, None);
-        Fixture { _dir: dir, server, admin, http }
+        Fixture {
+            _dir: dir,
+            server,
+            admin,
+            http,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -31,12 +45,24 @@ impl Fixture {
     }
 
     async fn revision(&self) -> u64 {
-        let v: Value = self.http.get(self.url("/healthz")).send().await.unwrap().json().await.unwrap();
+        let v: Value = self
+            .http
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         v["revision"].as_u64().unwrap()
     }
 
     async fn post(&self, token: Option<&str>, path: &str, body: String) -> (StatusCode, Value) {
-        let mut r = self.http.post(self.url(path)).header("content-type", "application/json").body(body);
+        let mut r = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -46,13 +72,25 @@ impl Fixture {
     }
 
     async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
-        let resp = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     async fn tenant_token(&self, tenant: &str) -> String {
-        let (s, v) = self.post(Some(&self.admin), "/v1/tokens", json!({ "tenant": tenant }).to_string()).await;
+        let (s, v) = self
+            .post(
+                Some(&self.admin),
+                "/v1/tokens",
+                json!({ "tenant": tenant }).to_string(),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["token"].as_str().unwrap().to_owned()
     }
@@ -60,7 +98,11 @@ impl Fixture {
 
 fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
     let tls = firefleet_pki::client_tls_config(ca_pem, identity).unwrap();
-    reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(20)).build().unwrap()
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
 }
 
 fn vm_body() -> Value {
@@ -68,13 +110,26 @@ fn vm_body() -> Value {
 }
 
 /// Asserts a 4xx whose error names `field`, and that the store did not change.
-async fn assert_refused(f: &Fixture, token: Option<&str>, body: String, status: StatusCode, field_hint: &str) {
+async fn assert_refused(
+    f: &Fixture,
+    token: Option<&str>,
+    body: String,
+    status: StatusCode,
+    field_hint: &str,
+) {
     let before = f.revision().await;
     let (s, v) = f.post(token, "/v1/vms", body.clone()).await;
     assert_eq!(s, status, "body {body} -> {v}");
     let msg = v["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains(field_hint), "error for {body} should name {field_hint:?}: {v}");
-    assert_eq!(f.revision().await, before, "store changed by a refused request: {body}");
+    assert!(
+        msg.contains(field_hint),
+        "error for {body} should name {field_hint:?}: {v}"
+    );
+    assert_eq!(
+        f.revision().await,
+        before,
+        "store changed by a refused request: {body}"
+    );
 }
 
 #[tokio::test]
@@ -82,13 +137,34 @@ async fn bad_vm_requests_are_refused_naming_the_field() {
     let f = Fixture::start().await;
     let t = f.tenant_token("acme").await;
     let t = Some(t.as_str());
-    assert_refused(&f, t, "{\"name\": ".to_owned(), StatusCode::BAD_REQUEST, "invalid JSON").await;
+    assert_refused(
+        &f,
+        t,
+        "{\"name\": ".to_owned(),
+        StatusCode::BAD_REQUEST,
+        "invalid JSON",
+    )
+    .await;
     let mut unknown = vm_body();
     unknown["colour"] = json!("red");
-    assert_refused(&f, t, unknown.to_string(), StatusCode::BAD_REQUEST, "colour").await;
+    assert_refused(
+        &f,
+        t,
+        unknown.to_string(),
+        StatusCode::BAD_REQUEST,
+        "colour",
+    )
+    .await;
     let mut nested_unknown = vm_body();
     nested_unknown["resources"]["gpus_please"] = json!(3);
-    assert_refused(&f, t, nested_unknown.to_string(), StatusCode::BAD_REQUEST, "gpus_please").await;
+    assert_refused(
+        &f,
+        t,
+        nested_unknown.to_string(),
+        StatusCode::BAD_REQUEST,
+        "gpus_please",
+    )
+    .await;
     for (vcpus, mem, field) in [
         (json!(0), json!(256), "resources.vcpus"),
         (json!(-1), json!(256), "resources.vcpus"),
@@ -102,7 +178,14 @@ async fn bad_vm_requests_are_refused_naming_the_field() {
         b["resources"] = json!({ "vcpus": vcpus, "memory_mib": mem });
         assert_refused(&f, t, b.to_string(), StatusCode::BAD_REQUEST, field).await;
     }
-    for name in ["", "UPPER", "has space", "-dash", "x".repeat(64).as_str(), "a/b"] {
+    for name in [
+        "",
+        "UPPER",
+        "has space",
+        "-dash",
+        "x".repeat(64).as_str(),
+        "a/b",
+    ] {
         let mut b = vm_body();
         b["name"] = json!(name);
         assert_refused(&f, t, b.to_string(), StatusCode::BAD_REQUEST, "name").await;
@@ -116,7 +199,14 @@ async fn bad_vm_requests_are_refused_naming_the_field() {
     // Too large a body.
     let mut b = vm_body();
     b["labels"] = json!({ "k": "v".repeat(100_000) });
-    assert_refused(&f, t, b.to_string(), StatusCode::PAYLOAD_TOO_LARGE, "larger than").await;
+    assert_refused(
+        &f,
+        t,
+        b.to_string(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "larger than",
+    )
+    .await;
     // A tenant may not create for another tenant.
     let mut b = vm_body();
     b["tenant"] = json!("other");
@@ -124,16 +214,40 @@ async fn bad_vm_requests_are_refused_naming_the_field() {
     // And a good one goes through.
     let (s, v) = f.post(t, "/v1/vms", vm_body().to_string()).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    assert_eq!(v["spec"]["resources"], json!({ "vcpus": 1, "memory_mib": 256 }));
+    assert_eq!(
+        v["spec"]["resources"],
+        json!({ "vcpus": 1, "memory_mib": 256 })
+    );
     // Same name again: conflict.
-    assert_refused(&f, t, vm_body().to_string(), StatusCode::CONFLICT, "already exists").await;
+    assert_refused(
+        &f,
+        t,
+        vm_body().to_string(),
+        StatusCode::CONFLICT,
+        "already exists",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn tokens_are_required_and_tenants_are_isolated() {
     let f = Fixture::start().await;
-    assert_refused(&f, None, vm_body().to_string(), StatusCode::UNAUTHORIZED, "bearer token").await;
-    assert_refused(&f, Some("fft_wrong"), vm_body().to_string(), StatusCode::UNAUTHORIZED, "invalid token").await;
+    assert_refused(
+        &f,
+        None,
+        vm_body().to_string(),
+        StatusCode::UNAUTHORIZED,
+        "bearer token",
+    )
+    .await;
+    assert_refused(
+        &f,
+        Some("fft_wrong"),
+        vm_body().to_string(),
+        StatusCode::UNAUTHORIZED,
+        "invalid token",
+    )
+    .await;
 
     let acme = f.tenant_token("acme").await;
     let globex = f.tenant_token("globex").await;
@@ -145,27 +259,50 @@ async fn tokens_are_required_and_tenants_are_isolated() {
     let (s, list) = f.get(&globex, "/v1/vms").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
-    for path in [format!("/v1/vms/{id}"), "/v1/vms/web".to_owned(), format!("/v1/vms/{id}/logs")] {
+    for path in [
+        format!("/v1/vms/{id}"),
+        "/v1/vms/web".to_owned(),
+        format!("/v1/vms/{id}/logs"),
+    ] {
         let (s, _) = f.get(&globex, &path).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
     }
     let before = f.revision().await;
-    let (s, _) = f.post(Some(&globex), &format!("/v1/vms/{id}/stop"), String::new()).await;
+    let (s, _) = f
+        .post(Some(&globex), &format!("/v1/vms/{id}/stop"), String::new())
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let resp = f.http.delete(f.url(&format!("/v1/vms/{id}"))).bearer_auth(&globex).send().await.unwrap();
+    let resp = f
+        .http
+        .delete(f.url(&format!("/v1/vms/{id}")))
+        .bearer_auth(&globex)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert_eq!(f.revision().await, before);
     // Tenants cannot mint tokens or see nodes.
-    let (s, _) = f.post(Some(&globex), "/v1/tokens", json!({ "tenant": "acme" }).to_string()).await;
+    let (s, _) = f
+        .post(
+            Some(&globex),
+            "/v1/tokens",
+            json!({ "tenant": "acme" }).to_string(),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = f.get(&globex, "/v1/nodes").await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     // acme sees its VM by name and id; the admin sees it too.
     assert_eq!(f.get(&acme, "/v1/vms/web").await.0, StatusCode::OK);
-    assert_eq!(f.get(&f.admin, &format!("/v1/vms/{id}")).await.0, StatusCode::OK);
+    assert_eq!(
+        f.get(&f.admin, &format!("/v1/vms/{id}")).await.0,
+        StatusCode::OK
+    );
     // acme stops it (never placed, so it is stopped at once).
-    let (s, v) = f.post(Some(&acme), &format!("/v1/vms/{id}/stop"), String::new()).await;
+    let (s, v) = f
+        .post(Some(&acme), &format!("/v1/vms/{id}/stop"), String::new())
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["status"]["phase"], "stopped");
 }
@@ -189,7 +326,9 @@ async fn agents_need_a_client_certificate_and_join_tokens_work_once() {
     assert_eq!(f.revision().await, before);
 
     // Enroll with a join token.
-    let (s, jt) = f.post(Some(&f.admin), "/v1/join-tokens", "{}".to_owned()).await;
+    let (s, jt) = f
+        .post(Some(&f.admin), "/v1/join-tokens", "{}".to_owned())
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let token = jt["token"].as_str().unwrap();
     let (csr, key) = firefleet_pki::make_agent_csr("node-a").unwrap();
@@ -202,11 +341,17 @@ async fn agents_need_a_client_certificate_and_join_tokens_work_once() {
     let again = json!({ "join_token": token, "node": "node-b", "csr_pem": csr_b });
     let (s, v) = f.post(None, "/v1/agent/enroll", again.to_string()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("already used"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already used"));
     assert_eq!(f.revision().await, before);
 
     // With its certificate the agent is let in.
-    let agent = client(&f.server.ca_pem, Some((cert["cert_pem"].as_str().unwrap(), &key)));
+    let agent = client(
+        &f.server.ca_pem,
+        Some((cert["cert_pem"].as_str().unwrap(), &key)),
+    );
     let resp = agent.get(f.url("/v1/agent/intents")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 
@@ -216,7 +361,14 @@ async fn agents_need_a_client_certificate_and_join_tokens_work_once() {
     let (csr_x, key_x) = firefleet_pki::make_agent_csr("node-a").unwrap();
     let forged = other.sign_agent_csr(&csr_x, "node-a", 1).unwrap();
     let intruder = client(&f.server.ca_pem, Some((&forged, &key_x)));
-    assert!(intruder.get(f.url("/v1/agent/intents")).send().await.is_err(), "handshake must fail");
+    assert!(
+        intruder
+            .get(f.url("/v1/agent/intents"))
+            .send()
+            .await
+            .is_err(),
+        "handshake must fail"
+    );
 }
 
 #[tokio::test]
@@ -233,9 +385,28 @@ async fn openapi_document_is_checked_in_and_current() {
     );
     // And the server serves the same document.
     let f = Fixture::start().await;
-    let served = f.http.get(f.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
+    let served = f
+        .http
+        .get(f.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(served, generated);
-    let metrics = f.http.get(f.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("firefleet_http_requests_total"), "{metrics}");
+    let metrics = f
+        .http
+        .get(f.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("firefleet_http_requests_total"),
+        "{metrics}"
+    );
     assert!(metrics.contains("firefleet_store_revision"), "{metrics}");
 }

@@ -4,7 +4,9 @@
 use crate::{ids::NodeId, resources::Resources, topology::Labels, UnixMillis};
 
 /// The accelerator a VMM uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Accel {
     /// Hardware virtualisation through /dev/kvm.
@@ -44,7 +46,9 @@ pub struct NodeFacts {
 }
 
 /// Whether a node takes work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeReadiness {
     /// Heartbeats arrive.

@@ -12,7 +12,15 @@ pub const MAX_MEMORY_MIB: u64 = 1024 * 1024;
 /// Resources of a VM (requested) or a node (capacity). The JSON shape `{vcpus, memory_mib}` is
 /// what the API takes, the CLI prints and policies see.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
@@ -34,7 +42,10 @@ impl Resources {
         if self.memory_mib < MIN_MEMORY_MIB || self.memory_mib > MAX_MEMORY_MIB {
             return Err(ValidationError::new(
                 "resources.memory_mib",
-                format!("must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {}", self.memory_mib),
+                format!(
+                    "must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {}",
+                    self.memory_mib
+                ),
             ));
         }
         Ok(())
@@ -71,11 +82,26 @@ mod tests {
 
     #[test]
     fn bounds_name_the_field() {
-        let ok = Resources { vcpus: 1, memory_mib: 256 };
+        let ok = Resources {
+            vcpus: 1,
+            memory_mib: 256,
+        };
         assert!(ok.validate_request().is_ok());
-        assert_eq!(Resources { vcpus: 0, ..ok }.validate_request().unwrap_err().field, "resources.vcpus");
         assert_eq!(
-            Resources { memory_mib: u64::MAX, ..ok }.validate_request().unwrap_err().field,
+            Resources { vcpus: 0, ..ok }
+                .validate_request()
+                .unwrap_err()
+                .field,
+            "resources.vcpus"
+        );
+        assert_eq!(
+            Resources {
+                memory_mib: u64::MAX,
+                ..ok
+            }
+            .validate_request()
+            .unwrap_err()
+            .field,
             "resources.memory_mib"
         );
         assert!(serde_json::from_str::<Resources>(r#"{"vcpus":-1,"memory_mib":1}"#).is_err());

@@ -14,7 +14,10 @@ pub const MAX_LABELS: usize = 64;
 /// Validates labels; errors name `field.<key>`.
 pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), ValidationError> {
     if labels.len() > MAX_LABELS {
-        return Err(ValidationError::new(field, format!("at most {MAX_LABELS} labels")));
+        return Err(ValidationError::new(
+            field,
+            format!("at most {MAX_LABELS} labels"),
+        ));
     }
     for (k, v) in labels {
         let key_part = k.rsplit('/').next().unwrap_or(k);
@@ -31,9 +34,9 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), ValidationErr
 
 /// Parses `k=v` (as given on the command line) into a pair.
 pub fn parse_label(s: &str) -> Result<(String, String), ValidationError> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| ValidationError::new("label", format!("{s:?} is not of the form key=value")))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| {
+        ValidationError::new("label", format!("{s:?} is not of the form key=value"))
+    })?;
     let mut one = Labels::new();
     one.insert(k.to_owned(), v.to_owned());
     validate_labels("labels", &one)?;
@@ -46,7 +49,10 @@ mod tests {
 
     #[test]
     fn label_parsing() {
-        assert_eq!(parse_label("cloud=aws").unwrap(), ("cloud".into(), "aws".into()));
+        assert_eq!(
+            parse_label("cloud=aws").unwrap(),
+            ("cloud".into(), "aws".into())
+        );
         assert!(parse_label("cloud").is_err());
         assert!(parse_label("Cloud=aws").is_err());
         assert!(parse_label("region=us east").is_err());

@@ -14,7 +14,10 @@ pub struct ValidationError {
 impl ValidationError {
     /// A new error for `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -28,16 +31,25 @@ pub fn check_name(field: &str, s: &str) -> Result<(), ValidationError> {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if s.len() > MAX_NAME_LEN {
-        return Err(ValidationError::new(field, format!("is longer than {MAX_NAME_LEN} characters")));
+        return Err(ValidationError::new(
+            field,
+            format!("is longer than {MAX_NAME_LEN} characters"),
+        ));
     }
-    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err(ValidationError::new(
             field,
             format!("{s:?} may contain only lowercase letters, digits and '-'"),
         ));
     }
     if s.starts_with('-') || s.ends_with('-') {
-        return Err(ValidationError::new(field, format!("{s:?} must start and end with a letter or digit")));
+        return Err(ValidationError::new(
+            field,
+            format!("{s:?} must start and end with a letter or digit"),
+        ));
     }
     Ok(())
 }

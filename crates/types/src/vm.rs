@@ -16,7 +16,9 @@ pub const MAX_CMD_ARGS: usize = 64;
 pub const MAX_CMD_BYTES: usize = 1024;
 
 /// What the user wants of a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DesiredState {
     /// Run it.
@@ -26,7 +28,17 @@ pub enum DesiredState {
 }
 
 /// What to do when a VM's guest exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RestartPolicy {
     /// Leave it stopped.
@@ -80,11 +92,21 @@ impl VmSpec {
 
 /// Checks an image reference: `sha256:` and 64 lowercase hex digits.
 pub fn validate_image_ref(field: &str, s: &str) -> Result<(), ValidationError> {
-    let hex = s
-        .strip_prefix("sha256:")
-        .ok_or_else(|| ValidationError::new(field, format!("{s:?} is not an image digest (sha256:<64 hex>)")))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(ValidationError::new(field, format!("{s:?} is not an image digest (sha256:<64 hex>)")));
+    let hex = s.strip_prefix("sha256:").ok_or_else(|| {
+        ValidationError::new(
+            field,
+            format!("{s:?} is not an image digest (sha256:<64 hex>)"),
+        )
+    })?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("{s:?} is not an image digest (sha256:<64 hex>)"),
+        ));
     }
     Ok(())
 }
@@ -95,20 +117,31 @@ pub fn validate_cmd(cmd: &[String]) -> Result<(), ValidationError> {
         return Err(ValidationError::new("cmd", "must not be empty when given"));
     }
     if cmd.len() > MAX_CMD_ARGS {
-        return Err(ValidationError::new("cmd", format!("at most {MAX_CMD_ARGS} arguments")));
+        return Err(ValidationError::new(
+            "cmd",
+            format!("at most {MAX_CMD_ARGS} arguments"),
+        ));
     }
     let total: usize = cmd.iter().map(String::len).sum();
     if total > MAX_CMD_BYTES {
-        return Err(ValidationError::new("cmd", format!("at most {MAX_CMD_BYTES} bytes in all")));
+        return Err(ValidationError::new(
+            "cmd",
+            format!("at most {MAX_CMD_BYTES} bytes in all"),
+        ));
     }
     if cmd.iter().any(|a| a.contains('\0')) {
-        return Err(ValidationError::new("cmd", "arguments must not contain NUL"));
+        return Err(ValidationError::new(
+            "cmd",
+            "arguments must not contain NUL",
+        ));
     }
     Ok(())
 }
 
 /// Where a VM is in its life. Legal moves are in [`VmPhase::can_move_to`] and nowhere else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum VmPhase {
     /// Accepted, not yet placed.
@@ -150,7 +183,10 @@ impl VmPhase {
     /// Whether a VMM process may exist in this phase.
     #[must_use]
     pub fn is_active(self) -> bool {
-        matches!(self, VmPhase::Scheduled | VmPhase::Starting | VmPhase::Running | VmPhase::Stopping)
+        matches!(
+            self,
+            VmPhase::Scheduled | VmPhase::Starting | VmPhase::Running | VmPhase::Stopping
+        )
     }
 
     /// Whether the VM has come to rest.
@@ -236,7 +272,10 @@ mod tests {
             name: "web".into(),
             tenant: "acme".parse().unwrap(),
             image: format!("sha256:{}", "a".repeat(64)),
-            resources: Resources { vcpus: 1, memory_mib: 256 },
+            resources: Resources {
+                vcpus: 1,
+                memory_mib: 256,
+            },
             labels: Labels::new(),
             cmd: None,
             restart_policy: RestartPolicy::Never,
@@ -247,10 +286,40 @@ mod tests {
     #[test]
     fn spec_validation_names_fields() {
         assert!(spec().validate().is_ok());
-        assert_eq!(VmSpec { name: "Web!".into(), ..spec() }.validate().unwrap_err().field, "name");
-        assert_eq!(VmSpec { image: "latest".into(), ..spec() }.validate().unwrap_err().field, "image");
-        assert_eq!(VmSpec { cmd: Some(vec![]), ..spec() }.validate().unwrap_err().field, "cmd");
-        let huge = VmSpec { cmd: Some(vec!["x".repeat(MAX_CMD_BYTES + 1)]), ..spec() };
+        assert_eq!(
+            VmSpec {
+                name: "Web!".into(),
+                ..spec()
+            }
+            .validate()
+            .unwrap_err()
+            .field,
+            "name"
+        );
+        assert_eq!(
+            VmSpec {
+                image: "latest".into(),
+                ..spec()
+            }
+            .validate()
+            .unwrap_err()
+            .field,
+            "image"
+        );
+        assert_eq!(
+            VmSpec {
+                cmd: Some(vec![]),
+                ..spec()
+            }
+            .validate()
+            .unwrap_err()
+            .field,
+            "cmd"
+        );
+        let huge = VmSpec {
+            cmd: Some(vec!["x".repeat(MAX_CMD_BYTES + 1)]),
+            ..spec()
+        };
         assert_eq!(huge.validate().unwrap_err().field, "cmd");
     }
 
@@ -262,7 +331,9 @@ mod tests {
         assert!(!Stopped.can_move_to(Running));
         assert!(!Failed.can_move_to(Running));
         assert!(!Pending.can_move_to(Running));
-        for p in [Pending, Scheduled, Starting, Running, Stopping, Stopped, Failed] {
+        for p in [
+            Pending, Scheduled, Starting, Running, Stopping, Stopped, Failed,
+        ] {
             assert!(p.can_move_to(p));
         }
     }

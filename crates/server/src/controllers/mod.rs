@@ -16,9 +16,27 @@ use crate::AppState;
 /// Starts every controller.
 pub(crate) fn spawn_all(state: AppState, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     vec![
-        spawn_loop("scheduling", state.clone(), shutdown.clone(), Duration::from_secs(1), scheduling::reconcile),
-        spawn_loop("node-readiness", state.clone(), shutdown.clone(), Duration::from_secs(2), nodes::reconcile),
-        spawn_loop("compaction", state, shutdown, Duration::from_secs(60), compaction::reconcile),
+        spawn_loop(
+            "scheduling",
+            state.clone(),
+            shutdown.clone(),
+            Duration::from_secs(1),
+            scheduling::reconcile,
+        ),
+        spawn_loop(
+            "node-readiness",
+            state.clone(),
+            shutdown.clone(),
+            Duration::from_secs(2),
+            nodes::reconcile,
+        ),
+        spawn_loop(
+            "compaction",
+            state,
+            shutdown,
+            Duration::from_secs(60),
+            compaction::reconcile,
+        ),
     ]
 }
 

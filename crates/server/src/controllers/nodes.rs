@@ -10,7 +10,9 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     let grace = NODE_GRACE.as_millis() as u64;
     let (nodes, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
     for node in nodes {
-        if node.status.readiness == NodeReadiness::Ready && now.saturating_sub(node.status.last_heartbeat_ms) > grace {
+        if node.status.readiness == NodeReadiness::Ready
+            && now.saturating_sub(node.status.last_heartbeat_ms) > grace
+        {
             repo::update_node(&state, &node.id, |n| {
                 let stale = now.saturating_sub(n.status.last_heartbeat_ms) > grace;
                 if stale && n.status.readiness == NodeReadiness::Ready {

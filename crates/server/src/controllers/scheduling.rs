@@ -13,7 +13,11 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     let (vms, revision) = repo::list_vms(&state).await?;
     let pending: Vec<_> = vms
         .iter()
-        .filter(|vm| vm.status.phase == VmPhase::Pending && vm.spec.desired == DesiredState::Running && !vm.deleting)
+        .filter(|vm| {
+            vm.status.phase == VmPhase::Pending
+                && vm.spec.desired == DesiredState::Running
+                && !vm.deleting
+        })
         .collect();
     if pending.is_empty() {
         return Ok(());
@@ -32,11 +36,21 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             .map(|n| NodeView {
                 id: n.id.clone(),
                 labels: n.labels.clone(),
-                capacity: n.status.facts.as_ref().map(|f| f.capacity).unwrap_or_default(),
+                capacity: n
+                    .status
+                    .facts
+                    .as_ref()
+                    .map(|f| f.capacity)
+                    .unwrap_or_default(),
                 allocated: allocated.get(&n.id).copied().unwrap_or_default(),
                 ready: n.status.readiness == NodeReadiness::Ready && n.status.facts.is_some(),
                 cordoned: n.cordoned,
-                runtimes: n.status.facts.as_ref().map(|f| f.runtimes.clone()).unwrap_or_default(),
+                runtimes: n
+                    .status
+                    .facts
+                    .as_ref()
+                    .map(|f| f.runtimes.clone())
+                    .unwrap_or_default(),
             })
             .collect(),
     };
@@ -61,7 +75,10 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             Placement::Placed { vm, node } => {
                 let now = now_ms();
                 repo::update_vm(&state, &vm, |v| {
-                    if v.status.phase != VmPhase::Pending || v.spec.desired != DesiredState::Running || v.deleting {
+                    if v.status.phase != VmPhase::Pending
+                        || v.spec.desired != DesiredState::Running
+                        || v.deleting
+                    {
                         return Ok(false);
                     }
                     v.status.phase = VmPhase::Scheduled;
@@ -77,10 +94,16 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             Placement::Unschedulable { vm, reasons } => {
                 let msg = format!(
                     "unschedulable: {}",
-                    reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                    reasons
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 );
                 repo::update_vm(&state, &vm, |v| {
-                    if v.status.phase != VmPhase::Pending || v.status.message.as_deref() == Some(msg.as_str()) {
+                    if v.status.phase != VmPhase::Pending
+                        || v.status.message.as_deref() == Some(msg.as_str())
+                    {
                         return Ok(false);
                     }
                     v.status.message = Some(msg.clone());

@@ -7,7 +7,10 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, ErrorBody, JoinTokenResponse, NodeList, Role, TokenResponse};
+use firefleet_api::{
+    CreateJoinTokenRequest, CreateTokenRequest, ErrorBody, JoinTokenResponse, NodeList, Role,
+    TokenResponse,
+};
 use firefleet_types::{NodeId, NodeInfo};
 
 use super::ValidJson;
@@ -19,7 +22,10 @@ const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// List nodes (admin).
 #[utoipa::path(get, path = "/v1/nodes", security(("bearer" = [])),
     responses((status = 200, body = NodeList), (status = 403, body = ErrorBody)))]
-pub async fn list_nodes(State(state): State<AppState>, caller: Caller) -> Result<Json<NodeList>, ApiError> {
+pub async fn list_nodes(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<NodeList>, ApiError> {
     caller.require_admin()?;
     let (items, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
     Ok(Json(NodeList { items }))
@@ -71,5 +77,8 @@ pub async fn create_join_token(
             format!("must be between 1 and {}", MAX_JOIN_TTL.as_secs()),
         )));
     }
-    Ok((StatusCode::CREATED, Json(repo::create_join_token(&state, ttl).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(repo::create_join_token(&state, ttl).await?),
+    ))
 }

@@ -9,8 +9,8 @@ use axum::{
     Json,
 };
 use firefleet_api::{
-    ConsoleOffset, EnrollRequest, EnrollResponse, ErrorBody, HeartbeatRequest, IntentsResponse, VmIntent,
-    VmStatusReport, MAX_CONSOLE_CHUNK,
+    ConsoleOffset, EnrollRequest, EnrollResponse, ErrorBody, HeartbeatRequest, IntentsResponse,
+    VmIntent, VmStatusReport, MAX_CONSOLE_CHUNK,
 };
 use firefleet_types::{
     node::{NodeReadiness, NodeStatus},
@@ -37,18 +37,28 @@ pub async fn enroll(
     let cert_pem = state
         .ca
         .sign_agent_csr(&req.csr_pem, req.node.as_str(), 365)
-        .map_err(|e| ApiError::BadRequest { message: format!("csr_pem: {e}"), field: Some("csr_pem".to_owned()) })?;
+        .map_err(|e| ApiError::BadRequest {
+            message: format!("csr_pem: {e}"),
+            field: Some("csr_pem".to_owned()),
+        })?;
     let now = now_ms();
     let node = NodeInfo {
         id: req.node.clone(),
         labels: req.labels,
         cordoned: false,
         enrolled_ms: now,
-        status: NodeStatus { readiness: NodeReadiness::NotReady, last_heartbeat_ms: 0, facts: None },
+        status: NodeStatus {
+            readiness: NodeReadiness::NotReady,
+            last_heartbeat_ms: 0,
+            facts: None,
+        },
     };
     repo::enroll_node(&state, &req.join_token, node).await?;
     tracing::info!(node = %req.node, "node enrolled");
-    Ok(Json(EnrollResponse { cert_pem, ca_pem: state.ca.cert_pem().to_owned() }))
+    Ok(Json(EnrollResponse {
+        cert_pem,
+        ca_pem: state.ca.cert_pem().to_owned(),
+    }))
 }
 
 /// Heartbeat with the node's facts.
@@ -63,7 +73,11 @@ pub async fn heartbeat(
     let mut became_ready = false;
     repo::update_node(&state, &node, |n| {
         became_ready = n.status.readiness != NodeReadiness::Ready;
-        n.status = NodeStatus { readiness: NodeReadiness::Ready, last_heartbeat_ms: now, facts: Some(req.facts.clone()) };
+        n.status = NodeStatus {
+            readiness: NodeReadiness::Ready,
+            last_heartbeat_ms: now,
+            facts: Some(req.facts.clone()),
+        };
         true
     })
     .await?;
@@ -92,7 +106,8 @@ pub async fn intents(
     ValidQuery(q): ValidQuery<IntentsQuery>,
 ) -> Result<Json<IntentsResponse>, ApiError> {
     if let Some(after) = q.after {
-        let wait = Duration::from_millis(q.wait_ms.unwrap_or(MAX_WAIT.as_millis() as u64)).min(MAX_WAIT);
+        let wait =
+            Duration::from_millis(q.wait_ms.unwrap_or(MAX_WAIT.as_millis() as u64)).min(MAX_WAIT);
         // Wait for any change under /vms/ past `after` (or give up after `wait`).
         if let Ok(mut watch) = state.store.watch("/vms/", after + 1).await {
             let _ = tokio::time::timeout(wait, watch.next()).await;
@@ -102,7 +117,13 @@ pub async fn intents(
     let vms = vms
         .into_iter()
         .filter(|vm| vm.status.node.as_ref() == Some(&node))
-        .map(|vm| VmIntent { id: vm.id, generation: vm.generation, spec: vm.spec, deleting: vm.deleting, phase: vm.status.phase })
+        .map(|vm| VmIntent {
+            id: vm.id,
+            generation: vm.generation,
+            spec: vm.spec,
+            deleting: vm.deleting,
+            phase: vm.status.phase,
+        })
         .collect();
     Ok(Json(IntentsResponse { revision, vms }))
 }
@@ -120,14 +141,19 @@ pub async fn report_status(
     let id = VmId::parse("vm", &vm)?;
     let vm = repo::update_vm(&state, &id, |vm| {
         if vm.status.node.as_ref() != Some(&node) {
-            return Err(ApiError::Forbidden(format!("vm {id} is not placed on node {node}")));
+            return Err(ApiError::Forbidden(format!(
+                "vm {id} is not placed on node {node}"
+            )));
         }
         if report.generation < vm.status.observed_generation || report.generation > vm.generation {
             return Ok(false); // stale (or from the future): ignore
         }
         let s = &mut vm.status;
         if !s.phase.can_move_to(report.phase) {
-            return Err(ApiError::Conflict(format!("vm {id}: cannot move from {:?} to {:?}", s.phase, report.phase)));
+            return Err(ApiError::Conflict(format!(
+                "vm {id}: cannot move from {:?} to {:?}",
+                s.phase, report.phase
+            )));
         }
         let before = s.clone();
         s.phase = report.phase;
@@ -137,11 +163,18 @@ pub async fn report_status(
         s.message = report.message.clone();
         s.launched_ms = report.launched_ms.or(s.launched_ms);
         s.running_ms = report.running_ms.or(s.running_ms);
-        s.stopped_ms = if report.phase.is_terminal() { report.stopped_ms.or(s.stopped_ms) } else { None };
+        s.stopped_ms = if report.phase.is_terminal() {
+            report.stopped_ms.or(s.stopped_ms)
+        } else {
+            None
+        };
         Ok(*s != before)
     })
     .await?;
-    if report.removed && vm.deleting && matches!(vm.status.phase, VmPhase::Stopped | VmPhase::Failed) {
+    if report.removed
+        && vm.deleting
+        && matches!(vm.status.phase, VmPhase::Stopped | VmPhase::Failed)
+    {
         repo::delete_vm_record(&state, &vm).await?;
         tracing::info!(vm = %vm.id, "vm deleted");
     }
@@ -169,10 +202,16 @@ pub async fn upload_console(
     let id = VmId::parse("vm", &vm)?;
     let bytes: Bytes = axum::body::to_bytes(body, MAX_CONSOLE_CHUNK)
         .await
-        .map_err(|_| ApiError::TooLarge { limit: MAX_CONSOLE_CHUNK })?;
-    let vm = repo::get_vm(&state, &id).await?.ok_or_else(|| ApiError::not_found("vm", id.as_str()))?;
+        .map_err(|_| ApiError::TooLarge {
+            limit: MAX_CONSOLE_CHUNK,
+        })?;
+    let vm = repo::get_vm(&state, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("vm", id.as_str()))?;
     if vm.status.node.as_ref() != Some(&node) {
-        return Err(ApiError::Forbidden(format!("vm {id} is not placed on node {node}")));
+        return Err(ApiError::Forbidden(format!(
+            "vm {id} is not placed on node {node}"
+        )));
     }
     let next_offset = repo::append_console(&state, &id, q.offset, &bytes).await?;
     Ok(Json(ConsoleOffset { next_offset }))

@@ -12,7 +12,10 @@ use crate::{repo, ApiError, AppState};
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let revision = state.store.revision().await?;
-    Ok(Json(Health { status: "ok".to_owned(), revision }))
+    Ok(Json(Health {
+        status: "ok".to_owned(),
+        revision,
+    }))
 }
 
 /// Prometheus metrics (text format).
@@ -24,7 +27,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     let (vms, revision) = repo::list_json::<Vm>(&state, "/vms/").await?;
     let mut by_phase: BTreeMap<String, u64> = BTreeMap::new();
     for vm in &vms {
-        let phase = serde_json::to_value(vm.status.phase).ok().and_then(|v| v.as_str().map(str::to_owned));
+        let phase = serde_json::to_value(vm.status.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
         *by_phase.entry(phase.unwrap_or_default()).or_default() += 1;
     }
     out.push_str("# HELP firefleet_vms VMs by phase.\n# TYPE firefleet_vms gauge\n");
@@ -32,10 +37,17 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         let _ = writeln!(out, "firefleet_vms{{phase=\"{phase}\"}} {n}");
     }
     let (nodes, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
-    let ready = nodes.iter().filter(|n| n.status.readiness == NodeReadiness::Ready).count();
+    let ready = nodes
+        .iter()
+        .filter(|n| n.status.readiness == NodeReadiness::Ready)
+        .count();
     out.push_str("# HELP firefleet_nodes Nodes by readiness.\n# TYPE firefleet_nodes gauge\n");
     let _ = writeln!(out, "firefleet_nodes{{readiness=\"ready\"}} {ready}");
-    let _ = writeln!(out, "firefleet_nodes{{readiness=\"not_ready\"}} {}", nodes.len() - ready);
+    let _ = writeln!(
+        out,
+        "firefleet_nodes{{readiness=\"not_ready\"}} {}",
+        nodes.len() - ready
+    );
     out.push_str("# HELP firefleet_store_revision Current store revision.\n# TYPE firefleet_store_revision gauge\n");
     let _ = writeln!(out, "firefleet_store_revision {revision}");
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
@@ -43,5 +55,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
 
 /// The OpenAPI document.
 pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], super::openapi_json())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi_json(),
+    )
 }

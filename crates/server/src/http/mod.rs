@@ -1,8 +1,8 @@
 //! The HTTP layer: routes, extractors that turn bad input into errors naming the field, the
 //! mapping of [`ApiError`] to status codes, and the OpenAPI document derived from the handlers.
 
-mod agent;
 mod admin;
+mod agent;
 mod meta;
 mod vms;
 
@@ -39,8 +39,16 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/agent/intents", get(agent::intents))
         .route("/v1/agent/vms/{vm}/status", put(agent::report_status))
         .route("/v1/agent/vms/{vm}/console", post(agent::upload_console))
-        .fallback(|| async { ApiError::NotFound { kind: "route", name: "this path".to_owned() } })
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .fallback(|| async {
+            ApiError::NotFound {
+                kind: "route",
+                name: "this path".to_owned(),
+            }
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
@@ -52,7 +60,9 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let resp = next.run(req).await;
-    state.metrics.request(&method, &route, resp.status().as_u16());
+    state
+        .metrics
+        .request(&method, &route, resp.status().as_u16());
     resp
 }
 
@@ -74,7 +84,11 @@ impl IntoResponse for ApiError {
             self.to_string()
         };
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code().to_owned(), message, field: self.field().map(str::to_owned) },
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message,
+                field: self.field().map(str::to_owned),
+            },
         };
         (status, Json(body)).into_response()
     }
@@ -109,7 +123,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ValidJson<T> {
         }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
             .await
-            .map_err(|_| ApiError::TooLarge { limit: MAX_BODY_BYTES })?;
+            .map_err(|_| ApiError::TooLarge {
+                limit: MAX_BODY_BYTES,
+            })?;
         parse_json(&bytes).map(ValidJson)
     }
 }
@@ -120,7 +136,10 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let malformed = matches!(inner.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof);
+        let malformed = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
         let field = (path != "." && !malformed).then(|| path.clone());
         let message = match &field {
             Some(f) => format!("{f}: {inner}"),
@@ -136,19 +155,27 @@ pub struct ValidQuery<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ValidQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
         let q = parts.uri.query().unwrap_or("");
         serde_urlencoded_query(q).map(ValidQuery)
     }
 }
 
 fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
-    axum::extract::Query::<T>::try_from_uri(&format!("/?{q}").parse().map_err(|_| ApiError::BadRequest {
-        message: "invalid query string".to_owned(),
-        field: None,
+    axum::extract::Query::<T>::try_from_uri(&format!("/?{q}").parse().map_err(|_| {
+        ApiError::BadRequest {
+            message: "invalid query string".to_owned(),
+            field: None,
+        }
     })?)
     .map(|axum::extract::Query(v)| v)
-    .map_err(|e| ApiError::BadRequest { message: format!("invalid query: {}", e.body_text()), field: None })
+    .map_err(|e| ApiError::BadRequest {
+        message: format!("invalid query: {}", e.body_text()),
+        field: None,
+    })
 }
 
 #[derive(OpenApi)]
@@ -189,7 +216,10 @@ impl utoipa::Modify for SecuritySchemes {
         );
         components.add_security_scheme(
             "mtls",
-            SecurityScheme::MutualTls { description: Some("agent client certificate".to_owned()), extensions: None },
+            SecurityScheme::MutualTls {
+                description: Some("agent client certificate".to_owned()),
+                extensions: None,
+            },
         );
     }
 }
@@ -198,5 +228,6 @@ impl utoipa::Modify for SecuritySchemes {
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    doc.to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

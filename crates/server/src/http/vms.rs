@@ -27,7 +27,9 @@ pub(crate) async fn find_vm(state: &AppState, caller: &Caller, key: &str) -> Res
     if firefleet_types::validate::check_name("vm", key).is_ok() {
         let key_name = format!("/vmnames/{}/{key}", caller.tenant);
         if let Some(kv) = state.store.get(&key_name).await? {
-            let id = String::from_utf8_lossy(&kv.value).parse::<VmId>().map_err(ApiError::Validation)?;
+            let id = String::from_utf8_lossy(&kv.value)
+                .parse::<VmId>()
+                .map_err(ApiError::Validation)?;
             if let Some(vm) = repo::get_vm(state, &id).await? {
                 if caller.owns(&vm) {
                     return Ok(vm);
@@ -84,7 +86,11 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 #[utoipa::path(get, path = "/v1/vms/{vm}", security(("bearer" = [])),
     params(("vm" = String, Path, description = "VM id or name")),
     responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
-pub async fn get(State(state): State<AppState>, caller: Caller, Path(key): Path<String>) -> Result<Json<Vm>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Json<Vm>, ApiError> {
     Ok(Json(find_vm(&state, &caller, &key).await?))
 }
 
@@ -92,7 +98,11 @@ pub async fn get(State(state): State<AppState>, caller: Caller, Path(key): Path<
 #[utoipa::path(post, path = "/v1/vms/{vm}/stop", security(("bearer" = [])),
     params(("vm" = String, Path, description = "VM id or name")),
     responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
-pub async fn stop(State(state): State<AppState>, caller: Caller, Path(key): Path<String>) -> Result<Json<Vm>, ApiError> {
+pub async fn stop(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+) -> Result<Json<Vm>, ApiError> {
     let vm = find_vm(&state, &caller, &key).await?;
     let vm = repo::update_vm(&state, &vm.id, |vm| {
         if vm.spec.desired == DesiredState::Stopped {
@@ -162,9 +172,16 @@ pub async fn logs(
     let vm = find_vm(&state, &caller, &key).await?;
     let rec = repo::get_console(&state, &vm.id).await?;
     let start = q.offset.max(rec.start);
-    let skip = usize::try_from(start - rec.start).unwrap_or(usize::MAX).min(rec.data.len());
+    let skip = usize::try_from(start - rec.start)
+        .unwrap_or(usize::MAX)
+        .min(rec.data.len());
     let data = String::from_utf8_lossy(&rec.data[skip..]).into_owned();
     let next_offset = rec.start + rec.data.len() as u64;
     let finished = vm.status.phase.is_terminal() && vm.status.stopped_ms.is_some();
-    Ok(Json(ConsoleChunk { data, offset: start.min(next_offset), next_offset, finished }))
+    Ok(Json(ConsoleChunk {
+        data,
+        offset: start.min(next_offset),
+        next_offset,
+        finished,
+    }))
 }
