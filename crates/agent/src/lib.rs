@@ -107,8 +107,12 @@ pub async fn run(
         let client = client.clone();
         let mut shutdown = shutdown.clone();
         let period = config.heartbeat;
+        let labels = config.labels.clone();
         tokio::spawn(async move {
-            let req = firefleet_api::HeartbeatRequest { facts };
+            let req = firefleet_api::HeartbeatRequest {
+                facts,
+                labels: Some(labels),
+            };
             loop {
                 if let Err(e) = client.heartbeat(&req).await {
                     tracing::warn!(error = %e, "heartbeat failed");

@@ -148,6 +148,9 @@ pub struct EnrollResponse {
 pub struct HeartbeatRequest {
     /// The node's facts now.
     pub facts: NodeFacts,
+    /// The node's labels as the agent was started with (replacing those given at enrollment).
+    #[serde(default)]
+    pub labels: Option<Labels>,
 }
 
 /// One VM the agent should make true on its node.

@@ -99,3 +99,20 @@ impl FromRequestParts<AppState> for AgentNode {
         Ok(AgentNode(node))
     }
 }
+
+/// A caller with the admin role: refused (403) before the request body is even read.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_admin()?;
+        Ok(Admin(caller))
+    }
+}

@@ -410,3 +410,85 @@ async fn openapi_document_is_checked_in_and_current() {
     );
     assert!(metrics.contains("firefleet_store_revision"), "{metrics}");
 }
+
+/// Every operation in the OpenAPI document refuses an anonymous caller, except the few that are
+/// public by design; agent operations refuse a token without a client certificate; admin
+/// operations refuse a tenant token. A new endpoint is covered as soon as it is in the document.
+#[tokio::test]
+async fn every_endpoint_enforces_authorisation() {
+    let f = Fixture::start().await;
+    let tenant = f.tenant_token("acme").await;
+    let doc: Value = serde_json::from_str(&firefleet_server::openapi_json()).unwrap();
+    let public = [
+        ("get", "/healthz"),
+        ("get", "/metrics"),
+        ("post", "/v1/agent/enroll"),
+    ];
+    let admin_only = [
+        "/v1/nodes",
+        "/v1/nodes/{node}",
+        "/v1/tokens",
+        "/v1/join-tokens",
+    ];
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            if public.contains(&(method.as_str(), path.as_str())) {
+                continue;
+            }
+            let url = f.url(
+                &path
+                    .replace("{vm}", "00000000-0000-0000-0000-000000000000")
+                    .replace("{node}", "n1"),
+            );
+            let url = if path.ends_with("/console") {
+                format!("{url}?offset=0")
+            } else {
+                url
+            };
+            let send = |token: Option<&str>| {
+                let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let mut r = f
+                    .http
+                    .request(m, &url)
+                    .header("content-type", "application/json")
+                    .body("{}");
+                if let Some(t) = token {
+                    r = r.bearer_auth(t);
+                }
+                r.send()
+            };
+            let anon = send(None).await.unwrap().status();
+            assert_eq!(
+                anon,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} without credentials"
+            );
+            if path.starts_with("/v1/agent/") {
+                let s = send(Some(&f.admin)).await.unwrap().status();
+                assert_eq!(
+                    s,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} with a token but no client certificate"
+                );
+            }
+            if admin_only.contains(&path.as_str()) {
+                let s = send(Some(&tenant)).await.unwrap().status();
+                assert_eq!(
+                    s,
+                    StatusCode::FORBIDDEN,
+                    "{method} {path} with a tenant token"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "only {checked} operations checked");
+    // The public enroll endpoint still refuses a bad join token.
+    let (csr, _) = firefleet_pki::make_agent_csr("n1").unwrap();
+    let body = json!({ "join_token": "ffj_nope", "node": "n1", "csr_pem": csr });
+    assert_eq!(
+        f.post(None, "/v1/agent/enroll", body.to_string()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -14,7 +14,7 @@ use firefleet_api::{
 use firefleet_types::{NodeId, NodeInfo};
 
 use super::ValidJson;
-use crate::{auth::Caller, repo, ApiError, AppState};
+use crate::{auth::Admin, repo, ApiError, AppState};
 
 /// Longest join-token validity.
 const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -24,9 +24,8 @@ const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
     responses((status = 200, body = NodeList), (status = 403, body = ErrorBody)))]
 pub async fn list_nodes(
     State(state): State<AppState>,
-    caller: Caller,
+    _admin: Admin,
 ) -> Result<Json<NodeList>, ApiError> {
-    caller.require_admin()?;
     let (items, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
     Ok(Json(NodeList { items }))
 }
@@ -37,10 +36,9 @@ pub async fn list_nodes(
     responses((status = 200, body = NodeInfo), (status = 404, body = ErrorBody)))]
 pub async fn get_node(
     State(state): State<AppState>,
-    caller: Caller,
+    _admin: Admin,
     Path(node): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
-    caller.require_admin()?;
     let id: NodeId = NodeId::parse("node", &node)?;
     repo::get_json::<NodeInfo>(&state, &repo::node_key(&id))
         .await?
@@ -53,10 +51,9 @@ pub async fn get_node(
     responses((status = 201, body = TokenResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_token(
     State(state): State<AppState>,
-    caller: Caller,
+    _admin: Admin,
     ValidJson(req): ValidJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    caller.require_admin()?;
     let t = repo::create_token(&state, &req.tenant, Role::Tenant).await?;
     Ok((StatusCode::CREATED, Json(t)))
 }
@@ -66,10 +63,9 @@ pub async fn create_token(
     responses((status = 201, body = JoinTokenResponse), (status = 403, body = ErrorBody)))]
 pub async fn create_join_token(
     State(state): State<AppState>,
-    caller: Caller,
+    _admin: Admin,
     ValidJson(req): ValidJson<CreateJoinTokenRequest>,
 ) -> Result<(StatusCode, Json<JoinTokenResponse>), ApiError> {
-    caller.require_admin()?;
     let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(3600));
     if ttl.is_zero() || ttl > MAX_JOIN_TTL {
         return Err(ApiError::Validation(firefleet_types::ValidationError::new(

@@ -69,10 +69,16 @@ pub async fn heartbeat(
     AgentNode(node): AgentNode,
     ValidJson(req): ValidJson<HeartbeatRequest>,
 ) -> Result<axum::http::StatusCode, ApiError> {
+    if let Some(labels) = &req.labels {
+        validate_labels("labels", labels)?;
+    }
     let now = now_ms();
     let mut became_ready = false;
     repo::update_node(&state, &node, |n| {
         became_ready = n.status.readiness != NodeReadiness::Ready;
+        if let Some(labels) = &req.labels {
+            n.labels = labels.clone();
+        }
         n.status = NodeStatus {
             readiness: NodeReadiness::Ready,
             last_heartbeat_ms: now,
