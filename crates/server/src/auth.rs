@@ -102,7 +102,7 @@ impl FromRequestParts<AppState> for AgentNode {
 
 /// A caller with the admin role: refused (403) before the request body is even read.
 #[derive(Debug, Clone)]
-pub struct Admin(pub Caller);
+pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -111,8 +111,9 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.require_admin()?;
-        Ok(Admin(caller))
+        Caller::from_request_parts(parts, state)
+            .await?
+            .require_admin()?;
+        Ok(Admin)
     }
 }
