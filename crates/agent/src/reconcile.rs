@@ -326,6 +326,8 @@ fn decide(
                             image,
                             cmd: spec.cmd.clone(),
                             accel,
+                            net: None,
+                            disks: Vec::new(),
                         };
                         (VmPhase::Starting, None, None, Some(Action::Launch(cfg)))
                     }

@@ -93,6 +93,8 @@ fn run_probe(rt: &QemuRuntime, image: &Image, deadline: Duration) -> AccelProbe 
         image: image.clone(),
         cmd: None,
         accel: Accel::Kvm,
+        net: None,
+        disks: Vec::new(),
     };
     let started = Instant::now();
     if let Err(e) = rt.launch(&cfg) {

@@ -25,6 +25,100 @@ pub trait Runtime: Send + Sync {
     fn console(&self, id: &str, offset: u64, max: usize) -> Result<ConsoleChunk, VmmError>;
     /// Stops the VM if running and deletes its state directory. Idempotent.
     fn remove(&self, id: &str) -> Result<(), VmmError>;
+    /// Pauses the guest's vCPUs (guest time stops). Idempotent.
+    fn pause(&self, id: &str) -> Result<(), VmmError> {
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            op: "pause",
+            id: id.to_owned(),
+        })
+    }
+    /// Resumes a paused guest. Idempotent.
+    fn resume(&self, id: &str) -> Result<(), VmmError> {
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            op: "resume",
+            id: id.to_owned(),
+        })
+    }
+    /// Writes a snapshot (memory, device state, disks) of a running or paused VM to
+    /// `<state dir>/snapshots/<name>/`, atomically: a crash never leaves a directory that looks
+    /// complete but is not. The VM is left paused if `leave_paused`, else it runs on.
+    fn snapshot(&self, id: &str, name: &str, leave_paused: bool) -> Result<SnapshotInfo, VmmError> {
+        let _ = (name, leave_paused);
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            op: "snapshot",
+            id: id.to_owned(),
+        })
+    }
+    /// Starts a fresh VMM process for `cfg.id` from a complete snapshot directory (possibly
+    /// copied from another node) and lets it run: the guest continues where it was snapshotted.
+    /// The VM must not be running on this host.
+    fn restore(
+        &self,
+        cfg: &LaunchConfig,
+        snapshot: &std::path::Path,
+    ) -> Result<VmProcessInfo, VmmError> {
+        let _ = snapshot;
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            op: "restore",
+            id: cfg.id.clone(),
+        })
+    }
+}
+
+/// A snapshot written by [`Runtime::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotInfo {
+    /// Its name.
+    pub name: String,
+    /// The complete snapshot directory.
+    pub dir: PathBuf,
+    /// Bytes on disk (memory, device state, disks).
+    pub bytes: u64,
+    /// When it was taken (milliseconds since the Unix epoch).
+    pub created_unix_ms: u64,
+    /// How long the VM was paused for it, in milliseconds.
+    pub pause_ms: u64,
+}
+
+/// A network interface for a VM, prepared on the host (bridge, TAP, address, rules) by the
+/// `net` module before launch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetAttachment {
+    /// The host TAP device's name.
+    pub tap: String,
+    /// The guest NIC's MAC address.
+    pub mac: String,
+    /// The guest's address.
+    pub guest_ip: std::net::Ipv4Addr,
+    /// Prefix length of the node subnet.
+    pub prefix_len: u8,
+    /// The gateway (the bridge's address).
+    pub gateway: std::net::Ipv4Addr,
+}
+
+/// What a block device is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskRole {
+    /// The guest's root filesystem: the workload runs inside it.
+    Root,
+    /// A data disk, mounted under `/mnt/<index>`.
+    Data,
+}
+
+/// A block device of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskConfig {
+    /// The image file (raw ext4, or a qcow2 overlay of a shared base).
+    pub path: PathBuf,
+    /// Root or data.
+    pub role: DiskRole,
+    /// Attached read-only.
+    pub read_only: bool,
 }
 
 /// What to launch.
@@ -42,6 +136,12 @@ pub struct LaunchConfig {
     pub cmd: Option<Vec<String>>,
     /// KVM or TCG.
     pub accel: Accel,
+    /// Network interface, if any.
+    #[serde(default)]
+    pub net: Option<NetAttachment>,
+    /// Block devices, in attachment order.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
 }
 
 /// A running VMM process.
@@ -77,6 +177,9 @@ pub struct Observation {
     pub powered_off: bool,
     /// How the VMM process ended, when this host saw it end (e.g. `exit status: 0`).
     pub vmm_exit: Option<String>,
+    /// The guest's vCPUs are paused.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A piece of the console.
@@ -156,6 +259,15 @@ pub enum VmmError {
         secs: u64,
     },
     /// A QMP exchange failed.
+    #[error("{backend} does not support {op} (VM {id})")]
+    Unsupported {
+        /// The backend.
+        backend: &'static str,
+        /// The operation.
+        op: &'static str,
+        /// The VM.
+        id: String,
+    },
     #[error("QMP {command} on VM {id}")]
     Qmp {
         /// The VM.

@@ -396,6 +396,7 @@ impl Runtime for QemuRuntime {
             guest_exit_code: exit_code,
             powered_off: powering_off && !running,
             vmm_exit,
+            paused: false,
         })
     }
 
