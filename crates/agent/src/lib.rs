@@ -10,7 +10,9 @@
 //! It never decides placement and never deletes a VM the control plane still lists for it.
 
 mod facts;
+mod guest;
 mod identity;
+mod ops;
 mod reconcile;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -127,7 +129,7 @@ pub async fn run(
 
     let mut rec =
         reconcile::Reconciler::new(client.clone(), runtime, config.image_dir.clone(), accel);
-    let mut intents: Option<Vec<firefleet_api::VmIntent>> = None;
+    let mut intents: Option<firefleet_api::IntentsResponse> = None;
     let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);
     // Long-poll for intents in its own task so that local observation keeps going meanwhile.
     let poller = {
@@ -167,7 +169,7 @@ pub async fn run(
         };
         tokio::select! {
             Some(resp) = poll_rx.recv() => {
-                intents = Some(resp.vms);
+                intents = Some(resp);
             }
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => break,

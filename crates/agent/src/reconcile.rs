@@ -1,27 +1,31 @@
 //! Reconciling the host to the intents: the core of the agent.
 //!
 //! For each VM placed on this node, compare what the control plane wants (desired state,
-//! deletion) with what the runtime observes (state directory, process, guest readiness, exit
-//! status), act (launch, stop, remove) and report the observed phase. VMM work is blocking and
-//! may take seconds (a graceful stop), so it runs on the blocking pool, at most one operation per
-//! VM at a time. Local VMs that the intents no longer list are removed.
+//! restore requests, deletion) with what the runtime observes (state directory, process, guest
+//! readiness, pause, exit status), start an operation (launch, restore, pause, resume, stop,
+//! remove) and report the observed phase. Snapshots and execs requested for this node's VMs are
+//! carried out too, and statistics are collected. VMM work is blocking and may take seconds, so
+//! it runs in [`Ops`], at most one life-cycle operation per VM at a time. Local VMs that the
+//! intents no longer list are removed.
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
-use firefleet_api::{VmIntent, VmStatusReport};
+use firefleet_api::{IntentsResponse, VmIntent, VmStatusReport};
 use firefleet_client::Client;
-use firefleet_types::{Accel, DesiredState, VmId, VmPhase};
-use firefleet_vmm::{image::ImageStore, LaunchConfig, Observation, QemuRuntime, Runtime};
+use firefleet_types::{Accel, DesiredState, Generation, VmId, VmPhase};
+use firefleet_vmm::{image::ImageStore, LaunchConfig, Observation, QemuRuntime, Runtime, VmmError};
 
-/// How long a graceful stop may take before the VMM is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+use crate::ops::{Op, Ops, Outcome};
+
 /// Largest console chunk uploaded at once.
 const CONSOLE_CHUNK: usize = 64 * 1024;
+/// How often statistics are collected per running VM.
+const STATS_PERIOD: Duration = Duration::from_secs(5);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -39,6 +43,9 @@ struct Local {
     launched_ms: Option<u64>,
     running_ms: Option<u64>,
     stopped_ms: Option<u64>,
+    /// Restore requests carried out here (the server learns it from the next report).
+    restored: Option<Generation>,
+    last_stats: Option<Instant>,
 }
 
 pub struct Reconciler {
@@ -46,18 +53,47 @@ pub struct Reconciler {
     runtime: Arc<QemuRuntime>,
     image_dir: PathBuf,
     accel: Accel,
+    ops: Ops,
     local: HashMap<VmId, Local>,
-    busy: Arc<Mutex<HashSet<String>>>,
-    /// Launches that failed, with why (reported as Failed).
-    failed: Arc<Mutex<HashMap<String, String>>>,
+    /// Snapshots (`vm/name`) and execs (ids) started, so each is carried out once even before the
+    /// server's next answer drops it from the intents.
+    started: HashSet<String>,
     starting: bool,
 }
 
-/// What the reconciler decided to do for one VM.
-enum Action {
-    Launch(LaunchConfig),
-    Stop,
-    Remove,
+/// What to do about one VM, and what to report.
+struct Decision {
+    phase: VmPhase,
+    message: Option<String>,
+    exit_code: Option<i32>,
+    op: Option<Op>,
+}
+
+impl Decision {
+    fn report(phase: VmPhase) -> Self {
+        Decision {
+            phase,
+            message: None,
+            exit_code: None,
+            op: None,
+        }
+    }
+    fn with_op(phase: VmPhase, op: Op) -> Self {
+        Decision {
+            phase,
+            message: None,
+            exit_code: None,
+            op: Some(op),
+        }
+    }
+    fn failed(message: String) -> Self {
+        Decision {
+            phase: VmPhase::Failed,
+            message: Some(message),
+            exit_code: None,
+            op: None,
+        }
+    }
 }
 
 impl Reconciler {
@@ -67,14 +103,15 @@ impl Reconciler {
         image_dir: PathBuf,
         accel: Accel,
     ) -> Self {
+        let ops = Ops::new(runtime.clone());
         Self {
             client,
             runtime,
             image_dir,
             accel,
+            ops,
             local: HashMap::new(),
-            busy: Default::default(),
-            failed: Default::default(),
+            started: HashSet::new(),
             starting: false,
         }
     }
@@ -84,37 +121,88 @@ impl Reconciler {
         self.starting
     }
 
-    fn is_busy(&self, id: &str) -> bool {
-        self.busy.lock().map(|b| b.contains(id)).unwrap_or(true)
-    }
-
     /// One pass over the intents.
-    pub async fn reconcile(&mut self, intents: &[VmIntent]) {
+    pub async fn reconcile(&mut self, intents: &IntentsResponse) {
+        self.report_outcomes().await;
         self.starting = false;
-        let wanted: HashSet<&str> = intents.iter().map(|i| i.id.as_str()).collect();
+        let wanted: HashSet<&str> = intents.vms.iter().map(|i| i.id.as_str()).collect();
         // Local VMs the control plane no longer lists for this node: deleted or moved away.
         let rt = self.runtime.clone();
         if let Ok(Ok(local_ids)) = tokio::task::spawn_blocking(move || rt.list()).await {
             for id in local_ids {
-                if !wanted.contains(id.as_str()) && !self.is_busy(&id) {
+                if !wanted.contains(id.as_str()) && !self.ops.is_busy(&id) {
                     tracing::info!(vm = %id, "not in the intents for this node any more: removing");
-                    self.spawn_op(id, Action::Remove);
+                    self.ops.spawn(id.clone(), id, Op::Remove);
                 }
             }
         }
-        for intent in intents {
+        for intent in &intents.vms {
             self.reconcile_vm(intent).await;
         }
+        let mut listed = HashSet::new();
+        for snap in &intents.snapshots {
+            let vm = snap.vm.as_str().to_owned();
+            let key = format!("snapshot:{vm}/{}", snap.name);
+            listed.insert(key.clone());
+            if wanted.contains(vm.as_str()) && !self.ops.is_busy(&vm) && self.started.insert(key) {
+                self.ops.spawn(
+                    vm.clone(),
+                    vm,
+                    Op::Snapshot {
+                        name: snap.name.clone(),
+                    },
+                );
+            }
+        }
+        for exec in &intents.execs {
+            let key = format!("exec:{}", exec.id);
+            listed.insert(key.clone());
+            if self.started.insert(key.clone()) {
+                self.ops.spawn(
+                    key,
+                    exec.vm.as_str().to_owned(),
+                    Op::Exec(Box::new(exec.clone())),
+                );
+            }
+        }
+        self.started.retain(|k| listed.contains(k));
         self.local.retain(|id, _| wanted.contains(id.as_str()));
-        if let Ok(mut f) = self.failed.lock() {
+        if let Ok(mut f) = self.ops.failed.lock() {
             f.retain(|id, _| wanted.contains(id.as_str()));
+        }
+    }
+
+    async fn report_outcomes(&mut self) {
+        for outcome in self.ops.drain() {
+            let r = match outcome {
+                Outcome::Snapshot { vm, name, report } => {
+                    self.client.report_snapshot(&vm, &name, &report).await
+                }
+                Outcome::Exec { vm, id, result } => {
+                    self.client.report_exec(&vm, &id, &result).await
+                }
+                Outcome::Stats { vm, stats } => self.client.report_stats(&vm, &stats).await,
+                Outcome::Restored { vm, generation } => {
+                    if let Ok(id) = vm.parse::<VmId>() {
+                        let l = self.local.entry(id).or_default();
+                        l.restored = l.restored.max(Some(generation));
+                        l.launched_ms = Some(now_ms());
+                        l.running_ms = None;
+                        l.stopped_ms = None;
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "reporting an operation's outcome failed");
+            }
         }
     }
 
     async fn reconcile_vm(&mut self, intent: &VmIntent) {
         let id = intent.id.as_str().to_owned();
-        if self.is_busy(&id) {
-            if intent.phase == VmPhase::Starting || intent.phase == VmPhase::Scheduled {
+        if self.ops.is_busy(&id) {
+            if matches!(intent.phase, VmPhase::Starting | VmPhase::Scheduled) {
                 self.starting = true;
             }
             return;
@@ -123,66 +211,78 @@ impl Reconciler {
         let obs_id = id.clone();
         let obs = match tokio::task::spawn_blocking(move || rt.observe(&obs_id)).await {
             Ok(Ok(o)) => Some(o),
-            Ok(Err(firefleet_vmm::VmmError::NotFound(_))) => None,
+            Ok(Err(VmmError::NotFound(_))) => None,
             Ok(Err(e)) => {
                 tracing::warn!(vm = %id, error = %e, "observing failed");
                 return;
             }
             Err(_) => return,
         };
+        let launch_error = self
+            .ops
+            .failed
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&id).cloned());
         let local = self.local.entry(intent.id.clone()).or_default();
+        let restored = local.restored.max(intent.restored_generation);
         let now = now_ms();
-        let launch_error = self.failed.lock().ok().and_then(|f| f.get(&id).cloned());
-        let (phase, message, exit_code, action) = match launch_error {
-            Some(err) if obs.is_none() && !intent.deleting && !intent.phase.is_terminal() => {
+        let d = match launch_error {
+            Some(err)
+                if !intent.deleting
+                    && !intent.phase.is_terminal()
+                    && obs.as_ref().is_none_or(|o| !o.running) =>
+            {
                 local.stopped_ms.get_or_insert(now);
-                (
-                    VmPhase::Failed,
-                    Some(format!("launch failed: {err}")),
-                    None,
-                    None,
-                )
+                Decision::failed(format!("launch failed: {err}"))
             }
             _ => decide(
                 intent,
                 obs.as_ref(),
                 local,
+                restored,
                 now,
                 &self.image_dir,
                 self.accel,
             ),
         };
-        if phase == VmPhase::Starting || matches!(action, Some(Action::Launch(_))) {
+        if d.phase == VmPhase::Starting || matches!(d.op, Some(Op::Launch(_) | Op::Restore { .. }))
+        {
             self.starting = true;
         }
         let report = VmStatusReport {
             generation: intent.generation,
-            phase,
-            accel: (phase != VmPhase::Pending && obs.is_some())
-                .then_some(self.accel)
-                .or_else(|| matches!(action, Some(Action::Launch(_))).then_some(self.accel)),
-            exit_code,
-            message,
+            phase: d.phase,
+            accel: (obs.is_some() || matches!(d.op, Some(Op::Launch(_) | Op::Restore { .. })))
+                .then_some(self.accel),
+            exit_code: d.exit_code,
+            message: d.message,
             launched_ms: local.launched_ms,
             running_ms: local.running_ms,
             stopped_ms: local.stopped_ms,
             removed: intent.deleting && obs.is_none(),
+            restored_generation: restored,
         };
-        let terminal_with_no_state =
-            intent.phase.is_terminal() && obs.is_none() && !intent.deleting;
-        if local.reported.as_ref() != Some(&report)
-            && !(terminal_with_no_state && report.phase == intent.phase)
-        {
+        let settled = intent.phase.is_terminal()
+            && obs.is_none()
+            && !intent.deleting
+            && report.phase == intent.phase;
+        if local.reported.as_ref() != Some(&report) && !settled {
             match self.client.report_status(&id, &report).await {
                 Ok(()) => local.reported = Some(report),
                 Err(e) => tracing::warn!(vm = %id, error = %e, "status report refused"),
             }
         }
+        let running = obs.as_ref().is_some_and(|o| o.running && o.guest_ready);
+        if running && local.last_stats.is_none_or(|t| t.elapsed() >= STATS_PERIOD) {
+            local.last_stats = Some(Instant::now());
+            self.ops.spawn(format!("stats:{id}"), id.clone(), Op::Stats);
+        }
         if obs.is_some() {
             self.upload_console(&intent.id).await;
         }
-        if let Some(action) = action {
-            self.spawn_op(id, action);
+        if let Some(op) = d.op {
+            self.ops.spawn(id.clone(), id, op);
         }
     }
 
@@ -217,158 +317,140 @@ impl Reconciler {
             Err(e) => tracing::debug!(vm = %id, error = %e, "console upload failed"),
         }
     }
-
-    fn spawn_op(&self, id: String, action: Action) {
-        if let Ok(mut b) = self.busy.lock() {
-            if !b.insert(id.clone()) {
-                return;
-            }
-        }
-        let rt = self.runtime.clone();
-        let busy = self.busy.clone();
-        let failed = self.failed.clone();
-        tokio::task::spawn_blocking(move || {
-            let r = match &action {
-                Action::Launch(cfg) => rt.launch(cfg).map(|_| ()),
-                Action::Stop => rt.stop(&id, STOP_GRACE),
-                Action::Remove => rt.remove(&id),
-            };
-            if let Err(e) = r {
-                tracing::warn!(vm = %id, error = %e, "vmm operation failed");
-                if matches!(action, Action::Launch(_)) {
-                    if let Ok(mut f) = failed.lock() {
-                        f.insert(id.clone(), error_chain(&e));
-                    }
-                }
-            }
-            if let Ok(mut b) = busy.lock() {
-                b.remove(&id);
-            }
-        });
-    }
 }
 
-/// Decides the phase to report and the action to take for one VM. Pure apart from image lookup.
+fn launch_config(
+    intent: &VmIntent,
+    image_dir: &Path,
+    accel: Accel,
+) -> Result<LaunchConfig, String> {
+    let spec = &intent.spec;
+    let image = ImageStore::open(image_dir)
+        .and_then(|s| s.resolve(&spec.image))
+        .map_err(|e| format!("image {}: {}", spec.image, crate::ops::error_chain(&e)))?;
+    Ok(LaunchConfig {
+        id: intent.id.as_str().to_owned(),
+        vcpus: spec.resources.vcpus,
+        memory_mib: spec.resources.memory_mib,
+        image,
+        cmd: spec.cmd.clone(),
+        accel,
+        net: None,
+        disks: Vec::new(),
+    })
+}
+
+/// Decides the phase to report and the operation to start for one VM.
 fn decide(
     intent: &VmIntent,
     obs: Option<&Observation>,
     local: &mut Local,
+    restored: Option<Generation>,
     now: u64,
-    image_dir: &std::path::Path,
+    image_dir: &Path,
     accel: Accel,
-) -> (VmPhase, Option<String>, Option<i32>, Option<Action>) {
+) -> Decision {
     let spec = &intent.spec;
-    match obs {
-        // Being deleted.
-        _ if intent.deleting => match obs {
-            Some(_) => (stopping_or(intent.phase), None, None, Some(Action::Remove)),
+    if intent.deleting {
+        return match obs {
+            Some(_) => Decision::with_op(
+                if intent.phase.is_terminal() {
+                    intent.phase
+                } else {
+                    VmPhase::Stopping
+                },
+                Op::Remove,
+            ),
             None => {
-                let phase = if intent.phase == VmPhase::Failed {
+                local.stopped_ms.get_or_insert(now);
+                Decision::report(if intent.phase == VmPhase::Failed {
                     VmPhase::Failed
                 } else {
                     VmPhase::Stopped
-                };
-                local.stopped_ms.get_or_insert(now);
-                (phase, None, None, None)
+                })
             }
-        },
-        // Exists locally.
-        Some(o) => {
-            if o.running {
-                if spec.desired == DesiredState::Stopped {
-                    return (VmPhase::Stopping, None, None, Some(Action::Stop));
+        };
+    }
+    // A restore request not yet carried out replaces whatever runs (or ran) here.
+    if let Some(r) = &spec.restore {
+        if restored < Some(r.generation) && spec.desired != DesiredState::Stopped {
+            return match launch_config(intent, image_dir, accel) {
+                Ok(cfg) => {
+                    local.launched_ms = Some(now);
+                    local.running_ms = None;
+                    local.stopped_ms = None;
+                    Decision::with_op(
+                        VmPhase::Starting,
+                        Op::Restore {
+                            cfg: Box::new(cfg),
+                            snapshot: r.snapshot.clone(),
+                            generation: r.generation,
+                        },
+                    )
                 }
-                if o.guest_ready {
-                    local.running_ms.get_or_insert(now);
-                    (VmPhase::Running, None, None, None)
-                } else {
-                    (VmPhase::Starting, None, None, None)
+                Err(e) => Decision::failed(e),
+            };
+        }
+    }
+    match obs {
+        Some(o) if o.running => match spec.desired {
+            DesiredState::Stopped => Decision::with_op(VmPhase::Stopping, Op::Stop),
+            DesiredState::Paused if !o.paused && o.guest_ready => {
+                Decision::with_op(VmPhase::Running, Op::Pause)
+            }
+            DesiredState::Running if o.paused => Decision::with_op(VmPhase::Paused, Op::Resume),
+            _ if o.paused => Decision::report(VmPhase::Paused),
+            _ if o.guest_ready => {
+                local.running_ms.get_or_insert(now);
+                Decision::report(VmPhase::Running)
+            }
+            _ => Decision::report(VmPhase::Starting),
+        },
+        Some(o) => {
+            local.stopped_ms.get_or_insert(now);
+            if spec.desired == DesiredState::Stopped {
+                Decision {
+                    phase: VmPhase::Stopped,
+                    message: Some("stopped".to_owned()),
+                    exit_code: o.guest_exit_code,
+                    op: None,
+                }
+            } else if o.powered_off || o.guest_exit_code.is_some() {
+                let message = o
+                    .guest_exit_code
+                    .map(|c| format!("command exited with status {c}"));
+                Decision {
+                    phase: VmPhase::Stopped,
+                    message,
+                    exit_code: o.guest_exit_code,
+                    op: None,
                 }
             } else {
-                local.stopped_ms.get_or_insert(now);
-                if spec.desired == DesiredState::Stopped {
-                    (
-                        VmPhase::Stopped,
-                        Some("stopped".to_owned()),
-                        o.guest_exit_code,
-                        None,
-                    )
-                } else if o.powered_off || o.guest_exit_code.is_some() {
-                    let msg = o
-                        .guest_exit_code
-                        .map(|c| format!("command exited with status {c}"));
-                    (VmPhase::Stopped, msg, o.guest_exit_code, None)
-                } else {
-                    let why = o
-                        .vmm_exit
-                        .clone()
-                        .unwrap_or_else(|| "unknown cause".to_owned());
-                    (
-                        VmPhase::Failed,
-                        Some(format!("the VMM process exited unexpectedly: {why}")),
-                        None,
-                        None,
-                    )
-                }
+                let why = o
+                    .vmm_exit
+                    .clone()
+                    .unwrap_or_else(|| "unknown cause".to_owned());
+                Decision::failed(format!("the VMM process exited unexpectedly: {why}"))
             }
         }
-        // Nothing here yet.
         None => match intent.phase {
-            VmPhase::Scheduled if spec.desired == DesiredState::Running => {
-                let image = ImageStore::open(image_dir).and_then(|s| s.resolve(&spec.image));
-                match image {
-                    Ok(image) => {
+            VmPhase::Scheduled if spec.desired != DesiredState::Stopped => {
+                match launch_config(intent, image_dir, accel) {
+                    Ok(cfg) => {
                         local.launched_ms.get_or_insert(now);
-                        let cfg = LaunchConfig {
-                            id: intent.id.as_str().to_owned(),
-                            vcpus: spec.resources.vcpus,
-                            memory_mib: spec.resources.memory_mib,
-                            image,
-                            cmd: spec.cmd.clone(),
-                            accel,
-                            net: None,
-                            disks: Vec::new(),
-                        };
-                        (VmPhase::Starting, None, None, Some(Action::Launch(cfg)))
+                        Decision::with_op(VmPhase::Starting, Op::Launch(Box::new(cfg)))
                     }
-                    Err(e) => (
-                        VmPhase::Failed,
-                        Some(format!("image {}: {e}", spec.image)),
-                        None,
-                        None,
-                    ),
+                    Err(e) => Decision::failed(e),
                 }
             }
             VmPhase::Scheduled | VmPhase::Stopping => {
                 local.stopped_ms.get_or_insert(now);
-                (VmPhase::Stopped, None, None, None)
+                Decision::report(VmPhase::Stopped)
             }
-            VmPhase::Starting | VmPhase::Running => (
-                VmPhase::Failed,
-                Some("the VM's state directory is gone from the node".to_owned()),
-                None,
-                None,
-            ),
-            p => (p, None, None, None),
+            VmPhase::Starting | VmPhase::Running | VmPhase::Paused => {
+                Decision::failed("the VM's state directory is gone from the node".to_owned())
+            }
+            p => Decision::report(p),
         },
     }
-}
-
-fn stopping_or(phase: VmPhase) -> VmPhase {
-    if phase.is_terminal() {
-        phase
-    } else {
-        VmPhase::Stopping
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -4,7 +4,7 @@
 
 use firefleet_types::{
     node::NodeFacts, Accel, Generation, Labels, NodeId, NodeInfo, Resources, RestartPolicy,
-    TenantId, UnixMillis, Vm, VmId, VmPhase, VmSpec,
+    Snapshot, SnapshotPhase, TenantId, UnixMillis, Vm, VmId, VmPhase, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -168,15 +168,172 @@ pub struct VmIntent {
     pub deleting: bool,
     /// The phase the control plane last recorded.
     pub phase: VmPhase,
+    /// The last restore request the agent carried out.
+    #[serde(default)]
+    #[schema(value_type = Option<u64>)]
+    pub restored_generation: Option<Generation>,
 }
 
-/// `GET /v1/agent/intents`: every VM placed on the calling node.
+/// `GET /v1/agent/intents`: every VM placed on the calling node, with the snapshots to take
+/// and the commands to run in them.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IntentsResponse {
     /// The store revision these intents were read at; pass it as `after` to wait for changes.
     pub revision: u64,
     /// The VMs.
     pub vms: Vec<VmIntent>,
+    /// Snapshots requested and not yet taken.
+    #[serde(default)]
+    pub snapshots: Vec<Snapshot>,
+    /// Commands to run in guests.
+    #[serde(default)]
+    pub execs: Vec<ExecRequestRecord>,
+}
+
+/// `POST /v1/vms/{vm}/snapshots`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    /// Name, unique per VM.
+    pub name: String,
+}
+
+/// A list of snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    /// The snapshots, by name.
+    pub items: Vec<Snapshot>,
+}
+
+/// `POST /v1/vms/{vm}/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreVmRequest {
+    /// The snapshot to restore from (it must be ready).
+    pub snapshot: String,
+}
+
+/// `PUT /v1/agent/vms/{vm}/snapshots/{name}`: the agent's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotReport {
+    /// Ready or Failed.
+    pub phase: SnapshotPhase,
+    /// Bytes on disk.
+    pub bytes: Option<u64>,
+    /// How long the VM was paused.
+    pub pause_ms: Option<u64>,
+    /// Why it failed.
+    pub message: Option<String>,
+}
+
+/// Most arguments of an exec.
+pub const MAX_EXEC_ARGS: usize = 64;
+/// Most bytes of an exec's arguments and stdin together.
+pub const MAX_EXEC_BYTES: usize = 16 * 1024;
+/// Longest exec timeout (ms).
+pub const MAX_EXEC_TIMEOUT_MS: u64 = 300_000;
+
+/// `POST /v1/vms/{vm}/exec`: run a command in the guest and wait for it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// argv (no shell; use `["sh","-c","..."]` for one).
+    pub argv: Vec<String>,
+    /// Kill it after this long (ms; default 30000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Standard input, base64.
+    #[serde(default)]
+    pub stdin_b64: Option<String>,
+}
+
+/// An exec as stored for the agent to pick up.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecRequestRecord {
+    /// Exec id.
+    pub id: String,
+    /// The VM.
+    #[schema(value_type = String)]
+    pub vm: VmId,
+    /// The request.
+    pub request: ExecRequest,
+    /// Its result, once the agent posted it.
+    #[serde(default)]
+    pub result: Option<ExecResult>,
+}
+
+/// What an exec did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecResult {
+    /// Exit status (128+N when killed by signal N; None: killed by the timeout, or not run).
+    pub exit_code: Option<i32>,
+    /// Standard output (lossy UTF-8).
+    pub stdout: String,
+    /// Standard error (lossy UTF-8).
+    pub stderr: String,
+    /// Output was cut at the channel's limit.
+    pub truncated: bool,
+    /// Run time in ms.
+    pub duration_ms: u64,
+    /// Why it could not run (no guest channel, ...).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Host-side statistics of a VM's VMM process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct HostVmStats {
+    /// CPU time of the VMM process (all threads), ms.
+    pub cpu_time_ms: u64,
+    /// Resident memory of the VMM process, bytes.
+    pub rss_bytes: u64,
+    /// Threads of the VMM process.
+    pub threads: u64,
+    /// TAP counters, when the VM has a NIC.
+    pub net: Option<NetStats>,
+}
+
+/// Network counters (host view of the VM's TAP: rx = from the guest).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct NetStats {
+    /// Bytes received from the guest.
+    pub rx_bytes: u64,
+    /// Bytes sent to the guest.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+}
+
+/// Guest-side statistics, from the guest channel.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct GuestVmStats {
+    /// One-minute load average.
+    pub load1: f64,
+    /// Guest memory, KiB.
+    pub mem_total_kib: u64,
+    /// Guest memory available, KiB.
+    pub mem_available_kib: u64,
+    /// Processes in the guest.
+    pub processes: u64,
+    /// Listening sockets in the guest.
+    pub listeners: u64,
+    /// Guest uptime, ms.
+    pub uptime_ms: u64,
+}
+
+/// `GET /v1/vms/{vm}/stats` (and what agents post).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct VmStats {
+    /// When the agent collected them.
+    pub collected_ms: UnixMillis,
+    /// Host side.
+    pub host: HostVmStats,
+    /// Guest side, when the guest channel answered.
+    pub guest: Option<GuestVmStats>,
 }
 
 /// `PUT /v1/agent/vms/{id}/status`: what the agent observes of a VM.
@@ -203,6 +360,10 @@ pub struct VmStatusReport {
     /// The agent removed the VM's state (answering a delete).
     #[serde(default)]
     pub removed: bool,
+    /// The last restore request carried out.
+    #[serde(default)]
+    #[schema(value_type = Option<u64>)]
+    pub restored_generation: Option<Generation>,
 }
 
 /// Where the server's console copy of a VM ends (answer to an upload).

@@ -186,6 +186,63 @@ pub enum VmCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Pause a running VM (its vCPUs stop; memory stays).
+    Pause {
+        /// VM name or id.
+        vm: String,
+        /// Wait until it is paused.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Resume a paused VM.
+    Resume {
+        /// VM name or id.
+        vm: String,
+        /// Wait until it runs.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Snapshot a running or paused VM (memory, device state, disks), kept on its node.
+    Snapshot {
+        /// VM name or id.
+        vm: String,
+        /// Snapshot name.
+        name: String,
+        /// Wait until it is ready.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List a VM's snapshots.
+    Snapshots {
+        /// VM name or id.
+        vm: String,
+    },
+    /// Restore a VM from a snapshot in a fresh VMM process; the guest continues from it.
+    Restore {
+        /// VM name or id.
+        vm: String,
+        /// Snapshot name.
+        snapshot: String,
+        /// Wait until it runs.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Run a command in a VM's guest and print its output; exits with the command's status.
+    Exec {
+        /// VM name or id.
+        vm: String,
+        /// Kill it after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Show a VM's statistics (host side and guest side).
+    Stats {
+        /// VM name or id.
+        vm: String,
+    },
     /// Delete a VM (stopping it first).
     Rm {
         /// VM name or id.

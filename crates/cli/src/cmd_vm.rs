@@ -3,9 +3,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, CreateVmRequest};
+use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, CreateVmRequest, ExecRequest};
 use firefleet_client::{Client, Connection};
-use firefleet_types::{topology::parse_label, Labels, Resources, Vm, VmPhase};
+use firefleet_types::{
+    topology::parse_label, Labels, Resources, Snapshot, SnapshotPhase, Vm, VmPhase,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
@@ -87,6 +89,166 @@ pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
             };
             print_vm(g.output, &v)
         }
+        VmCommand::Pause { vm, wait } => {
+            let v = c.vm_pause(&vm).await?;
+            let v = if wait {
+                wait_for(
+                    &c,
+                    &v.id.to_string(),
+                    g.output,
+                    Duration::from_secs(60),
+                    |v| v.status.phase == VmPhase::Paused || v.status.phase.is_terminal(),
+                )
+                .await?
+            } else {
+                v
+            };
+            print_vm(g.output, &v)
+        }
+        VmCommand::Resume { vm, wait } => {
+            let v = c.vm_resume(&vm).await?;
+            let v = if wait {
+                wait_for(
+                    &c,
+                    &v.id.to_string(),
+                    g.output,
+                    Duration::from_secs(60),
+                    |v| v.status.phase == VmPhase::Running || v.status.phase.is_terminal(),
+                )
+                .await?
+            } else {
+                v
+            };
+            print_vm(g.output, &v)
+        }
+        VmCommand::Snapshot { vm, name, wait } => {
+            let mut s = c.snapshot_create(&vm, &name).await?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while wait && s.phase == SnapshotPhase::Pending {
+                if Instant::now() > deadline {
+                    bail!("snapshot {name} of {vm} is still pending after 120 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                s = c
+                    .snapshot_list(&vm)
+                    .await?
+                    .into_iter()
+                    .find(|x| x.name == name)
+                    .context("the snapshot disappeared")?;
+            }
+            if s.phase == SnapshotPhase::Failed {
+                bail!(
+                    "snapshot {name} of {vm} failed: {}",
+                    s.message.unwrap_or_default()
+                );
+            }
+            print_snapshots(g.output, &[s])
+        }
+        VmCommand::Snapshots { vm } => print_snapshots(g.output, &c.snapshot_list(&vm).await?),
+        VmCommand::Restore { vm, snapshot, wait } => {
+            let v = c.vm_restore(&vm, &snapshot).await?;
+            let generation = v.generation;
+            let v = if wait {
+                let v = wait_for(
+                    &c,
+                    &v.id.to_string(),
+                    g.output,
+                    Duration::from_secs(120),
+                    |v| {
+                        v.status.restored_generation >= Some(generation)
+                            && (v.status.phase == VmPhase::Running || v.status.phase.is_terminal())
+                    },
+                )
+                .await?;
+                if v.status.phase == VmPhase::Failed {
+                    print_vm(g.output, &v)?;
+                    bail!(
+                        "restoring {} failed: {}",
+                        v.spec.name,
+                        v.status.message.clone().unwrap_or_default()
+                    );
+                }
+                v
+            } else {
+                v
+            };
+            print_vm(g.output, &v)
+        }
+        VmCommand::Exec { vm, timeout, argv } => {
+            let req = ExecRequest {
+                argv,
+                timeout_ms: Some(timeout.saturating_mul(1000)),
+                stdin_b64: None,
+            };
+            let r = c.vm_exec(&vm, &req).await?;
+            match g.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                Output::Table => {
+                    print!("{}", r.stdout);
+                    eprint!("{}", r.stderr);
+                }
+            }
+            if let Some(e) = r.error {
+                bail!("exec in {vm} failed: {e}");
+            }
+            match r.exit_code {
+                Some(0) => Ok(()),
+                Some(code) => {
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    std::process::exit(code.clamp(1, 255));
+                }
+                None => bail!("the command in {vm} was killed after {timeout} s"),
+            }
+        }
+        VmCommand::Stats { vm } => {
+            let s = c.vm_stats(&vm).await?;
+            match g.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Output::Table => {
+                    let mut rows = vec![
+                        vec![
+                            "vmm cpu time".into(),
+                            format!("{:.2} s", s.host.cpu_time_ms as f64 / 1000.0),
+                        ],
+                        vec![
+                            "vmm rss".into(),
+                            format!("{} MiB", s.host.rss_bytes / (1024 * 1024)),
+                        ],
+                        vec!["vmm threads".into(), s.host.threads.to_string()],
+                    ];
+                    if let Some(n) = &s.host.net {
+                        rows.push(vec![
+                            "net from guest".into(),
+                            format!("{} B / {} packets", n.rx_bytes, n.rx_packets),
+                        ]);
+                        rows.push(vec![
+                            "net to guest".into(),
+                            format!("{} B / {} packets", n.tx_bytes, n.tx_packets),
+                        ]);
+                    }
+                    if let Some(gs) = &s.guest {
+                        rows.push(vec!["guest load1".into(), format!("{:.2}", gs.load1)]);
+                        rows.push(vec![
+                            "guest memory available".into(),
+                            format!(
+                                "{} / {} MiB",
+                                gs.mem_available_kib / 1024,
+                                gs.mem_total_kib / 1024
+                            ),
+                        ]);
+                        rows.push(vec!["guest processes".into(), gs.processes.to_string()]);
+                        rows.push(vec!["guest listeners".into(), gs.listeners.to_string()]);
+                        rows.push(vec![
+                            "guest uptime".into(),
+                            format!("{:.1} s", gs.uptime_ms as f64 / 1000.0),
+                        ]);
+                    }
+                    print!("{}", crate::output::table(&["STAT", "VALUE"], &rows));
+                }
+            }
+            Ok(())
+        }
         VmCommand::Rm { vm, wait } => {
             let v = c.vm_get(&vm).await?;
             let id = v.id.to_string();
@@ -113,6 +275,30 @@ pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_snapshots(output: Output, list: &[Snapshot]) -> anyhow::Result<()> {
+    let rows = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                wire(&s.phase),
+                s.node.to_string(),
+                s.bytes
+                    .map(|b| format!("{} MiB", b / (1024 * 1024)))
+                    .unwrap_or_else(|| "-".into()),
+                opt(&s.pause_ms),
+                opt(&s.message),
+            ]
+        })
+        .collect();
+    print(
+        output,
+        &list,
+        &["NAME", "PHASE", "NODE", "SIZE", "PAUSE_MS", "MESSAGE"],
+        rows,
+    )
 }
 
 fn print_vm(output: Output, v: &Vm) -> anyhow::Result<()> {

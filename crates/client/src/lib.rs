@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use firefleet_api::*;
-use firefleet_types::{NodeInfo, Vm};
+use firefleet_types::{NodeInfo, Snapshot, Vm};
 use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -307,6 +307,112 @@ impl Client {
             Method::PUT,
             &format!("/v1/agent/vms/{}/status", enc(vm)),
             Some(report),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Pauses a VM.
+    pub async fn vm_pause(&self, vm: &str) -> Result<Vm, ClientError> {
+        self.must::<(), _>(Method::POST, &format!("/v1/vms/{}/pause", enc(vm)), None)
+            .await
+    }
+
+    /// Resumes a VM.
+    pub async fn vm_resume(&self, vm: &str) -> Result<Vm, ClientError> {
+        self.must::<(), _>(Method::POST, &format!("/v1/vms/{}/resume", enc(vm)), None)
+            .await
+    }
+
+    /// Requests a snapshot.
+    pub async fn snapshot_create(&self, vm: &str, name: &str) -> Result<Snapshot, ClientError> {
+        let req = CreateSnapshotRequest {
+            name: name.to_owned(),
+        };
+        self.must(
+            Method::POST,
+            &format!("/v1/vms/{}/snapshots", enc(vm)),
+            Some(&req),
+        )
+        .await
+    }
+
+    /// Lists a VM's snapshots.
+    pub async fn snapshot_list(&self, vm: &str) -> Result<Vec<Snapshot>, ClientError> {
+        Ok(self
+            .must::<(), SnapshotList>(Method::GET, &format!("/v1/vms/{}/snapshots", enc(vm)), None)
+            .await?
+            .items)
+    }
+
+    /// Restores a VM from a snapshot.
+    pub async fn vm_restore(&self, vm: &str, snapshot: &str) -> Result<Vm, ClientError> {
+        let req = RestoreVmRequest {
+            snapshot: snapshot.to_owned(),
+        };
+        self.must(
+            Method::POST,
+            &format!("/v1/vms/{}/restore", enc(vm)),
+            Some(&req),
+        )
+        .await
+    }
+
+    /// Runs a command in a VM's guest.
+    pub async fn vm_exec(&self, vm: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
+        let url = format!("{}/v1/vms/{}/exec", self.base, enc(vm));
+        // The call lasts as long as the command: give it the command's timeout and some slack.
+        let wait =
+            Duration::from_millis(req.timeout_ms.unwrap_or(30_000)) + Duration::from_secs(30);
+        let mut r = self.http.post(&url).timeout(wait).json(req);
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        let out: Option<ExecResult> = self.finish(url.clone(), r).await?;
+        out.ok_or(ClientError::Decode {
+            url,
+            detail: "empty body".to_owned(),
+        })
+    }
+
+    /// A VM's latest statistics.
+    pub async fn vm_stats(&self, vm: &str) -> Result<VmStats, ClientError> {
+        self.must::<(), _>(Method::GET, &format!("/v1/vms/{}/stats", enc(vm)), None)
+            .await
+    }
+
+    /// Agent: reports a snapshot's outcome.
+    pub async fn report_snapshot(
+        &self,
+        vm: &str,
+        name: &str,
+        report: &SnapshotReport,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/agent/vms/{}/snapshots/{}", enc(vm), enc(name));
+        self.call::<_, serde_json::Value>(Method::PUT, &path, Some(report))
+            .await
+            .map(|_| ())
+    }
+
+    /// Agent: reports an exec's result.
+    pub async fn report_exec(
+        &self,
+        vm: &str,
+        id: &str,
+        result: &ExecResult,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/agent/vms/{}/execs/{}", enc(vm), enc(id));
+        self.call::<_, serde_json::Value>(Method::PUT, &path, Some(result))
+            .await
+            .map(|_| ())
+    }
+
+    /// Agent: reports a VM's statistics.
+    pub async fn report_stats(&self, vm: &str, stats: &VmStats) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::PUT,
+            &format!("/v1/agent/vms/{}/stats", enc(vm)),
+            Some(stats),
         )
         .await
         .map(|_| ())

@@ -21,6 +21,43 @@ pub struct GuestConfig {
     /// The VM's id, for logs.
     #[serde(default)]
     pub vm_id: String,
+    /// Block devices in attachment order (`/dev/vda`, `/dev/vdb`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<GuestDisk>,
+    /// The network interface to configure before the workload starts, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<GuestNet>,
+}
+
+/// The guest's network: the NIC with this MAC gets the address and the default route.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestNet {
+    /// Address with prefix length, e.g. `10.213.0.5/24`.
+    pub address: String,
+    /// The default gateway, e.g. `10.213.0.1`.
+    pub gateway: String,
+    /// The NIC's MAC address (lowercase, colon separated).
+    pub mac: String,
+}
+
+/// A block device as the guest sees it (see `disks.rs` of the guest binary).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestDisk {
+    /// `root`: mounted at /newroot, the workload runs chrooted into it; `data`: at /mnt/<index>.
+    pub role: GuestDiskRole,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// What a guest disk is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestDiskRole {
+    /// The workload's root filesystem.
+    Root,
+    /// A data disk.
+    Data,
 }
 
 /// Why a configuration could not be read.
@@ -97,6 +134,7 @@ mod tests {
         let cfg = GuestConfig {
             cmd: Some(vec!["sh".into(), "-c".into(), "echo hi; exit 3".into()]),
             vm_id: "vm-1".into(),
+            ..Default::default()
         };
         let line = format!("console=ttyS0 quiet {} panic=-1", cfg.to_cmdline_param());
         assert!(!cfg.to_cmdline_value().contains(['=', ' ', '+', '/']));

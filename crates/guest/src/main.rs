@@ -5,7 +5,9 @@
 //! `firefleet-guest ready`; run the workload if any. Stop (workload exit, `shutdown` on the
 //! channel, SIGTERM/SIGINT/SIGUSR1/SIGUSR2/SIGPWR to PID 1): SIGTERM everyone, SIGKILL after a
 //! grace, sync, print `firefleet-guest powering off`, `reboot(RB_POWER_OFF)`.
-//! It reaps every zombie, and never panics or exits on bad input (PID 1 exiting panics the kernel).
+//! It reaps every zombie (handing the status of `exec`'d children to their handlers, see
+//! [`exec`]), and never panics or exits on bad input (PID 1 exiting panics the kernel).
+//! The channel ([`channel`]) runs in its own thread over virtio-serial or vsock ([`transport`]).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -20,8 +22,15 @@ use std::time::{Duration, Instant};
 
 use firefleet_guest::config::GuestConfig;
 use firefleet_guest::console::{EXIT_STATUS_PREFIX, POWERING_OFF_LINE, READY_LINE};
-use firefleet_guest::proto::{self, Decoded, LineReader, Message, ReadLine};
-use firefleet_guest::AGENT_PORT_NAME;
+
+mod channel;
+mod disks;
+mod exec;
+mod net;
+mod telemetry;
+mod transport;
+
+use channel::Outgoing;
 
 const PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin";
 const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -38,12 +47,6 @@ enum Event {
     Signal(libc::c_int),
     Shutdown,
     PowerButton,
-}
-
-/// What the main loop asks of the channel thread.
-enum Outgoing {
-    Exited(i32),
-    Flush(Sender<()>),
 }
 
 fn log(msg: &str) {
@@ -89,11 +92,23 @@ fn main() {
     let (events_tx, events_rx) = mpsc::channel();
     spawn_signal_thread(sigset, events_tx.clone());
     spawn_power_button_thread(events_tx.clone());
-    let channel = spawn_channel_thread(events_tx, start);
+    let channel = channel::spawn(events_tx, start, config.vm_id.clone());
 
+    let root = match disks::setup(&config.disks, &mut |w| warn("disks", w)) {
+        Ok(root) => root,
+        Err(e) => {
+            warn("disk setup failed, powering off", e);
+            power_off(&channel);
+        }
+    };
+
+    net::configure(config.net.as_ref());
     log(READY_LINE);
 
-    let workload = config.cmd.as_ref().and_then(|cmd| spawn_workload(cmd));
+    let workload = config
+        .cmd
+        .as_ref()
+        .and_then(|cmd| spawn_workload(cmd, root.as_deref()));
     if config.cmd.is_some() && workload.is_none() {
         // Could not start: report it like a shell would.
         finish_workload(127, &channel);
@@ -129,6 +144,10 @@ fn main_loop(
             }
         };
         for (pid, code) in reap_all() {
+            // An exec'd child: its status goes to the exec handler waiting for it.
+            if exec::deliver(pid, code) {
+                continue;
+            }
             if Some(pid) == workload {
                 finish_workload(code, channel);
                 power_off(channel);
@@ -233,7 +252,7 @@ fn reap() -> (Vec<(libc::pid_t, i32)>, bool) {
     }
 }
 
-fn spawn_workload(cmd: &[String]) -> Option<libc::pid_t> {
+fn spawn_workload(cmd: &[String], root: Option<&Path>) -> Option<libc::pid_t> {
     let Some((prog, args)) = cmd.split_first() else {
         warn("workload", "empty command");
         return None;
@@ -250,6 +269,12 @@ fn spawn_workload(cmd: &[String]) -> Option<libc::pid_t> {
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             Ok(())
         });
+    }
+    if let Some(root) = root {
+        if let Err(e) = disks::chroot_workload(&mut command, root) {
+            warn(&format!("chroot into {}", root.display()), e);
+            return None;
+        }
     }
     match command.spawn() {
         // Dropping the Child neither waits nor kills; we reap it with waitpid(-1).
@@ -460,177 +485,6 @@ fn spawn_power_button_thread(events: Sender<Event>) {
         });
     if let Err(e) = spawned {
         warn("starting the power button thread", e);
-    }
-}
-
-fn find_agent_port() -> Option<PathBuf> {
-    let entries = fs::read_dir("/sys/class/virtio-ports").ok()?;
-    for entry in entries.flatten() {
-        let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-        if name.trim() == AGENT_PORT_NAME {
-            return Some(Path::new("/dev").join(entry.file_name()));
-        }
-    }
-    None
-}
-
-fn spawn_channel_thread(events: Sender<Event>, start: Instant) -> Sender<Outgoing> {
-    let (tx, rx) = mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("channel".into())
-        .spawn(move || channel_thread(events, rx, start));
-    if let Err(e) = spawned {
-        warn("starting the channel thread", e);
-    }
-    tx
-}
-
-fn channel_thread(events: Sender<Event>, outgoing: Receiver<Outgoing>, start: Instant) {
-    // The port appears asynchronously after virtio_console loads.
-    let mut waited = Duration::ZERO;
-    let path = loop {
-        if let Some(p) = find_agent_port() {
-            break p;
-        }
-        // Keep serving Flush requests while there is no port.
-        while let Ok(msg) = outgoing.try_recv() {
-            if let Outgoing::Flush(ack) = msg {
-                let _ = ack.send(());
-            }
-        }
-        let step = if waited < Duration::from_secs(5) {
-            100
-        } else {
-            1000
-        };
-        std::thread::sleep(Duration::from_millis(step));
-        waited += Duration::from_millis(step);
-    };
-    let file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) => {
-            warn(&format!("opening {}", path.display()), e);
-            return;
-        }
-    };
-    let mut port = Port {
-        reader: LineReader::new(file),
-        connected: false,
-        pending: Vec::new(),
-        dropped: 0,
-    };
-    let mut last_heartbeat = Instant::now();
-    loop {
-        let mut flush_acks = Vec::new();
-        while let Ok(msg) = outgoing.try_recv() {
-            match msg {
-                Outgoing::Exited(code) => port.pending.push(Message::Exited { code }),
-                Outgoing::Flush(ack) => flush_acks.push(ack),
-            }
-        }
-        let revents = port.poll(100);
-        if revents & libc::POLLHUP != 0 {
-            // Host side not connected: nothing to read or write.
-            port.connected = false;
-            for ack in flush_acks {
-                let _ = ack.send(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        if !port.connected {
-            port.connected = true;
-            port.send(&Message::Hello {
-                version: proto::PROTO_VERSION,
-            });
-            port.send(&Message::Ready);
-        }
-        if revents & libc::POLLIN != 0 && port.read_all(&events).is_err() {
-            return;
-        }
-        if last_heartbeat.elapsed() >= Duration::from_secs(1) {
-            last_heartbeat = Instant::now();
-            let uptime_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-            port.send(&Message::Heartbeat { uptime_ms });
-        }
-        let pending = std::mem::take(&mut port.pending);
-        for msg in pending {
-            if !port.send(&msg) {
-                port.pending.push(msg);
-            }
-        }
-        for ack in flush_acks {
-            let _ = ack.send(());
-        }
-    }
-}
-
-struct Port {
-    reader: LineReader<File>,
-    connected: bool,
-    pending: Vec<Message>,
-    dropped: u64,
-}
-
-impl Port {
-    fn poll(&self, timeout_ms: libc::c_int) -> libc::c_short {
-        let mut pfd = libc::pollfd {
-            fd: self.reader.get_ref().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if rc < 0 {
-            0
-        } else {
-            pfd.revents
-        }
-    }
-
-    /// Writes one message; false if it could not be written now.
-    fn send(&mut self, msg: &Message) -> bool {
-        let line = proto::encode(msg);
-        let mut file = self.reader.get_ref();
-        match file.write(&line) {
-            Ok(n) if n == line.len() => true,
-            Ok(_) => true, // partial write of a small line on a message port: rare; the peer drops it
-            Err(_) => false,
-        }
-    }
-
-    /// Reads every available line; Err if the port broke for good.
-    fn read_all(&mut self, events: &Sender<Event>) -> Result<(), ()> {
-        loop {
-            match self.reader.read_line() {
-                Ok(ReadLine::Line(line)) => match proto::decode(&line) {
-                    Ok(Decoded::Message(Message::Shutdown)) => {
-                        let _ = events.send(Event::Shutdown);
-                    }
-                    Ok(_) => {}
-                    Err(e) => self.drop_line(e),
-                },
-                Ok(ReadLine::TooLong) => self.drop_line("line too long"),
-                Ok(ReadLine::WouldBlock) | Ok(ReadLine::Eof) => return Ok(()),
-                Err(e) => {
-                    warn("reading the agent port", e);
-                    std::thread::sleep(Duration::from_millis(500));
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    fn drop_line(&mut self, why: impl std::fmt::Display) {
-        self.dropped += 1;
-        if self.dropped <= 10 {
-            warn("dropped a channel line", why);
-        }
     }
 }
 

@@ -2,8 +2,10 @@
 //! [`crate::AGENT_PORT_NAME`].
 //!
 //! Every line is one JSON object `{"v":1,"type":"<kind>", ...fields}` terminated by `\n`.
-//! Kinds: `hello {version}`, `ready`, `heartbeat {uptime_ms}`, `exited {code}` (guest -> host) and
-//! `shutdown` (host -> guest). Decoding is tolerant: an unknown `type` is [`Decoded::Unknown`]
+//! Kinds, guest -> host: `hello {version, vm_id, capabilities}`, `ready`, `heartbeat {seq,
+//! uptime_ms}`, `exited {code}`, `exec_result`, `telemetry`, `pong {id}`, `error {id, message}`;
+//! host -> guest: `exec {id, argv, timeout_ms, stdin_b64?}`, `telemetry_request {id}`,
+//! `ping {id}`, `shutdown`. Requests carry an `id` the answer echoes. Decoding is tolerant: an unknown `type` is [`Decoded::Unknown`]
 //! (newer peers may add kinds), a line longer than the limit or not JSON is a [`DecodeError`] the
 //! caller drops and counts. Nothing here panics on input.
 
@@ -14,19 +16,48 @@ pub const PROTO_VERSION: u32 = 1;
 /// The longest line accepted, in bytes, without the newline.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// One message of the protocol.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Capabilities this build's guest announces in [`Message::Hello`].
+pub const GUEST_CAPABILITIES: [&str; 3] = ["exec", "telemetry", "ping"];
+
+/// Every `type` this build knows; any other is [`Decoded::Unknown`].
+pub const KNOWN_KINDS: [&str; 12] = [
+    "hello",
+    "ready",
+    "heartbeat",
+    "exited",
+    "exec_result",
+    "telemetry",
+    "pong",
+    "error",
+    "exec",
+    "telemetry_request",
+    "ping",
+    "shutdown",
+];
+
+/// One message of the protocol. Fields added after the first release carry `#[serde(default)]`
+/// so lines from older peers still decode.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
     /// Guest -> host, first message on each connection: the protocol version the guest speaks.
     Hello {
         /// Protocol version.
         version: u32,
+        /// The VM's id, from the guest configuration.
+        #[serde(default)]
+        vm_id: String,
+        /// What the guest serves (`exec`, `telemetry`, `ping`).
+        #[serde(default)]
+        capabilities: Vec<String>,
     },
     /// Guest -> host: the guest is up.
     Ready,
     /// Guest -> host, every second.
     Heartbeat {
+        /// Counts heartbeats since the guest started.
+        #[serde(default)]
+        seq: u64,
         /// Milliseconds since the guest's init started.
         uptime_ms: u64,
     },
@@ -35,12 +66,149 @@ pub enum Message {
         /// Exit code.
         code: i32,
     },
+    /// Guest -> host: the outcome of an [`Message::Exec`].
+    ExecResult(ExecResult),
+    /// Guest -> host: the answer to a [`Message::TelemetryRequest`].
+    Telemetry(Telemetry),
+    /// Guest -> host: the answer to a [`Message::Ping`].
+    Pong {
+        /// The request's id.
+        id: u64,
+    },
+    /// Guest -> host: a request failed.
+    Error {
+        /// The request's id (0 if the request could not be read).
+        id: u64,
+        /// What went wrong.
+        message: String,
+    },
+    /// Host -> guest: run a command.
+    Exec {
+        /// Request id, echoed in the answer.
+        id: u64,
+        /// The program and its arguments (the program is looked up on PATH).
+        argv: Vec<String>,
+        /// Killed (with its process group) after this long.
+        timeout_ms: u64,
+        /// Standard input, base64; `/dev/null` when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin_b64: Option<String>,
+    },
+    /// Host -> guest: report processes, sockets and memory.
+    TelemetryRequest {
+        /// Request id, echoed in the answer.
+        id: u64,
+    },
+    /// Host -> guest: answer with [`Message::Pong`].
+    Ping {
+        /// Request id, echoed in the answer.
+        id: u64,
+    },
     /// Host -> guest: stop the workload and power off.
     Shutdown,
 }
 
+/// The outcome of an exec request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ExecResult {
+    /// The request's id.
+    pub id: u64,
+    /// Exit code, 128+signal if killed by a signal, -1 if unknown.
+    pub exit_code: i32,
+    /// Standard output, base64.
+    pub stdout_b64: String,
+    /// Standard error, base64.
+    pub stderr_b64: String,
+    /// Output was cut to fit one line of the protocol.
+    pub truncated: bool,
+    /// The command ran past its timeout and was killed.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// Wall time from start to exit.
+    pub duration_ms: u64,
+}
+
+/// A snapshot of the guest: processes, sockets, load and memory.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Telemetry {
+    /// The request's id.
+    pub id: u64,
+    /// User processes (kernel threads are left out).
+    pub processes: Vec<ProcessInfo>,
+    /// Listening TCP sockets and bound, unconnected UDP sockets.
+    pub listeners: Vec<Listener>,
+    /// Other TCP sockets and connected UDP sockets.
+    pub connections: Vec<Connection>,
+    /// One-minute load average.
+    pub load1: f64,
+    /// `MemTotal` of /proc/meminfo.
+    pub mem_total_kib: u64,
+    /// `MemAvailable` of /proc/meminfo.
+    pub mem_available_kib: u64,
+    /// Since the guest kernel booted.
+    pub uptime_ms: u64,
+    /// Lists were cut to fit one line of the protocol.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One process of [`Telemetry`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ProcessInfo {
+    /// Process id.
+    pub pid: i32,
+    /// Parent's pid.
+    pub ppid: i32,
+    /// `comm` (at most 15 bytes, from /proc/PID/stat).
+    pub comm: String,
+    /// argv (from /proc/PID/cmdline; cut if long).
+    pub cmdline: Vec<String>,
+    /// State letter (`R`, `S`, `D`, `Z`, ...).
+    pub state: String,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident set size.
+    pub rss_kib: u64,
+    /// What fd 0 points to (a path, `socket:[inode]`, `pipe:[inode]`), if open.
+    pub stdin: Option<String>,
+    /// What fd 1 points to.
+    pub stdout: Option<String>,
+}
+
+/// A listening socket of [`Telemetry`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Listener {
+    /// `tcp`, `tcp6`, `udp`, `udp6`.
+    pub proto: String,
+    /// Local address.
+    pub addr: String,
+    /// Local port.
+    pub port: u16,
+    /// Socket inode (matches `socket:[inode]` fd links).
+    pub inode: u64,
+}
+
+/// A connected socket of [`Telemetry`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Connection {
+    /// `tcp`, `tcp6`, `udp`, `udp6`.
+    pub proto: String,
+    /// Local address.
+    pub local_addr: String,
+    /// Local port.
+    pub local_port: u16,
+    /// Remote address.
+    pub remote_addr: String,
+    /// Remote port.
+    pub remote_port: u16,
+    /// TCP state name (`ESTABLISHED`, `TIME_WAIT`, ...).
+    pub state: String,
+    /// Socket inode.
+    pub inode: u64,
+}
+
 /// A decoded line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     /// A message this build knows.
     Message(Message),
@@ -132,11 +300,7 @@ pub fn decode(line: &[u8]) -> Result<Decoded, DecodeError> {
         Some(k) => k.to_string(),
         None => return Err(DecodeError::MissingType),
     };
-    let known = matches!(
-        kind.as_str(),
-        "hello" | "ready" | "heartbeat" | "exited" | "shutdown"
-    );
-    if !known {
+    if !KNOWN_KINDS.contains(&kind.as_str()) {
         return Ok(Decoded::Unknown { kind });
     }
     serde_json::from_value(serde_json::Value::Object(obj))
@@ -198,6 +362,19 @@ impl<R: Read> LineReader<R> {
         &self.inner
     }
 
+    /// The underlying source, mutably.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Forgets buffered bytes and a seen end of input: for a source that a new peer can reopen
+    /// (a virtio-serial port after the host reconnects).
+    pub fn reset(&mut self) {
+        self.buf.clear();
+        self.discarding = false;
+        self.eof = false;
+    }
+
     /// Reads the next line. I/O errors other than `WouldBlock`/`Interrupted` are returned.
     pub fn read_line(&mut self) -> io::Result<ReadLine> {
         loop {
@@ -255,10 +432,13 @@ mod tests {
 
     #[test]
     fn encodes_versioned_lines() {
-        let line = encode(&Message::Heartbeat { uptime_ms: 1500 });
+        let line = encode(&Message::Heartbeat {
+            seq: 2,
+            uptime_ms: 1500,
+        });
         assert_eq!(
             String::from_utf8(line).unwrap(),
-            "{\"v\":1,\"type\":\"heartbeat\",\"uptime_ms\":1500}\n"
+            "{\"v\":1,\"type\":\"heartbeat\",\"seq\":2,\"uptime_ms\":1500}\n"
         );
         assert_eq!(
             encode(&Message::Shutdown),
@@ -269,23 +449,99 @@ mod tests {
     #[test]
     fn round_trips_every_message() {
         for msg in [
-            Message::Hello { version: 1 },
+            Message::Hello {
+                version: 1,
+                vm_id: "vm".into(),
+                capabilities: vec!["exec".into()],
+            },
             Message::Ready,
-            Message::Heartbeat { uptime_ms: 7 },
+            Message::Heartbeat {
+                seq: 3,
+                uptime_ms: 7,
+            },
             Message::Exited { code: -1 },
             Message::Shutdown,
+            Message::ExecResult(ExecResult {
+                id: 9,
+                exit_code: 4,
+                stdout_b64: "aGkK".into(),
+                stderr_b64: String::new(),
+                truncated: false,
+                timed_out: true,
+                duration_ms: 12,
+            }),
+            Message::Telemetry(Telemetry {
+                id: 2,
+                processes: vec![ProcessInfo {
+                    pid: 1,
+                    comm: "init".into(),
+                    cmdline: vec!["/init".into()],
+                    stdin: Some("/dev/console".into()),
+                    ..Default::default()
+                }],
+                listeners: vec![Listener {
+                    proto: "tcp".into(),
+                    addr: "0.0.0.0".into(),
+                    port: 7777,
+                    inode: 5,
+                }],
+                load1: 0.5,
+                ..Default::default()
+            }),
+            Message::Pong { id: 1 },
+            Message::Error {
+                id: 1,
+                message: "no".into(),
+            },
+            Message::Exec {
+                id: 1,
+                argv: vec!["true".into()],
+                timeout_ms: 10,
+                stdin_b64: None,
+            },
+            Message::Exec {
+                id: 1,
+                argv: vec!["cat".into()],
+                timeout_ms: 10,
+                stdin_b64: Some("eA==".into()),
+            },
+            Message::TelemetryRequest { id: 4 },
+            Message::Ping { id: 5 },
         ] {
             assert_eq!(decode(&encode(&msg)).unwrap(), Decoded::Message(msg));
         }
     }
 
     #[test]
+    fn decodes_lines_of_the_first_release() {
+        assert_eq!(
+            decode(br#"{"v":1,"type":"hello","version":1}"#).unwrap(),
+            Decoded::Message(Message::Hello {
+                version: 1,
+                vm_id: String::new(),
+                capabilities: vec![],
+            })
+        );
+        assert_eq!(
+            decode(br#"{"v":1,"type":"heartbeat","uptime_ms":5}"#).unwrap(),
+            Decoded::Message(Message::Heartbeat {
+                seq: 0,
+                uptime_ms: 5
+            })
+        );
+        assert!(matches!(
+            decode(br#"{"v":1,"type":"exec_result","id":1}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn tolerates_unknown_types() {
-        let d = decode(br#"{"v":1,"type":"telemetry","cpu":3}"#).unwrap();
+        let d = decode(br#"{"v":1,"type":"balloon","cpu":3}"#).unwrap();
         assert_eq!(
             d,
             Decoded::Unknown {
-                kind: "telemetry".into()
+                kind: "balloon".into()
             }
         );
     }

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The operation did not complete in time.
+    #[error("{0}")]
+    Timeout(String),
     /// The store failed.
     #[error("store error")]
     Store(#[from] firefleet_store::StoreError),
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }
     }

@@ -53,6 +53,10 @@ pub(crate) struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Fires when something controllers should look at changed (new VM, stop, heartbeat).
     pub kick: Arc<tokio::sync::Notify>,
+    /// The latest statistics each agent reported per VM (ephemeral: not stored).
+    pub stats: Arc<
+        std::sync::Mutex<std::collections::HashMap<firefleet_types::VmId, firefleet_api::VmStats>>,
+    >,
 }
 
 /// Errors starting the server.
@@ -124,6 +128,7 @@ impl Server {
             ca: Arc::new(ca),
             metrics: Arc::new(metrics::Metrics::default()),
             kick: Arc::new(tokio::sync::Notify::new()),
+            stats: Default::default(),
         };
         bootstrap_admin(&state, dir)
             .await

@@ -8,6 +8,8 @@
 //! | `/tokens/<sha256 of token>` | [`TokenRecord`] JSON (secrets are never stored) |
 //! | `/jointokens/<sha256 of token>` | [`JoinTokenRecord`] JSON |
 //! | `/console/<vm id>` | the VM's console (last [`CONSOLE_KEEP`] bytes) |
+//! | `/snapshots/<vm id>/<name>` | [`firefleet_types::Snapshot`] JSON |
+//! | `/execs/<vm id>/<exec id>` | a pending exec ([`firefleet_api::ExecRequestRecord`]) |
 //!
 //! Every read-modify-write is a compare-and-swap on the key's revision, retried on conflict.
 
@@ -190,8 +192,10 @@ where
     }
 }
 
-/// Removes a VM's record, its name and its console.
+/// Removes a VM's record, its name, its console, and its snapshot and exec records.
 pub async fn delete_vm_record(state: &AppState, vm: &Vm) -> Result<(), ApiError> {
+    delete_prefix(state, &format!("/snapshots/{}/", vm.id)).await?;
+    delete_prefix(state, &format!("/execs/{}/", vm.id)).await?;
     state
         .store
         .txn(
@@ -378,4 +382,90 @@ where
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+pub fn snapshot_key(vm: &VmId, name: &str) -> String {
+    format!("/snapshots/{vm}/{name}")
+}
+
+pub fn exec_key(vm: &VmId, id: &str) -> String {
+    format!("/execs/{vm}/{id}")
+}
+
+/// Creates a snapshot record (Pending), unique per VM and name.
+pub async fn create_snapshot(
+    state: &AppState,
+    snap: &firefleet_types::Snapshot,
+) -> Result<(), ApiError> {
+    match state
+        .store
+        .compare_and_swap(&snapshot_key(&snap.vm, &snap.name), 0, encode(snap)?)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(StoreError::Conflict { .. }) => Err(ApiError::Conflict(format!(
+            "vm {} already has a snapshot named {:?}",
+            snap.vm, snap.name
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Lists a VM's snapshots.
+pub async fn list_snapshots(
+    state: &AppState,
+    vm: &VmId,
+) -> Result<Vec<firefleet_types::Snapshot>, ApiError> {
+    Ok(list_json(state, &format!("/snapshots/{vm}/")).await?.0)
+}
+
+/// Applies `f` to a snapshot record with compare-and-swap.
+pub async fn update_snapshot<F>(
+    state: &AppState,
+    vm: &VmId,
+    name: &str,
+    mut f: F,
+) -> Result<firefleet_types::Snapshot, ApiError>
+where
+    F: FnMut(&mut firefleet_types::Snapshot) -> Result<bool, ApiError>,
+{
+    let key = snapshot_key(vm, name);
+    loop {
+        let Some((mut snap, rev)) = get_json::<firefleet_types::Snapshot>(state, &key).await?
+        else {
+            return Err(ApiError::not_found("snapshot", name));
+        };
+        if !f(&mut snap)? {
+            return Ok(snap);
+        }
+        match state
+            .store
+            .compare_and_swap(&key, rev, encode(&snap)?)
+            .await
+        {
+            Ok(_) => return Ok(snap),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Deletes every record under `prefix` (best effort, one key at a time).
+pub async fn delete_prefix(state: &AppState, prefix: &str) -> Result<(), ApiError> {
+    let (kvs, _) = state.store.list(prefix).await?;
+    for kv in kvs {
+        state.store.delete(&kv.key, None).await?;
+    }
+    Ok(())
+}
+
+/// Stores an exec request for the agent.
+pub async fn create_exec(
+    state: &AppState,
+    rec: &firefleet_api::ExecRequestRecord,
+) -> Result<Revision, ApiError> {
+    Ok(state
+        .store
+        .compare_and_swap(&exec_key(&rec.vm, &rec.id), 0, encode(rec)?)
+        .await?)
 }

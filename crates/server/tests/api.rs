@@ -105,6 +105,23 @@ fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
         .unwrap()
 }
 
+/// Waits until the scheduling controller has recorded why a new VM waits (there are no nodes in
+/// these tests), so that the only writer left is the request under test.
+async fn settle(f: &Fixture, id: &str) {
+    for _ in 0..100 {
+        let (_, vm) = f.get(&f.admin, &format!("/v1/vms/{id}")).await;
+        if vm["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unschedulable")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("vm {id} never got its unschedulable message");
+}
+
 fn vm_body() -> Value {
     json!({ "name": "web", "image": format!("sha256:{}", "a".repeat(64)), "resources": { "vcpus": 1, "memory_mib": 256 } })
 }
@@ -218,6 +235,7 @@ async fn bad_vm_requests_are_refused_naming_the_field() {
         v["spec"]["resources"],
         json!({ "vcpus": 1, "memory_mib": 256 })
     );
+    settle(&f, v["id"].as_str().unwrap()).await;
     // Same name again: conflict.
     assert_refused(
         &f,
@@ -254,6 +272,7 @@ async fn tokens_are_required_and_tenants_are_isolated() {
     let (s, vm) = f.post(Some(&acme), "/v1/vms", vm_body().to_string()).await;
     assert_eq!(s, StatusCode::CREATED);
     let id = vm["id"].as_str().unwrap();
+    settle(&f, id).await;
 
     // globex sees nothing of acme's VM, by id or by name, and cannot stop or delete it.
     let (s, list) = f.get(&globex, "/v1/vms").await;

@@ -23,6 +23,8 @@ pub const MAX_CMD_BYTES: usize = 1024;
 pub enum DesiredState {
     /// Run it.
     Running,
+    /// Keep it, with its vCPUs paused (memory stays allocated; resuming is instant).
+    Paused,
     /// Stop it (and keep the record).
     Stopped,
 }
@@ -72,8 +74,24 @@ pub struct VmSpec {
     /// Restart policy.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
-    /// Run or stop.
+    /// Run, pause or stop.
     pub desired: DesiredState,
+    /// Restore the VM from one of its snapshots (requested at a generation; the agent carries it
+    /// out once per request).
+    #[serde(default)]
+    pub restore: Option<RestoreRequest>,
+}
+
+/// A request to restore a VM from a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The snapshot's name.
+    pub snapshot: String,
+    /// The VM generation at which it was requested; done once `status.restored_generation`
+    /// reaches it.
+    #[schema(value_type = u64)]
+    pub generation: Generation,
 }
 
 impl VmSpec {
@@ -152,6 +170,8 @@ pub enum VmPhase {
     Starting,
     /// The guest reported ready.
     Running,
+    /// The guest's vCPUs are paused.
+    Paused,
     /// Stop requested; shutting down.
     Stopping,
     /// Not running (stopped by request, or its command exited).
@@ -173,10 +193,12 @@ impl VmPhase {
             (Pending, Scheduled | Stopped | Failed)
                 | (Scheduled, Starting | Running | Stopping | Stopped | Failed)
                 | (Starting, Running | Stopping | Stopped | Failed)
-                | (Running, Stopping | Stopped | Failed)
+                | (Running, Paused | Stopping | Stopped | Failed)
+                | (Paused, Running | Stopping | Stopped | Failed)
                 | (Stopping, Stopped | Failed)
-                // A restart (restart policy, or the user starting it again) goes back to Pending.
-                | (Stopped | Failed, Pending)
+                // A restart (restart policy, or the user starting it again) goes back to Pending;
+                // a restore from a snapshot on its node goes back to Scheduled.
+                | (Stopped | Failed, Pending | Scheduled)
         )
     }
 
@@ -223,6 +245,10 @@ pub struct VmStatus {
     pub running_ms: Option<UnixMillis>,
     /// When it stopped.
     pub stopped_ms: Option<UnixMillis>,
+    /// The last restore request carried out (its generation).
+    #[serde(default)]
+    #[schema(value_type = Option<u64>)]
+    pub restored_generation: Option<Generation>,
 }
 
 impl VmStatus {
@@ -241,6 +267,7 @@ impl VmStatus {
             launched_ms: None,
             running_ms: None,
             stopped_ms: None,
+            restored_generation: None,
         }
     }
 }
@@ -280,6 +307,7 @@ mod tests {
             cmd: None,
             restart_policy: RestartPolicy::Never,
             desired: DesiredState::Running,
+            restore: None,
         }
     }
 
@@ -328,11 +356,13 @@ mod tests {
         use VmPhase::*;
         assert!(Pending.can_move_to(Scheduled));
         assert!(Running.can_move_to(Stopped));
+        assert!(Running.can_move_to(Paused) && Paused.can_move_to(Running));
+        assert!(!Pending.can_move_to(Paused));
         assert!(!Stopped.can_move_to(Running));
         assert!(!Failed.can_move_to(Running));
         assert!(!Pending.can_move_to(Running));
         for p in [
-            Pending, Scheduled, Starting, Running, Stopping, Stopped, Failed,
+            Pending, Scheduled, Starting, Running, Paused, Stopping, Stopped, Failed,
         ] {
             assert!(p.can_move_to(p));
         }

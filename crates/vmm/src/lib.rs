@@ -34,11 +34,19 @@
 //! `QemuRuntime::new(state_root)?.launch(&LaunchConfig { .. })`, then `observe`, `console`,
 //! `stop`, `remove`. Choose `accel` with [`probe_accel`] (cached per host).
 
+pub mod bench;
+pub mod channel;
+pub mod disk;
+pub mod firecracker;
 pub mod image;
+pub mod net;
 pub mod probe;
 pub mod qemu;
 mod runtime;
+pub mod stats;
 
+pub use disk::{DiskError, DiskFormat};
+pub use firecracker::{FirecrackerRuntime, JailerConfig};
 pub use firefleet_types::Accel;
 pub use image::{
     build_image, default_guest_bin, BuildOptions, BuildProgress, BuildStage, Image, ImageError,
@@ -47,3 +55,4 @@ pub use image::{
 pub use probe::{probe_accel, AccelProbe};
 pub use qemu::QemuRuntime;
 pub use runtime::{ConsoleChunk, LaunchConfig, Observation, Runtime, VmProcessInfo, VmmError};
+pub use runtime::{DiskConfig, DiskRole, SnapshotInfo};

@@ -278,6 +278,22 @@ pub enum VmmError {
         #[source]
         source: io::Error,
     },
+    /// A snapshot directory is incomplete, corrupt or does not fit the VM.
+    #[error("snapshot {path} is not usable: {what}")]
+    InvalidSnapshot {
+        /// The snapshot directory.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// Saving or loading a VM's state failed.
+    #[error("migration of VM {id} failed: {what}")]
+    Migration {
+        /// The VM.
+        id: String,
+        /// What QEMU reported.
+        what: String,
+    },
     /// The VMM process survived SIGKILL.
     #[error("VMM of VM {id} (pid {pid}) is still alive after SIGKILL")]
     Unkillable {

@@ -11,149 +11,16 @@
 // Test helpers outside #[test] fns: clippy.toml's allow-unwrap-in-tests does not reach them.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+mod common;
 
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use common::*;
 use firefleet_guest::proto::{Decoded, LineReader, Message};
-use firefleet_vmm::image::{build_image, BuildOptions, Image, ImageStore};
-use firefleet_vmm::{probe_accel, Accel, LaunchConfig, QemuRuntime, Runtime};
-
-fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIREFLEET_TEST_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(t).join("firefleet-test-cache");
-    }
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("firefleet-test-cache")
-}
-
-fn guest_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIREFLEET_GUEST_BIN") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/build-static.sh");
-    let out = Command::new(&script)
-        .env("CARGO_TARGET_DIR", cache_dir().join("guest-target"))
-        .output()
-        .expect("run build-static.sh");
-    assert!(
-        out.status.success(),
-        "build-static.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-struct Fixture {
-    guest: PathBuf,
-    image: Image,
-    digest: String,
-    _store: tempfile::TempDir,
-}
-
-/// Builds the image once per test process, into a temporary store.
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let guest = guest_bin();
-        let store_dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(store_dir.path()).unwrap();
-        let mut stages = Vec::new();
-        let m = build_image(
-            &store,
-            &BuildOptions {
-                name: "default".into(),
-                guest_bin: guest.clone(),
-                work_dir: cache_dir(),
-                kernel_package: None,
-            },
-            &mut |p| stages.push(p.stage),
-        )
-        .unwrap();
-        assert!(stages.contains(&firefleet_vmm::BuildStage::Done));
-        let image = store.resolve("default").unwrap();
-        assert_eq!(image.digest, m.digest);
-        Fixture {
-            guest,
-            digest: m.digest,
-            image,
-            _store: store_dir,
-        }
-    })
-}
-
-fn serial() -> MutexGuard<'static, ()> {
-    static M: Mutex<()> = Mutex::new(());
-    M.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Kills the VM on drop, whatever happened in the test.
-struct VmGuard {
-    rt: QemuRuntime,
-    id: String,
-}
-
-impl Drop for VmGuard {
-    fn drop(&mut self) {
-        let _ = self.rt.stop(&self.id, Duration::ZERO);
-    }
-}
-
-fn launch(rt: &QemuRuntime, id: &str, cmd: Option<Vec<String>>) -> VmGuard {
-    let guard = VmGuard {
-        rt: rt.clone(),
-        id: id.into(),
-    };
-    rt.launch(&LaunchConfig {
-        id: id.into(),
-        vcpus: 1,
-        memory_mib: 256,
-        image: fixture().image.clone(),
-        cmd,
-        accel: Accel::Tcg,
-    })
-    .unwrap();
-    guard
-}
-
-fn console_text(rt: &QemuRuntime, id: &str) -> String {
-    let chunk = rt.console(id, 0, 1 << 20).unwrap();
-    String::from_utf8_lossy(&chunk.data).to_string()
-}
-
-fn wait_for(
-    what: &str,
-    timeout: Duration,
-    rt: &QemuRuntime,
-    id: &str,
-    mut cond: impl FnMut() -> bool,
-) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; console:\n{}",
-            console_text(rt, id)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn qemu_pids_for(id: &str) -> Vec<String> {
-    let out = Command::new("pgrep")
-        .args(["-f", &format!("firefleet-{id},debug-threads")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
+use firefleet_vmm::image::{build_image, BuildOptions, ImageStore};
+use firefleet_vmm::{probe_accel, Accel, QemuRuntime, Runtime};
 
 #[test]
 fn image_build_is_reproducible_and_checked() {
@@ -242,10 +109,13 @@ fn boots_to_ready_and_stops_gracefully() {
                 other => panic!("unexpected {other:?} after {got:?}"),
             }
         }
-        assert_eq!(got[0], Message::Hello { version: 1 });
+        assert!(
+            matches!(&got[0], Message::Hello { version: 1, vm_id, .. } if vm_id == "idle"),
+            "{got:?}"
+        );
         assert_eq!(got[1], Message::Ready);
         assert!(
-            matches!(got[2], Message::Heartbeat { uptime_ms } if uptime_ms > 0),
+            matches!(got[2], Message::Heartbeat { uptime_ms, .. } if uptime_ms > 0),
             "{got:?}"
         );
     }
@@ -365,16 +235,7 @@ fn a_new_runtime_re_adopts_a_running_vm() {
         "running"
     );
     // launch is idempotent: it returns the live process.
-    let again = rt2
-        .launch(&LaunchConfig {
-            id: "adopt".into(),
-            vcpus: 1,
-            memory_mib: 256,
-            image: fixture().image.clone(),
-            cmd: None,
-            accel: Accel::Tcg,
-        })
-        .unwrap();
+    let again = rt2.launch(&launch_config("adopt", None)).unwrap();
     assert!(again.already_running && Some(again.pid) == o.pid);
     rt2.stop("adopt", Duration::from_secs(10)).unwrap();
     assert!(!rt2.observe("adopt").unwrap().running);

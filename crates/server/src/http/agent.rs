@@ -9,13 +9,14 @@ use axum::{
     Json,
 };
 use firefleet_api::{
-    ConsoleOffset, EnrollRequest, EnrollResponse, ErrorBody, HeartbeatRequest, IntentsResponse,
-    VmIntent, VmStatusReport, MAX_CONSOLE_CHUNK,
+    ConsoleOffset, EnrollRequest, EnrollResponse, ErrorBody, ExecRequestRecord, ExecResult,
+    HeartbeatRequest, IntentsResponse, SnapshotReport, VmIntent, VmStats, VmStatusReport,
+    MAX_CONSOLE_CHUNK,
 };
 use firefleet_types::{
     node::{NodeReadiness, NodeStatus},
     topology::validate_labels,
-    NodeInfo, VmId, VmPhase,
+    NodeId, NodeInfo, Snapshot, SnapshotPhase, Vm, VmId, VmPhase,
 };
 use serde::Deserialize;
 
@@ -114,24 +115,61 @@ pub async fn intents(
     if let Some(after) = q.after {
         let wait =
             Duration::from_millis(q.wait_ms.unwrap_or(MAX_WAIT.as_millis() as u64)).min(MAX_WAIT);
-        // Wait for any change under /vms/ past `after` (or give up after `wait`).
-        if let Ok(mut watch) = state.store.watch("/vms/", after + 1).await {
-            let _ = tokio::time::timeout(wait, watch.next()).await;
-        }
+        // Wait for any change to VMs, snapshots or execs past `after` (or give up after `wait`).
+        let _ = tokio::time::timeout(wait, futures_watch(&state, after + 1)).await;
     }
     let (vms, revision) = repo::list_vms(&state).await?;
-    let vms = vms
+    let mine: Vec<Vm> = vms
         .into_iter()
         .filter(|vm| vm.status.node.as_ref() == Some(&node))
+        .collect();
+    let (snapshots, _) = repo::list_json::<Snapshot>(&state, "/snapshots/").await?;
+    let snapshots = snapshots
+        .into_iter()
+        .filter(|s| s.node == node && s.phase == SnapshotPhase::Pending)
+        .collect();
+    let (execs, _) = repo::list_json::<ExecRequestRecord>(&state, "/execs/").await?;
+    let execs = execs
+        .into_iter()
+        .filter(|e| e.result.is_none() && mine.iter().any(|vm| vm.id == e.vm))
+        .collect();
+    let vms = mine
+        .into_iter()
         .map(|vm| VmIntent {
             id: vm.id,
             generation: vm.generation,
             spec: vm.spec,
             deleting: vm.deleting,
             phase: vm.status.phase,
+            restored_generation: vm.status.restored_generation,
         })
         .collect();
-    Ok(Json(IntentsResponse { revision, vms }))
+    Ok(Json(IntentsResponse {
+        revision,
+        vms,
+        snapshots,
+        execs,
+    }))
+}
+
+/// Resolves when anything under `/vms/`, `/snapshots/` or `/execs/` changes at or after `from`.
+async fn futures_watch(state: &AppState, from: u64) {
+    let mut watches = Vec::new();
+    for prefix in ["/vms/", "/snapshots/", "/execs/"] {
+        match state.store.watch(prefix, from).await {
+            Ok(w) => watches.push(w),
+            Err(_) => return, // compacted or closed: answer at once
+        }
+    }
+    let [mut a, mut b, mut c]: [firefleet_store::Watch; 3] = match watches.try_into() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = a.next() => {}
+        _ = b.next() => {}
+        _ = c.next() => {}
+    }
 }
 
 /// Report what the agent observes of one of its VMs.
@@ -221,4 +259,97 @@ pub async fn upload_console(
     }
     let next_offset = repo::append_console(&state, &id, q.offset, &bytes).await?;
     Ok(Json(ConsoleOffset { next_offset }))
+}
+
+async fn vm_on_node(state: &AppState, node: &NodeId, vm: &str) -> Result<Vm, ApiError> {
+    let id = VmId::parse("vm", vm)?;
+    let vm = repo::get_vm(state, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("vm", id.as_str()))?;
+    if vm.status.node.as_ref() != Some(node) {
+        return Err(ApiError::Forbidden(format!(
+            "vm {id} is not placed on node {node}"
+        )));
+    }
+    Ok(vm)
+}
+
+/// Report the outcome of a snapshot.
+#[utoipa::path(put, path = "/v1/agent/vms/{vm}/snapshots/{name}", request_body = SnapshotReport, security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id"), ("name" = String, Path, description = "snapshot name")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn report_snapshot(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path((vm, name)): Path<(String, String)>,
+    ValidJson(report): ValidJson<SnapshotReport>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let vm = vm_on_node(&state, &node, &vm).await?;
+    repo::update_snapshot(&state, &vm.id, &name, |s| {
+        if s.node != node {
+            return Err(ApiError::Forbidden(format!(
+                "snapshot {name} is not on node {node}"
+            )));
+        }
+        if s.phase != SnapshotPhase::Pending {
+            return Ok(false);
+        }
+        s.phase = report.phase;
+        s.bytes = report.bytes;
+        s.pause_ms = report.pause_ms;
+        s.message = report.message.clone();
+        if report.phase == SnapshotPhase::Ready {
+            s.ready_ms = Some(now_ms());
+        }
+        Ok(true)
+    })
+    .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Report the result of an exec.
+#[utoipa::path(put, path = "/v1/agent/vms/{vm}/execs/{exec}", request_body = ExecResult, security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id"), ("exec" = String, Path, description = "exec id")),
+    responses((status = 204), (status = 403, body = ErrorBody)))]
+pub async fn report_exec(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path((vm, exec)): Path<(String, String)>,
+    ValidJson(result): ValidJson<ExecResult>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let vm = vm_on_node(&state, &node, &vm).await?;
+    let key = repo::exec_key(&vm.id, &exec);
+    loop {
+        // The waiting API call deletes the record when it gives up: then there is nobody to tell.
+        let Some((mut rec, rev)) = repo::get_json::<ExecRequestRecord>(&state, &key).await? else {
+            return Ok(axum::http::StatusCode::NO_CONTENT);
+        };
+        if rec.result.is_some() {
+            return Ok(axum::http::StatusCode::NO_CONTENT);
+        }
+        rec.result = Some(result.clone());
+        let value = serde_json::to_vec(&rec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        match state.store.compare_and_swap(&key, rev, value).await {
+            Ok(_) => return Ok(axum::http::StatusCode::NO_CONTENT),
+            Err(firefleet_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Report a VM's statistics (kept in memory, served by `GET /v1/vms/{vm}/stats` and `/metrics`).
+#[utoipa::path(put, path = "/v1/agent/vms/{vm}/stats", request_body = VmStats, security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id")),
+    responses((status = 204), (status = 403, body = ErrorBody)))]
+pub async fn report_stats(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path(vm): Path<String>,
+    ValidJson(stats): ValidJson<VmStats>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let vm = vm_on_node(&state, &node, &vm).await?;
+    if let Ok(mut m) = state.stats.lock() {
+        m.insert(vm.id, stats);
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

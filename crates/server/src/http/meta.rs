@@ -48,6 +48,74 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         "firefleet_nodes{{readiness=\"not_ready\"}} {}",
         nodes.len() - ready
     );
+    let stats: Vec<(String, firefleet_api::VmStats)> = state
+        .stats
+        .lock()
+        .map(|m| m.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+        .unwrap_or_default();
+    let live: std::collections::HashSet<String> = vms.iter().map(|v| v.id.to_string()).collect();
+    let stats: Vec<_> = stats
+        .into_iter()
+        .filter(|(id, _)| live.contains(id))
+        .collect();
+    let gauge = |out: &mut String,
+                 name: &str,
+                 help: &str,
+                 kind: &str,
+                 f: &dyn Fn(&firefleet_api::VmStats) -> Option<f64>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (id, s) in &stats {
+            if let Some(v) = f(s) {
+                let _ = writeln!(out, "{name}{{vm=\"{id}\"}} {v}");
+            }
+        }
+    };
+    gauge(
+        &mut out,
+        "firefleet_vm_cpu_seconds_total",
+        "CPU time of the VM's VMM process.",
+        "counter",
+        &|s| Some(s.host.cpu_time_ms as f64 / 1000.0),
+    );
+    gauge(
+        &mut out,
+        "firefleet_vm_rss_bytes",
+        "Resident memory of the VM's VMM process.",
+        "gauge",
+        &|s| Some(s.host.rss_bytes as f64),
+    );
+    gauge(
+        &mut out,
+        "firefleet_vm_net_rx_bytes_total",
+        "Bytes the VM sent (received on its TAP).",
+        "counter",
+        &|s| s.host.net.as_ref().map(|n| n.rx_bytes as f64),
+    );
+    gauge(
+        &mut out,
+        "firefleet_vm_net_tx_bytes_total",
+        "Bytes sent to the VM (on its TAP).",
+        "counter",
+        &|s| s.host.net.as_ref().map(|n| n.tx_bytes as f64),
+    );
+    gauge(
+        &mut out,
+        "firefleet_vm_guest_processes",
+        "Processes in the guest.",
+        "gauge",
+        &|s| s.guest.as_ref().map(|g| g.processes as f64),
+    );
+    gauge(
+        &mut out,
+        "firefleet_vm_guest_mem_available_bytes",
+        "Memory available in the guest.",
+        "gauge",
+        &|s| {
+            s.guest
+                .as_ref()
+                .map(|g| g.mem_available_kib as f64 * 1024.0)
+        },
+    );
     out.push_str("# HELP firefleet_store_revision Current store revision.\n# TYPE firefleet_store_revision gauge\n");
     let _ = writeln!(out, "firefleet_store_revision {revision}");
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))

@@ -4,6 +4,7 @@
 mod admin;
 mod agent;
 mod meta;
+mod vm_ops;
 mod vms;
 
 use axum::{
@@ -30,6 +31,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/vms/{vm}", get(vms::get).delete(vms::delete))
         .route("/v1/vms/{vm}/stop", post(vms::stop))
         .route("/v1/vms/{vm}/logs", get(vms::logs))
+        .route("/v1/vms/{vm}/pause", post(vm_ops::pause))
+        .route("/v1/vms/{vm}/resume", post(vm_ops::resume))
+        .route(
+            "/v1/vms/{vm}/snapshots",
+            post(vm_ops::create_snapshot).get(vm_ops::list_snapshots),
+        )
+        .route("/v1/vms/{vm}/restore", post(vm_ops::restore))
+        .route("/v1/vms/{vm}/exec", post(vm_ops::exec))
+        .route("/v1/vms/{vm}/stats", get(vm_ops::stats))
         .route("/v1/nodes", get(admin::list_nodes))
         .route("/v1/nodes/{node}", get(admin::get_node))
         .route("/v1/tokens", post(admin::create_token))
@@ -39,6 +49,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/agent/intents", get(agent::intents))
         .route("/v1/agent/vms/{vm}/status", put(agent::report_status))
         .route("/v1/agent/vms/{vm}/console", post(agent::upload_console))
+        .route(
+            "/v1/agent/vms/{vm}/snapshots/{name}",
+            put(agent::report_snapshot),
+        )
+        .route("/v1/agent/vms/{vm}/execs/{exec}", put(agent::report_exec))
+        .route("/v1/agent/vms/{vm}/stats", put(agent::report_stats))
         .fallback(|| async {
             ApiError::NotFound {
                 kind: "route",
@@ -75,9 +91,10 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let message = if status.is_server_error() {
+        let message = if status.is_server_error() && status != StatusCode::GATEWAY_TIMEOUT {
             tracing::error!(error = %error_chain(&self), "request failed");
             "internal error (see the server log)".to_owned()
         } else {
@@ -190,6 +207,13 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         vms::stop,
         vms::delete,
         vms::logs,
+        vm_ops::pause,
+        vm_ops::resume,
+        vm_ops::create_snapshot,
+        vm_ops::list_snapshots,
+        vm_ops::restore,
+        vm_ops::exec,
+        vm_ops::stats,
         admin::list_nodes,
         admin::get_node,
         admin::create_token,
@@ -199,6 +223,9 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         agent::intents,
         agent::report_status,
         agent::upload_console,
+        agent::report_snapshot,
+        agent::report_exec,
+        agent::report_stats,
     ),
     modifiers(&SecuritySchemes)
 )]

@@ -65,6 +65,7 @@ pub async fn create(
         cmd: req.cmd,
         restart_policy: req.restart_policy,
         desired: DesiredState::Running,
+        restore: None,
     };
     spec.validate()?;
     let vm = repo::create_vm(&state, spec).await?;

@@ -1,10 +1,11 @@
 //! The QEMU command line for a microvm (see ../shared/RUNTIME-NOTES.md for why each part).
 
-use firefleet_guest::config::GuestConfig;
+use firefleet_guest::config::{GuestConfig, GuestDisk, GuestDiskRole};
 use firefleet_guest::AGENT_PORT_NAME;
 use firefleet_types::Accel;
 
-use crate::runtime::LaunchConfig;
+use crate::disk::{detect_format, DiskFormat};
+use crate::runtime::{DiskRole, LaunchConfig};
 
 /// File names inside a VM's state directory. QEMU runs with the state directory as its working
 /// directory and gets these relative names, so long state roots do not hit the 108-byte limit
@@ -22,6 +23,20 @@ pub const CONSOLE_LOG: &str = "console.log";
 pub const QEMU_LOG: &str = "qemu.log";
 /// How the VMM process ended, written by the process that reaped it.
 pub const EXIT_FILE: &str = "exit";
+/// Snapshots of the VM: `snapshots/<name>/`.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// How a process is started: a fresh boot, or from a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArgOptions {
+    /// The kernel command line to pass instead of the one built from the config (a restore
+    /// passes the snapshot's, byte for byte).
+    pub kernel_cmdline: Option<String>,
+    /// Wait for `migrate-incoming` (`-incoming defer`).
+    pub incoming: bool,
+    /// Append to `console.log` instead of truncating it.
+    pub append_console: bool,
+}
 
 /// The host's TSC frequency in kHz: `$FIREFLEET_TSC_KHZ`, else `cpu MHz` of /proc/cpuinfo x 1000.
 pub fn host_tsc_khz() -> Option<u64> {
@@ -47,6 +62,19 @@ pub fn kernel_cmdline(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> String {
     let guest = GuestConfig {
         cmd: cfg.cmd.clone(),
         vm_id: cfg.id.clone(),
+        disks: cfg
+            .disks
+            .iter()
+            .map(|d| GuestDisk {
+                role: match d.role {
+                    DiskRole::Root => GuestDiskRole::Root,
+                    DiskRole::Data => GuestDiskRole::Data,
+                },
+                read_only: d.read_only,
+            })
+            .collect(),
+        net: cfg.net.as_ref().map(crate::net::guest_net),
+        ..Default::default()
     };
     let mut s = String::from("console=ttyS0 reboot=t panic=-1 quiet");
     if let Some(khz) = tsc_khz {
@@ -57,8 +85,23 @@ pub fn kernel_cmdline(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> String {
     s
 }
 
-/// The arguments after the binary.
+/// Escapes a value for QEMU's `key=value,...` option syntax (a comma is doubled).
+fn opt_value(v: &str) -> String {
+    v.replace(',', ",,")
+}
+
+/// The arguments after the binary, for a fresh boot.
 pub fn qemu_args(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> Vec<String> {
+    qemu_args_with(cfg, tsc_khz, &ArgOptions::default())
+}
+
+/// The arguments after the binary. The machine and devices depend only on `cfg`, so a restore
+/// (same config, `opts.incoming`) gets the command line of the process it was snapshotted from.
+pub fn qemu_args_with(cfg: &LaunchConfig, tsc_khz: Option<u64>, opts: &ArgOptions) -> Vec<String> {
+    let append = opts
+        .kernel_cmdline
+        .clone()
+        .unwrap_or_else(|| kernel_cmdline(cfg, tsc_khz));
     let (accel, cpu) = match cfg.accel {
         Accel::Kvm => ("kvm", "host"),
         Accel::Tcg => ("tcg", "max"),
@@ -76,10 +119,15 @@ pub fn qemu_args(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> Vec<String> {
     push(&["-name", &format!("firefleet-{},debug-threads=on", cfg.id)]);
     push(&["-kernel", &cfg.image.kernel.to_string_lossy()]);
     push(&["-initrd", &cfg.image.initrd.to_string_lossy()]);
-    push(&["-append", &kernel_cmdline(cfg, tsc_khz)]);
+    push(&["-append", &append]);
+    let console_append = if opts.append_console {
+        ",append=on"
+    } else {
+        ""
+    };
     push(&[
         "-chardev",
-        &format!("file,id=console,path={CONSOLE_LOG}"),
+        &format!("file,id=console,path={CONSOLE_LOG}{console_append}"),
         "-serial",
         "chardev:console",
     ]);
@@ -93,6 +141,33 @@ pub fn qemu_args(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> Vec<String> {
         "-device",
         &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
     ]);
+    for (i, d) in cfg.disks.iter().enumerate() {
+        // A missing file fails in QEMU with its own message; launch checks paths first.
+        let format = detect_format(&d.path).unwrap_or(DiskFormat::Raw);
+        let ro = if d.read_only { ",readonly=on" } else { "" };
+        push(&[
+            "-drive",
+            &format!(
+                "id=d{i},file={},format={},if=none{ro}",
+                opt_value(&d.path.to_string_lossy()),
+                format.as_str()
+            ),
+            "-device",
+            &format!("virtio-blk-device,drive=d{i}"),
+        ]);
+    }
+    if let Some(n) = &cfg.net {
+        // The TAP exists already (`net::NodeNetwork::attach`); QEMU opens it by name.
+        push(&[
+            "-netdev",
+            &format!("tap,id=n0,ifname={},script=no,downscript=no", n.tap),
+            "-device",
+            &format!("virtio-net-device,netdev=n0,mac={}", n.mac),
+        ]);
+    }
+    if opts.incoming {
+        push(&["-incoming", "defer"]);
+    }
     a
 }
 
@@ -114,6 +189,8 @@ mod tests {
             },
             cmd,
             accel,
+            net: None,
+            disks: Vec::new(),
         }
     }
 
@@ -162,6 +239,65 @@ mod tests {
         let guest = GuestConfig::from_kernel_cmdline(&line).unwrap();
         assert_eq!(guest.cmd, Some(cmd));
         assert_eq!(guest.vm_id, "vm1");
+    }
+
+    #[test]
+    fn attaches_disks_in_order_and_tells_the_guest() {
+        use crate::runtime::DiskConfig;
+        let mut c = cfg(Accel::Tcg, None);
+        c.disks = vec![
+            DiskConfig {
+                path: "/d/root,1.ext4".into(),
+                role: DiskRole::Root,
+                read_only: true,
+            },
+            DiskConfig {
+                path: "/d/data.ext4".into(),
+                role: DiskRole::Data,
+                read_only: false,
+            },
+        ];
+        let joined = qemu_args(&c, None).join(" ");
+        assert!(
+            joined.contains(
+                "-drive id=d0,file=/d/root,,1.ext4,format=raw,if=none,readonly=on \
+                 -device virtio-blk-device,drive=d0 \
+                 -drive id=d1,file=/d/data.ext4,format=raw,if=none \
+                 -device virtio-blk-device,drive=d1"
+            ),
+            "{joined}"
+        );
+        assert!(!joined.contains("-incoming"));
+        let guest = GuestConfig::from_kernel_cmdline(&kernel_cmdline(&c, None)).unwrap();
+        assert_eq!(
+            guest.disks,
+            vec![
+                GuestDisk {
+                    role: GuestDiskRole::Root,
+                    read_only: true
+                },
+                GuestDisk {
+                    role: GuestDiskRole::Data,
+                    read_only: false
+                }
+            ]
+        );
+        let restore = qemu_args_with(
+            &c,
+            Some(1),
+            &ArgOptions {
+                kernel_cmdline: Some("console=ttyS0 saved".into()),
+                incoming: true,
+                append_console: true,
+            },
+        );
+        let joined = restore.join(" ");
+        assert!(joined.ends_with("-incoming defer"), "{joined}");
+        assert!(joined.contains("path=console.log,append=on"), "{joined}");
+        assert!(
+            joined.contains("-append console=ttyS0 saved -chardev"),
+            "{joined}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod cmdline;
 pub mod process;
 pub mod qmp;
+pub mod snapshot;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -24,8 +25,12 @@ use std::time::{Duration, Instant};
 use firefleet_guest::console::{parse_line, ConsoleEvent};
 use firefleet_guest::proto::{self, Message};
 
-use crate::runtime::{ConsoleChunk, LaunchConfig, Observation, Runtime, VmProcessInfo, VmmError};
-use cmdline::{CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, GUEST_SOCK, PID_FILE, QEMU_LOG, QMP_SOCK};
+use crate::runtime::{
+    ConsoleChunk, LaunchConfig, Observation, Runtime, SnapshotInfo, VmProcessInfo, VmmError,
+};
+use cmdline::{
+    ArgOptions, CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, GUEST_SOCK, PID_FILE, QEMU_LOG, QMP_SOCK,
+};
 use process::ProcessId;
 use qmp::Qmp;
 
@@ -147,12 +152,17 @@ impl QemuRuntime {
         ProcessId::read(&path).map_err(state_err(path))
     }
 
-    fn spawn(&self, cfg: &LaunchConfig, dir: &Path) -> Result<ProcessId, VmmError> {
+    fn spawn(
+        &self,
+        cfg: &LaunchConfig,
+        dir: &Path,
+        opts: &ArgOptions,
+    ) -> Result<ProcessId, VmmError> {
         let log_path = dir.join(QEMU_LOG);
         let log = File::create(&log_path).map_err(state_err(&log_path))?;
         let log2 = log.try_clone().map_err(state_err(&log_path))?;
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(cmdline::qemu_args(cfg, self.tsc_khz))
+        cmd.args(cmdline::qemu_args_with(cfg, self.tsc_khz, opts))
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -245,6 +255,99 @@ impl QemuRuntime {
         self.qmp(id, command)
     }
 
+    /// The VM's process if it is alive (a zombie of ours is given a moment to be reaped).
+    fn live_process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
+        let Some(p) = self.process(id)? else {
+            return Ok(None);
+        };
+        if !p.is_alive() {
+            // A zombie of ours is about to be reaped by its waiter thread: let it finish.
+            Self::wait_gone(p, Duration::from_millis(500));
+        }
+        Ok(p.is_alive().then_some(p))
+    }
+
+    /// At most one root disk, and every disk image exists.
+    fn check_disks(&self, cfg: &LaunchConfig) -> Result<(), VmmError> {
+        let invalid = |what: String| VmmError::InvalidConfig {
+            id: cfg.id.clone(),
+            what,
+        };
+        let roots = cfg
+            .disks
+            .iter()
+            .filter(|d| d.role == crate::runtime::DiskRole::Root)
+            .count();
+        if roots > 1 {
+            return Err(invalid("at most one root disk".into()));
+        }
+        if cfg.disks.len() > 26 {
+            return Err(invalid("at most 26 disks".into()));
+        }
+        for (i, d) in cfg.disks.iter().enumerate() {
+            if !d.path.is_file() {
+                return Err(invalid(format!(
+                    "disk {i}: {} is not a file",
+                    d.path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the state directory, clears what a previous process left (pid, sockets, exit
+    /// record, unfinished snapshots) and records the config.
+    fn prepare_dir(&self, cfg: &LaunchConfig) -> Result<PathBuf, VmmError> {
+        let dir = self.vm_dir(&cfg.id);
+        fs::create_dir_all(&dir).map_err(state_err(&dir))?;
+        for stale in [PID_FILE, EXIT_FILE, QMP_SOCK, GUEST_SOCK] {
+            let p = dir.join(stale);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(VmmError::State { path: p, source: e }),
+            }
+        }
+        snapshot::remove_stale_tmp(&dir, None);
+        let config = serde_json::to_vec_pretty(cfg).map_err(|e| VmmError::CorruptState {
+            path: dir.join(CONFIG_FILE),
+            source: e,
+        })?;
+        write_atomic(&dir.join(CONFIG_FILE), &config)?;
+        Ok(dir)
+    }
+
+    /// Waits until a new process answers on its QMP socket; kills it on timeout.
+    fn wait_for_qmp(&self, cfg: &LaunchConfig, p: ProcessId) -> Result<(), VmmError> {
+        let dir = self.vm_dir(&cfg.id);
+        let qmp_path = dir.join(QMP_SOCK);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let up = wait_until(deadline, || {
+            !p.is_alive() || UnixStream::connect(&qmp_path).is_ok()
+        });
+        if !p.is_alive() {
+            Self::wait_gone(p, Duration::from_secs(2));
+            let status = fs::read_to_string(dir.join(EXIT_FILE))
+                .ok()
+                .and_then(|s| s.split_once('\n').map(|(_, t)| t.trim().to_string()))
+                .unwrap_or_else(|| "exited".into());
+            return Err(VmmError::EarlyExit {
+                id: cfg.id.clone(),
+                status,
+                log: log_tail(&dir.join(QEMU_LOG)),
+            });
+        }
+        if !up {
+            p.signal(libc::SIGKILL);
+            Self::wait_gone(p, Duration::from_secs(5));
+            return Err(VmmError::StartTimeout {
+                id: cfg.id.clone(),
+                secs: START_TIMEOUT.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
     /// Waits until the process no longer exists (reaped), accepting a zombie we cannot reap
     /// (another parent) after a while.
     fn wait_gone(p: ProcessId, timeout: Duration) {
@@ -276,63 +379,20 @@ impl Runtime for QemuRuntime {
         if cmdline::kernel_cmdline(cfg, self.tsc_khz).len() > 2000 {
             return Err(invalid("command too long for the kernel command line"));
         }
+        self.check_disks(cfg)?;
         let dir = self.vm_dir(&cfg.id);
-        if let Some(p) = self.process(&cfg.id)? {
-            if !p.is_alive() {
-                // A zombie of ours is about to be reaped by its waiter thread: let it finish.
-                Self::wait_gone(p, Duration::from_millis(500));
-            }
-            if p.is_alive() {
-                return Ok(VmProcessInfo {
-                    id: cfg.id.clone(),
-                    pid: p.pid,
-                    start_time: p.start_time,
-                    state_dir: dir,
-                    already_running: true,
-                });
-            }
-        }
-        fs::create_dir_all(&dir).map_err(state_err(&dir))?;
-        for stale in [PID_FILE, EXIT_FILE, QMP_SOCK, GUEST_SOCK] {
-            let p = dir.join(stale);
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(VmmError::State { path: p, source: e }),
-            }
-        }
-        let config = serde_json::to_vec_pretty(cfg).map_err(|e| VmmError::CorruptState {
-            path: dir.join(CONFIG_FILE),
-            source: e,
-        })?;
-        write_atomic(&dir.join(CONFIG_FILE), &config)?;
-
-        let p = self.spawn(cfg, &dir)?;
-        let qmp_path = dir.join(QMP_SOCK);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let up = wait_until(deadline, || {
-            !p.is_alive() || UnixStream::connect(&qmp_path).is_ok()
-        });
-        if !p.is_alive() {
-            Self::wait_gone(p, Duration::from_secs(2));
-            let status = fs::read_to_string(dir.join(EXIT_FILE))
-                .ok()
-                .and_then(|s| s.split_once('\n').map(|(_, t)| t.trim().to_string()))
-                .unwrap_or_else(|| "exited".into());
-            return Err(VmmError::EarlyExit {
+        if let Some(p) = self.live_process(&cfg.id)? {
+            return Ok(VmProcessInfo {
                 id: cfg.id.clone(),
-                status,
-                log: log_tail(&dir.join(QEMU_LOG)),
+                pid: p.pid,
+                start_time: p.start_time,
+                state_dir: dir,
+                already_running: true,
             });
         }
-        if !up {
-            p.signal(libc::SIGKILL);
-            Self::wait_gone(p, Duration::from_secs(5));
-            return Err(VmmError::StartTimeout {
-                id: cfg.id.clone(),
-                secs: START_TIMEOUT.as_secs(),
-            });
-        }
+        self.prepare_dir(cfg)?;
+        let p = self.spawn(cfg, &dir, &ArgOptions::default())?;
+        self.wait_for_qmp(cfg, p)?;
         Ok(VmProcessInfo {
             id: cfg.id.clone(),
             pid: p.pid,
@@ -396,7 +456,7 @@ impl Runtime for QemuRuntime {
             guest_exit_code: exit_code,
             powered_off: powering_off && !running,
             vmm_exit,
-            paused: false,
+            paused: running && self.query_paused(id).unwrap_or(false),
         })
     }
 
@@ -435,6 +495,22 @@ impl Runtime for QemuRuntime {
         }
         Self::wait_gone(p, Duration::from_secs(2));
         Ok(())
+    }
+
+    fn pause(&self, id: &str) -> Result<(), VmmError> {
+        self.pause_vm(id)
+    }
+
+    fn resume(&self, id: &str) -> Result<(), VmmError> {
+        self.resume_vm(id)
+    }
+
+    fn snapshot(&self, id: &str, name: &str, leave_paused: bool) -> Result<SnapshotInfo, VmmError> {
+        self.snapshot_vm(id, name, leave_paused)
+    }
+
+    fn restore(&self, cfg: &LaunchConfig, snapshot: &Path) -> Result<VmProcessInfo, VmmError> {
+        self.restore_vm(cfg, snapshot)
     }
 
     fn console(&self, id: &str, offset: u64, max: usize) -> Result<ConsoleChunk, VmmError> {

@@ -1,0 +1,98 @@
+//! Talking to a VM's guest through the guest channel, and collecting its statistics (blocking).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use firefleet_api::{ExecRequestRecord, ExecResult, GuestVmStats, HostVmStats, NetStats, VmStats};
+use firefleet_vmm::{channel::GuestChannel, LaunchConfig, QemuRuntime, Runtime};
+
+/// How long to wait for the guest channel to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn channel(rt: &QemuRuntime, vm: &str) -> Result<GuestChannel, String> {
+    let path = rt.vm_dir(vm).join("guest.sock");
+    GuestChannel::connect(&path, CONNECT_TIMEOUT)
+        .map_err(|e| format!("guest channel: {}", crate::ops::error_chain(&e)))
+}
+
+/// Runs an exec request in the guest.
+pub fn exec(rt: &QemuRuntime, vm: &str, rec: &ExecRequestRecord) -> ExecResult {
+    let failed = |error: String| ExecResult {
+        exit_code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        truncated: false,
+        duration_ms: 0,
+        error: Some(error),
+    };
+    let stdin = match rec
+        .request
+        .stdin_b64
+        .as_deref()
+        .map(|s| base64::engine::general_purpose::STANDARD.decode(s))
+    {
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => return failed(format!("stdin_b64: {e}")),
+        None => None,
+    };
+    let timeout = Duration::from_millis(rec.request.timeout_ms.unwrap_or(30_000));
+    let mut ch = match channel(rt, vm) {
+        Ok(c) => c,
+        Err(e) => return failed(e),
+    };
+    match ch.exec(&rec.request.argv, timeout, stdin.as_deref()) {
+        Ok(out) => ExecResult {
+            exit_code: (!out.timed_out && out.exit_code >= 0).then_some(out.exit_code),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            truncated: out.truncated,
+            duration_ms: out.duration_ms,
+            error: None,
+        },
+        Err(e) => failed(format!("exec: {}", crate::ops::error_chain(&e))),
+    }
+}
+
+/// Host-side and (when the guest answers) guest-side statistics of a running VM.
+pub fn stats(rt: &QemuRuntime, vm: &str, now: u64) -> Option<VmStats> {
+    let obs = rt.observe(vm).ok()?;
+    let pid = obs.pid.filter(|_| obs.running)?;
+    let hs = firefleet_vmm::stats::host_stats(pid).ok()?;
+    let tap = std::fs::read(rt.vm_dir(vm).join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<LaunchConfig>(&b).ok())
+        .and_then(|c| c.net.map(|n| n.tap));
+    let net = tap
+        .and_then(|t| firefleet_vmm::stats::tap_stats(&t))
+        .map(|n| NetStats {
+            rx_bytes: n.rx_bytes,
+            tx_bytes: n.tx_bytes,
+            rx_packets: n.rx_packets,
+            tx_packets: n.tx_packets,
+        });
+    let guest = if obs.guest_ready && !obs.paused {
+        channel(rt, vm)
+            .ok()
+            .and_then(|mut ch| ch.telemetry().ok())
+            .map(|t| GuestVmStats {
+                load1: t.load1,
+                mem_total_kib: t.mem_total_kib,
+                mem_available_kib: t.mem_available_kib,
+                processes: t.processes.len() as u64,
+                listeners: t.listeners.len() as u64,
+                uptime_ms: t.uptime_ms,
+            })
+    } else {
+        None
+    };
+    Some(VmStats {
+        collected_ms: now,
+        host: HostVmStats {
+            cpu_time_ms: hs.cpu_time_ms,
+            rss_bytes: hs.rss_bytes,
+            threads: hs.threads,
+            net,
+        },
+        guest,
+    })
+}

@@ -1,0 +1,875 @@
+//! The Firecracker backend of [`Runtime`].
+//!
+//! Each VM has a state directory `state_root/<id>/` with `config.json` (the [`LaunchConfig`]),
+//! `pid` (`"<pid> <start time>"`), `api.sock` (Firecracker's REST API), `vsock.sock` (the vsock
+//! device; the guest channel arrives on `vsock.sock_1024`, see [`channel`]), `console.log`
+//! (Firecracker's stdout and stderr: the serial console, plus the few log lines Firecracker
+//! prints before its logger is configured), `firecracker.log`, `metrics.json` and, once the
+//! process that launched it reaped it, `exit`. Snapshots go to `snapshots/<name>/`.
+//!
+//! Firecracker runs in its own session (setsid) with the state directory as its working
+//! directory, so the socket paths it binds are short relative names. It is configured over
+//! its API (logger, metrics, machine, boot source, drives, network, vsock), then started with
+//! `InstanceStart`. Firecracker needs KVM: a launch with `Accel::Tcg` is refused.
+//!
+//! While the launching process lives, a waiter thread per child reaps it (no zombies); after a
+//! restart the VM is found again from the state directory (pid + start time) and driven over
+//! its API socket.
+
+pub mod api;
+pub mod channel;
+pub mod config;
+mod snapshot;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use firefleet_guest::console::{parse_line, ConsoleEvent};
+use firefleet_guest::proto::Message;
+use firefleet_types::Accel;
+
+use crate::qemu::process::ProcessId;
+use crate::runtime::{
+    ConsoleChunk, DiskRole, LaunchConfig, Observation, Runtime, SnapshotInfo, VmProcessInfo,
+    VmmError,
+};
+use api::{ApiClient, ApiError};
+pub use channel::ChannelStatus;
+use config::{
+    Action, Logger, Metrics, VmState, API_SOCK, CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, FC_LOG,
+    MAX_CMDLINE, METRICS_FILE, PID_FILE, VSOCK_SOCK,
+};
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+const REMOVE_GRACE: Duration = Duration::from_secs(5);
+
+/// Running Firecracker under its jailer (chroot, uid/gid drop, cgroups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailerConfig {
+    /// The `jailer` binary.
+    pub jailer_bin: PathBuf,
+    /// The uid Firecracker runs as.
+    pub uid: u32,
+    /// The gid Firecracker runs as.
+    pub gid: u32,
+    /// `--chroot-base-dir`; each VM's root is `<base>/firecracker/<id>/root`.
+    pub chroot_base_dir: PathBuf,
+}
+
+/// The Firecracker runtime. Holds no per-VM state in memory beyond the guest channel listeners
+/// (the state directories are the truth), so a new instance on the same root re-adopts running
+/// VMs.
+#[derive(Debug, Clone)]
+pub struct FirecrackerRuntime {
+    state_root: PathBuf,
+    firecracker: PathBuf,
+    jailer: Option<JailerConfig>,
+    channels: Arc<channel::Channels>,
+}
+
+fn state_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> VmmError {
+    let path = path.into();
+    move |source| VmmError::State { path, source }
+}
+
+/// `[A-Za-z0-9_.-]`, at most 64, not starting with `.` (VM ids and snapshot names).
+pub(crate) fn valid_name(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn validate_id(id: &str) -> Result<(), VmmError> {
+    if valid_name(id) {
+        Ok(())
+    } else {
+        Err(VmmError::InvalidId(id.to_string()))
+    }
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VmmError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(state_err(&tmp))?;
+    f.write_all(bytes).map_err(state_err(&tmp))?;
+    f.sync_all().map_err(state_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(state_err(path))
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+pub(crate) fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Waits until the process no longer exists (reaped), accepting a zombie we cannot reap
+/// (another parent) after a while.
+fn wait_gone(p: ProcessId, timeout: Duration) {
+    wait_until(Instant::now() + timeout, || !p.exists());
+}
+
+/// Maps an API failure to the runtime error of the operation it was part of; the chain keeps
+/// Firecracker's `fault_message`.
+fn api_failed(id: &str, e: ApiError) -> VmmError {
+    let command = match &e {
+        ApiError::Io { method, path, .. }
+        | ApiError::Status { method, path, .. }
+        | ApiError::Malformed { method, path, .. } => format!("firecracker API {method} {path}"),
+    };
+    VmmError::Qmp {
+        id: id.to_string(),
+        command,
+        source: io::Error::other(e),
+    }
+}
+
+impl FirecrackerRuntime {
+    /// A runtime keeping VM state under `state_root` (created if missing), running
+    /// `firecracker_bin` directly or under the jailer.
+    pub fn new(
+        state_root: PathBuf,
+        firecracker_bin: PathBuf,
+        jailer: Option<JailerConfig>,
+    ) -> Result<Self, VmmError> {
+        fs::create_dir_all(&state_root).map_err(state_err(&state_root))?;
+        Ok(Self {
+            state_root,
+            firecracker: firecracker_bin,
+            jailer,
+            channels: Arc::default(),
+        })
+    }
+
+    /// The Firecracker binary in use.
+    pub fn firecracker(&self) -> &Path {
+        &self.firecracker
+    }
+
+    /// The state root.
+    pub fn state_root(&self) -> &Path {
+        &self.state_root
+    }
+
+    /// A VM's state directory.
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        self.state_root.join(id)
+    }
+
+    /// Where Firecracker's relative paths (sockets, logs, snapshots) resolve: the state
+    /// directory, or the chroot under the jailer.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        match &self.jailer {
+            None => self.vm_dir(id),
+            Some(j) => jail_root(j, &self.firecracker, id),
+        }
+    }
+
+    /// The VM's API client.
+    pub fn api(&self, id: &str) -> ApiClient {
+        ApiClient::new(self.run_dir(id).join(API_SOCK), API_TIMEOUT)
+    }
+
+    /// The guest channel's state as this runtime sees it.
+    pub fn guest_channel(&self, id: &str) -> ChannelStatus {
+        self.channels.status(id)
+    }
+
+    /// Firecracker's `GET /` (describe-instance): `{"id", "state", "vmm_version", "app_name"}`.
+    pub fn describe(&self, id: &str) -> Result<serde_json::Value, VmmError> {
+        validate_id(id)?;
+        self.api(id).get("/").map_err(|e| api_failed(id, e))
+    }
+
+    /// The VM's metrics: flushes them (`FlushMetrics`) and returns the newest JSON object of the
+    /// metrics file. Before `InstanceStart` Firecracker refuses the flush; the last object
+    /// written (if any) is returned then.
+    pub fn metrics(&self, id: &str) -> Result<serde_json::Value, VmmError> {
+        validate_id(id)?;
+        if self.live_process(id)?.is_some() {
+            let _ = self.api(id).put(
+                "/actions",
+                &Action {
+                    action_type: "FlushMetrics",
+                },
+            );
+        }
+        let path = self.run_dir(id).join(METRICS_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(VmmError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(VmmError::State { path, source: e }),
+        };
+        last_json_object(&text).ok_or_else(|| VmmError::CorruptState {
+            path,
+            source: serde_json::Error::io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no complete metrics object yet",
+            )),
+        })
+    }
+
+    fn process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
+        let path = self.vm_dir(id).join(PID_FILE);
+        ProcessId::read(&path).map_err(state_err(path))
+    }
+
+    /// The VM's process if it is alive (a zombie of ours is given a moment to be reaped).
+    fn live_process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
+        let Some(p) = self.process(id)? else {
+            return Ok(None);
+        };
+        if !p.is_alive() {
+            wait_gone(p, Duration::from_millis(500));
+        }
+        Ok(p.is_alive().then_some(p))
+    }
+
+    fn ensure_channel(&self, id: &str) -> Result<(), VmmError> {
+        let path = self.run_dir(id).join(config::guest_channel_sock());
+        self.channels
+            .ensure(id, &path)
+            .map_err(|source| VmmError::State { path, source })
+    }
+
+    fn check(&self, cfg: &LaunchConfig) -> Result<PathBuf, VmmError> {
+        validate_id(&cfg.id)?;
+        let invalid = |what: String| VmmError::InvalidConfig {
+            id: cfg.id.clone(),
+            what,
+        };
+        if cfg.accel != Accel::Kvm {
+            return Err(invalid(
+                "firecracker runs on KVM only (accel must be kvm)".into(),
+            ));
+        }
+        if cfg.vcpus == 0 || cfg.vcpus > 32 {
+            return Err(invalid("vcpus must be 1..=32 for firecracker".into()));
+        }
+        if cfg.memory_mib < 32 {
+            return Err(invalid("memory_mib must be at least 32".into()));
+        }
+        let kernel = match &cfg.image.vmlinux {
+            Some(k) if k.is_file() => k.clone(),
+            _ => {
+                return Err(invalid(
+                    "image has no uncompressed vmlinux (needed by firecracker)".into(),
+                ))
+            }
+        };
+        if !cfg.image.initrd.is_file() {
+            return Err(invalid("image initrd missing".into()));
+        }
+        if config::boot_args(cfg).len() >= MAX_CMDLINE {
+            return Err(invalid(
+                "command too long for the kernel command line".into(),
+            ));
+        }
+        if cfg
+            .disks
+            .iter()
+            .filter(|d| d.role == DiskRole::Root)
+            .count()
+            > 1
+        {
+            return Err(invalid("at most one root disk".into()));
+        }
+        for (i, d) in cfg.disks.iter().enumerate() {
+            if !d.path.is_file() {
+                return Err(invalid(format!(
+                    "disk {i}: {} is not a file",
+                    d.path.display()
+                )));
+            }
+        }
+        Ok(kernel)
+    }
+
+    /// Creates the state directory, clears what a previous process left and records the config.
+    /// `fresh_console`: truncate the console (a boot) rather than append (a restore).
+    fn prepare_dir(&self, cfg: &LaunchConfig, fresh_console: bool) -> Result<PathBuf, VmmError> {
+        let dir = self.vm_dir(&cfg.id);
+        fs::create_dir_all(&dir).map_err(state_err(&dir))?;
+        let run = self.run_dir(&cfg.id);
+        for stale in [
+            dir.join(PID_FILE),
+            dir.join(EXIT_FILE),
+            run.join(API_SOCK),
+            run.join(VSOCK_SOCK),
+        ] {
+            match fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(VmmError::State {
+                        path: stale,
+                        source: e,
+                    })
+                }
+            }
+        }
+        snapshot::remove_stale_tmp(&dir);
+        if fresh_console {
+            let console = dir.join(CONSOLE_LOG);
+            File::create(&console).map_err(state_err(&console))?;
+        }
+        let bytes = serde_json::to_vec_pretty(cfg).map_err(|e| VmmError::CorruptState {
+            path: dir.join(CONFIG_FILE),
+            source: e,
+        })?;
+        write_atomic(&dir.join(CONFIG_FILE), &bytes)?;
+        Ok(dir)
+    }
+
+    /// Starts the Firecracker process (not yet configured) and waits for its API socket.
+    fn spawn(&self, cfg: &LaunchConfig, dir: &Path) -> Result<ProcessId, VmmError> {
+        let console_path = dir.join(CONSOLE_LOG);
+        let console = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&console_path)
+            .map_err(state_err(&console_path))?;
+        let console2 = console.try_clone().map_err(state_err(&console_path))?;
+        let run = self.run_dir(&cfg.id);
+        let mut cmd = match &self.jailer {
+            None => {
+                let mut c = Command::new(&self.firecracker);
+                c.args(["--api-sock", API_SOCK, "--id", &cfg.id])
+                    .current_dir(dir);
+                c
+            }
+            Some(j) => jailer_command(j, &self.firecracker, &cfg.id),
+        };
+        cmd.stdin(Stdio::null()).stdout(console).stderr(console2);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let binary = self
+            .jailer
+            .as_ref()
+            .map_or_else(|| self.firecracker.clone(), |j| j.jailer_bin.clone());
+        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            id: cfg.id.clone(),
+            binary: binary.clone(),
+            source,
+        })?;
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        let Some(proc_id) = ProcessId::of(pid) else {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(VmmError::EarlyExit {
+                id: cfg.id.clone(),
+                status,
+                log: log_tail(&console_path),
+            });
+        };
+        let pid_path = dir.join(PID_FILE);
+        if let Err(e) = write_atomic(&pid_path, proc_id.to_file_contents().as_bytes()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        // The reaper: waits for the child, records how it ended.
+        let exit_path = dir.join(EXIT_FILE);
+        let spawned = std::thread::Builder::new()
+            .name(format!("reap-{}", cfg.id))
+            .spawn(move || {
+                if let Ok(status) = child.wait() {
+                    let text = match (status.code(), status.signal()) {
+                        (Some(c), _) => format!("exit status: {c}"),
+                        (None, Some(s)) => format!("killed by signal {s}"),
+                        _ => status.to_string(),
+                    };
+                    let tmp = exit_path.with_extension("tmp");
+                    let record = format!("{}{text}\n", proc_id.to_file_contents());
+                    if fs::write(&tmp, record).is_ok() {
+                        let _ = fs::rename(&tmp, &exit_path);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            proc_id.signal(libc::SIGKILL);
+            return Err(VmmError::Spawn {
+                id: cfg.id.clone(),
+                binary,
+                source: e,
+            });
+        }
+        let api_path = run.join(API_SOCK);
+        let up = wait_until(Instant::now() + START_TIMEOUT, || {
+            !proc_id.is_alive() || UnixStream::connect(&api_path).is_ok()
+        });
+        if !proc_id.is_alive() {
+            wait_gone(proc_id, Duration::from_secs(2));
+            let status = fs::read_to_string(dir.join(EXIT_FILE))
+                .ok()
+                .and_then(|s| s.split_once('\n').map(|(_, t)| t.trim().to_string()))
+                .unwrap_or_else(|| "exited".into());
+            return Err(VmmError::EarlyExit {
+                id: cfg.id.clone(),
+                status,
+                log: log_tail(&console_path),
+            });
+        }
+        if !up {
+            kill_and_reap(proc_id);
+            return Err(VmmError::StartTimeout {
+                id: cfg.id.clone(),
+                secs: START_TIMEOUT.as_secs(),
+            });
+        }
+        Ok(proc_id)
+    }
+
+    /// Logger and metrics: the first requests to every new process (also before a snapshot
+    /// load, which accepts nothing else before it).
+    fn configure_observability(&self, id: &str) -> Result<(), VmmError> {
+        let run = self.run_dir(id);
+        for name in [FC_LOG, METRICS_FILE] {
+            // Firecracker opens these without O_CREAT.
+            let p = run.join(name);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(state_err(&p))?;
+            self.chown_for_jail(&p)?;
+        }
+        let api = self.api(id);
+        api.put(
+            "/logger",
+            &Logger {
+                log_path: FC_LOG.into(),
+                level: "Info".into(),
+                show_level: true,
+                show_log_origin: false,
+            },
+        )
+        .map_err(|e| api_failed(id, e))?;
+        api.put(
+            "/metrics",
+            &Metrics {
+                metrics_path: METRICS_FILE.into(),
+            },
+        )
+        .map_err(|e| api_failed(id, e))
+    }
+
+    /// Configures a fresh process for a boot and starts the guest.
+    fn configure_and_start(&self, cfg: &LaunchConfig, kernel: &Path) -> Result<(), VmmError> {
+        let id = &cfg.id;
+        self.configure_observability(id)?;
+        let (kernel, cfg) = self.jail_files(cfg, kernel)?;
+        let api = self.api(id);
+        for (path, body) in config::boot_requests(&cfg, &kernel) {
+            api.put(&path, &body).map_err(|e| VmmError::InvalidConfig {
+                id: id.clone(),
+                what: e.to_string(),
+            })?;
+        }
+        self.ensure_channel(id)?;
+        api.put(
+            "/actions",
+            &Action {
+                action_type: "InstanceStart",
+            },
+        )
+        .map_err(|e| api_failed(id, e))
+    }
+
+    fn set_state(&self, id: &str, state: &'static str) -> Result<(), VmmError> {
+        validate_id(id)?;
+        if self.live_process(id)?.is_none() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        self.api(id)
+            .patch("/vm", &VmState { state })
+            .map_err(|e| api_failed(id, e))
+    }
+
+    fn is_paused(&self, id: &str) -> bool {
+        self.api(id)
+            .get("/")
+            .ok()
+            .is_some_and(|v| v["state"] == "Paused")
+    }
+}
+
+/// The last complete JSON object in a file of concatenated objects (Firecracker writes one per
+/// flush, each on its own line).
+fn last_json_object(text: &str) -> Option<serde_json::Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .map_while(Result::ok)
+        .last()
+}
+
+fn kill_and_reap(p: ProcessId) {
+    p.signal(libc::SIGKILL);
+    wait_gone(p, Duration::from_secs(5));
+}
+
+// ---- jailer ----
+
+fn jail_root(j: &JailerConfig, firecracker: &Path, id: &str) -> PathBuf {
+    let exec_name = firecracker.file_name().map_or_else(
+        || "firecracker".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    j.chroot_base_dir.join(exec_name).join(id).join("root")
+}
+
+fn jailer_command(j: &JailerConfig, firecracker: &Path, id: &str) -> Command {
+    let mut c = Command::new(&j.jailer_bin);
+    c.arg("--id")
+        .arg(id)
+        .arg("--exec-file")
+        .arg(firecracker)
+        .arg("--uid")
+        .arg(j.uid.to_string())
+        .arg("--gid")
+        .arg(j.gid.to_string())
+        .arg("--chroot-base-dir")
+        .arg(&j.chroot_base_dir)
+        .args(["--", "--api-sock", API_SOCK]);
+    c
+}
+
+impl FirecrackerRuntime {
+    fn chown_for_jail(&self, p: &Path) -> Result<(), VmmError> {
+        if let Some(j) = &self.jailer {
+            std::os::unix::fs::chown(p, Some(j.uid), Some(j.gid)).map_err(state_err(p))?;
+        }
+        Ok(())
+    }
+
+    /// Under the jailer, Firecracker sees only its chroot: hard-links the kernel, initrd and
+    /// disks into it and returns the config with paths as Firecracker sees them.
+    fn jail_files(
+        &self,
+        cfg: &LaunchConfig,
+        kernel: &Path,
+    ) -> Result<(PathBuf, LaunchConfig), VmmError> {
+        if self.jailer.is_none() {
+            return Ok((kernel.to_path_buf(), cfg.clone()));
+        }
+        let root = self.run_dir(&cfg.id);
+        let link = |src: &Path, name: &str| -> Result<PathBuf, VmmError> {
+            let dst = root.join(name);
+            let _ = fs::remove_file(&dst);
+            fs::hard_link(src, &dst)
+                .or_else(|_| fs::copy(src, &dst).map(drop))
+                .map_err(state_err(&dst))?;
+            self.chown_for_jail(&dst)?;
+            Ok(PathBuf::from(name))
+        };
+        let kernel = link(kernel, "vmlinux")?;
+        let mut jailed = cfg.clone();
+        jailed.image.initrd = link(&cfg.image.initrd, "initrd.img")?;
+        for (i, d) in jailed.disks.iter_mut().enumerate() {
+            d.path = link(&d.path, &format!("disk{i}.img"))?;
+        }
+        Ok((kernel, jailed))
+    }
+}
+
+impl Runtime for FirecrackerRuntime {
+    fn name(&self) -> &'static str {
+        "firecracker"
+    }
+
+    fn launch(&self, cfg: &LaunchConfig) -> Result<VmProcessInfo, VmmError> {
+        let kernel = self.check(cfg)?;
+        let dir = self.vm_dir(&cfg.id);
+        if let Some(p) = self.live_process(&cfg.id)? {
+            // Re-adopted: listen for the guest channel again in this process.
+            self.ensure_channel(&cfg.id)?;
+            return Ok(VmProcessInfo {
+                id: cfg.id.clone(),
+                pid: p.pid,
+                start_time: p.start_time,
+                state_dir: dir,
+                already_running: true,
+            });
+        }
+        self.channels.close(&cfg.id);
+        self.prepare_dir(cfg, true)?;
+        let p = self.spawn(cfg, &dir)?;
+        if let Err(e) = self.configure_and_start(cfg, &kernel) {
+            kill_and_reap(p);
+            self.channels.close(&cfg.id);
+            return Err(e);
+        }
+        Ok(VmProcessInfo {
+            id: cfg.id.clone(),
+            pid: p.pid,
+            start_time: p.start_time,
+            state_dir: dir,
+            already_running: false,
+        })
+    }
+
+    fn list(&self) -> Result<Vec<String>, VmmError> {
+        let mut ids = Vec::new();
+        let entries = fs::read_dir(&self.state_root).map_err(state_err(&self.state_root))?;
+        for e in entries {
+            let e = e.map_err(state_err(&self.state_root))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if valid_name(&name) && e.path().join(CONFIG_FILE).is_file() {
+                ids.push(name);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn observe(&self, id: &str) -> Result<Observation, VmmError> {
+        validate_id(id)?;
+        let dir = self.vm_dir(id);
+        if !dir.is_dir() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        let p = self.process(id)?;
+        let running = p.is_some_and(|p| p.is_alive());
+        if running {
+            // After a restart, listen for the guest channel again.
+            let _ = self.ensure_channel(id);
+        }
+        let console_path = dir.join(CONSOLE_LOG);
+        let console = match fs::read(&console_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(VmmError::State {
+                    path: console_path,
+                    source: e,
+                })
+            }
+        };
+        let (mut ready, mut exit_code, mut powering_off) = (false, None, false);
+        for line in String::from_utf8_lossy(&console).lines() {
+            match parse_line(line) {
+                Some(ConsoleEvent::Ready) => ready = true,
+                Some(ConsoleEvent::ExitStatus(c)) => exit_code = Some(c),
+                Some(ConsoleEvent::PoweringOff) => powering_off = true,
+                None => {}
+            }
+        }
+        let vmm_exit = fs::read_to_string(dir.join(EXIT_FILE)).ok().and_then(|s| {
+            let (who, text) = s.split_once('\n')?;
+            (p.is_some() && ProcessId::parse(who) == p).then(|| text.trim().to_string())
+        });
+        Ok(Observation {
+            id: id.to_string(),
+            pid: p.map(|p| p.pid),
+            running,
+            guest_ready: ready || self.channels.status(id).ready,
+            guest_exit_code: exit_code,
+            powered_off: powering_off && !running,
+            vmm_exit,
+            paused: running && self.is_paused(id),
+        })
+    }
+
+    fn stop(&self, id: &str, grace: Duration) -> Result<(), VmmError> {
+        validate_id(id)?;
+        let Some(p) = self.process(id)? else {
+            self.channels.close(id);
+            return Ok(());
+        };
+        if !p.is_alive() {
+            wait_gone(p, Duration::from_secs(2));
+            self.channels.close(id);
+            return Ok(());
+        }
+        if !grace.is_zero() {
+            let deadline = Instant::now() + grace;
+            if self.is_paused(id) {
+                // A paused guest cannot act on a request: let it run to shut down.
+                let _ = self.api(id).patch("/vm", &VmState { state: "Resumed" });
+            }
+            if !self.channels.send(id, &Message::Shutdown) {
+                // No guest channel: Ctrl+Alt+Del through the i8042 (with `reboot=k` the guest
+                // resets, and Firecracker exits on a guest reset).
+                let _ = self.api(id).put(
+                    "/actions",
+                    &Action {
+                        action_type: "SendCtrlAltDel",
+                    },
+                );
+            }
+            wait_until(deadline, || !p.is_alive());
+        }
+        if p.is_alive() {
+            p.signal(libc::SIGKILL);
+            if !wait_until(Instant::now() + Duration::from_secs(5), || !p.is_alive()) {
+                return Err(VmmError::Unkillable {
+                    id: id.to_string(),
+                    pid: p.pid,
+                });
+            }
+        }
+        wait_gone(p, Duration::from_secs(2));
+        self.channels.close(id);
+        Ok(())
+    }
+
+    fn console(&self, id: &str, offset: u64, max: usize) -> Result<ConsoleChunk, VmmError> {
+        validate_id(id)?;
+        let dir = self.vm_dir(id);
+        if !dir.is_dir() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        let path = dir.join(CONSOLE_LOG);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(ConsoleChunk {
+                    data: Vec::new(),
+                    next_offset: offset,
+                })
+            }
+            Err(e) => return Err(VmmError::State { path, source: e }),
+        };
+        f.seek(SeekFrom::Start(offset)).map_err(state_err(&path))?;
+        let mut data = Vec::with_capacity(max.min(1 << 20));
+        f.take(max as u64)
+            .read_to_end(&mut data)
+            .map_err(state_err(&path))?;
+        Ok(ConsoleChunk {
+            next_offset: offset + data.len() as u64,
+            data,
+        })
+    }
+
+    fn remove(&self, id: &str) -> Result<(), VmmError> {
+        validate_id(id)?;
+        let dir = self.vm_dir(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        self.stop(id, REMOVE_GRACE)?;
+        if self.jailer.is_some() {
+            if let Some(jail) = self.run_dir(id).parent() {
+                let _ = fs::remove_dir_all(jail);
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(VmmError::State {
+                        path: dir,
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    fn pause(&self, id: &str) -> Result<(), VmmError> {
+        self.set_state(id, "Paused")
+    }
+
+    fn resume(&self, id: &str) -> Result<(), VmmError> {
+        self.set_state(id, "Resumed")
+    }
+
+    fn snapshot(&self, id: &str, name: &str, leave_paused: bool) -> Result<SnapshotInfo, VmmError> {
+        self.snapshot_vm(id, name, leave_paused)
+    }
+
+    fn restore(&self, cfg: &LaunchConfig, snapshot: &Path) -> Result<VmProcessInfo, VmmError> {
+        self.restore_vm(cfg, snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_vms_are_not_found_and_stop_remove_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = FirecrackerRuntime::new(
+            dir.path().to_path_buf(),
+            "/nonexistent/firecracker".into(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(rt.name(), "firecracker");
+        assert!(matches!(rt.observe("nope"), Err(VmmError::NotFound(_))));
+        assert!(matches!(rt.observe("a/b"), Err(VmmError::InvalidId(_))));
+        rt.stop("nope", Duration::from_secs(1)).unwrap();
+        rt.remove("nope").unwrap();
+        assert!(rt.list().unwrap().is_empty());
+        assert!(matches!(rt.pause("nope"), Err(VmmError::NotFound(_))));
+    }
+
+    #[test]
+    fn reads_the_newest_metrics_object() {
+        let text = "{\"utc_timestamp_ms\":1}\n{\"utc_timestamp_ms\":2}\n{\"utc_tim";
+        assert_eq!(
+            last_json_object(text).unwrap()["utc_timestamp_ms"],
+            serde_json::json!(2)
+        );
+        assert!(last_json_object("").is_none());
+    }
+
+    #[test]
+    fn jail_paths() {
+        let j = JailerConfig {
+            jailer_bin: "/usr/bin/jailer".into(),
+            uid: 123,
+            gid: 100,
+            chroot_base_dir: "/srv/jailer".into(),
+        };
+        assert_eq!(
+            jail_root(&j, Path::new("/usr/bin/firecracker"), "vm1"),
+            PathBuf::from("/srv/jailer/firecracker/vm1/root")
+        );
+        let c = jailer_command(&j, Path::new("/usr/bin/firecracker"), "vm1");
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            "--id vm1 --exec-file /usr/bin/firecracker --uid 123 --gid 100 \
+             --chroot-base-dir /srv/jailer -- --api-sock api.sock"
+        );
+    }
+}

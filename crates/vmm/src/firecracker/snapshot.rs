@@ -1,0 +1,334 @@
+//! Snapshots: `PATCH /vm Paused` + `PUT /snapshot/create` (Full), and restore into a fresh
+//! process with `PUT /snapshot/load`.
+//!
+//! # Layout and atomicity
+//! `snapshots/<name>/{vmstate, memory, disk<N>, manifest.json}`. Everything is written into
+//! `snapshots/.tmp-<name>-<pid>/`, the files are fsynced, `manifest.json` is written last, then
+//! the directory is renamed to `snapshots/<name>` and `snapshots/` fsynced. A directory without
+//! `manifest.json`, or a dot-directory, is never a snapshot; leftovers of a crashed snapshot are
+//! removed at the next launch.
+//!
+//! Firecracker does not snapshot disks, and cannot relocate drives on load (it reopens the
+//! `path_on_host` recorded in the state file), so the writable disks are copied into the
+//! snapshot while the VM is paused, and a restore writes them back to the same paths.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::config::{self, SnapshotCreate, VmState, SNAPSHOTS_DIR};
+use super::{api_failed, kill_and_reap, valid_name, validate_id, write_atomic, FirecrackerRuntime};
+use crate::runtime::{LaunchConfig, SnapshotInfo, VmProcessInfo, VmmError};
+
+/// The device and vCPU state file.
+pub const VMSTATE_FILE: &str = "vmstate";
+/// The guest memory file.
+pub const MEMORY_FILE: &str = "memory";
+/// The manifest, written last.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// What `manifest.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotManifest {
+    /// `firecracker`.
+    pub backend: String,
+    /// The snapshot.
+    pub info: SnapshotInfo,
+    /// The VM's launch config when it was taken.
+    pub config: LaunchConfig,
+    /// Firecracker's version (`GET /version`), when known.
+    #[serde(default)]
+    pub vmm_version: Option<String>,
+    /// Disk copies, `(file in the snapshot, path the VM uses)`.
+    #[serde(default)]
+    pub disks: Vec<(String, PathBuf)>,
+}
+
+fn err(path: &Path) -> impl FnOnce(io::Error) -> VmmError + '_ {
+    move |source| VmmError::State {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), VmmError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Removes unfinished snapshot directories (`snapshots/.tmp-*`) of a VM.
+pub(super) fn remove_stale_tmp(vm_dir: &Path) {
+    let Ok(entries) = fs::read_dir(vm_dir.join(SNAPSHOTS_DIR)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Reads and checks a snapshot directory.
+pub fn read_manifest(dir: &Path) -> Result<SnapshotManifest, VmmError> {
+    let invalid = |what: String| VmmError::InvalidSnapshot {
+        path: dir.to_path_buf(),
+        what,
+    };
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(invalid("no manifest.json (incomplete snapshot)".into()))
+        }
+        Err(e) => return Err(VmmError::State { path, source: e }),
+    };
+    let m: SnapshotManifest =
+        serde_json::from_slice(&bytes).map_err(|source| VmmError::CorruptState { path, source })?;
+    if m.backend != "firecracker" {
+        return Err(invalid(format!("taken by backend {:?}", m.backend)));
+    }
+    for f in [VMSTATE_FILE, MEMORY_FILE]
+        .into_iter()
+        .chain(m.disks.iter().map(|(f, _)| f.as_str()))
+    {
+        if !dir.join(f).is_file() {
+            return Err(invalid(format!("{f} missing")));
+        }
+    }
+    Ok(m)
+}
+
+impl FirecrackerRuntime {
+    fn snapshot_unsupported_in_jail(&self, id: &str, op: &'static str) -> Result<(), VmmError> {
+        if self.jailer.is_some() {
+            return Err(VmmError::Unsupported {
+                backend: "firecracker (jailed)",
+                op,
+                id: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn snapshot_vm(
+        &self,
+        id: &str,
+        name: &str,
+        leave_paused: bool,
+    ) -> Result<SnapshotInfo, VmmError> {
+        validate_id(id)?;
+        self.snapshot_unsupported_in_jail(id, "snapshot")?;
+        let dir = self.vm_dir(id);
+        if !valid_name(name) {
+            return Err(VmmError::InvalidSnapshot {
+                path: dir.join(SNAPSHOTS_DIR).join(name),
+                what: "invalid snapshot name".into(),
+            });
+        }
+        if self.live_process(id)?.is_none() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        let cfg_path = dir.join(config::CONFIG_FILE);
+        let cfg: LaunchConfig = serde_json::from_slice(
+            &fs::read(&cfg_path).map_err(err(&cfg_path))?,
+        )
+        .map_err(|source| VmmError::CorruptState {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let snaps = dir.join(SNAPSHOTS_DIR);
+        let final_dir = snaps.join(name);
+        if final_dir.exists() {
+            return Err(VmmError::InvalidSnapshot {
+                path: final_dir,
+                what: "a snapshot with this name exists".into(),
+            });
+        }
+        let tmp_name = format!(".tmp-{name}-{}", std::process::id());
+        let tmp = snaps.join(&tmp_name);
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(err(&tmp))?;
+
+        let api = self.api(id);
+        let was_paused = self.is_paused(id);
+        let started = Instant::now();
+        let result = (|| -> Result<Vec<(String, PathBuf)>, VmmError> {
+            if !was_paused {
+                api.patch("/vm", &VmState { state: "Paused" })
+                    .map_err(|e| api_failed(id, e))?;
+            }
+            // Relative to Firecracker's working directory, the state directory.
+            let rel = Path::new(SNAPSHOTS_DIR).join(&tmp_name);
+            api.put(
+                "/snapshot/create",
+                &SnapshotCreate {
+                    snapshot_type: "Full",
+                    snapshot_path: rel.join(VMSTATE_FILE).to_string_lossy().into_owned(),
+                    mem_file_path: rel.join(MEMORY_FILE).to_string_lossy().into_owned(),
+                },
+            )
+            .map_err(|e| VmmError::Migration {
+                id: id.to_string(),
+                what: e.to_string(),
+            })?;
+            let mut disks = Vec::new();
+            for (i, d) in cfg.disks.iter().enumerate().filter(|(_, d)| !d.read_only) {
+                let f = format!("disk{i}");
+                fs::copy(&d.path, tmp.join(&f)).map_err(err(&d.path))?;
+                disks.push((f, d.path.clone()));
+            }
+            Ok(disks)
+        })();
+        let pause_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if !leave_paused && !was_paused {
+            let resumed = api.patch("/vm", &VmState { state: "Resumed" });
+            if let (Ok(_), Err(e)) = (&result, resumed) {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(api_failed(id, e));
+            }
+        }
+        let disks = match result {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let publish = || -> Result<SnapshotInfo, VmmError> {
+            let mut bytes = 0;
+            for e in fs::read_dir(&tmp).map_err(err(&tmp))? {
+                let e = e.map_err(err(&tmp))?;
+                let p = e.path();
+                let f = File::open(&p).map_err(err(&p))?;
+                f.sync_all().map_err(err(&p))?;
+                bytes += f.metadata().map_err(err(&p))?.len();
+            }
+            let info = SnapshotInfo {
+                name: name.to_string(),
+                dir: final_dir.clone(),
+                bytes,
+                created_unix_ms: now_ms(),
+                pause_ms,
+            };
+            let manifest = SnapshotManifest {
+                backend: "firecracker".into(),
+                info: info.clone(),
+                config: cfg.clone(),
+                vmm_version: api
+                    .get("/version")
+                    .ok()
+                    .and_then(|v| v["firecracker_version"].as_str().map(str::to_string)),
+                disks: disks.clone(),
+            };
+            let json =
+                serde_json::to_vec_pretty(&manifest).map_err(|source| VmmError::CorruptState {
+                    path: tmp.join(MANIFEST_FILE),
+                    source,
+                })?;
+            write_atomic(&tmp.join(MANIFEST_FILE), &json)?;
+            sync_dir(&tmp)?;
+            fs::rename(&tmp, &final_dir).map_err(err(&final_dir))?;
+            sync_dir(&snaps)?;
+            Ok(info)
+        };
+        publish().inspect_err(|_| {
+            let _ = fs::remove_dir_all(&tmp);
+        })
+    }
+
+    pub(super) fn restore_vm(
+        &self,
+        cfg: &LaunchConfig,
+        snapshot: &Path,
+    ) -> Result<VmProcessInfo, VmmError> {
+        validate_id(&cfg.id)?;
+        self.snapshot_unsupported_in_jail(&cfg.id, "restore")?;
+        let snapshot = fs::canonicalize(snapshot).map_err(err(snapshot))?;
+        let m = read_manifest(&snapshot)?;
+        let invalid = |what: String| VmmError::InvalidSnapshot {
+            path: snapshot.clone(),
+            what,
+        };
+        if m.config.memory_mib != cfg.memory_mib || m.config.vcpus != cfg.vcpus {
+            return Err(invalid(format!(
+                "taken with {} vCPUs and {} MiB, restore asks for {} and {}",
+                m.config.vcpus, m.config.memory_mib, cfg.vcpus, cfg.memory_mib
+            )));
+        }
+        let recorded: Vec<&Path> = m.config.disks.iter().map(|d| d.path.as_path()).collect();
+        let asked: Vec<&Path> = cfg.disks.iter().map(|d| d.path.as_path()).collect();
+        if recorded != asked {
+            return Err(invalid(
+                "firecracker reopens the disk paths recorded in the snapshot; the restore must \
+                 use the same paths"
+                    .into(),
+            ));
+        }
+        if self.live_process(&cfg.id)?.is_some() {
+            return Err(VmmError::InvalidConfig {
+                id: cfg.id.clone(),
+                what: "the VM is running on this host".into(),
+            });
+        }
+        for (f, path) in &m.disks {
+            fs::copy(snapshot.join(f), path).map_err(err(path))?;
+        }
+        self.channels.close(&cfg.id);
+        let dir = self.prepare_dir(cfg, false)?;
+        let p = self.spawn(cfg, &dir)?;
+        let load = || -> Result<(), VmmError> {
+            self.configure_observability(&cfg.id)?;
+            // Listen before the guest can reconnect (its vsock transport is reset on load).
+            self.ensure_channel(&cfg.id)?;
+            let body = config::snapshot_load(
+                cfg,
+                &snapshot.join(VMSTATE_FILE),
+                &snapshot.join(MEMORY_FILE),
+            );
+            self.api(&cfg.id)
+                .put("/snapshot/load", &body)
+                .map_err(|e| VmmError::Migration {
+                    id: cfg.id.clone(),
+                    what: e.to_string(),
+                })
+        };
+        if let Err(e) = load() {
+            kill_and_reap(p);
+            self.channels.close(&cfg.id);
+            return Err(e);
+        }
+        Ok(VmProcessInfo {
+            id: cfg.id.clone(),
+            pid: p.pid,
+            start_time: p.start_time,
+            state_dir: dir,
+            already_running: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incomplete_snapshots_are_refused_and_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join(SNAPSHOTS_DIR).join("s1");
+        fs::create_dir_all(&snap).unwrap();
+        fs::write(snap.join(VMSTATE_FILE), b"x").unwrap();
+        fs::write(snap.join(MEMORY_FILE), b"x").unwrap();
+        let e = read_manifest(&snap).unwrap_err();
+        assert!(e.to_string().contains("no manifest.json"), "{e}");
+        let tmp = dir.path().join(SNAPSHOTS_DIR).join(".tmp-s2-1");
+        fs::create_dir_all(&tmp).unwrap();
+        remove_stale_tmp(dir.path());
+        assert!(!tmp.exists() && snap.exists());
+    }
+}

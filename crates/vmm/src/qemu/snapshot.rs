@@ -1,0 +1,716 @@
+//! Pause/resume, snapshots and restore for the QEMU backend.
+//!
+//! # Snapshot layout
+//! `<state dir>/snapshots/<name>/` holds `vmstate.bin` (QEMU's migration stream: memory and
+//! device state), `disk-<index>.<format>` (a copy of each writable disk, taken while the guest
+//! was paused; read-only disks and the bases of qcow2 overlays are referenced by path, not
+//! copied) and `manifest.json` ([`SnapshotManifest`]: the launch config, the exact kernel command
+//! line, the QEMU version, creation time and the size of every file).
+//!
+//! # Crash safety
+//! Everything is written into `snapshots/.tmp-<name>-<pid>/`; the manifest is written last,
+//! the files and the directory are fsynced, and only then is the directory renamed to
+//! `snapshots/<name>` (and `snapshots/` fsynced). A directory without a manifest, with a file
+//! whose size differs from the manifest's, or whose name starts with `.` is refused by
+//! [`verify_snapshot`] and so by restore. Stale `.tmp-*` directories (their pid is gone) are
+//! removed by the next snapshot or launch of the VM.
+//!
+//! # Saving and loading
+//! The migration stream goes through a file descriptor we open and hand to QEMU with QMP
+//! `getfd` (`fd:` URI), never `exec:`, which a `-sandbox spawn=deny` QEMU cannot run. Restore
+//! starts QEMU with the same machine and device command line plus `-incoming defer`, then
+//! `migrate-incoming`, then `cont`.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::disk::{backing_file, detect_format, DiskFormat};
+use crate::runtime::{LaunchConfig, SnapshotInfo, VmProcessInfo, VmmError};
+
+use super::cmdline::{self, ArgOptions, CONFIG_FILE, QMP_SOCK, SNAPSHOTS_DIR};
+use super::qmp::Qmp;
+use super::{qemu_version, state_err, validate_id, QemuRuntime};
+
+/// The manifest, written last.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The migration stream.
+pub const VMSTATE_FILE: &str = "vmstate.bin";
+/// The manifest format this code writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+const TMP_PREFIX: &str = ".tmp-";
+/// `migrate-set-parameters max-bandwidth` for snapshots, bytes/s (the default, 32 MiB/s, would
+/// make a 256 MiB guest take seconds).
+const MAX_BANDWIDTH: u64 = 100 << 30;
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+const FD_NAME: &str = "firefleet-snapshot";
+
+/// One file of a snapshot and its size.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotFile {
+    /// The file name inside the snapshot directory.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// How a disk of the VM is kept in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotDisk {
+    /// Position in the VM's disk list.
+    pub index: usize,
+    /// The disk's path when the snapshot was taken.
+    pub source: PathBuf,
+    /// Its format.
+    pub format: DiskFormat,
+    /// Attached read-only (then referenced, not copied).
+    pub read_only: bool,
+    /// The copy inside the snapshot directory (writable disks).
+    pub copy: Option<String>,
+    /// The backing file of a qcow2 overlay, referenced.
+    pub backing: Option<PathBuf>,
+}
+
+/// `manifest.json` of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotManifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: u32,
+    /// The snapshot's name.
+    pub name: String,
+    /// The VM it was taken from.
+    pub vm_id: String,
+    /// The VM's launch config.
+    pub config: LaunchConfig,
+    /// The kernel command line the VM was booted with (restore passes it verbatim).
+    pub kernel_cmdline: String,
+    /// `qemu-system-x86_64 -version`, first line.
+    pub qemu_version: String,
+    /// When it was taken (milliseconds since the Unix epoch).
+    pub created_unix_ms: u64,
+    /// How long the VM was paused for it.
+    pub pause_ms: u64,
+    /// Every file besides the manifest, with its size.
+    pub files: Vec<SnapshotFile>,
+    /// The VM's disks.
+    pub disks: Vec<SnapshotDisk>,
+}
+
+fn invalid(path: &Path, what: impl Into<String>) -> VmmError {
+    VmmError::InvalidSnapshot {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn fsync_dir(path: &Path) -> Result<(), VmmError> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(state_err(path))
+}
+
+/// Copies `from` to `to` and fsyncs the copy.
+fn copy_synced(from: &Path, to: &Path) -> Result<u64, VmmError> {
+    let n = fs::copy(from, to).map_err(state_err(from))?;
+    File::open(to)
+        .and_then(|f| f.sync_all())
+        .map_err(state_err(to))?;
+    Ok(n)
+}
+
+/// Checks that `dir` is a complete snapshot: not a temporary directory, a readable manifest of
+/// a known format, and every listed file present with its recorded size.
+pub fn verify_snapshot(dir: &Path) -> Result<SnapshotManifest, VmmError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    if name.starts_with('.') {
+        return Err(invalid(
+            dir,
+            "an unfinished snapshot (temporary directory): it was never completed",
+        ));
+    }
+    if !dir.is_dir() {
+        return Err(invalid(dir, "no such directory"));
+    }
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let bytes = match fs::read(&manifest_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(invalid(
+                dir,
+                format!("no {MANIFEST_FILE}: the snapshot is incomplete"),
+            ))
+        }
+        Err(e) => return Err(state_err(&manifest_path)(e)),
+    };
+    let m: SnapshotManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(dir, format!("{MANIFEST_FILE} is corrupt: {e}")))?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(invalid(
+            dir,
+            format!("manifest format {} is not supported", m.format),
+        ));
+    }
+    if !m.files.iter().any(|f| f.name == VMSTATE_FILE) {
+        return Err(invalid(
+            dir,
+            format!("the manifest lists no {VMSTATE_FILE}"),
+        ));
+    }
+    for f in &m.files {
+        if f.name.contains('/') || f.name.starts_with('.') {
+            return Err(invalid(dir, format!("bad file name {:?}", f.name)));
+        }
+        let path = dir.join(&f.name);
+        match fs::metadata(&path) {
+            Ok(md) if md.len() == f.size => {}
+            Ok(md) => {
+                return Err(invalid(
+                    dir,
+                    format!(
+                        "{} has {} bytes, the manifest says {}: truncated or corrupt",
+                        f.name,
+                        md.len(),
+                        f.size
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(invalid(dir, format!("{} is missing", f.name)))
+            }
+            Err(e) => return Err(state_err(&path)(e)),
+        }
+    }
+    for d in &m.disks {
+        if let Some(copy) = &d.copy {
+            if !m.files.iter().any(|f| &f.name == copy) {
+                return Err(invalid(dir, format!("disk copy {copy} is not listed")));
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Removes `snapshots/.tmp-*` directories of `vm_dir` left by snapshots that never finished:
+/// those whose process is gone, and the one of `current` (a snapshot name this process is about
+/// to write) if it is ours. Best effort.
+pub fn remove_stale_tmp(vm_dir: &Path, current: Option<&str>) {
+    let Ok(entries) = fs::read_dir(vm_dir.join(SNAPSHOTS_DIR)) else {
+        return;
+    };
+    let me = std::process::id();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+            continue;
+        };
+        let (snap, pid) = match rest.rsplit_once('-') {
+            Some((snap, pid)) => (snap, pid.parse::<u32>().ok()),
+            None => (rest, None),
+        };
+        let stale = match pid {
+            None => true,
+            Some(pid) if pid == me => current == Some(snap),
+            Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+        };
+        if stale {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Polls `query-migrate` every 5 ms until the migration completes or fails.
+fn wait_migration(qmp: &mut Qmp, id: &str) -> Result<(), VmmError> {
+    let deadline = Instant::now() + MIGRATION_TIMEOUT;
+    loop {
+        let v = qmp
+            .execute("query-migrate", None)
+            .map_err(|source| VmmError::Qmp {
+                id: id.to_string(),
+                command: "query-migrate".into(),
+                source,
+            })?;
+        match v.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some(s @ ("failed" | "cancelled")) => {
+                let desc = v
+                    .get("error-desc")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("no details");
+                return Err(VmmError::Migration {
+                    id: id.to_string(),
+                    what: format!("{s}: {desc}"),
+                });
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(VmmError::Migration {
+                id: id.to_string(),
+                what: format!("not done after {} s", MIGRATION_TIMEOUT.as_secs()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl QemuRuntime {
+    fn qmp_session(&self, id: &str, timeout: Duration) -> Result<Qmp, VmmError> {
+        Qmp::connect(&self.vm_dir(id).join(QMP_SOCK), timeout).map_err(|source| VmmError::Qmp {
+            id: id.to_string(),
+            command: "connect".into(),
+            source,
+        })
+    }
+
+    fn qmp_run(
+        qmp: &mut Qmp,
+        id: &str,
+        command: &str,
+        args: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, VmmError> {
+        qmp.execute(command, args).map_err(|source| VmmError::Qmp {
+            id: id.to_string(),
+            command: command.to_string(),
+            source,
+        })
+    }
+
+    fn require_running(&self, id: &str) -> Result<(), VmmError> {
+        validate_id(id)?;
+        if !self.vm_dir(id).is_dir() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        match self.live_process(id)? {
+            Some(_) => Ok(()),
+            None => Err(VmmError::InvalidConfig {
+                id: id.to_string(),
+                what: "the VM is not running".into(),
+            }),
+        }
+    }
+
+    /// Whether the vCPUs are stopped (QMP `query-status`; short timeout, for `observe`).
+    pub(crate) fn query_paused(&self, id: &str) -> Result<bool, VmmError> {
+        let mut qmp = self.qmp_session(id, Duration::from_millis(500))?;
+        let v = Self::qmp_run(&mut qmp, id, "query-status", None)?;
+        Ok(!v.get("running").and_then(|r| r.as_bool()).unwrap_or(true))
+    }
+
+    pub(crate) fn pause_vm(&self, id: &str) -> Result<(), VmmError> {
+        self.require_running(id)?;
+        let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
+        Self::qmp_run(&mut qmp, id, "stop", None).map(|_| ())
+    }
+
+    pub(crate) fn resume_vm(&self, id: &str) -> Result<(), VmmError> {
+        self.require_running(id)?;
+        let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
+        Self::qmp_run(&mut qmp, id, "cont", None).map(|_| ())
+    }
+
+    pub(crate) fn snapshot_vm(
+        &self,
+        id: &str,
+        name: &str,
+        leave_paused: bool,
+    ) -> Result<SnapshotInfo, VmmError> {
+        self.require_running(id)?;
+        validate_id(name).map_err(|_| VmmError::InvalidConfig {
+            id: id.to_string(),
+            what: format!("invalid snapshot name {name:?}"),
+        })?;
+        let dir = self.vm_dir(id);
+        let config_path = dir.join(CONFIG_FILE);
+        let cfg: LaunchConfig =
+            serde_json::from_slice(&fs::read(&config_path).map_err(state_err(&config_path))?)
+                .map_err(|source| VmmError::CorruptState {
+                    path: config_path.clone(),
+                    source,
+                })?;
+        let snaps = dir.join(SNAPSHOTS_DIR);
+        fs::create_dir_all(&snaps).map_err(state_err(&snaps))?;
+        remove_stale_tmp(&dir, Some(name));
+        let final_dir = snaps.join(name);
+        if final_dir.exists() {
+            return Err(VmmError::InvalidConfig {
+                id: id.to_string(),
+                what: format!("snapshot {name:?} already exists"),
+            });
+        }
+        let tmp = snaps.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
+        fs::create_dir(&tmp).map_err(state_err(&tmp))?;
+        match self.write_snapshot(id, name, &cfg, &tmp, leave_paused) {
+            Ok(mut info) => {
+                fs::rename(&tmp, &final_dir).map_err(state_err(&final_dir))?;
+                fsync_dir(&snaps)?;
+                info.dir = final_dir;
+                Ok(info)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything but the final rename: state, disk copies, manifest, fsyncs.
+    fn write_snapshot(
+        &self,
+        id: &str,
+        name: &str,
+        cfg: &LaunchConfig,
+        tmp: &Path,
+        leave_paused: bool,
+    ) -> Result<SnapshotInfo, VmmError> {
+        let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
+        let status = Self::qmp_run(&mut qmp, id, "query-status", None)?;
+        let was_running = status
+            .get("running")
+            .and_then(|r| r.as_bool())
+            .unwrap_or(false);
+        Self::qmp_run(
+            &mut qmp,
+            id,
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": MAX_BANDWIDTH })),
+        )?;
+        let state_path = tmp.join(VMSTATE_FILE);
+        let state_file = File::create(&state_path).map_err(state_err(&state_path))?;
+
+        let paused_at = Instant::now();
+        if was_running {
+            Self::qmp_run(&mut qmp, id, "stop", None)?;
+        }
+        let saved = self.save_paused(&mut qmp, id, cfg, tmp, &state_file);
+        // A VM that was running runs on unless asked to stay paused (or the save failed).
+        let resume = was_running && (!leave_paused || saved.is_err());
+        if resume {
+            Self::qmp_run(&mut qmp, id, "cont", None)?;
+        }
+        let pause_ms = ms(paused_at.elapsed());
+        drop(qmp);
+        let disks = saved?;
+
+        state_file.sync_all().map_err(state_err(&state_path))?;
+        drop(state_file);
+        let mut files = vec![SnapshotFile {
+            name: VMSTATE_FILE.into(),
+            size: fs::metadata(&state_path)
+                .map_err(state_err(&state_path))?
+                .len(),
+        }];
+        for d in &disks {
+            if let Some(copy) = &d.copy {
+                let p = tmp.join(copy);
+                let size = fs::metadata(&p).map_err(state_err(&p))?.len();
+                files.push(SnapshotFile {
+                    name: copy.clone(),
+                    size,
+                });
+            }
+        }
+        let created_unix_ms = unix_ms();
+        let manifest = SnapshotManifest {
+            format: MANIFEST_FORMAT,
+            name: name.to_string(),
+            vm_id: id.to_string(),
+            config: cfg.clone(),
+            kernel_cmdline: self.kernel_cmdline_of(cfg),
+            qemu_version: qemu_version(&self.qemu).unwrap_or_else(|| "unknown".into()),
+            created_unix_ms,
+            pause_ms,
+            files,
+            disks,
+        };
+        let json =
+            serde_json::to_vec_pretty(&manifest).map_err(|source| VmmError::CorruptState {
+                path: tmp.join(MANIFEST_FILE),
+                source,
+            })?;
+        let manifest_path = tmp.join(MANIFEST_FILE);
+        let mut f = File::create(&manifest_path).map_err(state_err(&manifest_path))?;
+        f.write_all(&json).map_err(state_err(&manifest_path))?;
+        f.sync_all().map_err(state_err(&manifest_path))?;
+        fsync_dir(tmp)?;
+        let bytes = manifest.files.iter().map(|f| f.size).sum::<u64>() + json.len() as u64;
+        Ok(SnapshotInfo {
+            name: name.to_string(),
+            dir: tmp.to_path_buf(),
+            bytes,
+            created_unix_ms,
+            pause_ms,
+        })
+    }
+
+    /// With the vCPUs stopped: migrate to the file, then copy the writable disks (QEMU has
+    /// flushed them when the migration completed).
+    fn save_paused(
+        &self,
+        qmp: &mut Qmp,
+        id: &str,
+        cfg: &LaunchConfig,
+        tmp: &Path,
+        state_file: &File,
+    ) -> Result<Vec<SnapshotDisk>, VmmError> {
+        qmp.send_fd(FD_NAME, state_file.as_fd())
+            .map_err(|source| VmmError::Qmp {
+                id: id.to_string(),
+                command: "getfd".into(),
+                source,
+            })?;
+        Self::qmp_run(
+            qmp,
+            id,
+            "migrate",
+            Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
+        )?;
+        wait_migration(qmp, id)?;
+        let mut disks = Vec::new();
+        for (index, d) in cfg.disks.iter().enumerate() {
+            let format = detect_format(&d.path).map_err(|e| VmmError::Migration {
+                id: id.to_string(),
+                what: e.to_string(),
+            })?;
+            let copy = if d.read_only {
+                None
+            } else {
+                let name = format!("disk-{index}.{}", format.as_str());
+                copy_synced(&d.path, &tmp.join(&name))?;
+                Some(name)
+            };
+            disks.push(SnapshotDisk {
+                index,
+                source: d.path.clone(),
+                format,
+                read_only: d.read_only,
+                copy,
+                backing: backing_file(&d.path).ok().flatten(),
+            });
+        }
+        Ok(disks)
+    }
+
+    fn kernel_cmdline_of(&self, cfg: &LaunchConfig) -> String {
+        cmdline::kernel_cmdline(cfg, self.tsc_khz)
+    }
+
+    pub(crate) fn restore_vm(
+        &self,
+        cfg: &LaunchConfig,
+        snapshot: &Path,
+    ) -> Result<VmProcessInfo, VmmError> {
+        validate_id(&cfg.id)?;
+        let m = verify_snapshot(snapshot)?;
+        let misfit =
+            |what: String| invalid(snapshot, format!("does not fit VM {}: {what}", cfg.id));
+        let saved = &m.config;
+        if (cfg.vcpus, cfg.memory_mib, cfg.accel) != (saved.vcpus, saved.memory_mib, saved.accel) {
+            return Err(misfit(format!(
+                "it was taken with {} vCPUs, {} MiB, {:?}",
+                saved.vcpus, saved.memory_mib, saved.accel
+            )));
+        }
+        if cfg.image.digest != saved.image.digest {
+            return Err(misfit(format!(
+                "it was taken with image {}",
+                saved.image.digest
+            )));
+        }
+        if !cfg.image.kernel.is_file() || !cfg.image.initrd.is_file() {
+            return Err(VmmError::InvalidConfig {
+                id: cfg.id.clone(),
+                what: "image kernel or initrd missing".into(),
+            });
+        }
+        if cfg.disks.len() != m.disks.len()
+            || cfg
+                .disks
+                .iter()
+                .zip(&saved.disks)
+                .any(|(a, b)| a.role != b.role || a.read_only != b.read_only)
+        {
+            return Err(misfit(
+                "its disks differ in number, role or read-only".into(),
+            ));
+        }
+        for d in &m.disks {
+            if let Some(base) = &d.backing {
+                if !base.is_file() {
+                    return Err(misfit(format!(
+                        "the base image {} of disk {} is missing",
+                        base.display(),
+                        d.index
+                    )));
+                }
+            }
+        }
+        if let Some(p) = self.live_process(&cfg.id)? {
+            return Err(VmmError::InvalidConfig {
+                id: cfg.id.clone(),
+                what: format!(
+                    "the VM is running (pid {}); stop it before restoring",
+                    p.pid
+                ),
+            });
+        }
+        // Writable disks go back to their state at the snapshot.
+        for (d, target) in m.disks.iter().zip(&cfg.disks) {
+            if let Some(copy) = &d.copy {
+                if let Some(parent) = target.path.parent() {
+                    fs::create_dir_all(parent).map_err(state_err(parent))?;
+                }
+                let part = target.path.with_extension("restore-tmp");
+                copy_synced(&snapshot.join(copy), &part)?;
+                fs::rename(&part, &target.path).map_err(state_err(&target.path))?;
+            }
+        }
+        self.check_disks(cfg)?;
+        let dir = self.prepare_dir(cfg)?;
+        let opts = ArgOptions {
+            kernel_cmdline: Some(m.kernel_cmdline.clone()),
+            incoming: true,
+            append_console: true,
+        };
+        let p = self.spawn(cfg, &dir, &opts)?;
+        self.wait_for_qmp(cfg, p)?;
+        if let Err(e) = self.load_state(&cfg.id, snapshot) {
+            p.signal(libc::SIGKILL);
+            Self::wait_gone(p, Duration::from_secs(5));
+            return Err(e);
+        }
+        Ok(VmProcessInfo {
+            id: cfg.id.clone(),
+            pid: p.pid,
+            start_time: p.start_time,
+            state_dir: dir,
+            already_running: false,
+        })
+    }
+
+    /// `migrate-incoming` from the snapshot's state file, then `cont`.
+    fn load_state(&self, id: &str, snapshot: &Path) -> Result<(), VmmError> {
+        let state_path = snapshot.join(VMSTATE_FILE);
+        let state_file = File::open(&state_path).map_err(state_err(&state_path))?;
+        let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
+        qmp.send_fd(FD_NAME, state_file.as_fd())
+            .map_err(|source| VmmError::Qmp {
+                id: id.to_string(),
+                command: "getfd".into(),
+                source,
+            })?;
+        drop(state_file);
+        Self::qmp_run(
+            &mut qmp,
+            id,
+            "migrate-incoming",
+            Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
+        )?;
+        wait_migration(&mut qmp, id)?;
+        Self::qmp_run(&mut qmp, id, "cont", None).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(files: Vec<SnapshotFile>) -> SnapshotManifest {
+        SnapshotManifest {
+            format: MANIFEST_FORMAT,
+            name: "s".into(),
+            vm_id: "vm".into(),
+            config: LaunchConfig {
+                id: "vm".into(),
+                vcpus: 1,
+                memory_mib: 128,
+                image: crate::image::Image {
+                    digest: "sha256:00".into(),
+                    kernel: "/k".into(),
+                    initrd: "/i".into(),
+                    vmlinux: None,
+                },
+                cmd: None,
+                accel: firefleet_types::Accel::Tcg,
+                net: None,
+                disks: Vec::new(),
+            },
+            kernel_cmdline: "console=ttyS0".into(),
+            qemu_version: "QEMU 7.2".into(),
+            created_unix_ms: 1,
+            pause_ms: 1,
+            files,
+            disks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn verification_refuses_incomplete_snapshots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = tmp.path().join("s");
+        fs::create_dir(&snap).unwrap();
+        fs::write(snap.join(VMSTATE_FILE), [0u8; 10]).unwrap();
+        let err = verify_snapshot(&snap).unwrap_err().to_string();
+        assert!(err.contains("no manifest.json"), "{err}");
+
+        let write = |m: &SnapshotManifest| {
+            fs::write(snap.join(MANIFEST_FILE), serde_json::to_vec(m).unwrap()).unwrap()
+        };
+        write(&manifest(vec![SnapshotFile {
+            name: VMSTATE_FILE.into(),
+            size: 11,
+        }]));
+        let err = verify_snapshot(&snap).unwrap_err().to_string();
+        assert!(err.contains("has 10 bytes, the manifest says 11"), "{err}");
+
+        let good = manifest(vec![SnapshotFile {
+            name: VMSTATE_FILE.into(),
+            size: 10,
+        }]);
+        write(&good);
+        assert_eq!(verify_snapshot(&snap).unwrap(), good);
+
+        fs::write(snap.join(MANIFEST_FILE), b"{\"format\":1").unwrap();
+        let err = verify_snapshot(&snap).unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+
+        let dot = tmp.path().join(".tmp-s-1");
+        fs::create_dir(&dot).unwrap();
+        let err = verify_snapshot(&dot).unwrap_err().to_string();
+        assert!(err.contains("unfinished snapshot"), "{err}");
+    }
+
+    #[test]
+    fn stale_temporary_directories_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snaps = tmp.path().join(SNAPSHOTS_DIR);
+        let me = std::process::id();
+        let dead = format!("{TMP_PREFIX}a-b-{}", i32::MAX);
+        let mine_other = format!("{TMP_PREFIX}other-{me}");
+        let mine_current = format!("{TMP_PREFIX}cur-{me}");
+        for d in [&dead, &mine_other, &mine_current, &"done".to_string()] {
+            fs::create_dir_all(snaps.join(d)).unwrap();
+        }
+        remove_stale_tmp(tmp.path(), Some("cur"));
+        assert!(!snaps.join(&dead).exists());
+        assert!(!snaps.join(&mine_current).exists());
+        assert!(snaps.join(&mine_other).exists(), "maybe in progress");
+        assert!(snaps.join("done").exists());
+    }
+}
