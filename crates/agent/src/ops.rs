@@ -54,10 +54,6 @@ pub enum Outcome {
         vm: String,
         generation: Generation,
     },
-    LaunchFailed {
-        vm: String,
-        error: String,
-    },
 }
 
 #[derive(Clone)]
@@ -144,10 +140,6 @@ impl Ops {
                     if let Ok(mut f) = self.failed.lock() {
                         f.insert(vm.to_owned(), error_chain(&e));
                     }
-                    return Some(Outcome::LaunchFailed {
-                        vm: vm.to_owned(),
-                        error: error_chain(&e),
-                    });
                 }
                 None
             }

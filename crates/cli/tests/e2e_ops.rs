@@ -1,0 +1,162 @@
+//! End to end: pause, resume, exec, stats, snapshot and restore of a real microVM through the
+//! CLI, the server and an agent. The guest runs a counter on its console; after a restore in a
+//! new VMM process the counter continues from the snapshot instead of starting over.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const BOOT: Duration = Duration::from_secs(120);
+const COUNTER: &str = "i=0; while true; do echo counter=$i; i=$((i+1)); sleep 0.2; done";
+
+fn counters(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("counter=")?.parse().ok())
+        .collect()
+}
+
+fn console(c: &Cluster, vm: &str) -> String {
+    c.json(&["vm", "logs", vm])["console"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn ok(c: &Cluster, args: &[&str]) -> String {
+    let out = c.cli(args);
+    assert!(
+        out.status.success(),
+        "firefleet {args:?} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
+    let mut c = Cluster::start();
+    c.start_agent("node-1", &["cloud=aws"], 2);
+    c.wait_nodes_ready(1);
+    ok(
+        &c,
+        &[
+            "vm", "run", "--name", "ctr", "--cmd", COUNTER, "--output", "json",
+        ],
+    );
+    c.wait_phase("ctr", "running", BOOT);
+    wait_until(Duration::from_secs(20), "the counter runs", || {
+        counters(&console(&c, "ctr")).len() >= 3
+    });
+
+    // exec: output and exit status come back; the CLI exits with the command's status.
+    let out = c.cli(&[
+        "vm",
+        "exec",
+        "ctr",
+        "--",
+        "sh",
+        "-c",
+        "echo out-$((6*7)); echo oops >&2; exit 5",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("out-42"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
+
+    // stats: host side (VMM CPU, RSS) and guest side (processes) arrive.
+    wait_until(
+        Duration::from_secs(30),
+        "stats with guest telemetry",
+        || {
+            let out = c.cli(&["vm", "stats", "ctr", "--output", "json"]);
+            if !out.status.success() {
+                return false;
+            }
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            s["host"]["cpu_time_ms"].as_u64().unwrap_or(0) > 0
+                && s["host"]["rss_bytes"].as_u64().unwrap_or(0) > 0
+                && s["guest"]["processes"].as_u64().unwrap_or(0) > 0
+        },
+    );
+    let metrics = ok(&c, &["vm", "ls"]); // the CLI still works alongside
+    assert!(metrics.contains("ctr"));
+
+    // pause: the counter stops; resume: it goes on.
+    ok(&c, &["vm", "pause", "ctr", "--wait"]);
+    assert_eq!(c.vm("ctr")["status"]["phase"], "paused");
+    let paused_at = counters(&console(&c, "ctr")).last().copied().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        counters(&console(&c, "ctr")).last().copied().unwrap(),
+        paused_at,
+        "counter moved while paused"
+    );
+    ok(&c, &["vm", "resume", "ctr", "--wait"]);
+    wait_until(
+        Duration::from_secs(20),
+        "counter moves after resume",
+        || counters(&console(&c, "ctr")).last().copied().unwrap() > paused_at,
+    );
+
+    // snapshot, then stop the VM, then restore it in a new VMM process.
+    let before_snapshot = counters(&console(&c, "ctr")).last().copied().unwrap();
+    ok(&c, &["vm", "snapshot", "ctr", "s1", "--wait"]);
+    let snaps: serde_json::Value =
+        serde_json::from_str(&ok(&c, &["vm", "snapshots", "ctr", "--output", "json"])).unwrap();
+    assert_eq!(snaps[0]["phase"], "ready");
+    assert!(snaps[0]["bytes"].as_u64().unwrap() > 1024 * 1024);
+    let pids_before = c.qemu_pids();
+    ok(&c, &["vm", "stop", "ctr", "--wait"]);
+    wait_until(Duration::from_secs(20), "qemu gone after stop", || {
+        c.qemu_pids().is_empty()
+    });
+    let console_len_before_restore = console(&c, "ctr").len();
+    let ready_lines = console(&c, "ctr").matches("firefleet-guest ready").count();
+
+    ok(&c, &["vm", "restore", "ctr", "s1", "--wait"]);
+    assert_eq!(c.vm("ctr")["status"]["phase"], "running");
+    let pids_after = c.qemu_pids();
+    assert_eq!(pids_after.len(), 1);
+    assert_ne!(pids_after, pids_before, "restore runs in a new VMM process");
+    wait_until(
+        Duration::from_secs(30),
+        "the restored counter prints",
+        || console(&c, "ctr").len() > console_len_before_restore + 20,
+    );
+    let after = console(&c, "ctr");
+    let new_values = counters(&after[console_len_before_restore..]);
+    assert!(!new_values.is_empty());
+    assert!(
+        new_values[0] >= before_snapshot,
+        "restored counter starts at {} but was {before_snapshot} before the snapshot: the guest rebooted",
+        new_values[0]
+    );
+    assert_eq!(
+        after.matches("firefleet-guest ready").count(),
+        ready_lines,
+        "no second boot"
+    );
+
+    // The restored guest still answers on its channel and stops cleanly.
+    let out = c.cli(&["vm", "exec", "ctr", "--", "echo", "still-here"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("still-here"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&c, &["vm", "rm", "ctr", "--wait"]);
+    wait_until(Duration::from_secs(20), "no qemu left", || {
+        c.qemu_pids().is_empty()
+    });
+}
