@@ -160,3 +160,82 @@ fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
         c.qemu_pids().is_empty()
     });
 }
+
+#[test]
+fn agent_killed_during_launch_and_during_snapshot_recovers_cleanly() {
+    let mut c = Cluster::start();
+    c.start_agent("crashy", &["cloud=aws"], 2);
+    c.wait_nodes_ready(1);
+
+    // Kill -9 the agent as soon as it has started launching the VM.
+    ok(
+        &c,
+        &[
+            "vm", "run", "--name", "ctr", "--cmd", COUNTER, "--output", "json",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the agent starts launching",
+        || c.vm("ctr")["status"]["phase"] == "starting" || !c.qemu_pids().is_empty(),
+    );
+    c.kill_agent("crashy");
+    c.start_agent("crashy", &["cloud=aws"], 2);
+    c.wait_phase("ctr", "running", BOOT);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.qemu_pids().len(),
+        1,
+        "exactly one VMM: the first launch was re-adopted, not duplicated"
+    );
+
+    // Kill -9 the agent right after asking for a snapshot: the snapshot is taken (again) after
+    // the restart, no half-written one is used, and the VM runs on (not left paused).
+    wait_until(Duration::from_secs(20), "the counter runs", || {
+        counters(&console(&c, "ctr")).len() >= 3
+    });
+    ok(&c, &["vm", "snapshot", "ctr", "s1"]);
+    std::thread::sleep(Duration::from_millis(150));
+    c.kill_agent("crashy");
+    c.start_agent("crashy", &["cloud=aws"], 2);
+    wait_until(
+        Duration::from_secs(60),
+        "the snapshot is ready after the restart",
+        || {
+            let s: serde_json::Value =
+                serde_json::from_str(&ok(&c, &["vm", "snapshots", "ctr", "--output", "json"]))
+                    .unwrap();
+            s[0]["phase"] == "ready"
+        },
+    );
+    let snap_root = c
+        .path("agent-crashy/vms")
+        .join(c.vm("ctr")["id"].as_str().unwrap())
+        .join("snapshots");
+    let entries: Vec<String> = std::fs::read_dir(&snap_root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        entries,
+        ["s1"],
+        "only the complete snapshot remains (no temporary directories)"
+    );
+    let last = counters(&console(&c, "ctr")).last().copied().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the VM runs on after the interrupted snapshot",
+        || {
+            c.vm("ctr")["status"]["phase"] == "running"
+                && counters(&console(&c, "ctr")).last().copied().unwrap() > last
+        },
+    );
+    // And the snapshot restores.
+    ok(&c, &["vm", "restore", "ctr", "s1", "--wait"]);
+    assert_eq!(c.qemu_pids().len(), 1);
+    ok(&c, &["vm", "rm", "ctr", "--wait"]);
+    wait_until(Duration::from_secs(20), "no qemu left", || {
+        c.qemu_pids().is_empty()
+    });
+}

@@ -43,6 +43,7 @@ pub mod net;
 pub mod probe;
 pub mod qemu;
 mod runtime;
+pub mod sandbox;
 pub mod stats;
 
 pub use disk::{DiskError, DiskFormat};

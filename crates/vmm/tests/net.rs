@@ -395,7 +395,7 @@ fn receive_rate(l: &TcpListener, n: usize) -> f64 {
 
 #[test]
 fn egress_bandwidth_limit_holds() {
-    const LIMIT_MBIT: u32 = 8;
+    const LIMIT_MBIT: u32 = 4;
     const BYTES: usize = 64 * 64 * 1024; // 4 MiB
     let _s = serial();
     let t = TestNet::new();

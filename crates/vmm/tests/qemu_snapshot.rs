@@ -223,14 +223,19 @@ fn restore_vs_cold_boot_bench_smoke() {
     let _s = serial();
     let root = tempfile::tempdir().unwrap();
     let rt = QemuRuntime::new(root.path().to_path_buf()).unwrap();
+    // FIREFLEET_BENCH_COUNT=5 for real numbers; the smoke test does one of each.
+    let count = std::env::var("FIREFLEET_BENCH_COUNT")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1);
     let mut lines = Vec::new();
-    let r = firefleet_vmm::bench::restore_vs_cold(&rt, &fixture().image, 1, &mut |l| {
+    let r = firefleet_vmm::bench::restore_vs_cold(&rt, &fixture().image, count, &mut |l| {
         eprintln!("{l}");
         lines.push(l.to_string())
     })
     .unwrap();
     eprintln!("{}", serde_json::to_string(&r).unwrap());
-    assert_eq!((r.cold_boot_ms.len(), r.restore_ms.len()), (1, 1));
+    assert_eq!((r.cold_boot_ms.len(), r.restore_ms.len()), (count, count));
     assert!(
         r.cold_boot_median_ms > 0.0 && r.restore_median_ms > 0.0,
         "{r:?}"

@@ -74,7 +74,6 @@ pub fn kernel_cmdline(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> String {
             })
             .collect(),
         net: cfg.net.as_ref().map(crate::net::guest_net),
-        ..Default::default()
     };
     let mut s = String::from("console=ttyS0 reboot=t panic=-1 quiet");
     if let Some(khz) = tsc_khz {
