@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-pkgs=(gcc libc6-dev qemu-system-x86 busybox-static e2fsprogs cpio xz-utils zstd ca-certificates nftables iproute2)
+pkgs=(gcc libc6-dev qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio xz-utils zstd ca-certificates nftables iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

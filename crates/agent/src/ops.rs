@@ -202,6 +202,22 @@ impl Ops {
                 None
             }
             Op::Snapshot { name } => {
+                // Taken already (the agent died before it could report it)? Then it is ready.
+                let dir = rt.vm_dir(vm).join("snapshots").join(&name);
+                if let Ok(m) = firefleet_vmm::qemu::snapshot::verify_snapshot(&dir) {
+                    let bytes = m.files.iter().map(|f| f.size).sum();
+                    let report = SnapshotReport {
+                        phase: SnapshotPhase::Ready,
+                        bytes: Some(bytes),
+                        pause_ms: Some(m.pause_ms),
+                        message: None,
+                    };
+                    return Some(Outcome::Snapshot {
+                        vm: vm.to_owned(),
+                        name,
+                        report,
+                    });
+                }
                 let was_paused = rt.observe(vm).map(|o| o.paused).unwrap_or(false);
                 let report = match rt.snapshot(vm, &name, was_paused) {
                     Ok(info) => SnapshotReport {

@@ -183,6 +183,7 @@ impl Reconciler {
                 }
                 Outcome::Stats { vm, stats } => self.client.report_stats(&vm, &stats).await,
                 Outcome::Restored { vm, generation } => {
+                    tracing::info!(%vm, ?generation, "restored from snapshot");
                     if let Ok(id) = vm.parse::<VmId>() {
                         let l = self.local.entry(id).or_default();
                         l.restored = l.restored.max(Some(generation));
@@ -268,6 +269,7 @@ impl Reconciler {
             && !intent.deleting
             && report.phase == intent.phase;
         if local.reported.as_ref() != Some(&report) && !settled {
+            tracing::debug!(vm = %id, ?report, "reporting status");
             match self.client.report_status(&id, &report).await {
                 Ok(()) => local.reported = Some(report),
                 Err(e) => tracing::warn!(vm = %id, error = %e, "status report refused"),

@@ -214,6 +214,21 @@ impl Cluster {
         );
     }
 
+    /// Waits for `f`, failing with every log of the cluster.
+    pub fn wait(&self, timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            self.logs()
+        );
+    }
+
     /// Every log of the cluster, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();

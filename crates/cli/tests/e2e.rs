@@ -55,7 +55,7 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
         );
     }
     assert_eq!(c.qemu_pids().len(), 2);
-    wait_until(
+    c.wait(
         Duration::from_secs(20),
         "console of a shows the ready line",
         || {
@@ -75,7 +75,7 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
         "--cmd",
         "echo hello-from-guest; exit 3",
     ]);
-    wait_until(
+    c.wait(
         Duration::from_secs(10),
         "job reported unschedulable",
         || {
@@ -98,7 +98,7 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
     assert!(!c.cli(&["vm", "get", "a"]).status.success(), "a is gone");
     let job = c.wait_phase("job", "stopped", BOOT);
     assert_eq!(job["status"]["exit_code"], 3);
-    wait_until(
+    c.wait(
         Duration::from_secs(10),
         "job's output in its console",
         || {
@@ -126,7 +126,7 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
         );
     }
     assert_eq!(c.json(&["vm", "ls"]).as_array().unwrap().len(), 0);
-    wait_until(Duration::from_secs(20), "no qemu left", || {
+    c.wait(Duration::from_secs(20), "no qemu left", || {
         c.qemu_pids().is_empty()
     });
     for (name, agent) in &c.agents {
@@ -179,10 +179,10 @@ fn restarted_agent_readopts_its_running_vm() {
         String::from_utf8_lossy(&out.stderr),
         c.logs()
     );
-    wait_until(Duration::from_secs(20), "qemu gone after stop", || {
+    c.wait(Duration::from_secs(20), "qemu gone after stop", || {
         c.qemu_pids().is_empty()
     });
-    wait_until(
+    c.wait(
         Duration::from_secs(20),
         "console shows the guest powering off",
         || {

@@ -51,7 +51,7 @@ fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
         ],
     );
     c.wait_phase("ctr", "running", BOOT);
-    wait_until(Duration::from_secs(20), "the counter runs", || {
+    c.wait(Duration::from_secs(20), "the counter runs", || {
         counters(&console(&c, "ctr")).len() >= 3
     });
 
@@ -75,7 +75,7 @@ fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
 
     // stats: host side (VMM CPU, RSS) and guest side (processes) arrive.
-    wait_until(
+    c.wait(
         Duration::from_secs(30),
         "stats with guest telemetry",
         || {
@@ -103,7 +103,7 @@ fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
         "counter moved while paused"
     );
     ok(&c, &["vm", "resume", "ctr", "--wait"]);
-    wait_until(
+    c.wait(
         Duration::from_secs(20),
         "counter moves after resume",
         || counters(&console(&c, "ctr")).last().copied().unwrap() > paused_at,
@@ -118,7 +118,7 @@ fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
     assert!(snaps[0]["bytes"].as_u64().unwrap() > 1024 * 1024);
     let pids_before = c.qemu_pids();
     ok(&c, &["vm", "stop", "ctr", "--wait"]);
-    wait_until(Duration::from_secs(20), "qemu gone after stop", || {
+    c.wait(Duration::from_secs(20), "qemu gone after stop", || {
         c.qemu_pids().is_empty()
     });
     let console_len_before_restore = console(&c, "ctr").len();
@@ -129,7 +129,7 @@ fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
     let pids_after = c.qemu_pids();
     assert_eq!(pids_after.len(), 1);
     assert_ne!(pids_after, pids_before, "restore runs in a new VMM process");
-    wait_until(
+    c.wait(
         Duration::from_secs(30),
         "the restored counter prints",
         || console(&c, "ctr").len() > console_len_before_restore + 20,
@@ -156,7 +156,7 @@ fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
         String::from_utf8_lossy(&out.stderr)
     );
     ok(&c, &["vm", "rm", "ctr", "--wait"]);
-    wait_until(Duration::from_secs(20), "no qemu left", || {
+    c.wait(Duration::from_secs(20), "no qemu left", || {
         c.qemu_pids().is_empty()
     });
 }
@@ -174,7 +174,7 @@ fn agent_killed_during_launch_and_during_snapshot_recovers_cleanly() {
             "vm", "run", "--name", "ctr", "--cmd", COUNTER, "--output", "json",
         ],
     );
-    wait_until(
+    c.wait(
         Duration::from_secs(30),
         "the agent starts launching",
         || c.vm("ctr")["status"]["phase"] == "starting" || !c.qemu_pids().is_empty(),
@@ -191,14 +191,14 @@ fn agent_killed_during_launch_and_during_snapshot_recovers_cleanly() {
 
     // Kill -9 the agent right after asking for a snapshot: the snapshot is taken (again) after
     // the restart, no half-written one is used, and the VM runs on (not left paused).
-    wait_until(Duration::from_secs(20), "the counter runs", || {
+    c.wait(Duration::from_secs(20), "the counter runs", || {
         counters(&console(&c, "ctr")).len() >= 3
     });
     ok(&c, &["vm", "snapshot", "ctr", "s1"]);
     std::thread::sleep(Duration::from_millis(150));
     c.kill_agent("crashy");
     c.start_agent("crashy", &["cloud=aws"], 2);
-    wait_until(
+    c.wait(
         Duration::from_secs(60),
         "the snapshot is ready after the restart",
         || {
@@ -223,7 +223,7 @@ fn agent_killed_during_launch_and_during_snapshot_recovers_cleanly() {
         "only the complete snapshot remains (no temporary directories)"
     );
     let last = counters(&console(&c, "ctr")).last().copied().unwrap();
-    wait_until(
+    c.wait(
         Duration::from_secs(20),
         "the VM runs on after the interrupted snapshot",
         || {
@@ -235,7 +235,7 @@ fn agent_killed_during_launch_and_during_snapshot_recovers_cleanly() {
     ok(&c, &["vm", "restore", "ctr", "s1", "--wait"]);
     assert_eq!(c.qemu_pids().len(), 1);
     ok(&c, &["vm", "rm", "ctr", "--wait"]);
-    wait_until(Duration::from_secs(20), "no qemu left", || {
+    c.wait(Duration::from_secs(20), "no qemu left", || {
         c.qemu_pids().is_empty()
     });
 }

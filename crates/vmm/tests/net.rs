@@ -395,8 +395,10 @@ fn receive_rate(l: &TcpListener, n: usize) -> f64 {
 
 #[test]
 fn egress_bandwidth_limit_holds() {
-    const LIMIT_MBIT: u32 = 4;
-    const BYTES: usize = 64 * 64 * 1024; // 4 MiB
+    // Low enough that a TCG guest on a loaded 2-core host is still clearly faster unlimited.
+    const LIMIT_MBIT: u32 = 2;
+    // 64 KiB blocks per transfer: free (4 MiB), limited (2 MiB, ~8 s), free again.
+    const BLOCKS: [usize; 3] = [64, 32, 64];
     let _s = serial();
     let t = TestNet::new();
     let listeners: Vec<TcpListener> = (0..3)
@@ -418,18 +420,19 @@ fn egress_bandwidth_limit_holds() {
     // VM in between). Two free runs because a TCG guest's rate depends on the host's load.
     let script = ports
         .iter()
-        .map(|p| format!("dd if=/dev/zero bs=64k count=64 2>/dev/null | nc {gw} {p}"))
+        .zip(BLOCKS)
+        .map(|(p, n)| format!("dd if=/dev/zero bs=64k count={n} 2>/dev/null | nc {gw} {p}"))
         .collect::<Vec<_>>()
         .join("; sleep 3; ");
     let _vm = boot(&rt, "bw", &att, &format!("{script}; echo sent"));
-    let free1 = receive_rate(&listeners[0], BYTES);
+    let free1 = receive_rate(&listeners[0], BLOCKS[0] << 16);
     assert_eq!(t.net.attach("bw", "alpha", &limited).unwrap(), att);
-    let limited_rate = receive_rate(&listeners[1], BYTES);
+    let limited_rate = receive_rate(&listeners[1], BLOCKS[1] << 16);
     assert_eq!(
         t.net.attach("bw", "alpha", &NetLimits::default()).unwrap(),
         att
     );
-    let free2 = receive_rate(&listeners[2], BYTES);
+    let free2 = receive_rate(&listeners[2], BLOCKS[2] << 16);
     let free_rate = free1.max(free2);
     let limit_bytes = f64::from(LIMIT_MBIT) * 1e6 / 8.0;
     eprintln!(
@@ -450,7 +453,7 @@ fn egress_bandwidth_limit_holds() {
         "limited {limited_rate} B/s is far below the limit"
     );
     assert!(
-        free_rate > 1.5 * limited_rate,
+        free_rate > 2.0 * limited_rate,
         "unlimited {free_rate} B/s vs limited {limited_rate} B/s"
     );
     wait_off(&rt, "bw");

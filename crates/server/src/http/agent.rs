@@ -212,6 +212,7 @@ pub async fn report_status(
         } else {
             None
         };
+        s.restored_generation = report.restored_generation.max(s.restored_generation);
         Ok(*s != before)
     })
     .await?;

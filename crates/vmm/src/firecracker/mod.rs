@@ -19,6 +19,7 @@
 pub mod api;
 pub mod channel;
 pub mod config;
+mod jailer;
 mod snapshot;
 
 use std::fs::{self, File, OpenOptions};
@@ -45,23 +46,12 @@ use config::{
     Action, Logger, Metrics, VmState, API_SOCK, CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, FC_LOG,
     MAX_CMDLINE, METRICS_FILE, PID_FILE, VSOCK_SOCK,
 };
+pub use jailer::JailerConfig;
+use jailer::{jail_root, jailer_command};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 const REMOVE_GRACE: Duration = Duration::from_secs(5);
-
-/// Running Firecracker under its jailer (chroot, uid/gid drop, cgroups).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JailerConfig {
-    /// The `jailer` binary.
-    pub jailer_bin: PathBuf,
-    /// The uid Firecracker runs as.
-    pub uid: u32,
-    /// The gid Firecracker runs as.
-    pub gid: u32,
-    /// `--chroot-base-dir`; each VM's root is `<base>/firecracker/<id>/root`.
-    pub chroot_base_dir: PathBuf,
-}
 
 /// The Firecracker runtime. Holds no per-VM state in memory beyond the guest channel listeners
 /// (the state directories are the truth), so a new instance on the same root re-adopts running
@@ -536,70 +526,6 @@ fn kill_and_reap(p: ProcessId) {
     wait_gone(p, Duration::from_secs(5));
 }
 
-// ---- jailer ----
-
-fn jail_root(j: &JailerConfig, firecracker: &Path, id: &str) -> PathBuf {
-    let exec_name = firecracker.file_name().map_or_else(
-        || "firecracker".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    j.chroot_base_dir.join(exec_name).join(id).join("root")
-}
-
-fn jailer_command(j: &JailerConfig, firecracker: &Path, id: &str) -> Command {
-    let mut c = Command::new(&j.jailer_bin);
-    c.arg("--id")
-        .arg(id)
-        .arg("--exec-file")
-        .arg(firecracker)
-        .arg("--uid")
-        .arg(j.uid.to_string())
-        .arg("--gid")
-        .arg(j.gid.to_string())
-        .arg("--chroot-base-dir")
-        .arg(&j.chroot_base_dir)
-        .args(["--", "--api-sock", API_SOCK]);
-    c
-}
-
-impl FirecrackerRuntime {
-    fn chown_for_jail(&self, p: &Path) -> Result<(), VmmError> {
-        if let Some(j) = &self.jailer {
-            std::os::unix::fs::chown(p, Some(j.uid), Some(j.gid)).map_err(state_err(p))?;
-        }
-        Ok(())
-    }
-
-    /// Under the jailer, Firecracker sees only its chroot: hard-links the kernel, initrd and
-    /// disks into it and returns the config with paths as Firecracker sees them.
-    fn jail_files(
-        &self,
-        cfg: &LaunchConfig,
-        kernel: &Path,
-    ) -> Result<(PathBuf, LaunchConfig), VmmError> {
-        if self.jailer.is_none() {
-            return Ok((kernel.to_path_buf(), cfg.clone()));
-        }
-        let root = self.run_dir(&cfg.id);
-        let link = |src: &Path, name: &str| -> Result<PathBuf, VmmError> {
-            let dst = root.join(name);
-            let _ = fs::remove_file(&dst);
-            fs::hard_link(src, &dst)
-                .or_else(|_| fs::copy(src, &dst).map(drop))
-                .map_err(state_err(&dst))?;
-            self.chown_for_jail(&dst)?;
-            Ok(PathBuf::from(name))
-        };
-        let kernel = link(kernel, "vmlinux")?;
-        let mut jailed = cfg.clone();
-        jailed.image.initrd = link(&cfg.image.initrd, "initrd.img")?;
-        for (i, d) in jailed.disks.iter_mut().enumerate() {
-            d.path = link(&d.path, &format!("disk{i}.img"))?;
-        }
-        Ok((kernel, jailed))
-    }
-}
-
 impl Runtime for FirecrackerRuntime {
     fn name(&self) -> &'static str {
         "firecracker"
@@ -847,29 +773,5 @@ mod tests {
             serde_json::json!(2)
         );
         assert!(last_json_object("").is_none());
-    }
-
-    #[test]
-    fn jail_paths() {
-        let j = JailerConfig {
-            jailer_bin: "/usr/bin/jailer".into(),
-            uid: 123,
-            gid: 100,
-            chroot_base_dir: "/srv/jailer".into(),
-        };
-        assert_eq!(
-            jail_root(&j, Path::new("/usr/bin/firecracker"), "vm1"),
-            PathBuf::from("/srv/jailer/firecracker/vm1/root")
-        );
-        let c = jailer_command(&j, Path::new("/usr/bin/firecracker"), "vm1");
-        let args: Vec<String> = c
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(
-            args.join(" "),
-            "--id vm1 --exec-file /usr/bin/firecracker --uid 123 --gid 100 \
-             --chroot-base-dir /srv/jailer -- --api-sock api.sock"
-        );
     }
 }
