@@ -6,12 +6,15 @@
 //! status reports and console uploads. It reconciles the host to the intents: launches what
 //! should run, stops what should not, removes what was deleted, and reports what is. VMM
 //! processes outlive the agent; a restarted agent re-adopts them from their state directories.
+//! VMs get a network interface on the node's bridge ([`network`]); a node whose network cannot be
+//! set up runs them without one.
 //!
 //! It never decides placement and never deletes a VM the control plane still lists for it.
 
 mod facts;
 mod guest;
 mod identity;
+pub mod network;
 mod ops;
 mod reconcile;
 
@@ -45,6 +48,10 @@ pub struct AgentConfig {
     pub capacity: Option<Resources>,
     /// Heartbeat period.
     pub heartbeat: Duration,
+    /// The VM bridge (default `ffbr0`). One agent per bridge.
+    pub bridge: Option<String>,
+    /// The node subnet for VM addresses (default `10.213.0.0/24`).
+    pub subnet: Option<String>,
 }
 
 /// Why the agent could not run.
@@ -74,6 +81,9 @@ pub enum AgentError {
     /// The VMM runtime failed to start.
     #[error("vmm")]
     Vmm(#[source] firefleet_vmm::VmmError),
+    /// The network configuration (bridge name, subnet) is malformed.
+    #[error("network configuration")]
+    NetConfig(#[source] firefleet_vmm::net::NetError),
 }
 
 /// Runs the agent until `shutdown` turns true. VMs keep running when it returns.
@@ -92,15 +102,29 @@ pub async fn run(
         what: "building the mTLS client".into(),
         source,
     })?;
-    let runtime = Arc::new(QemuRuntime::new(config.data_dir.join("vms")).map_err(AgentError::Vmm)?);
+    // VMMs run sandboxed wherever the host allows it (root: own uid, seccomp, cgroups, jail);
+    // the node facts say what is in force.
+    let runtime = QemuRuntime::new(config.data_dir.join("vms")).map_err(AgentError::Vmm)?;
+    let runtime = Arc::new(runtime.with_sandbox(firefleet_vmm::sandbox::Sandbox::detect()));
+    let net_config = network::net_config(
+        &config.data_dir,
+        config.bridge.as_deref(),
+        config.subnet.as_deref(),
+    )
+    .map_err(AgentError::NetConfig)?;
+    let net = tokio::task::spawn_blocking(move || network::Network::start(&net_config))
+        .await
+        .map_err(|e| AgentError::Identity(format!("network setup panicked: {e}")))?;
+    let net = Arc::new(net);
 
-    let facts = {
+    let mut facts = {
         let cfg = config.clone();
         let rt = runtime.clone();
         tokio::task::spawn_blocking(move || gather_facts(&cfg, &rt))
             .await
             .map_err(|e| AgentError::Identity(format!("fact gathering panicked: {e}")))?
     };
+    facts.network = net.facts();
     tracing::info!(node = %config.node, accel = %facts.accel, probe = %facts.accel_probe, "agent started");
     let accel = facts.accel;
 
@@ -127,8 +151,13 @@ pub async fn run(
         })
     };
 
-    let mut rec =
-        reconcile::Reconciler::new(client.clone(), runtime, config.image_dir.clone(), accel);
+    let mut rec = reconcile::Reconciler::new(
+        client.clone(),
+        runtime,
+        net,
+        config.image_dir.clone(),
+        accel,
+    );
     let mut intents: Option<firefleet_api::IntentsResponse> = None;
     let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);
     // Long-poll for intents in its own task so that local observation keeps going meanwhile.

@@ -12,18 +12,27 @@ use firefleet_api::{ExecRequestRecord, ExecResult, SnapshotReport, VmStats};
 use firefleet_types::{Generation, SnapshotPhase};
 use firefleet_vmm::{LaunchConfig, QemuRuntime, Runtime};
 
+use crate::network::{NetRequest, Network};
+
 /// How long a graceful stop may take before the VMM is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// One thing to do.
 pub enum Op {
-    Launch(Box<LaunchConfig>),
+    /// Attach the VM to the node network (as `net` asks), then launch it.
+    Launch {
+        cfg: Box<LaunchConfig>,
+        net: NetRequest,
+    },
+    /// Stop the VM, attach it (same address and TAP as before), restore it from a snapshot.
     Restore {
         cfg: Box<LaunchConfig>,
+        net: NetRequest,
         snapshot: String,
         generation: Generation,
     },
     Stop,
+    /// Remove the VMM and its state, then detach the VM from the node network.
     Remove,
     Pause,
     Resume,
@@ -59,6 +68,7 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Ops {
     runtime: Arc<QemuRuntime>,
+    network: Arc<Network>,
     busy: Arc<Mutex<HashSet<String>>>,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
     /// Launches that failed, with why, until the VM leaves the intents.
@@ -85,9 +95,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Ops {
-    pub fn new(runtime: Arc<QemuRuntime>) -> Self {
+    pub fn new(runtime: Arc<QemuRuntime>, network: Arc<Network>) -> Self {
         Self {
             runtime,
+            network,
             busy: Default::default(),
             outcomes: Default::default(),
             failed: Default::default(),
@@ -128,29 +139,68 @@ impl Ops {
         });
     }
 
+    /// Records why `vm` could not be started.
+    fn fail(&self, vm: &str, why: String) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.insert(vm.to_owned(), why);
+        }
+    }
+
+    fn detach(&self, vm: &str) {
+        if let Err(e) = self.network.detach(vm) {
+            tracing::warn!(vm, error = %error_chain(&e), "network detach failed");
+        }
+    }
+
     fn run(&self, vm: &str, op: Op) -> Option<Outcome> {
         let rt = &*self.runtime;
         let warn = |what: &str, e: &firefleet_vmm::VmmError| {
             tracing::warn!(vm, error = %error_chain(e), "{what} failed");
         };
         match op {
-            Op::Launch(cfg) => {
+            Op::Launch { mut cfg, net } => {
+                match self.network.attach(vm, &net) {
+                    Ok(att) => cfg.net = att,
+                    Err(e) => {
+                        tracing::warn!(vm, error = %error_chain(&e), "network attach failed");
+                        self.fail(vm, format!("network: {}", error_chain(&e)));
+                        return None;
+                    }
+                }
                 if let Err(e) = rt.launch(&cfg) {
                     warn("launch", &e);
-                    if let Ok(mut f) = self.failed.lock() {
-                        f.insert(vm.to_owned(), error_chain(&e));
+                    self.fail(vm, error_chain(&e));
+                    // Undo the attach unless a VMM came up after all (it may use the TAP).
+                    let running = rt.observe(vm).map(|o| o.running).unwrap_or(false);
+                    if cfg.net.is_some() && !running {
+                        self.detach(vm);
                     }
                 }
                 None
             }
             Op::Restore {
-                cfg,
+                mut cfg,
+                net,
                 snapshot,
                 generation,
             } => {
                 // The restored instance replaces whatever runs now.
                 if let Err(e) = rt.stop(vm, Duration::ZERO) {
                     warn("stop before restore", &e);
+                }
+                match self.network.attach(vm, &net) {
+                    Ok(att) => cfg.net = att,
+                    Err(e) => {
+                        tracing::warn!(vm, error = %error_chain(&e), "network attach failed");
+                        self.fail(
+                            vm,
+                            format!("restore from {snapshot:?}: network: {}", error_chain(&e)),
+                        );
+                        return Some(Outcome::Restored {
+                            vm: vm.to_owned(),
+                            generation,
+                        });
+                    }
                 }
                 let dir: PathBuf = rt.vm_dir(vm).join("snapshots").join(&snapshot);
                 match rt.restore(&cfg, &dir) {
@@ -160,12 +210,10 @@ impl Ops {
                     }),
                     Err(e) => {
                         warn("restore", &e);
-                        if let Ok(mut f) = self.failed.lock() {
-                            f.insert(
-                                vm.to_owned(),
-                                format!("restore from {snapshot:?}: {}", error_chain(&e)),
-                            );
-                        }
+                        self.fail(
+                            vm,
+                            format!("restore from {snapshot:?}: {}", error_chain(&e)),
+                        );
                         // Count the request as handled: the VM is reported Failed with the reason.
                         Some(Outcome::Restored {
                             vm: vm.to_owned(),
@@ -184,8 +232,10 @@ impl Ops {
                 None
             }
             Op::Remove => {
-                if let Err(e) = rt.remove(vm) {
-                    warn("remove", &e);
+                match rt.remove(vm) {
+                    // The VMM is gone: its TAP and address can go too.
+                    Ok(()) => self.detach(vm),
+                    Err(e) => warn("remove", &e),
                 }
                 None
             }

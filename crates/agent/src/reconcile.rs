@@ -5,8 +5,10 @@
 //! readiness, pause, exit status), start an operation (launch, restore, pause, resume, stop,
 //! remove) and report the observed phase. Snapshots and execs requested for this node's VMs are
 //! carried out too, and statistics are collected. VMM work is blocking and may take seconds, so
-//! it runs in [`Ops`], at most one life-cycle operation per VM at a time. Local VMs that the
-//! intents no longer list are removed.
+//! it runs in [`Ops`], at most one life-cycle operation per VM at a time. A VM with networking is
+//! attached to the node network just before its VMM starts and detached once its VMM is removed;
+//! its address is reported. Local VMs (state directories, and addresses) that the intents no
+//! longer list are removed.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,7 +22,10 @@ use firefleet_client::Client;
 use firefleet_types::{Accel, DesiredState, Generation, VmId, VmPhase};
 use firefleet_vmm::{image::ImageStore, LaunchConfig, Observation, QemuRuntime, Runtime, VmmError};
 
-use crate::ops::{Op, Ops, Outcome};
+use crate::{
+    network::{NetRequest, Network},
+    ops::{Op, Ops, Outcome},
+};
 
 /// Largest console chunk uploaded at once.
 const CONSOLE_CHUNK: usize = 64 * 1024;
@@ -51,6 +56,7 @@ struct Local {
 pub struct Reconciler {
     client: Client,
     runtime: Arc<QemuRuntime>,
+    network: Arc<Network>,
     image_dir: PathBuf,
     accel: Accel,
     ops: Ops,
@@ -100,13 +106,15 @@ impl Reconciler {
     pub fn new(
         client: Client,
         runtime: Arc<QemuRuntime>,
+        network: Arc<Network>,
         image_dir: PathBuf,
         accel: Accel,
     ) -> Self {
-        let ops = Ops::new(runtime.clone());
+        let ops = Ops::new(runtime.clone(), network.clone());
         Self {
             client,
             runtime,
+            network,
             image_dir,
             accel,
             ops,
@@ -126,9 +134,19 @@ impl Reconciler {
         self.report_outcomes().await;
         self.starting = false;
         let wanted: HashSet<&str> = intents.vms.iter().map(|i| i.id.as_str()).collect();
-        // Local VMs the control plane no longer lists for this node: deleted or moved away.
+        // Local VMs the control plane no longer lists for this node: deleted or moved away. An
+        // address without a state directory (a launch that never got that far) counts too.
         let rt = self.runtime.clone();
-        if let Ok(Ok(local_ids)) = tokio::task::spawn_blocking(move || rt.list()).await {
+        let net = self.network.clone();
+        let local = tokio::task::spawn_blocking(move || {
+            rt.list().map(|mut ids| {
+                ids.extend(net.allocated());
+                ids.sort();
+                ids.dedup();
+                ids
+            })
+        });
+        if let Ok(Ok(local_ids)) = local.await {
             for id in local_ids {
                 if !wanted.contains(id.as_str()) && !self.ops.is_busy(&id) {
                     tracing::info!(vm = %id, "not in the intents for this node any more: removing");
@@ -209,11 +227,14 @@ impl Reconciler {
             return;
         }
         let rt = self.runtime.clone();
+        let net = self.network.clone();
         let obs_id = id.clone();
-        let obs = match tokio::task::spawn_blocking(move || rt.observe(&obs_id)).await {
-            Ok(Ok(o)) => Some(o),
-            Ok(Err(VmmError::NotFound(_))) => None,
-            Ok(Err(e)) => {
+        let observed =
+            tokio::task::spawn_blocking(move || (rt.observe(&obs_id), net.ip(&obs_id))).await;
+        let (obs, ip) = match observed {
+            Ok((Ok(o), ip)) => (Some(o), ip),
+            Ok((Err(VmmError::NotFound(_)), ip)) => (None, ip),
+            Ok((Err(e), _)) => {
                 tracing::warn!(vm = %id, error = %e, "observing failed");
                 return;
             }
@@ -247,14 +268,15 @@ impl Reconciler {
                 self.accel,
             ),
         };
-        if d.phase == VmPhase::Starting || matches!(d.op, Some(Op::Launch(_) | Op::Restore { .. }))
+        if d.phase == VmPhase::Starting
+            || matches!(d.op, Some(Op::Launch { .. } | Op::Restore { .. }))
         {
             self.starting = true;
         }
         let report = VmStatusReport {
             generation: intent.generation,
             phase: d.phase,
-            accel: (obs.is_some() || matches!(d.op, Some(Op::Launch(_) | Op::Restore { .. })))
+            accel: (obs.is_some() || matches!(d.op, Some(Op::Launch { .. } | Op::Restore { .. })))
                 .then_some(self.accel),
             exit_code: d.exit_code,
             message: d.message,
@@ -263,6 +285,7 @@ impl Reconciler {
             stopped_ms: local.stopped_ms,
             removed: intent.deleting && obs.is_none(),
             restored_generation: restored,
+            ip: ip.map(|a| a.to_string()),
         };
         let settled = intent.phase.is_terminal()
             && obs.is_none()
@@ -318,6 +341,13 @@ impl Reconciler {
             Ok(e) => local.console_end = Some(e),
             Err(e) => tracing::debug!(vm = %id, error = %e, "console upload failed"),
         }
+    }
+}
+
+fn net_request(intent: &VmIntent) -> NetRequest {
+    NetRequest {
+        tenant: intent.spec.tenant.to_string(),
+        spec: intent.spec.network,
     }
 }
 
@@ -385,6 +415,7 @@ fn decide(
                         VmPhase::Starting,
                         Op::Restore {
                             cfg: Box::new(cfg),
+                            net: net_request(intent),
                             snapshot: r.snapshot.clone(),
                             generation: r.generation,
                         },
@@ -440,7 +471,13 @@ fn decide(
                 match launch_config(intent, image_dir, accel) {
                     Ok(cfg) => {
                         local.launched_ms.get_or_insert(now);
-                        Decision::with_op(VmPhase::Starting, Op::Launch(Box::new(cfg)))
+                        Decision::with_op(
+                            VmPhase::Starting,
+                            Op::Launch {
+                                cfg: Box::new(cfg),
+                                net: net_request(intent),
+                            },
+                        )
                     }
                     Err(e) => Decision::failed(e),
                 }

@@ -3,8 +3,8 @@
 //! stack, no I/O. Requests refuse unknown fields.
 
 use firefleet_types::{
-    node::NodeFacts, Accel, Generation, Labels, NodeId, NodeInfo, Resources, RestartPolicy,
-    Snapshot, SnapshotPhase, TenantId, UnixMillis, Vm, VmId, VmPhase, VmSpec,
+    node::NodeFacts, Accel, Generation, Labels, NetworkSpec, NodeId, NodeInfo, Resources,
+    RestartPolicy, Snapshot, SnapshotPhase, TenantId, UnixMillis, Vm, VmId, VmPhase, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -39,6 +39,9 @@ pub struct CreateVmRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub tenant: Option<TenantId>,
+    /// Network interface and bandwidth limits (default: a NIC, no limits).
+    #[serde(default)]
+    pub network: NetworkSpec,
 }
 
 /// A list of VMs.
@@ -364,6 +367,9 @@ pub struct VmStatusReport {
     #[serde(default)]
     #[schema(value_type = Option<u64>)]
     pub restored_generation: Option<Generation>,
+    /// The guest's address on the node network, when it has one.
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 /// Where the server's console copy of a VM ends (answer to an upload).

@@ -87,6 +87,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         memory: u64,
     },
+    /// Cold boot to ready vs restore from a snapshot to running, on this host (no server).
+    Restore {
+        /// Samples of each.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Where the benchmark's VMs live (default: a temporary directory).
+        #[arg(long)]
+        state_dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +115,12 @@ pub struct UpArgs {
     /// Local image store.
     #[arg(long, env = "FIREFLEET_IMAGE_DIR")]
     pub image_dir: Option<PathBuf>,
+    /// The local agent's VM bridge.
+    #[arg(long, default_value = firefleet_vmm::net::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// The local agent's subnet for VM addresses (the bridge gets the first address).
+    #[arg(long, default_value = firefleet_vmm::net::DEFAULT_SUBNET)]
+    pub subnet: String,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +172,12 @@ pub struct AgentArgs {
     /// Memory offered to VMs in MiB (default: host memory less 512 MiB).
     #[arg(long)]
     pub capacity_memory_mib: Option<u64>,
+    /// The VM bridge (created if missing; one agent per bridge).
+    #[arg(long, default_value = firefleet_vmm::net::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// The subnet for VM addresses (the bridge gets the first address).
+    #[arg(long, default_value = firefleet_vmm::net::DEFAULT_SUBNET)]
+    pub subnet: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,6 +297,15 @@ pub struct VmRunArgs {
     /// Tenant (admin only).
     #[arg(long)]
     pub tenant: Option<String>,
+    /// No network interface.
+    #[arg(long, conflicts_with_all = ["egress_mbit", "ingress_mbit"])]
+    pub no_network: bool,
+    /// Bandwidth limit for traffic from the guest, Mbit/s.
+    #[arg(long)]
+    pub egress_mbit: Option<u32>,
+    /// Bandwidth limit for traffic to the guest, Mbit/s.
+    #[arg(long)]
+    pub ingress_mbit: Option<u32>,
     /// Wait until the VM is Running (or has finished).
     #[arg(long)]
     pub wait: bool,

@@ -70,6 +70,7 @@ pub async fn vm_run(g: &Global, count: usize, memory: u64) -> anyhow::Result<()>
             cmd: None,
             restart_policy: Default::default(),
             tenant: None,
+            network: Default::default(),
         };
         let t0 = Instant::now();
         let vm = c.vm_create(&req).await?;
@@ -155,6 +156,84 @@ pub async fn vm_run(g: &Global, count: usize, memory: u64) -> anyhow::Result<()>
                     ],
                     &rows
                 )
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `firefleet bench restore`: cold boot to ready vs restore to running, in one run.
+pub async fn restore(
+    g: &Global,
+    count: usize,
+    state_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    if count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let digest = crate::cmd_image::resolve_or_build(g, "default").await?;
+    let images =
+        firefleet_vmm::image::ImageStore::open(&crate::cmd_image::image_dir(g.image_dir.as_ref()))?;
+    let image = images.resolve(&digest)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("firefleet-bench-")
+        .tempdir()?;
+    let root = state_dir.unwrap_or_else(|| tmp.path().to_owned());
+    let runtime = firefleet_vmm::QemuRuntime::new(root)?;
+    let show = g.output == Output::Table;
+    let report = tokio::task::spawn_blocking(move || {
+        let bar = if show {
+            ProgressBar::new_spinner()
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let r = firefleet_vmm::bench::restore_vs_cold(&runtime, &image, count, &mut |m: &str| {
+            bar.set_message(m.to_owned())
+        });
+        bar.finish_and_clear();
+        r
+    })
+    .await??;
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => {
+            let rows: Vec<Vec<String>> = (0..count)
+                .map(|i| {
+                    vec![
+                        (i + 1).to_string(),
+                        report
+                            .cold_boot_ms
+                            .get(i)
+                            .map(|v| format!("{v:.0}"))
+                            .unwrap_or_default(),
+                        report
+                            .restore_ms
+                            .get(i)
+                            .map(|v| format!("{v:.0}"))
+                            .unwrap_or_default(),
+                    ]
+                })
+                .chain(std::iter::once(vec![
+                    "median".to_owned(),
+                    format!("{:.0}", report.cold_boot_median_ms),
+                    format!("{:.0}", report.restore_median_ms),
+                ]))
+                .collect();
+            print!(
+                "{}",
+                crate::output::table(
+                    &["RUN", "COLD_BOOT_TO_READY_MS", "RESTORE_TO_RUNNING_MS"],
+                    &rows
+                )
+            );
+            println!(
+                "accel {}, {} MiB guest, snapshot {} MiB (paused {} ms to take it); restore/cold = {:.3}",
+                report.accel,
+                report.memory_mib,
+                report.snapshot_bytes / (1024 * 1024),
+                report.snapshot_pause_ms,
+                report.restore_median_ms / report.cold_boot_median_ms.max(1.0)
             );
         }
     }

@@ -71,6 +71,8 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         image_dir: crate::cmd_image::image_dir(a.image_dir.as_ref()),
         capacity,
         heartbeat: Duration::from_secs(2),
+        bridge: Some(a.bridge),
+        subnet: Some(a.subnet),
     };
     let (tx, rx) = watch::channel(false);
     let run = tokio::spawn(firefleet_agent::run(config, rx));
@@ -115,6 +117,10 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .arg(&agent_dir)
         .arg("--image-dir")
         .arg(&image_dir)
+        .arg("--bridge")
+        .arg(&a.bridge)
+        .arg("--subnet")
+        .arg(&a.subnet)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     for l in &a.labels {

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, CreateVmRequest, ExecRequest};
 use firefleet_client::{Client, Connection};
 use firefleet_types::{
-    topology::parse_label, Labels, Resources, Snapshot, SnapshotPhase, Vm, VmPhase,
+    topology::parse_label, Labels, NetworkSpec, Resources, Snapshot, SnapshotPhase, Vm, VmPhase,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -54,11 +54,14 @@ fn vm_row(vm: &Vm) -> Vec<String> {
             "{}/{}Mi",
             vm.spec.resources.vcpus, vm.spec.resources.memory_mib
         ),
+        opt(&vm.status.ip),
         vm.id.to_string(),
     ]
 }
 
-const VM_HEADERS: &[&str] = &["NAME", "TENANT", "PHASE", "NODE", "ACCEL", "CPU/MEM", "ID"];
+const VM_HEADERS: &[&str] = &[
+    "NAME", "TENANT", "PHASE", "NODE", "ACCEL", "CPU/MEM", "IP", "ID",
+];
 
 pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
     let c = client(g)?;
@@ -339,6 +342,11 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
         cmd: a.cmd.map(|s| vec!["sh".to_owned(), "-c".to_owned(), s]),
         restart_policy: Default::default(),
         tenant: a.tenant.as_deref().map(str::parse).transpose()?,
+        network: NetworkSpec {
+            enabled: !a.no_network,
+            egress_mbit: a.egress_mbit,
+            ingress_mbit: a.ingress_mbit,
+        },
     };
     let vm = c.vm_create(&req).await?;
     let vm = if a.wait {

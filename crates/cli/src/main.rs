@@ -61,5 +61,8 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Bench(args::BenchCommand::VmRun { count, memory }) => {
             cmd_bench::vm_run(&g, count, memory).await
         }
+        Command::Bench(args::BenchCommand::Restore { count, state_dir }) => {
+            cmd_bench::restore(&g, count, state_dir).await
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Test harness: real `firefleet` processes on loopback, torn down (with every QEMU they
-//! started) when the harness is dropped, even when a test fails.
+//! started) when the harness is dropped, even when a test fails. Each agent gets its own VM
+//! bridge and subnet (`ffe*`, `10.215.x.0/24`), removed with its TAPs and nft tables on drop.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
@@ -26,6 +27,18 @@ pub struct Cluster {
     pub server: Option<Child>,
     pub agents: Vec<(String, Child)>,
     pub addr: String,
+    /// Each agent's network, by agent name (kept across agent restarts).
+    pub nets: Vec<(String, AgentNet)>,
+}
+
+/// An agent's VM bridge and subnet.
+#[derive(Debug, Clone)]
+pub struct AgentNet {
+    pub bridge: String,
+    /// `10.215.x.0/24`.
+    pub subnet: String,
+    /// `10.215.x.1`, the bridge's address.
+    pub gateway: String,
 }
 
 impl Cluster {
@@ -40,6 +53,7 @@ impl Cluster {
             server: None,
             agents: vec![],
             addr: String::new(),
+            nets: vec![],
         };
         c.start_server();
         c
@@ -133,8 +147,42 @@ impl Cluster {
         })
     }
 
+    /// The network of agent `name`: chosen on its first start, the same on later ones.
+    pub fn agent_net(&mut self, name: &str) -> AgentNet {
+        if let Some((_, n)) = self.nets.iter().find(|(n, _)| n == name) {
+            return n.clone();
+        }
+        let k = self.nets.len() as u32;
+        let pid = std::process::id();
+        let bridge = format!("ffe{}x{k}", pid % 100_000);
+        let used = String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-o", "-4", "addr", "show"])
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default(),
+        )
+        .into_owned();
+        let taken: Vec<String> = self.nets.iter().map(|(_, n)| n.subnet.clone()).collect();
+        let third = (0..250u32)
+            .map(|i| (pid * 7 + k * 13 + i) % 250)
+            .find(|x| {
+                !used.contains(&format!("10.215.{x}."))
+                    && !taken.contains(&format!("10.215.{x}.0/24"))
+            })
+            .expect("a free 10.215.x.0/24");
+        let net = AgentNet {
+            bridge,
+            subnet: format!("10.215.{third}.0/24"),
+            gateway: format!("10.215.{third}.1"),
+        };
+        self.nets.push((name.to_owned(), net.clone()));
+        net
+    }
+
     /// Starts an agent with a fresh join token (first start) or its existing identity.
     pub fn start_agent(&mut self, name: &str, labels: &[&str], vcpus: u32) {
+        let net = self.agent_net(name);
         let data = self.path(&format!("agent-{name}"));
         let mut cmd = Command::new(BIN);
         cmd.args([
@@ -155,6 +203,10 @@ impl Cluster {
             &vcpus.to_string(),
             "--capacity-memory-mib",
             "2048",
+            "--bridge",
+            &net.bridge,
+            "--subnet",
+            &net.subnet,
         ]);
         for l in labels {
             cmd.args(["--label", l]);
@@ -269,7 +321,56 @@ impl Drop for Cluster {
         for pid in self.qemu_pids() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
+        for (name, net) in &self.nets {
+            let ipam = self.path(&format!("agent-{name}/net/ipam.json"));
+            remove_network(&net.bridge, &ipam);
+        }
     }
+}
+
+/// The TAP devices recorded in an agent's `ipam.json`, by VM id.
+pub fn ipam_taps(ipam: &Path) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(ipam) else {
+        return vec![];
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["allocations"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(id, a)| Some((id.clone(), a["tap"].as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Removes a test agent's bridge, the TAPs (and IFBs) in its `ipam.json` and its nft tables.
+pub fn remove_network(bridge: &str, ipam: &Path) {
+    let del = |dev: &str| {
+        if link_exists(dev) {
+            let _ = Command::new("ip")
+                .args(["link", "del", "dev", dev])
+                .status();
+        }
+    };
+    for (_, tap) in ipam_taps(ipam) {
+        del(&tap);
+        if let Some(rest) = tap.strip_prefix("fft") {
+            del(&format!("ffi{rest}"));
+        }
+    }
+    let table = format!("firefleet_{}", bridge.replace(['-', '.'], "_"));
+    for family in ["bridge", "inet"] {
+        let _ = Command::new("nft")
+            .args(["delete", "table", family, &table])
+            .stderr(Stdio::null())
+            .status();
+    }
+    del(bridge);
 }
 
 fn log_file(p: &Path) -> Stdio {

@@ -55,6 +55,41 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
         );
     }
     assert_eq!(c.qemu_pids().len(), 2);
+    // As root, every VMM runs sandboxed: its own uid, QEMU's seccomp filter, and the node facts
+    // say so.
+    if std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .contains("Uid:\t0\t")
+    {
+        let mut uids = vec![];
+        for pid in c.qemu_pids() {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let field = |f: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(f))
+                    .unwrap()
+                    .trim()
+                    .to_owned()
+            };
+            let uid: u32 = field("Uid:")
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(uid >= 3_000_000, "VMM {pid} runs as uid {uid}");
+            assert_eq!(field("Seccomp:"), "2", "VMM {pid} has no seccomp filter");
+            uids.push(uid);
+        }
+        let isolation = &nodes[0]["status"]["facts"]["isolation"];
+        assert_eq!(isolation["uid_per_vm"], true, "{isolation}");
+        assert!(isolation["seccomp"]
+            .as_str()
+            .unwrap()
+            .contains("sandbox on"));
+        assert_ne!(isolation["cgroup"], "", "{isolation}");
+    }
     c.wait(
         Duration::from_secs(20),
         "console of a shows the ready line",

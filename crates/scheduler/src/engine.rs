@@ -356,6 +356,8 @@ mod tests {
             vmm_version: String::new(),
             kernel: String::new(),
             agent_version: String::new(),
+            network: None,
+            isolation: None,
         });
         let view = NodeView::from_node_info(
             &info,

@@ -15,12 +15,14 @@ pub mod validate;
 pub mod vm;
 
 pub use ids::{NodeId, TenantId, VmId};
-pub use node::{Accel, NodeFacts, NodeInfo, NodeStatus};
+pub use node::{Accel, NodeFacts, NodeInfo, NodeNetworkFacts, NodeStatus};
 pub use resources::Resources;
 pub use snapshot::{Snapshot, SnapshotPhase};
 pub use topology::Labels;
 pub use validate::ValidationError;
-pub use vm::{DesiredState, RestartPolicy, RestoreRequest, Vm, VmPhase, VmSpec, VmStatus};
+pub use vm::{
+    DesiredState, NetworkSpec, RestartPolicy, RestoreRequest, Vm, VmPhase, VmSpec, VmStatus,
+};
 
 /// A monotonically increasing counter of spec changes (Omicron's `Generation`). Agents refuse
 /// intents older than the generation they already have.

@@ -43,6 +43,42 @@ pub struct NodeFacts {
     pub kernel: String,
     /// Agent version.
     pub agent_version: String,
+    /// The node's VM network, when the agent could set it up.
+    #[serde(default)]
+    pub network: Option<NodeNetworkFacts>,
+    /// The protections in force for VMM processes (and what is not in force, and why).
+    #[serde(default)]
+    pub isolation: Option<IsolationFacts>,
+}
+
+/// The protections a node applies to its VMM processes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct IsolationFacts {
+    /// Each VMM runs under a uid/gid of its own, without supplementary groups or new privileges.
+    pub uid_per_vm: bool,
+    /// The seccomp filter in force.
+    pub seccomp: String,
+    /// Which cgroup hierarchy is used: `v2`, `v1`, `hybrid (...)` or `none`.
+    pub cgroup: String,
+    /// CPU limits are enforced.
+    pub cpu_limit: bool,
+    /// Memory limits are enforced.
+    pub memory_limit: bool,
+    /// What the VMM's jail is.
+    pub jail: String,
+    /// What is not in force, and why.
+    pub notes: Vec<String>,
+}
+
+/// A node's VM network: a bridge with an address in the node subnet, the guests' gateway.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NodeNetworkFacts {
+    /// The bridge.
+    pub bridge: String,
+    /// The node subnet (`10.213.0.0/24`).
+    pub subnet: String,
+    /// The bridge's address, the guests' gateway.
+    pub gateway: String,
 }
 
 /// Whether a node takes work.

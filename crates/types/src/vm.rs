@@ -80,6 +80,65 @@ pub struct VmSpec {
     /// out once per request).
     #[serde(default)]
     pub restore: Option<RestoreRequest>,
+    /// The VM's network interface.
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+/// The largest bandwidth limit accepted, in Mbit/s.
+pub const MAX_NET_MBIT: u32 = 100_000;
+
+/// A VM's network interface: on the node's bridge, with an address from the node's subnet,
+/// reachable by the host and by the tenant's other VMs on the node.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Give the VM a network interface (default true). Nodes without networking run the VM
+    /// without one.
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+    /// Bandwidth limit for traffic from the guest, Mbit/s (1..=100000; none: unlimited).
+    #[serde(default)]
+    pub egress_mbit: Option<u32>,
+    /// Bandwidth limit for traffic to the guest, Mbit/s (1..=100000; none: unlimited).
+    #[serde(default)]
+    pub ingress_mbit: Option<u32>,
+}
+
+fn enabled_default() -> bool {
+    true
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            egress_mbit: None,
+            ingress_mbit: None,
+        }
+    }
+}
+
+impl NetworkSpec {
+    /// Checks the limits.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        for (field, v) in [
+            ("network.egress_mbit", self.egress_mbit),
+            ("network.ingress_mbit", self.ingress_mbit),
+        ] {
+            if let Some(m) = v {
+                if m == 0 || m > MAX_NET_MBIT {
+                    return Err(ValidationError::new(
+                        field,
+                        format!("{m} Mbit/s: must be 1..={MAX_NET_MBIT}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A request to restore a VM from a snapshot.
@@ -104,6 +163,7 @@ impl VmSpec {
         if let Some(cmd) = &self.cmd {
             validate_cmd(cmd)?;
         }
+        self.network.validate()?;
         Ok(())
     }
 }
@@ -249,6 +309,9 @@ pub struct VmStatus {
     #[serde(default)]
     #[schema(value_type = Option<u64>)]
     pub restored_generation: Option<Generation>,
+    /// The guest's address on its node's network, once it has one.
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 impl VmStatus {
@@ -268,6 +331,7 @@ impl VmStatus {
             running_ms: None,
             stopped_ms: None,
             restored_generation: None,
+            ip: None,
         }
     }
 }
@@ -308,6 +372,7 @@ mod tests {
             restart_policy: RestartPolicy::Never,
             desired: DesiredState::Running,
             restore: None,
+            network: NetworkSpec::default(),
         }
     }
 
@@ -349,6 +414,45 @@ mod tests {
             ..spec()
         };
         assert_eq!(huge.validate().unwrap_err().field, "cmd");
+        for (egress, ingress, field) in [
+            (Some(0), None, "network.egress_mbit"),
+            (Some(100_001), None, "network.egress_mbit"),
+            (None, Some(0), "network.ingress_mbit"),
+        ] {
+            let bad = VmSpec {
+                network: NetworkSpec {
+                    enabled: true,
+                    egress_mbit: egress,
+                    ingress_mbit: ingress,
+                },
+                ..spec()
+            };
+            assert_eq!(bad.validate().unwrap_err().field, field);
+        }
+        let ok = VmSpec {
+            network: NetworkSpec {
+                enabled: true,
+                egress_mbit: Some(1),
+                ingress_mbit: Some(MAX_NET_MBIT),
+            },
+            ..spec()
+        };
+        assert!(ok.validate().is_ok());
+    }
+
+    #[test]
+    fn network_defaults_on_and_refuses_unknown_fields() {
+        let n: NetworkSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(n, NetworkSpec::default());
+        assert!(n.enabled);
+        let n: NetworkSpec = serde_json::from_str(r#"{"enabled":false}"#).unwrap();
+        assert!(!n.enabled);
+        assert!(serde_json::from_str::<NetworkSpec>(r#"{"egres_mbit":1}"#).is_err());
+        // A spec stored before networking existed reads with networking on.
+        let mut v = serde_json::to_value(spec()).unwrap();
+        v.as_object_mut().unwrap().remove("network");
+        let old: VmSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(old.network, NetworkSpec::default());
     }
 
     #[test]

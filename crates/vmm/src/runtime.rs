@@ -259,6 +259,14 @@ pub enum VmmError {
         secs: u64,
     },
     /// A QMP exchange failed.
+    #[error("sandboxing the VMM of VM {id}")]
+    Sandbox {
+        /// The VM.
+        id: String,
+        /// Cause.
+        #[source]
+        source: crate::sandbox::SandboxError,
+    },
     #[error("{backend} does not support {op} (VM {id})")]
     Unsupported {
         /// The backend.

@@ -406,6 +406,45 @@ impl Sandbox {
     }
 }
 
+/// Opens the persistent TAP device `name` (as root) for a VMM that may not open it itself:
+/// the descriptor is handed to QEMU (`-netdev tap,fd=N`).
+pub fn open_tap(name: &str) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid TAP name {name:?}"),
+        ));
+    }
+    // SAFETY: open(2) with a NUL-terminated literal path.
+    let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a descriptor we just opened and own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // struct ifreq: the name (IFNAMSIZ bytes) then a union whose first member is the flags.
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[libc::IFNAMSIZ..libc::IFNAMSIZ + 2].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is large enough to hold.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// The group owning /dev/kvm, when the device is not open to everyone (the VMM's uid joins it).
+pub fn kvm_group() -> Option<libc::gid_t> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/dev/kvm").ok()?;
+    (m.mode() & 0o006 != 0o006).then_some(m.gid())
+}
+
 /// Reads a VM's persisted sandbox.
 pub fn read_vm_sandbox(state_dir: &Path) -> Option<VmSandbox> {
     let b = std::fs::read(state_dir.join("sandbox.json")).ok()?;
@@ -440,10 +479,10 @@ pub fn link_into_jail(src: &Path, dst: &Path, vm: &VmSandbox) -> io::Result<()> 
 ///
 /// # Safety
 /// To be called only from `CommandExt::pre_exec`.
-pub unsafe fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: plain syscalls on integers; no allocation.
+pub unsafe fn drop_privileges(uid: u32, gid: u32, groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: plain syscalls on integers and a borrowed slice; no allocation.
     unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
             return Err(io::Error::last_os_error());
         }
         if libc::setresgid(gid, gid, gid) != 0 {

@@ -213,6 +213,7 @@ pub async fn report_status(
             None
         };
         s.restored_generation = report.restored_generation.max(s.restored_generation);
+        s.ip = report.ip.clone().or(s.ip.take());
         Ok(*s != before)
     })
     .await?;

@@ -66,6 +66,7 @@ pub async fn create(
         restart_policy: req.restart_policy,
         desired: DesiredState::Running,
         restore: None,
+        network: req.network,
     };
     spec.validate()?;
     let vm = repo::create_vm(&state, spec).await?;

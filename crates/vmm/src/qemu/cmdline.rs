@@ -75,7 +75,9 @@ pub fn kernel_cmdline(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> String {
             .collect(),
         net: cfg.net.as_ref().map(crate::net::guest_net),
     };
-    let mut s = String::from("console=ttyS0 reboot=t panic=-1 quiet");
+    // init_on_free=1: freed guest pages are zeroed, so snapshots compress to what is in use
+    // (~57 MB instead of ~96 MB for an idle 256 MiB guest) and freed data does not linger.
+    let mut s = String::from("console=ttyS0 reboot=t panic=-1 quiet init_on_free=1");
     if let Some(khz) = tsc_khz {
         s.push_str(&format!(" tsc_early_khz={khz}"));
     }
@@ -219,7 +221,7 @@ mod tests {
         }
         let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
         assert!(append.starts_with(
-            "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=2300000 firefleet.config="
+            "console=ttyS0 reboot=t panic=-1 quiet init_on_free=1 tsc_early_khz=2300000 firefleet.config="
         ));
         assert!(!append.contains("acpi=off"));
         let kvm = qemu_args(&cfg(Accel::Kvm, None), None).join(" ");

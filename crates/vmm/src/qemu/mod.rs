@@ -16,6 +16,7 @@ pub mod snapshot;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,7 @@ pub struct QemuRuntime {
     state_root: PathBuf,
     qemu: PathBuf,
     tsc_khz: Option<u64>,
+    sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// Finds `qemu-system-x86_64`: `$FIREFLEET_QEMU`, else the first on PATH.
@@ -129,7 +131,21 @@ impl QemuRuntime {
             state_root,
             qemu,
             tsc_khz: cmdline::host_tsc_khz(),
+            sandbox: None,
         })
+    }
+
+    /// Runs every VMM of this runtime sandboxed: its own uid/gid, QEMU's seccomp filter with the
+    /// deny options, cgroup limits where the host offers them, and its state directory as its
+    /// jail (kernel and initrd linked in; TAP handed over as a descriptor).
+    pub fn with_sandbox(mut self, sandbox: crate::sandbox::Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// The sandbox in force, if any.
+    pub fn sandbox(&self) -> Option<&crate::sandbox::Sandbox> {
+        self.sandbox.as_ref()
     }
 
     /// The QEMU binary in use.
@@ -161,17 +177,43 @@ impl QemuRuntime {
         let log_path = dir.join(QEMU_LOG);
         let log = File::create(&log_path).map_err(state_err(&log_path))?;
         let log2 = log.try_clone().map_err(state_err(&log_path))?;
+        let jail = match &self.sandbox {
+            Some(sb) => Some(self.prepare_jail(sb, cfg, dir)?),
+            None => None,
+        };
+        let args = match &jail {
+            Some(j) => j.args(cmdline::qemu_args_with(&j.cfg, self.tsc_khz, opts)),
+            None => cmdline::qemu_args_with(cfg, self.tsc_khz, opts),
+        };
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(cmdline::qemu_args_with(cfg, self.tsc_khz, opts))
+        cmd.args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        let drop_to = jail.as_ref().map(|j| {
+            (
+                j.vm.uid,
+                j.vm.gid,
+                j.groups.clone(),
+                j.tap.as_ref().map(|t| t.as_raw_fd()),
+            )
+        });
+        // SAFETY: only async-signal-safe calls (setsid, fcntl, setgroups/setresgid/setresuid,
+        // prctl) on values prepared before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some((uid, gid, groups, tap)) = &drop_to {
+                    if let Some(fd) = tap {
+                        // Let the TAP descriptor survive exec (it was opened close-on-exec).
+                        if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    crate::sandbox::drop_privileges(*uid, *gid, groups)?;
                 }
                 Ok(())
             });
@@ -191,6 +233,17 @@ impl QemuRuntime {
                 log: log_tail(&log_path),
             });
         };
+        if let (Some(sb), Some(j)) = (&self.sandbox, &jail) {
+            if let Err(e) = sb.attach(&j.vm, proc_id.pid) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(VmmError::Sandbox {
+                    id: cfg.id.clone(),
+                    source: e,
+                });
+            }
+        }
+        drop(jail);
         let pid_path = dir.join(PID_FILE);
         if let Err(e) = write_atomic(&pid_path, proc_id.to_file_contents().as_bytes()) {
             let _ = child.kill();
@@ -548,6 +601,9 @@ impl Runtime for QemuRuntime {
             return Ok(());
         }
         self.stop(id, REMOVE_GRACE)?;
+        if let Some(vm) = crate::sandbox::read_vm_sandbox(&dir) {
+            crate::sandbox::Sandbox::cleanup(&vm);
+        }
         // A reaper thread may still be writing the exit record: retry briefly.
         let mut attempt = 0;
         loop {
@@ -592,5 +648,86 @@ mod tests {
         rt.stop("nope", Duration::from_secs(1)).unwrap();
         rt.remove("nope").unwrap();
         assert!(rt.list().unwrap().is_empty());
+    }
+}
+
+/// What a sandboxed spawn needs, prepared before the fork.
+struct Jail {
+    /// The config with jail-relative kernel and initrd.
+    cfg: LaunchConfig,
+    vm: crate::sandbox::VmSandbox,
+    groups: Vec<libc::gid_t>,
+    tap: Option<std::os::fd::OwnedFd>,
+}
+
+impl Jail {
+    /// QEMU's arguments under the sandbox: the TAP by descriptor, and the seccomp filter.
+    fn args(&self, mut args: Vec<String>) -> Vec<String> {
+        if let Some(tap) = &self.tap {
+            for a in &mut args {
+                if a.starts_with("tap,id=n0,") {
+                    *a = format!("tap,id=n0,fd={}", tap.as_raw_fd());
+                }
+            }
+        }
+        args.push("-sandbox".into());
+        args.push(crate::sandbox::QEMU_SECCOMP.into());
+        args
+    }
+}
+
+impl QemuRuntime {
+    fn prepare_jail(
+        &self,
+        sb: &crate::sandbox::Sandbox,
+        cfg: &LaunchConfig,
+        dir: &Path,
+    ) -> Result<Jail, VmmError> {
+        let sandbox_err = |source| VmmError::Sandbox {
+            id: cfg.id.clone(),
+            source,
+        };
+        let vm = sb
+            .prepare(&self.state_root, &cfg.id, dir, cfg.vcpus, cfg.memory_mib)
+            .map_err(sandbox_err)?;
+        let jail_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| VmmError::State { path, source }
+        };
+        let mut jailed = cfg.clone();
+        for (src, name) in [
+            (&cfg.image.kernel, "vmlinuz"),
+            (&cfg.image.initrd, "initrd.img"),
+        ] {
+            let dst = dir.join(name);
+            crate::sandbox::link_into_jail(src, &dst, &vm).map_err(jail_err(&dst))?;
+        }
+        jailed.image.kernel = PathBuf::from("vmlinuz");
+        jailed.image.initrd = PathBuf::from("initrd.img");
+        for d in &cfg.disks {
+            // The VM's own disk images become its uid's (they are per-VM files or overlays).
+            crate::sandbox::give(&d.path, &vm).map_err(jail_err(&d.path))?;
+        }
+        for f in ["console.log"] {
+            let p = dir.join(f);
+            if p.exists() {
+                crate::sandbox::give(&p, &vm).map_err(jail_err(&p))?;
+            }
+        }
+        let tap = match &cfg.net {
+            Some(n) => Some(crate::sandbox::open_tap(&n.tap).map_err(jail_err(Path::new(&n.tap)))?),
+            None => None,
+        };
+        let groups = if cfg.accel == firefleet_types::Accel::Kvm {
+            crate::sandbox::kvm_group().into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Jail {
+            cfg: jailed,
+            vm,
+            groups,
+            tap,
+        })
     }
 }

@@ -1,0 +1,288 @@
+//! End to end: VM networking through the CLI, the server and an agent on its own bridge and
+//! subnet. Tenant isolation, host reachability, the metadata address, bandwidth limits, IPAM
+//! across an agent restart and cleanup on delete. Needs root, `ip`, `nft`, `tc` and the guest
+//! image.
+//!
+//! All traffic stays on this machine: between the host and the test agent's own subnet, and to
+//! 169.254.169.254 on the test's bridge (added there so a guest would have something to reach).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn httpd(name: &str) -> String {
+    format!("mkdir -p /www; echo hello-{name} > /www/index.html; exec httpd -f -p 8080 -h /www")
+}
+
+fn ok_as(c: &Cluster, token: &str, args: &[&str]) -> String {
+    let out = c.cli_as(token, args);
+    assert!(
+        out.status.success(),
+        "firefleet {args:?} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `GET /` from the host; the body if it answered.
+fn http_get(ip: &str, port: u16) -> Option<String> {
+    let addr = SocketAddr::from((ip.parse::<Ipv4Addr>().ok()?, port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// `vm get` as `token` (names are per tenant).
+fn vm_as(c: &Cluster, token: &str, vm: &str) -> serde_json::Value {
+    serde_json::from_str(&ok_as(c, token, &["vm", "get", vm, "--output", "json"])).unwrap()
+}
+
+fn wait_running(c: &Cluster, token: &str, vm: &str) -> serde_json::Value {
+    let mut v = serde_json::Value::Null;
+    c.wait(BOOT, &format!("{vm} running"), || {
+        v = vm_as(c, token, vm);
+        assert_ne!(v["status"]["phase"], "failed", "{v}");
+        v["status"]["phase"] == "running"
+    });
+    v
+}
+
+/// Waits for the VM's address to show in its status.
+fn wait_ip(c: &Cluster, token: &str, vm: &str) -> String {
+    let mut ip = String::new();
+    c.wait(Duration::from_secs(30), &format!("{vm}'s address"), || {
+        ip = vm_as(c, token, vm)["status"]["ip"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        !ip.is_empty()
+    });
+    ip
+}
+
+/// Runs `script` in `vm` with `sh -c` as `token`; its stdout.
+fn exec(c: &Cluster, token: &str, vm: &str, script: &str) -> String {
+    ok_as(c, token, &["vm", "exec", vm, "--", "sh", "-c", script])
+}
+
+/// Accepts one connection on `l`, reads `n` bytes, returns bytes/second from the first byte to
+/// the last.
+fn receive_rate(l: &TcpListener, n: usize) -> f64 {
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0usize;
+    let mut first = None;
+    while got < n {
+        let k = s.read(&mut buf).unwrap();
+        assert!(k > 0, "EOF after {got} bytes");
+        first.get_or_insert_with(Instant::now);
+        got += k;
+    }
+    got as f64 / first.unwrap().elapsed().as_secs_f64()
+}
+
+#[test]
+fn vm_networking_isolation_limits_and_ipam() {
+    let mut c = Cluster::start();
+    let net = c.agent_net("net-1");
+    let ipam = c.path("agent-net-1/net/ipam.json");
+    c.start_agent("net-1", &[], 8);
+    c.wait_nodes_ready(1);
+    let node = &c.json(&["node", "ls"])[0];
+    let facts = &node["status"]["facts"]["network"];
+    assert_eq!(facts["bridge"], net.bridge.as_str(), "{node}");
+    assert_eq!(facts["subnet"], net.subnet.as_str());
+    assert_eq!(facts["gateway"], net.gateway.as_str());
+
+    let token_a = ok_as(&c, &c.admin_token(), &["token", "create", "--tenant", "a"]);
+    let token_b = ok_as(&c, &c.admin_token(), &["token", "create", "--tenant", "b"]);
+    let (ta, tb) = (token_a.trim(), token_b.trim());
+    for (t, vm) in [(ta, "a1"), (ta, "a2"), (tb, "b1")] {
+        ok_as(&c, t, &["vm", "run", "--name", vm, "--cmd", &httpd(vm)]);
+    }
+    ok_as(
+        &c,
+        ta,
+        &[
+            "vm",
+            "run",
+            "--name",
+            "nonet",
+            "--no-network",
+            "--cmd",
+            "sleep 600",
+        ],
+    );
+    let mut ips = std::collections::BTreeMap::new();
+    for (t, vm) in [(ta, "a1"), (ta, "a2"), (tb, "b1")] {
+        wait_running(&c, t, vm);
+        ips.insert(vm, wait_ip(&c, t, vm));
+    }
+    assert_eq!(
+        ips.values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3,
+        "{ips:?}"
+    );
+    let prefix = net.gateway.trim_end_matches('1');
+    assert!(ips.values().all(|ip| ip.starts_with(prefix)), "{ips:?}");
+    let nonet = wait_running(&c, ta, "nonet");
+    assert!(nonet["status"]["ip"].is_null(), "{nonet}");
+    assert_eq!(ipam_taps(&ipam).len(), 3, "no address for nonet");
+
+    // The host reaches every guest's service.
+    for (vm, ip) in &ips {
+        c.wait(
+            Duration::from_secs(60),
+            &format!("http://{ip}:8080/"),
+            || http_get(ip, 8080).is_some_and(|b| b.contains(&format!("hello-{vm}"))),
+        );
+    }
+    // `vm ls` shows the addresses.
+    let table = ok_as(&c, &c.admin_token(), &["vm", "ls"]);
+    assert!(table.lines().next().unwrap().contains("IP"), "{table}");
+    assert!(table.contains(&ips["a1"]), "{table}");
+
+    // Same tenant: reachable; other tenant: not.
+    let a1_url = format!("http://{}:8080/", ips["a1"]);
+    let probe = format!("wget -q -O - -T 3 {a1_url} || echo BLOCKED");
+    let same = exec(&c, ta, "a2", &probe);
+    assert!(same.contains("hello-a1"), "a2 -> a1: {same}");
+    let other = exec(&c, tb, "b1", &probe);
+    assert!(
+        other.contains("BLOCKED") && !other.contains("hello-a1"),
+        "b1 -> a1: {other}"
+    );
+
+    // The metadata address: a listener on the host at 169.254.169.254 (an address on the test's
+    // own bridge) is never reached by a guest, while the gateway is.
+    let add = Command::new("ip")
+        .args(["addr", "add", "169.254.169.254/32", "dev", &net.bridge])
+        .status()
+        .unwrap();
+    assert!(add.success());
+    let meta = TcpListener::bind("169.254.169.254:0").unwrap();
+    let meta_port = meta.local_addr().unwrap().port();
+    meta.set_nonblocking(true).unwrap();
+    let gw = TcpListener::bind((net.gateway.parse::<Ipv4Addr>().unwrap(), 0)).unwrap();
+    let gw_port = gw.local_addr().unwrap().port();
+    let gw_thread = std::thread::spawn(move || {
+        let (mut s, peer) = gw.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\ngateway-ok\n");
+        peer
+    });
+    let out = exec(
+        &c,
+        ta,
+        "a1",
+        &format!(
+            "wget -q -O - -T 5 http://{}:{gw_port}/ || echo GW-FAILED; \
+             wget -q -O - -T 3 http://169.254.169.254:{meta_port}/ || echo BLOCKED",
+            net.gateway
+        ),
+    );
+    assert!(out.contains("gateway-ok"), "{out}");
+    assert!(out.contains("BLOCKED"), "{out}");
+    let peer = gw_thread.join().unwrap();
+    assert_eq!(peer.ip().to_string(), ips["a1"]);
+    match meta.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a guest reached the metadata listener: {other:?}"),
+    }
+    drop(meta);
+    let _ = Command::new("ip")
+        .args(["addr", "del", "169.254.169.254/32", "dev", &net.bridge])
+        .status();
+
+    // Agent restart with VMs running: addresses stay, a new VM gets a new one.
+    let before = std::fs::read_to_string(&ipam).unwrap();
+    c.kill_agent("net-1");
+    c.start_agent("net-1", &[], 8);
+    c.wait(Duration::from_secs(60), "the restarted agent", || {
+        c.json(&["node", "ls"])[0]["status"]["readiness"] == "ready"
+    });
+    assert_eq!(std::fs::read_to_string(&ipam).unwrap(), before);
+    assert!(http_get(&ips["a1"], 8080).is_some_and(|b| b.contains("hello-a1")));
+
+    // Bandwidth: a VM limited to 2 Mbit/s sends 1 MiB to the host.
+    const LIMIT_MBIT: u32 = 2;
+    ok_as(
+        &c,
+        ta,
+        &[
+            "vm",
+            "run",
+            "--name",
+            "bw",
+            "--egress-mbit",
+            &LIMIT_MBIT.to_string(),
+        ],
+    );
+    wait_running(&c, ta, "bw");
+    let bw_ip = wait_ip(&c, ta, "bw");
+    assert!(!ips.values().any(|ip| *ip == bw_ip), "{bw_ip} in {ips:?}");
+    assert_eq!(vm_as(&c, ta, "a1")["status"]["ip"], ips["a1"].as_str());
+    let sink = TcpListener::bind((net.gateway.parse::<Ipv4Addr>().unwrap(), 0)).unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let script = format!(
+        "dd if=/dev/zero bs=64k count=16 2>/dev/null | nc {} {port}; echo sent",
+        net.gateway
+    );
+    let sender = {
+        let (server, ca, token) = (c.server_url(), c.ca(), ta.to_owned());
+        std::thread::spawn(move || {
+            Command::new(BIN)
+                .args(["vm", "exec", "bw", "--", "sh", "-c", &script])
+                .env("FIREFLEET_SERVER", server)
+                .env("FIREFLEET_CA", ca)
+                .env("FIREFLEET_TOKEN", token)
+                .output()
+                .unwrap()
+        })
+    };
+    let rate = receive_rate(&sink, 16 << 16);
+    drop(sink);
+    let out = sender.join().unwrap();
+    let limit = f64::from(LIMIT_MBIT) * 1e6 / 8.0;
+    eprintln!(
+        "egress limit {LIMIT_MBIT} Mbit/s: measured {:.0} B/s ({:.2}x); exec said {}",
+        rate,
+        rate / limit,
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert!(rate <= 1.25 * limit, "{rate} B/s over a {limit} B/s limit");
+    assert!(rate >= 0.3 * limit, "{rate} B/s: far below the limit");
+
+    // Deleting every VM removes every TAP and address.
+    let taps: Vec<String> = ipam_taps(&ipam).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(taps.len(), 4, "{taps:?}");
+    assert!(taps.iter().all(|t| link_exists(t)), "{taps:?}");
+    for (t, vm) in [(ta, "a1"), (ta, "a2"), (tb, "b1"), (ta, "nonet"), (ta, "bw")] {
+        ok_as(&c, t, &["vm", "rm", vm, "--wait"]);
+    }
+    c.wait(Duration::from_secs(30), "TAPs and addresses gone", || {
+        ipam_taps(&ipam).is_empty() && !taps.iter().any(|t| link_exists(t))
+    });
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ipam).unwrap()).unwrap();
+    assert_eq!(state["allocations"], serde_json::json!({}), "{state}");
+    assert!(c.qemu_pids().is_empty());
+}
