@@ -163,7 +163,21 @@ fn vm_networking_isolation_limits_and_ipam() {
     let a1_url = format!("http://{}:8080/", ips["a1"]);
     let probe = format!("wget -q -O - -T 3 {a1_url} || echo BLOCKED");
     let same = exec(&c, ta, "a2", &probe);
-    assert!(same.contains("hello-a1"), "a2 -> a1: {same}");
+    let nft = |family: &str| {
+        let table = format!("firefleet_{}", net.bridge);
+        let out = Command::new("nft")
+            .args(["list", "table", family, &table])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        same.contains("hello-a1"),
+        "a2 -> a1: {same}\n{}\n{}\n{}",
+        nft("bridge"),
+        std::fs::read_to_string(&ipam).unwrap(),
+        std::fs::read_to_string(c.path("agent-net-1.log")).unwrap()
+    );
     let other = exec(&c, tb, "b1", &probe);
     assert!(
         other.contains("BLOCKED") && !other.contains("hello-a1"),
@@ -275,7 +289,13 @@ fn vm_networking_isolation_limits_and_ipam() {
     let taps: Vec<String> = ipam_taps(&ipam).into_iter().map(|(_, t)| t).collect();
     assert_eq!(taps.len(), 4, "{taps:?}");
     assert!(taps.iter().all(|t| link_exists(t)), "{taps:?}");
-    for (t, vm) in [(ta, "a1"), (ta, "a2"), (tb, "b1"), (ta, "nonet"), (ta, "bw")] {
+    for (t, vm) in [
+        (ta, "a1"),
+        (ta, "a2"),
+        (tb, "b1"),
+        (ta, "nonet"),
+        (ta, "bw"),
+    ] {
         ok_as(&c, t, &["vm", "rm", vm, "--wait"]);
     }
     c.wait(Duration::from_secs(30), "TAPs and addresses gone", || {
