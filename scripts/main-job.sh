@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: start FireFleet (server + local agent), boot a real microVM, show its console and
-# status, run a one-shot command VM, stop and delete everything, tear down, exit 0.
+# status, run a one-shot command VM, exec in a guest and show its stats, pause/resume, snapshot and
+# restore a VM whose counter goes on, stop and delete everything, tear down, exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -56,10 +57,31 @@ done
 "$ff" vm get job
 "$ff" vm logs job | grep -E "hello from a microVM|exit-status"
 
-step "firefleet vm stop hello --wait; firefleet vm rm hello job --wait"
+step "firefleet vm exec hello -- uname -sr; firefleet vm stats hello"
+"$ff" vm exec hello -- uname -sr
+for _ in $(seq 1 100); do "$ff" vm stats hello >/dev/null 2>&1 && break; sleep 0.2; done
+"$ff" vm stats hello
+
+step "a counter VM: pause, resume, snapshot, stop, restore in a new VMM process"
+"$ff" vm run --name counter --cmd 'i=0; while true; do echo counter=$i; i=$((i+1)); sleep 0.5; done' --wait
+sleep 2
+"$ff" vm pause counter --wait
+"$ff" vm resume counter --wait
+"$ff" vm snapshot counter s1 --wait
+sleep 1
+echo "last lines before stopping:"; "$ff" vm logs counter | grep counter= | tail -n 2
+"$ff" vm stop counter --wait
+"$ff" vm restore counter s1 --wait
+sleep 2
+echo "after the restore the counter goes on from the snapshot (no second boot):"
+"$ff" vm logs counter | grep counter= | tail -n 3
+[ "$("$ff" vm logs counter | grep -c 'firefleet-guest ready')" = 1 ]
+
+step "firefleet vm stop hello --wait; firefleet vm rm hello job counter --wait"
 "$ff" vm stop hello --wait
 "$ff" vm rm hello --wait
 "$ff" vm rm job --wait
+"$ff" vm rm counter --wait
 "$ff" vm ls
 
 step "tearing down"

@@ -520,6 +520,7 @@ impl Runtime for QemuRuntime {
         };
         if !p.is_alive() {
             Self::wait_gone(p, Duration::from_secs(2));
+            self.release_cgroups(id);
             return Ok(());
         }
         if !grace.is_zero() {
@@ -547,6 +548,7 @@ impl Runtime for QemuRuntime {
             }
         }
         Self::wait_gone(p, Duration::from_secs(2));
+        self.release_cgroups(id);
         Ok(())
     }
 
@@ -677,6 +679,13 @@ impl Jail {
 }
 
 impl QemuRuntime {
+    /// Removes a stopped VM's cgroups (they are made again at its next launch or restore).
+    fn release_cgroups(&self, id: &str) {
+        if let Some(vm) = crate::sandbox::read_vm_sandbox(&self.vm_dir(id)) {
+            crate::sandbox::Sandbox::cleanup(&vm);
+        }
+    }
+
     fn prepare_jail(
         &self,
         sb: &crate::sandbox::Sandbox,
