@@ -6,11 +6,15 @@
 //! transaction, so there is never a moment without rules):
 //! - `table bridge`: frames forwarded between two of our TAPs pass only if both TAPs are in the
 //!   same tenant's set (`tenant_<hash>`); frames between a TAP and another port (an uplink; the
-//!   host itself never goes through `forward`) pass, unless the TAP is a `fft*` device in no
-//!   set (a stray one), which is cut off. IPv4 to the metadata address is dropped, both
-//!   forwarded and delivered to the host.
+//!   host itself never goes through `forward`) pass. IPv4 from a TAP to the metadata address is
+//!   dropped, both forwarded and delivered to the host. A released TAP is deleted with its
+//!   allocation, so no TAP of ours is outside the sets.
 //! - `table inet`: IPv4 from the bridge to the metadata address is dropped on input and forward
 //!   (covers guests that route through the gateway); optional masquerade of the subnet.
+//!
+//! Bridge-family hooks see the frames of every bridge on the host, so every rule names this
+//! network's TAP sets: one node network never judges another's frames (the kernels we run on do
+//! not all support `meta ibrname`).
 //!
 //! Host <-> guest traffic is not filtered.
 
@@ -84,10 +88,12 @@ pub fn ruleset(bridge: &str, subnet: Ipv4Net, ipam: &Ipam, masquerade: bool) -> 
     }
     s.push_str("  chain forward {\n");
     s.push_str("    type filter hook forward priority 0; policy accept;\n");
-    let _ = writeln!(s, "    ether type ip ip daddr {METADATA_ADDR} drop");
-    // A TAP of ours that is in no set (released while still up) talks to no other VM.
-    s.push_str("    iifname \"fft*\" iifname != @taps drop\n");
-    s.push_str("    oifname \"fft*\" oifname != @taps drop\n");
+    // Bridge-family hooks see the frames of every bridge on the host: every rule here names
+    // this network's TAPs, so it never judges another bridge's traffic.
+    let _ = writeln!(
+        s,
+        "    iifname @taps ether type ip ip daddr {METADATA_ADDR} drop"
+    );
     s.push_str("    iifname != @taps accept\n");
     s.push_str("    oifname != @taps accept\n");
     for tenant in tenants.keys() {

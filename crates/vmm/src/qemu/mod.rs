@@ -627,32 +627,6 @@ impl Runtime for QemuRuntime {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn validates_ids() {
-        for ok in ["vm-1", "a.b_c", "X"] {
-            assert!(validate_id(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
-            assert!(validate_id(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn unknown_vms_are_not_found_and_stop_remove_are_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt =
-            QemuRuntime::with_qemu(dir.path().to_path_buf(), "/nonexistent/qemu".into()).unwrap();
-        assert!(matches!(rt.observe("nope"), Err(VmmError::NotFound(_))));
-        rt.stop("nope", Duration::from_secs(1)).unwrap();
-        rt.remove("nope").unwrap();
-        assert!(rt.list().unwrap().is_empty());
-    }
-}
-
 /// What a sandboxed spawn needs, prepared before the fork.
 struct Jail {
     /// The config with jail-relative kernel and initrd.
@@ -717,11 +691,10 @@ impl QemuRuntime {
             // The VM's own disk images become its uid's (they are per-VM files or overlays).
             crate::sandbox::give(&d.path, &vm).map_err(jail_err(&d.path))?;
         }
-        for f in ["console.log"] {
-            let p = dir.join(f);
-            if p.exists() {
-                crate::sandbox::give(&p, &vm).map_err(jail_err(&p))?;
-            }
+        // A restore appends to the console the previous process wrote.
+        let console = dir.join("console.log");
+        if console.exists() {
+            crate::sandbox::give(&console, &vm).map_err(jail_err(&console))?;
         }
         let tap = match &cfg.net {
             Some(n) => Some(crate::sandbox::open_tap(&n.tap).map_err(jail_err(Path::new(&n.tap)))?),
@@ -738,5 +711,31 @@ impl QemuRuntime {
             groups,
             tap,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_ids() {
+        for ok in ["vm-1", "a.b_c", "X"] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_vms_are_not_found_and_stop_remove_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt =
+            QemuRuntime::with_qemu(dir.path().to_path_buf(), "/nonexistent/qemu".into()).unwrap();
+        assert!(matches!(rt.observe("nope"), Err(VmmError::NotFound(_))));
+        rt.stop("nope", Duration::from_secs(1)).unwrap();
+        rt.remove("nope").unwrap();
+        assert!(rt.list().unwrap().is_empty());
     }
 }
