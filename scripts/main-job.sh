@@ -11,10 +11,14 @@ scripts/setup.sh
 ff="$CARGO_TARGET_DIR/debug/firefleet"
 data=$(mktemp -d /tmp/firefleet-main.XXXXXX)
 listen="${FIREFLEET_LISTEN:-127.0.0.1:7443}"
+# The job's own VM bridge and subnet, removed at the end.
+bridge="ffmain$$"; bridge="${bridge:0:15}"
+subnet="10.219.$(( $$ % 250 )).0/24"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 step "firefleet up --data-dir $data --listen $listen"
-"$ff" up --data-dir "$data" --listen "$listen" --node-name local --label cloud=local --label region=dev-1 \
+"$ff" up --data-dir "$data" --listen "$listen" --bridge "$bridge" --subnet "$subnet" \
+  --node-name local --label cloud=local --label region=dev-1 \
   2>"$data/up.log" &
 up=$!
 cleanup() {
@@ -22,6 +26,12 @@ cleanup() {
   wait "$up" 2>/dev/null || true
   # Nothing of ours may outlive the job.
   for p in $(pgrep -f qemu-system); do case "$(readlink /proc/$p/cwd)" in "$data"/*) kill -9 "$p";; esac; done 2>/dev/null || true
+  # The node network (bridge, TAPs, shapers, nft tables) outlives the agent by design (VMs
+  # survive agent restarts); the job removes its own.
+  for l in $(ip -o link show master "$bridge" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l" 2>/dev/null || true; done
+  ip link del "$bridge" 2>/dev/null || true
+  nft delete table bridge "firefleet_$bridge" 2>/dev/null || true
+  nft delete table inet "firefleet_$bridge" 2>/dev/null || true
   rm -rf "$data"
 }
 trap cleanup EXIT
