@@ -1,6 +1,6 @@
 //! Node facts: what the agent reports about its host with each heartbeat.
 
-use firefleet_types::{node::IsolationFacts, Accel, NodeFacts, Resources};
+use firefleet_types::{Accel, NodeFacts, Resources};
 use firefleet_vmm::QemuRuntime;
 
 use crate::AgentConfig;
@@ -35,18 +35,7 @@ pub fn gather_facts(config: &AgentConfig, runtime: &QemuRuntime) -> NodeFacts {
             .unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         network: None, // filled in by the caller, which owns the node network
-        isolation: runtime.sandbox().map(|sb| {
-            let f = sb.facts();
-            IsolationFacts {
-                uid_per_vm: f.uid_per_vm,
-                seccomp: f.seccomp,
-                cgroup: f.cgroup,
-                cpu_limit: f.cpu_limit,
-                memory_limit: f.memory_limit,
-                jail: f.jail,
-                notes: f.notes,
-            }
-        }),
+        isolation: runtime.sandbox().map(|sb| sb.facts()),
     }
 }
 

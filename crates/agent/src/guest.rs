@@ -12,7 +12,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 fn channel(rt: &QemuRuntime, vm: &str) -> Result<GuestChannel, String> {
     let path = rt.vm_dir(vm).join("guest.sock");
     GuestChannel::connect(&path, CONNECT_TIMEOUT)
-        .map_err(|e| format!("guest channel: {}", crate::ops::error_chain(&e)))
+        .map_err(|e| format!("guest channel: {}", firefleet_types::error_chain(&e)))
 }
 
 /// Runs an exec request in the guest.
@@ -49,7 +49,7 @@ pub fn exec(rt: &QemuRuntime, vm: &str, rec: &ExecRequestRecord) -> ExecResult {
             duration_ms: out.duration_ms,
             error: None,
         },
-        Err(e) => failed(format!("exec: {}", crate::ops::error_chain(&e))),
+        Err(e) => failed(format!("exec: {}", firefleet_types::error_chain(&e))),
     }
 }
 

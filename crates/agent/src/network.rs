@@ -13,7 +13,7 @@ use firefleet_vmm::net::{
     Host, NetAttachment, NetConfig, NetError, NetLimits, NodeNetwork, SystemHost,
 };
 
-use crate::ops::error_chain;
+use firefleet_types::error_chain;
 
 /// The subdirectory of the agent's data directory holding the IPAM state.
 pub const STATE_SUBDIR: &str = "net";

@@ -82,18 +82,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// `e` and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 impl Ops {
     pub fn new(runtime: Arc<QemuRuntime>, network: Arc<Network>) -> Self {
         Self {
@@ -148,28 +136,28 @@ impl Ops {
 
     fn detach(&self, vm: &str) {
         if let Err(e) = self.network.detach(vm) {
-            tracing::warn!(vm, error = %error_chain(&e), "network detach failed");
+            tracing::warn!(vm, error = %firefleet_types::error_chain(&e), "network detach failed");
         }
     }
 
     fn run(&self, vm: &str, op: Op) -> Option<Outcome> {
         let rt = &*self.runtime;
         let warn = |what: &str, e: &firefleet_vmm::VmmError| {
-            tracing::warn!(vm, error = %error_chain(e), "{what} failed");
+            tracing::warn!(vm, error = %firefleet_types::error_chain(e), "{what} failed");
         };
         match op {
             Op::Launch { mut cfg, net } => {
                 match self.network.attach(vm, &net) {
                     Ok(att) => cfg.net = att,
                     Err(e) => {
-                        tracing::warn!(vm, error = %error_chain(&e), "network attach failed");
-                        self.fail(vm, format!("network: {}", error_chain(&e)));
+                        tracing::warn!(vm, error = %firefleet_types::error_chain(&e), "network attach failed");
+                        self.fail(vm, format!("network: {}", firefleet_types::error_chain(&e)));
                         return None;
                     }
                 }
                 if let Err(e) = rt.launch(&cfg) {
                     warn("launch", &e);
-                    self.fail(vm, error_chain(&e));
+                    self.fail(vm, firefleet_types::error_chain(&e));
                     // Undo the attach unless a VMM came up after all (it may use the TAP).
                     let running = rt.observe(vm).map(|o| o.running).unwrap_or(false);
                     if cfg.net.is_some() && !running {
@@ -191,10 +179,13 @@ impl Ops {
                 match self.network.attach(vm, &net) {
                     Ok(att) => cfg.net = att,
                     Err(e) => {
-                        tracing::warn!(vm, error = %error_chain(&e), "network attach failed");
+                        tracing::warn!(vm, error = %firefleet_types::error_chain(&e), "network attach failed");
                         self.fail(
                             vm,
-                            format!("restore from {snapshot:?}: network: {}", error_chain(&e)),
+                            format!(
+                                "restore from {snapshot:?}: network: {}",
+                                firefleet_types::error_chain(&e)
+                            ),
                         );
                         return Some(Outcome::Restored {
                             vm: vm.to_owned(),
@@ -212,7 +203,10 @@ impl Ops {
                         warn("restore", &e);
                         self.fail(
                             vm,
-                            format!("restore from {snapshot:?}: {}", error_chain(&e)),
+                            format!(
+                                "restore from {snapshot:?}: {}",
+                                firefleet_types::error_chain(&e)
+                            ),
                         );
                         // Count the request as handled: the VM is reported Failed with the reason.
                         Some(Outcome::Restored {
@@ -282,7 +276,7 @@ impl Ops {
                             phase: SnapshotPhase::Failed,
                             bytes: None,
                             pause_ms: None,
-                            message: Some(error_chain(&e)),
+                            message: Some(firefleet_types::error_chain(&e)),
                         }
                     }
                 };

@@ -359,7 +359,7 @@ fn launch_config(
     let spec = &intent.spec;
     let image = ImageStore::open(image_dir)
         .and_then(|s| s.resolve(&spec.image))
-        .map_err(|e| format!("image {}: {}", spec.image, crate::ops::error_chain(&e)))?;
+        .map_err(|e| format!("image {}: {}", spec.image, firefleet_types::error_chain(&e)))?;
     Ok(LaunchConfig {
         id: intent.id.as_str().to_owned(),
         vcpus: spec.resources.vcpus,

@@ -54,3 +54,15 @@ impl Generation {
 /// Milliseconds since the Unix epoch. Pure code receives times as values; only I/O crates read
 /// the clock.
 pub type UnixMillis = u64;
+
+/// An error and its causes on one line (`outer: inner: innermost`), for logs and reports.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -103,7 +103,7 @@ fn run_probe(rt: &QemuRuntime, image: &Image, deadline: Duration) -> AccelProbe 
             let last = log.rsplit(" | ").next().unwrap_or(log);
             return tcg(format!("kvm probe: qemu exited: {}", last.trim()));
         }
-        return tcg(format!("kvm probe: {}", error_chain(&e)));
+        return tcg(format!("kvm probe: {}", firefleet_types::error_chain(&e)));
     }
     let result = loop {
         match rt.observe(PROBE_ID) {
@@ -128,7 +128,7 @@ fn run_probe(rt: &QemuRuntime, image: &Image, deadline: Duration) -> AccelProbe 
                 break tcg(format!("kvm probe: qemu exited: {}", last.trim()));
             }
             Ok(_) => {}
-            Err(e) => break tcg(format!("kvm probe: {}", error_chain(&e))),
+            Err(e) => break tcg(format!("kvm probe: {}", firefleet_types::error_chain(&e))),
         }
         if started.elapsed() >= deadline {
             break tcg(format!(
@@ -141,15 +141,4 @@ fn run_probe(rt: &QemuRuntime, image: &Image, deadline: Duration) -> AccelProbe 
     let _ = rt.stop(PROBE_ID, Duration::ZERO);
     let _ = rt.remove(PROBE_ID);
     result
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

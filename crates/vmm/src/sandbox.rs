@@ -6,6 +6,7 @@
 //! [`Sandbox::detect`] finds out what this host supports and [`Sandbox::facts`] says it in the
 //! node facts, including what is *not* in force and why; nothing is assumed.
 
+use firefleet_types::node::IsolationFacts;
 use std::{
     io,
     os::unix::fs::PermissionsExt,
@@ -45,25 +46,6 @@ pub struct Sandbox {
     /// The memory controller, if usable.
     pub memory: Option<CgroupController>,
     /// Why a controller is not usable.
-    pub notes: Vec<String>,
-}
-
-/// What a node reports about the protections in force for its VMM processes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SandboxFacts {
-    /// Each VMM runs under a uid/gid of its own.
-    pub uid_per_vm: bool,
-    /// Seccomp filter in force (`qemu -sandbox ...`), or none.
-    pub seccomp: String,
-    /// `v2`, `v1`, `hybrid (cpu: v1, memory: v2)`, or `none`.
-    pub cgroup: String,
-    /// CPU limits enforced.
-    pub cpu_limit: bool,
-    /// Memory limits enforced.
-    pub memory_limit: bool,
-    /// The jail: what the VMM can reach.
-    pub jail: String,
-    /// What is not in force, and why.
     pub notes: Vec<String>,
 }
 
@@ -278,7 +260,7 @@ impl Sandbox {
     }
 
     /// The facts for the node report.
-    pub fn facts(&self) -> SandboxFacts {
+    pub fn facts(&self) -> IsolationFacts {
         let cgroup = match (&self.cpu, &self.memory) {
             (None, None) => "none".to_owned(),
             (Some(c), Some(m)) if c.version == m.version => format!("v{}", c.version),
@@ -290,7 +272,7 @@ impl Sandbox {
                     .map_or("none".to_owned(), |m| format!("v{}", m.version))
             ),
         };
-        SandboxFacts {
+        IsolationFacts {
             uid_per_vm: self.root,
             seccomp: format!("qemu -sandbox {QEMU_SECCOMP}"),
             cgroup,

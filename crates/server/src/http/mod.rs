@@ -95,7 +95,7 @@ impl IntoResponse for ApiError {
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if status.is_server_error() && status != StatusCode::GATEWAY_TIMEOUT {
-            tracing::error!(error = %error_chain(&self), "request failed");
+            tracing::error!(error = %firefleet_types::error_chain(&self), "request failed");
             "internal error (see the server log)".to_owned()
         } else {
             self.to_string()
@@ -109,17 +109,6 @@ impl IntoResponse for ApiError {
         };
         (status, Json(body)).into_response()
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// A JSON body, size-limited, deserialised with the path of the failing field in the error.
