@@ -439,6 +439,29 @@ fn decide(
             }
             _ => Decision::report(VmPhase::Starting),
         },
+        // A launch that never got as far as a VMM process (the agent died first): launch again.
+        Some(o)
+            if o.pid.is_none()
+                && o.vmm_exit.is_none()
+                && !o.powered_off
+                && o.guest_exit_code.is_none()
+                && matches!(intent.phase, VmPhase::Scheduled | VmPhase::Starting)
+                && spec.desired != DesiredState::Stopped =>
+        {
+            match launch_config(intent, image_dir, accel) {
+                Ok(cfg) => {
+                    local.launched_ms.get_or_insert(now);
+                    Decision::with_op(
+                        VmPhase::Starting,
+                        Op::Launch {
+                            cfg: Box::new(cfg),
+                            net: net_request(intent),
+                        },
+                    )
+                }
+                Err(e) => Decision::failed(e),
+            }
+        }
         Some(o) => {
             local.stopped_ms.get_or_insert(now);
             if spec.desired == DesiredState::Stopped {

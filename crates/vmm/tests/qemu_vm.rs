@@ -266,3 +266,23 @@ fn probe_picks_tcg_here_and_caches_it() {
     }
     assert!(qemu_pids_for("probe").is_empty());
 }
+
+/// A launcher that died between starting QEMU and recording its pid: the VMM is found again by
+/// its working directory (the VM's state directory), not lost or started twice.
+#[test]
+fn a_vmm_whose_pid_was_never_recorded_is_found_again() {
+    let _s = serial();
+    let root = tempfile::tempdir().unwrap();
+    let rt = QemuRuntime::new(root.path().to_path_buf()).unwrap();
+    let _g = launch(&rt, "unrecorded", None);
+    let pid = rt.observe("unrecorded").unwrap().pid.unwrap();
+    std::fs::remove_file(root.path().join("unrecorded").join("pid")).unwrap();
+
+    let again = QemuRuntime::new(root.path().to_path_buf()).unwrap();
+    let o = again.observe("unrecorded").unwrap();
+    assert_eq!((o.pid, o.running), (Some(pid), true), "{o:?}");
+    let info = again.launch(&launch_config("unrecorded", None)).unwrap();
+    assert!(info.already_running && info.pid == pid, "{info:?}");
+    again.stop("unrecorded", Duration::ZERO).unwrap();
+    assert!(qemu_pids_for("unrecorded").is_empty());
+}

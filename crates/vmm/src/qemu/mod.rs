@@ -165,7 +165,16 @@ impl QemuRuntime {
 
     fn process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
         let path = self.vm_dir(id).join(PID_FILE);
-        ProcessId::read(&path).map_err(state_err(path))
+        if let Some(p) = ProcessId::read(&path).map_err(state_err(&path))? {
+            return Ok(Some(p));
+        }
+        // No pid file: the launcher may have died between starting QEMU and recording it. QEMU
+        // runs in the VM's directory, so find it by its working directory and record it now.
+        let Some(p) = find_by_cwd(&self.vm_dir(id)) else {
+            return Ok(None);
+        };
+        write_atomic(&path, p.to_file_contents().as_bytes())?;
+        Ok(Some(p))
     }
 
     fn spawn(
@@ -625,6 +634,22 @@ impl Runtime for QemuRuntime {
             }
         }
     }
+}
+
+/// A live process (not a zombie) whose working directory is `dir`: the VMM of that VM.
+fn find_by_cwd(dir: &Path) -> Option<ProcessId> {
+    let dir = fs::canonicalize(dir).ok()?;
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if fs::read_link(format!("/proc/{pid}/cwd")).ok().as_deref() == Some(dir.as_path()) {
+            if let Some(p) = ProcessId::of(pid).filter(|p| p.is_alive()) {
+                return Some(p);
+            }
+        }
+    }
+    None
 }
 
 /// What a sandboxed spawn needs, prepared before the fork.
