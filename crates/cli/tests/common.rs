@@ -152,7 +152,10 @@ impl Cluster {
         if let Some((_, n)) = self.nets.iter().find(|(n, _)| n == name) {
             return n.clone();
         }
-        let k = self.nets.len() as u32;
+        // Numbered across the whole test process: tests run in parallel threads, and two clusters
+        // must never share a bridge (one's teardown would remove the other's).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
         let bridge = format!("ffe{}x{k}", pid % 100_000);
         let used = String::from_utf8_lossy(

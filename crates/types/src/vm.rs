@@ -253,8 +253,9 @@ impl VmPhase {
             (Pending, Scheduled | Stopped | Failed)
                 | (Scheduled, Starting | Running | Stopping | Stopped | Failed)
                 | (Starting, Running | Stopping | Stopped | Failed)
-                | (Running, Paused | Stopping | Stopped | Failed)
-                | (Paused, Running | Stopping | Stopped | Failed)
+                // A restore replaces a running or paused instance: it starts again.
+                | (Running, Paused | Starting | Stopping | Stopped | Failed)
+                | (Paused, Running | Starting | Stopping | Stopped | Failed)
                 | (Stopping, Stopped | Failed)
                 // A restart (restart policy, or the user starting it again) goes back to Pending;
                 // a restore from a snapshot on its node goes back to Scheduled.

@@ -292,6 +292,25 @@ impl QemuRuntime {
         })
     }
 
+    /// `cont`, retried while QEMU is still finishing the migration ("Migration is not finalized
+    /// yet": query-migrate can say completed a moment before the run state leaves
+    /// finish-migrate).
+    fn cont(qmp: &mut Qmp, id: &str) -> Result<(), VmmError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Self::qmp_run(qmp, id, "cont", None) {
+                Ok(_) => return Ok(()),
+                Err(VmmError::Qmp { source, .. })
+                    if source.to_string().contains("not finalized")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn require_running(&self, id: &str) -> Result<(), VmmError> {
         validate_id(id)?;
         if !self.vm_dir(id).is_dir() {
@@ -402,7 +421,7 @@ impl QemuRuntime {
         // A VM that was running runs on unless asked to stay paused (or the save failed).
         let resume = was_running && (!leave_paused || saved.is_err());
         if resume {
-            Self::qmp_run(&mut qmp, id, "cont", None)?;
+            Self::cont(&mut qmp, id)?;
         }
         let pause_ms = ms(paused_at.elapsed());
         drop(qmp);
@@ -623,7 +642,7 @@ impl QemuRuntime {
             Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
         )?;
         wait_migration(&mut qmp, id)?;
-        Self::qmp_run(&mut qmp, id, "cont", None).map(|_| ())
+        Self::cont(&mut qmp, id)
     }
 }
 
