@@ -490,7 +490,9 @@ fn decide(
             }
         }
         None => match intent.phase {
-            VmPhase::Scheduled if spec.desired != DesiredState::Stopped => {
+            // Starting with nothing here: the agent died before the launch made anything (a
+            // launch is idempotent and nothing local exists, so launching cannot duplicate).
+            VmPhase::Scheduled | VmPhase::Starting if spec.desired != DesiredState::Stopped => {
                 match launch_config(intent, image_dir, accel) {
                     Ok(cfg) => {
                         local.launched_ms.get_or_insert(now);
@@ -505,11 +507,11 @@ fn decide(
                     Err(e) => Decision::failed(e),
                 }
             }
-            VmPhase::Scheduled | VmPhase::Stopping => {
+            VmPhase::Scheduled | VmPhase::Starting | VmPhase::Stopping => {
                 local.stopped_ms.get_or_insert(now);
                 Decision::report(VmPhase::Stopped)
             }
-            VmPhase::Starting | VmPhase::Running | VmPhase::Paused => {
+            VmPhase::Running | VmPhase::Paused => {
                 Decision::failed("the VM's state directory is gone from the node".to_owned())
             }
             p => Decision::report(p),
