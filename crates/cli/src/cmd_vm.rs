@@ -78,51 +78,21 @@ pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
         VmCommand::Logs { vm, follow } => logs(g, &c, &vm, follow).await,
         VmCommand::Stop { vm, wait } => {
             let v = c.vm_stop(&vm).await?;
-            let v = if wait {
-                wait_for(
-                    &c,
-                    &v.id.to_string(),
-                    g.output,
-                    Duration::from_secs(60),
-                    |v| v.status.phase.is_terminal(),
-                )
-                .await?
-            } else {
-                v
-            };
-            print_vm(g.output, &v)
+            settle(g, &c, v, wait, |v: &Vm| v.status.phase.is_terminal()).await
         }
         VmCommand::Pause { vm, wait } => {
             let v = c.vm_pause(&vm).await?;
-            let v = if wait {
-                wait_for(
-                    &c,
-                    &v.id.to_string(),
-                    g.output,
-                    Duration::from_secs(60),
-                    |v| v.status.phase == VmPhase::Paused || v.status.phase.is_terminal(),
-                )
-                .await?
-            } else {
-                v
-            };
-            print_vm(g.output, &v)
+            settle(g, &c, v, wait, |v: &Vm| {
+                v.status.phase == VmPhase::Paused || v.status.phase.is_terminal()
+            })
+            .await
         }
         VmCommand::Resume { vm, wait } => {
             let v = c.vm_resume(&vm).await?;
-            let v = if wait {
-                wait_for(
-                    &c,
-                    &v.id.to_string(),
-                    g.output,
-                    Duration::from_secs(60),
-                    |v| v.status.phase == VmPhase::Running || v.status.phase.is_terminal(),
-                )
-                .await?
-            } else {
-                v
-            };
-            print_vm(g.output, &v)
+            settle(g, &c, v, wait, |v: &Vm| {
+                v.status.phase == VmPhase::Running || v.status.phase.is_terminal()
+            })
+            .await
         }
         VmCommand::Snapshot { vm, name, wait } => {
             let mut s = c.snapshot_create(&vm, &name).await?;
@@ -278,6 +248,29 @@ pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints a VM after an action, first waiting (if asked) until `done` holds for it.
+async fn settle(
+    g: &Global,
+    c: &Client,
+    v: Vm,
+    wait: bool,
+    done: impl Fn(&Vm) -> bool,
+) -> anyhow::Result<()> {
+    let v = if wait {
+        wait_for(
+            c,
+            &v.id.to_string(),
+            g.output,
+            Duration::from_secs(60),
+            done,
+        )
+        .await?
+    } else {
+        v
+    };
+    print_vm(g.output, &v)
 }
 
 fn print_snapshots(output: Output, list: &[Snapshot]) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //! [`ClusterView`] from the store, calls [`place`], and writes the resulting [`Placement`]s as
 //! intents; the simulator calls the very same function.
 //!
-//! It is pure and must stay so: no I/O, no async, no clock, no `std::fs`, no tokio, HTTP or
+//! It is pure and must stay so: no I/O, no async, no clock, no filesystem, no async runtime, HTTP or
 //! database dependency (checked by `cargo xtask check` and `crates/xtask/tests/layering.rs`).
 //! Randomness comes in as an argument (a seeded RNG), so a given input and seed always give the
 //! same plan.
