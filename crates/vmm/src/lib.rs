@@ -56,4 +56,4 @@ pub use image::{
 pub use probe::{probe_accel, AccelProbe};
 pub use qemu::QemuRuntime;
 pub use runtime::{ConsoleChunk, LaunchConfig, Observation, Runtime, VmProcessInfo, VmmError};
-pub use runtime::{DiskConfig, DiskRole, SnapshotInfo};
+pub use runtime::{DiskConfig, DiskCounters, DiskRole, SnapshotInfo, VmmIoStats};

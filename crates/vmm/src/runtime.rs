@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use firefleet_types::Accel;
 
+use crate::channel::{ChannelError, ExecOutput, GuestTelemetry};
 use crate::image::Image;
 
 /// A VMM backend. All methods are blocking and idempotent where stated.
@@ -52,6 +53,36 @@ pub trait Runtime: Send + Sync {
             id: id.to_owned(),
         })
     }
+    /// Runs `argv` in the guest through the guest channel (killed after `timeout`), with `stdin`
+    /// as its input if given.
+    fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, VmmError> {
+        let _ = (argv, stdin, timeout);
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            op: "exec",
+            id: id.to_owned(),
+        })
+    }
+    /// The guest's telemetry (processes, sockets, load, memory) through the guest channel.
+    fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            op: "telemetry",
+            id: id.to_owned(),
+        })
+    }
+    /// The I/O counters the VMM keeps for a running VM: per disk, and the backend's own metrics
+    /// where it has them. Empty where the backend keeps none.
+    fn io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {
+        let _ = id;
+        Ok(VmmIoStats::default())
+    }
     /// Starts a fresh VMM process for `cfg.id` from a complete snapshot directory (possibly
     /// copied from another node) and lets it run: the guest continues where it was snapshotted.
     /// The VM must not be running on this host.
@@ -67,6 +98,30 @@ pub trait Runtime: Send + Sync {
             id: cfg.id.clone(),
         })
     }
+}
+
+/// I/O counters of one disk, as the VMM counts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskCounters {
+    /// The device's name in the VMM (QEMU's node or device name, Firecracker's drive id).
+    pub device: String,
+    /// Bytes read by the guest.
+    pub read_bytes: u64,
+    /// Bytes written by the guest.
+    pub write_bytes: u64,
+    /// Read requests.
+    pub read_ops: u64,
+    /// Write requests.
+    pub write_ops: u64,
+}
+
+/// What [`Runtime::io_stats`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmmIoStats {
+    /// Per disk, in attachment order.
+    pub disks: Vec<DiskCounters>,
+    /// The backend's own counters (Firecracker's metrics, flattened to `group.name`), if any.
+    pub metrics: std::collections::BTreeMap<String, u64>,
 }
 
 /// A snapshot written by [`Runtime::snapshot`].
@@ -301,6 +356,15 @@ pub enum VmmError {
         id: String,
         /// What QEMU reported.
         what: String,
+    },
+    /// Talking to the guest over the guest channel failed.
+    #[error("guest channel of VM {id}")]
+    Channel {
+        /// The VM.
+        id: String,
+        /// The cause.
+        #[source]
+        source: ChannelError,
     },
     /// The VMM process survived SIGKILL.
     #[error("VMM of VM {id} (pid {pid}) is still alive after SIGKILL")]

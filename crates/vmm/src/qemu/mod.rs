@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use firefleet_guest::console::{parse_line, ConsoleEvent};
 use firefleet_guest::proto::{self, Message};
 
+use crate::channel::{ExecOutput, GuestChannel, GuestTelemetry};
 use crate::runtime::{
     ConsoleChunk, LaunchConfig, Observation, Runtime, SnapshotInfo, VmProcessInfo, VmmError,
 };
@@ -418,6 +419,26 @@ impl QemuRuntime {
     }
 }
 
+/// How long to wait for QEMU's guest channel socket to accept a connection.
+const CHANNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl QemuRuntime {
+    /// A connection to the VM's guest channel (`guest.sock`; QEMU serves one client at a time).
+    pub fn guest_channel(&self, id: &str) -> Result<GuestChannel, VmmError> {
+        validate_id(id)?;
+        let dir = self.vm_dir(id);
+        if !dir.is_dir() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        GuestChannel::connect(&dir.join("guest.sock"), CHANNEL_CONNECT_TIMEOUT).map_err(|source| {
+            VmmError::Channel {
+                id: id.to_owned(),
+                source,
+            }
+        })
+    }
+}
+
 impl Runtime for QemuRuntime {
     fn name(&self) -> &'static str {
         "qemu"
@@ -575,6 +596,30 @@ impl Runtime for QemuRuntime {
 
     fn restore(&self, cfg: &LaunchConfig, snapshot: &Path) -> Result<VmProcessInfo, VmmError> {
         self.restore_vm(cfg, snapshot)
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, VmmError> {
+        self.guest_channel(id)?
+            .exec(argv, timeout, stdin)
+            .map_err(|source| VmmError::Channel {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
+    fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
+        self.guest_channel(id)?
+            .telemetry()
+            .map_err(|source| VmmError::Channel {
+                id: id.to_owned(),
+                source,
+            })
     }
 
     fn console(&self, id: &str, offset: u64, max: usize) -> Result<ConsoleChunk, VmmError> {
