@@ -3,20 +3,13 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use firefleet_api::{ExecRequestRecord, ExecResult, GuestVmStats, HostVmStats, NetStats, VmStats};
-use firefleet_vmm::{channel::GuestChannel, LaunchConfig, QemuRuntime, Runtime};
-
-/// How long to wait for the guest channel to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-fn channel(rt: &QemuRuntime, vm: &str) -> Result<GuestChannel, String> {
-    let path = rt.vm_dir(vm).join("guest.sock");
-    GuestChannel::connect(&path, CONNECT_TIMEOUT)
-        .map_err(|e| format!("guest channel: {}", firefleet_types::error_chain(&e)))
-}
+use firefleet_api::{
+    DiskStats, ExecRequestRecord, ExecResult, GuestVmStats, HostVmStats, NetStats, VmStats,
+};
+use firefleet_vmm::{LaunchConfig, Runtime};
 
 /// Runs an exec request in the guest.
-pub fn exec(rt: &QemuRuntime, vm: &str, rec: &ExecRequestRecord) -> ExecResult {
+pub fn exec(rt: &dyn Runtime, vm: &str, rec: &ExecRequestRecord) -> ExecResult {
     let failed = |error: String| ExecResult {
         exit_code: None,
         stdout: String::new(),
@@ -36,11 +29,7 @@ pub fn exec(rt: &QemuRuntime, vm: &str, rec: &ExecRequestRecord) -> ExecResult {
         None => None,
     };
     let timeout = Duration::from_millis(rec.request.timeout_ms.unwrap_or(30_000));
-    let mut ch = match channel(rt, vm) {
-        Ok(c) => c,
-        Err(e) => return failed(e),
-    };
-    match ch.exec(&rec.request.argv, timeout, stdin.as_deref()) {
+    match rt.exec(vm, &rec.request.argv, stdin.as_deref(), timeout) {
         Ok(out) => ExecResult {
             exit_code: (!out.timed_out && out.exit_code >= 0).then_some(out.exit_code),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -54,11 +43,11 @@ pub fn exec(rt: &QemuRuntime, vm: &str, rec: &ExecRequestRecord) -> ExecResult {
 }
 
 /// Host-side and (when the guest answers) guest-side statistics of a running VM.
-pub fn stats(rt: &QemuRuntime, vm: &str, now: u64) -> Option<VmStats> {
+pub fn stats(rt: &dyn Runtime, vm_dir: &std::path::Path, vm: &str, now: u64) -> Option<VmStats> {
     let obs = rt.observe(vm).ok()?;
     let pid = obs.pid.filter(|_| obs.running)?;
     let hs = firefleet_vmm::stats::host_stats(pid).ok()?;
-    let tap = std::fs::read(rt.vm_dir(vm).join("config.json"))
+    let tap = std::fs::read(vm_dir.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<LaunchConfig>(&b).ok())
         .and_then(|c| c.net.map(|n| n.tap));
@@ -70,18 +59,17 @@ pub fn stats(rt: &QemuRuntime, vm: &str, now: u64) -> Option<VmStats> {
             rx_packets: n.rx_packets,
             tx_packets: n.tx_packets,
         });
+    // Counters the VMM keeps; none while it is busy (a snapshot holds QMP).
+    let io = rt.io_stats(vm).unwrap_or_default();
     let guest = if obs.guest_ready && !obs.paused {
-        channel(rt, vm)
-            .ok()
-            .and_then(|mut ch| ch.telemetry().ok())
-            .map(|t| GuestVmStats {
-                load1: t.load1,
-                mem_total_kib: t.mem_total_kib,
-                mem_available_kib: t.mem_available_kib,
-                processes: t.processes.len() as u64,
-                listeners: t.listeners.len() as u64,
-                uptime_ms: t.uptime_ms,
-            })
+        rt.telemetry(vm).ok().map(|t| GuestVmStats {
+            load1: t.load1,
+            mem_total_kib: t.mem_total_kib,
+            mem_available_kib: t.mem_available_kib,
+            processes: t.processes.len() as u64,
+            listeners: t.listeners.len() as u64,
+            uptime_ms: t.uptime_ms,
+        })
     } else {
         None
     };
@@ -92,6 +80,18 @@ pub fn stats(rt: &QemuRuntime, vm: &str, now: u64) -> Option<VmStats> {
             rss_bytes: hs.rss_bytes,
             threads: hs.threads,
             net,
+            disks: io
+                .disks
+                .into_iter()
+                .map(|d| DiskStats {
+                    device: d.device,
+                    read_bytes: d.read_bytes,
+                    write_bytes: d.write_bytes,
+                    read_ops: d.read_ops,
+                    write_ops: d.write_ops,
+                })
+                .collect(),
+            vmm_metrics: io.metrics,
         },
         guest,
     })

@@ -11,12 +11,14 @@
 //!
 //! It never decides placement and never deletes a VM the control plane still lists for it.
 
+mod disks;
 mod facts;
 mod guest;
 mod identity;
 pub mod network;
 mod ops;
 mod reconcile;
+pub mod runtimes;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -26,6 +28,7 @@ use firefleet_vmm::QemuRuntime;
 use tokio::sync::watch;
 
 pub use facts::gather_facts;
+pub use runtimes::FirecrackerConfig;
 
 /// How the agent is started.
 #[derive(Debug, Clone)]
@@ -52,6 +55,8 @@ pub struct AgentConfig {
     pub bridge: Option<String>,
     /// The node subnet for VM addresses (default `10.213.0.0/24`).
     pub subnet: Option<String>,
+    /// Offer Firecracker, with this binary (and jailer), besides QEMU.
+    pub firecracker: Option<FirecrackerConfig>,
 }
 
 /// Why the agent could not run.
@@ -125,8 +130,24 @@ pub async fn run(
             .map_err(|e| AgentError::Identity(format!("fact gathering panicked: {e}")))?
     };
     facts.network = net.facts();
-    tracing::info!(node = %config.node, accel = %facts.accel, probe = %facts.accel_probe, "agent started");
-    let accel = facts.accel;
+    let runtimes = runtimes::Runtimes::new(
+        runtime,
+        facts.accel,
+        &config.data_dir,
+        config.firecracker.as_ref(),
+    )
+    .map_err(AgentError::Vmm)?;
+    if let Some(why) = &runtimes.firecracker_unavailable {
+        tracing::warn!(%why, "firecracker is not offered");
+    }
+    facts.runtimes = runtimes.names();
+    if let Some(fc) = runtimes.firecracker() {
+        if let Ok(v) = runtimes::firecracker_version(fc.firecracker()) {
+            facts.vmm_version = format!("{}; {v}", facts.vmm_version);
+        }
+    }
+    let runtimes = Arc::new(runtimes);
+    tracing::info!(node = %config.node, accel = %facts.accel, probe = %facts.accel_probe, runtimes = ?facts.runtimes, "agent started");
 
     // Heartbeats.
     let hb = {
@@ -153,10 +174,10 @@ pub async fn run(
 
     let mut rec = reconcile::Reconciler::new(
         client.clone(),
-        runtime,
+        runtimes,
         net,
+        config.data_dir.clone(),
         config.image_dir.clone(),
-        accel,
     );
     let mut intents: Option<firefleet_api::IntentsResponse> = None;
     let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);

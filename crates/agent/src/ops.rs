@@ -9,25 +9,30 @@ use std::{
 };
 
 use firefleet_api::{ExecRequestRecord, ExecResult, SnapshotReport, VmStats};
-use firefleet_types::{Generation, SnapshotPhase};
-use firefleet_vmm::{LaunchConfig, QemuRuntime, Runtime};
+use firefleet_types::{DiskSpec, Generation, SnapshotPhase, VmRuntime};
+use firefleet_vmm::LaunchConfig;
 
 use crate::network::{NetRequest, Network};
+use crate::runtimes::Runtimes;
 
 /// How long a graceful stop may take before the VMM is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// One thing to do.
 pub enum Op {
-    /// Attach the VM to the node network (as `net` asks), then launch it.
+    /// Make its disks, attach the VM to the node network (as `net` asks), then launch it.
     Launch {
         cfg: Box<LaunchConfig>,
         net: NetRequest,
+        disks: Vec<DiskSpec>,
+        runtime: VmRuntime,
     },
     /// Stop the VM, attach it (same address and TAP as before), restore it from a snapshot.
     Restore {
         cfg: Box<LaunchConfig>,
         net: NetRequest,
+        disks: Vec<DiskSpec>,
+        runtime: VmRuntime,
         snapshot: String,
         generation: Generation,
     },
@@ -67,8 +72,10 @@ pub enum Outcome {
 
 #[derive(Clone)]
 pub struct Ops {
-    runtime: Arc<QemuRuntime>,
+    runtimes: Arc<Runtimes>,
     network: Arc<Network>,
+    data_dir: PathBuf,
+    image_dir: PathBuf,
     busy: Arc<Mutex<HashSet<String>>>,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
     /// Launches that failed, with why, until the VM leaves the intents.
@@ -83,10 +90,17 @@ fn now_ms() -> u64 {
 }
 
 impl Ops {
-    pub fn new(runtime: Arc<QemuRuntime>, network: Arc<Network>) -> Self {
+    pub fn new(
+        runtimes: Arc<Runtimes>,
+        network: Arc<Network>,
+        data_dir: PathBuf,
+        image_dir: PathBuf,
+    ) -> Self {
         Self {
-            runtime,
+            runtimes,
             network,
+            data_dir,
+            image_dir,
             busy: Default::default(),
             outcomes: Default::default(),
             failed: Default::default(),
@@ -140,13 +154,46 @@ impl Ops {
         }
     }
 
+    /// The launch config with the VM's disks made, or why they could not be.
+    fn with_disks(
+        &self,
+        vm: &str,
+        mut cfg: Box<LaunchConfig>,
+        runtime: VmRuntime,
+        disks: &[DiskSpec],
+    ) -> Result<Box<LaunchConfig>, String> {
+        cfg.disks = crate::disks::prepare(&self.data_dir, &self.image_dir, vm, runtime, disks)?;
+        Ok(cfg)
+    }
+
     fn run(&self, vm: &str, op: Op) -> Option<Outcome> {
-        let rt = &*self.runtime;
+        let wanted = match &op {
+            Op::Launch { runtime, .. } | Op::Restore { runtime, .. } => Some(*runtime),
+            _ => None,
+        };
+        let rt = &*self.runtimes.for_vm(vm, wanted);
         let warn = |what: &str, e: &firefleet_vmm::VmmError| {
             tracing::warn!(vm, error = %firefleet_types::error_chain(e), "{what} failed");
         };
         match op {
-            Op::Launch { mut cfg, net } => {
+            Op::Launch {
+                cfg,
+                net,
+                disks,
+                runtime,
+            } => {
+                if let Err(e) = self.runtimes.get(runtime) {
+                    self.fail(vm, e);
+                    return None;
+                }
+                let mut cfg = match self.with_disks(vm, cfg, runtime, &disks) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(vm, error = %e, "making disks failed");
+                        self.fail(vm, e);
+                        return None;
+                    }
+                };
                 match self.network.attach(vm, &net) {
                     Ok(att) => cfg.net = att,
                     Err(e) => {
@@ -167,11 +214,28 @@ impl Ops {
                 None
             }
             Op::Restore {
-                mut cfg,
+                cfg,
                 net,
+                disks,
+                runtime,
                 snapshot,
                 generation,
             } => {
+                let handled = Some(Outcome::Restored {
+                    vm: vm.to_owned(),
+                    generation,
+                });
+                let mut cfg = match self
+                    .runtimes
+                    .get(runtime)
+                    .and_then(|_| self.with_disks(vm, cfg, runtime, &disks))
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.fail(vm, format!("restore from {snapshot:?}: {e}"));
+                        return handled;
+                    }
+                };
                 // The restored instance replaces whatever runs now.
                 if let Err(e) = rt.stop(vm, Duration::ZERO) {
                     warn("stop before restore", &e);
@@ -193,7 +257,7 @@ impl Ops {
                         });
                     }
                 }
-                let dir: PathBuf = rt.vm_dir(vm).join("snapshots").join(&snapshot);
+                let dir: PathBuf = self.runtimes.vm_dir(vm).join("snapshots").join(&snapshot);
                 match rt.restore(&cfg, &dir) {
                     Ok(_) => Some(Outcome::Restored {
                         vm: vm.to_owned(),
@@ -227,8 +291,13 @@ impl Ops {
             }
             Op::Remove => {
                 match rt.remove(vm) {
-                    // The VMM is gone: its TAP and address can go too.
-                    Ok(()) => self.detach(vm),
+                    // The VMM is gone: its disks, TAP and address can go too.
+                    Ok(()) => {
+                        if let Err(e) = crate::disks::remove(&self.data_dir, vm) {
+                            tracing::warn!(vm, error = %e, "removing the VM's disks failed");
+                        }
+                        self.detach(vm);
+                    }
                     Err(e) => warn("remove", &e),
                 }
                 None
@@ -247,12 +316,11 @@ impl Ops {
             }
             Op::Snapshot { name } => {
                 // Taken already (the agent died before it could report it)? Then it is ready.
-                let dir = rt.vm_dir(vm).join("snapshots").join(&name);
-                if let Ok(m) = firefleet_vmm::qemu::snapshot::verify_snapshot(&dir) {
-                    let bytes = m.files.iter().map(|f| f.size).sum();
+                let dir = self.runtimes.vm_dir(vm).join("snapshots").join(&name);
+                if let Some(m) = firefleet_vmm::completed_snapshot(&dir) {
                     let report = SnapshotReport {
                         phase: SnapshotPhase::Ready,
-                        bytes: Some(bytes),
+                        bytes: Some(m.bytes),
                         pause_ms: Some(m.pause_ms),
                         message: None,
                     };
@@ -291,10 +359,14 @@ impl Ops {
                 id: rec.id.clone(),
                 result: crate::guest::exec(rt, vm, &rec),
             }),
-            Op::Stats => crate::guest::stats(rt, vm, now_ms()).map(|stats| Outcome::Stats {
-                vm: vm.to_owned(),
-                stats,
-            }),
+            Op::Stats => {
+                crate::guest::stats(rt, &self.runtimes.vm_dir(vm), vm, now_ms()).map(|stats| {
+                    Outcome::Stats {
+                        vm: vm.to_owned(),
+                        stats,
+                    }
+                })
+            }
         }
     }
 }

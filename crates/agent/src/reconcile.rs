@@ -19,12 +19,13 @@ use std::{
 
 use firefleet_api::{IntentsResponse, VmIntent, VmStatusReport};
 use firefleet_client::Client;
-use firefleet_types::{Accel, DesiredState, Generation, VmId, VmPhase};
-use firefleet_vmm::{image::ImageStore, LaunchConfig, Observation, QemuRuntime, Runtime, VmmError};
+use firefleet_types::{DesiredState, Generation, VmId, VmPhase};
+use firefleet_vmm::{image::ImageStore, LaunchConfig, Observation, VmmError};
 
 use crate::{
     network::{NetRequest, Network},
     ops::{Op, Ops, Outcome},
+    runtimes::Runtimes,
 };
 
 /// Largest console chunk uploaded at once.
@@ -55,10 +56,9 @@ struct Local {
 
 pub struct Reconciler {
     client: Client,
-    runtime: Arc<QemuRuntime>,
+    runtimes: Arc<Runtimes>,
     network: Arc<Network>,
     image_dir: PathBuf,
-    accel: Accel,
     ops: Ops,
     local: HashMap<VmId, Local>,
     /// Snapshots (`vm/name`) and execs (ids) started, so each is carried out once even before the
@@ -105,18 +105,22 @@ impl Decision {
 impl Reconciler {
     pub fn new(
         client: Client,
-        runtime: Arc<QemuRuntime>,
+        runtimes: Arc<Runtimes>,
         network: Arc<Network>,
+        data_dir: PathBuf,
         image_dir: PathBuf,
-        accel: Accel,
     ) -> Self {
-        let ops = Ops::new(runtime.clone(), network.clone());
+        let ops = Ops::new(
+            runtimes.clone(),
+            network.clone(),
+            data_dir,
+            image_dir.clone(),
+        );
         Self {
             client,
-            runtime,
+            runtimes,
             network,
             image_dir,
-            accel,
             ops,
             local: HashMap::new(),
             started: HashSet::new(),
@@ -136,7 +140,7 @@ impl Reconciler {
         let wanted: HashSet<&str> = intents.vms.iter().map(|i| i.id.as_str()).collect();
         // Local VMs the control plane no longer lists for this node: deleted or moved away. An
         // address without a state directory (a launch that never got that far) counts too.
-        let rt = self.runtime.clone();
+        let rt = self.runtimes.clone();
         let net = self.network.clone();
         let local = tokio::task::spawn_blocking(move || {
             rt.list().map(|mut ids| {
@@ -226,11 +230,15 @@ impl Reconciler {
             }
             return;
         }
-        let rt = self.runtime.clone();
+        let rts = self.runtimes.clone();
         let net = self.network.clone();
         let obs_id = id.clone();
-        let observed =
-            tokio::task::spawn_blocking(move || (rt.observe(&obs_id), net.ip(&obs_id))).await;
+        let wanted = intent.spec.runtime;
+        let observed = tokio::task::spawn_blocking(move || {
+            let rt = rts.for_vm(&obs_id, Some(wanted));
+            (rt.observe(&obs_id), net.ip(&obs_id))
+        })
+        .await;
         let (obs, ip) = match observed {
             Ok((Ok(o), ip)) => (Some(o), ip),
             Ok((Err(VmmError::NotFound(_)), ip)) => (None, ip),
@@ -265,7 +273,7 @@ impl Reconciler {
                 restored,
                 now,
                 &self.image_dir,
-                self.accel,
+                &self.runtimes,
             ),
         };
         if d.phase == VmPhase::Starting
@@ -277,7 +285,10 @@ impl Reconciler {
             generation: intent.generation,
             phase: d.phase,
             accel: (obs.is_some() || matches!(d.op, Some(Op::Launch { .. } | Op::Restore { .. })))
-                .then_some(self.accel),
+                .then(|| {
+                    let kind = self.runtimes.holder(&id).unwrap_or(intent.spec.runtime);
+                    self.runtimes.accel(kind)
+                }),
             exit_code: d.exit_code,
             message: d.message,
             launched_ms: local.launched_ms,
@@ -323,13 +334,16 @@ impl Reconciler {
             },
         };
         local.console_end = Some(end);
-        let rt = self.runtime.clone();
+        let rts = self.runtimes.clone();
         let vid = id.as_str().to_owned();
-        let chunk =
-            match tokio::task::spawn_blocking(move || rt.console(&vid, end, CONSOLE_CHUNK)).await {
-                Ok(Ok(c)) => c,
-                _ => return,
-            };
+        let chunk = match tokio::task::spawn_blocking(move || {
+            rts.for_vm(&vid, None).console(&vid, end, CONSOLE_CHUNK)
+        })
+        .await
+        {
+            Ok(Ok(c)) => c,
+            _ => return,
+        };
         if chunk.data.is_empty() {
             return;
         }
@@ -354,9 +368,11 @@ fn net_request(intent: &VmIntent) -> NetRequest {
 fn launch_config(
     intent: &VmIntent,
     image_dir: &Path,
-    accel: Accel,
+    runtimes: &Runtimes,
 ) -> Result<LaunchConfig, String> {
     let spec = &intent.spec;
+    runtimes.get(spec.runtime)?;
+    let accel = runtimes.accel(spec.runtime);
     let image = ImageStore::open(image_dir)
         .and_then(|s| s.resolve(&spec.image))
         .map_err(|e| format!("image {}: {}", spec.image, firefleet_types::error_chain(&e)))?;
@@ -380,7 +396,7 @@ fn decide(
     restored: Option<Generation>,
     now: u64,
     image_dir: &Path,
-    accel: Accel,
+    runtimes: &Runtimes,
 ) -> Decision {
     let spec = &intent.spec;
     if intent.deleting {
@@ -406,7 +422,7 @@ fn decide(
     // A restore request not yet carried out replaces whatever runs (or ran) here.
     if let Some(r) = &spec.restore {
         if restored < Some(r.generation) && spec.desired != DesiredState::Stopped {
-            return match launch_config(intent, image_dir, accel) {
+            return match launch_config(intent, image_dir, runtimes) {
                 Ok(cfg) => {
                     local.launched_ms = Some(now);
                     local.running_ms = None;
@@ -416,6 +432,8 @@ fn decide(
                         Op::Restore {
                             cfg: Box::new(cfg),
                             net: net_request(intent),
+                            disks: spec.disks.clone(),
+                            runtime: spec.runtime,
                             snapshot: r.snapshot.clone(),
                             generation: r.generation,
                         },
@@ -448,7 +466,7 @@ fn decide(
                 && matches!(intent.phase, VmPhase::Scheduled | VmPhase::Starting)
                 && spec.desired != DesiredState::Stopped =>
         {
-            match launch_config(intent, image_dir, accel) {
+            match launch_config(intent, image_dir, runtimes) {
                 Ok(cfg) => {
                     local.launched_ms.get_or_insert(now);
                     Decision::with_op(
@@ -456,6 +474,8 @@ fn decide(
                         Op::Launch {
                             cfg: Box::new(cfg),
                             net: net_request(intent),
+                            disks: spec.disks.clone(),
+                            runtime: spec.runtime,
                         },
                     )
                 }
@@ -493,7 +513,7 @@ fn decide(
             // Starting with nothing here: the agent died before the launch made anything (a
             // launch is idempotent and nothing local exists, so launching cannot duplicate).
             VmPhase::Scheduled | VmPhase::Starting if spec.desired != DesiredState::Stopped => {
-                match launch_config(intent, image_dir, accel) {
+                match launch_config(intent, image_dir, runtimes) {
                     Ok(cfg) => {
                         local.launched_ms.get_or_insert(now);
                         Decision::with_op(
@@ -501,6 +521,8 @@ fn decide(
                             Op::Launch {
                                 cfg: Box::new(cfg),
                                 net: net_request(intent),
+                                disks: spec.disks.clone(),
+                                runtime: spec.runtime,
                             },
                         )
                     }

@@ -3,8 +3,9 @@
 //! stack, no I/O. Requests refuse unknown fields.
 
 use firefleet_types::{
-    node::NodeFacts, Accel, Generation, Labels, NetworkSpec, NodeId, NodeInfo, Resources,
-    RestartPolicy, Snapshot, SnapshotPhase, TenantId, UnixMillis, Vm, VmId, VmPhase, VmSpec,
+    node::NodeFacts, Accel, DiskSpec, Generation, Labels, NetworkSpec, NodeId, NodeInfo, Resources,
+    RestartPolicy, Snapshot, SnapshotPhase, TenantId, UnixMillis, Vm, VmId, VmPhase, VmRuntime,
+    VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -42,6 +43,12 @@ pub struct CreateVmRequest {
     /// Network interface and bandwidth limits (default: a NIC, no limits).
     #[serde(default)]
     pub network: NetworkSpec,
+    /// The VMM: `qemu` (default) or `firecracker`.
+    #[serde(default)]
+    pub runtime: VmRuntime,
+    /// Block devices, in attachment order.
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
 }
 
 /// A list of VMs.
@@ -296,6 +303,27 @@ pub struct HostVmStats {
     pub threads: u64,
     /// TAP counters, when the VM has a NIC.
     pub net: Option<NetStats>,
+    /// Block I/O counters per disk, as the VMM counts them.
+    #[serde(default)]
+    pub disks: Vec<DiskStats>,
+    /// The VMM's own counters where it keeps them (Firecracker's metrics, `group.name`).
+    #[serde(default)]
+    pub vmm_metrics: std::collections::BTreeMap<String, u64>,
+}
+
+/// Block I/O counters of one disk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DiskStats {
+    /// The device's name in the VMM.
+    pub device: String,
+    /// Bytes the guest read.
+    pub read_bytes: u64,
+    /// Bytes the guest wrote.
+    pub write_bytes: u64,
+    /// Read requests.
+    pub read_ops: u64,
+    /// Write requests.
+    pub write_ops: u64,
 }
 
 /// Network counters (host view of the VM's TAP: rx = from the guest).

@@ -121,6 +121,8 @@ pub struct UpArgs {
     /// The local agent's subnet for VM addresses (the bridge gets the first address).
     #[arg(long, default_value = firefleet_vmm::net::DEFAULT_SUBNET)]
     pub subnet: String,
+    #[command(flatten)]
+    pub firecracker: FirecrackerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +180,31 @@ pub struct AgentArgs {
     /// The subnet for VM addresses (the bridge gets the first address).
     #[arg(long, default_value = firefleet_vmm::net::DEFAULT_SUBNET)]
     pub subnet: String,
+    #[command(flatten)]
+    pub firecracker: FirecrackerArgs,
+}
+
+/// Offering Firecracker on a node.
+#[derive(Debug, Clone, Args)]
+pub struct FirecrackerArgs {
+    /// The `firecracker` binary: offer Firecracker besides QEMU (needs a usable /dev/kvm).
+    #[arg(long = "firecracker", env = "FIREFLEET_FIRECRACKER")]
+    pub firecracker: Option<PathBuf>,
+    /// Run Firecracker under this `jailer` binary.
+    #[arg(long = "jailer", env = "FIREFLEET_JAILER", requires = "firecracker")]
+    pub jailer: Option<PathBuf>,
+}
+
+impl FirecrackerArgs {
+    /// The agent's Firecracker configuration, if asked for.
+    pub fn config(&self) -> Option<firefleet_agent::FirecrackerConfig> {
+        self.firecracker
+            .clone()
+            .map(|binary| firefleet_agent::FirecrackerConfig {
+                binary,
+                jailer: self.jailer.clone(),
+            })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +333,14 @@ pub struct VmRunArgs {
     /// Bandwidth limit for traffic to the guest, Mbit/s.
     #[arg(long)]
     pub ingress_mbit: Option<u32>,
+    /// The VMM: qemu or firecracker (only nodes offering it are considered).
+    #[arg(long, default_value = "qemu")]
+    pub runtime: String,
+    /// A disk, repeatable, in attachment order: `image=NAME[,root][,ro]` (a disk image from
+    /// `image build-disk`; `root`: the workload runs in it; `ro`: read-only) or `size=MIB`
+    /// (a blank ext4 disk).
+    #[arg(long = "disk")]
+    pub disks: Vec<String>,
     /// Wait until the VM is Running (or has finished).
     #[arg(long)]
     pub wait: bool,
@@ -351,6 +386,18 @@ pub enum ImageCommand {
         #[arg(long)]
         guest_bin: Option<PathBuf>,
     },
-    /// List images.
+    /// Build an ext4 disk image from a directory (`mkfs.ext4 -d`), for `vm run --disk`.
+    BuildDisk {
+        /// Image name.
+        #[arg(long)]
+        name: String,
+        /// The directory whose contents the filesystem holds.
+        #[arg(long)]
+        from: PathBuf,
+        /// Filesystem size in MiB (default: the directory's size plus room).
+        #[arg(long)]
+        size_mib: Option<u64>,
+    },
+    /// List images (boot images and disk images).
     Ls,
 }

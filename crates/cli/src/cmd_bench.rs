@@ -71,6 +71,8 @@ pub async fn vm_run(g: &Global, count: usize, memory: u64) -> anyhow::Result<()>
             restart_policy: Default::default(),
             tenant: None,
             network: Default::default(),
+            runtime: Default::default(),
+            disks: Vec::new(),
         };
         let t0 = Instant::now();
         let vm = c.vm_create(&req).await?;

@@ -35,15 +35,58 @@ pub async fn image(g: &Global, cmd: ImageCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ImageCommand::BuildDisk {
+            name,
+            from,
+            size_mib,
+        } => {
+            let store = ImageStore::open(&dir)
+                .with_context(|| format!("opening the image store {}", dir.display()))?;
+            let size = match size_mib {
+                Some(s) => s,
+                None => default_disk_size_mib(&from)?,
+            };
+            let m =
+                tokio::task::spawn_blocking(move || store.add_disk_from_dir(&from, size, &name))
+                    .await?
+                    .context("building the disk image")?;
+            match g.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+                Output::Table => println!(
+                    "built disk image {} {} ({} MiB)",
+                    m.name,
+                    m.digest,
+                    m.size_bytes >> 20
+                ),
+            }
+            Ok(())
+        }
         ImageCommand::Ls => {
             let store = ImageStore::open(&dir)
                 .with_context(|| format!("opening the image store {}", dir.display()))?;
-            let list = store.list()?;
-            let rows = list
+            let boot = store.list()?;
+            let disks = store.list_disks()?;
+            let mut rows: Vec<Vec<String>> = boot
                 .iter()
-                .map(|m| vec![m.name.clone(), m.digest.clone(), m.kernel_version.clone()])
+                .map(|m| {
+                    vec![
+                        m.name.clone(),
+                        "boot".into(),
+                        m.digest.clone(),
+                        format!("kernel {}", m.kernel_version),
+                    ]
+                })
                 .collect();
-            print(g.output, &list, &["NAME", "DIGEST", "KERNEL"], rows)
+            rows.extend(disks.iter().map(|m| {
+                vec![
+                    m.name.clone(),
+                    "disk".into(),
+                    m.digest.clone(),
+                    format!("ext4 {} MiB", m.size_bytes >> 20),
+                ]
+            }));
+            let all = serde_json::json!({ "boot": boot, "disks": disks });
+            print(g.output, &all, &["NAME", "KIND", "DIGEST", "DETAIL"], rows)
         }
     }
 }
@@ -89,6 +132,43 @@ pub async fn build(
     })
     .await??;
     Ok(m)
+}
+
+/// Room for a disk image: the directory's bytes plus a third, plus 16 MiB for ext4's own
+/// structures, in MiB.
+fn default_disk_size_mib(dir: &std::path::Path) -> anyhow::Result<u64> {
+    fn walk(p: &std::path::Path) -> std::io::Result<u64> {
+        let mut total = 0;
+        for e in std::fs::read_dir(p)? {
+            let e = e?;
+            let meta = e.metadata()?;
+            total += if meta.is_dir() {
+                walk(&e.path())?
+            } else {
+                meta.len()
+            };
+        }
+        Ok(total)
+    }
+    let bytes = walk(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok((bytes + bytes / 3).div_ceil(1 << 20) + 16)
+}
+
+/// Resolves a disk image name or digest (`image=` of `vm run --disk`) to its digest.
+pub fn resolve_disk(g: &Global, image: &str) -> anyhow::Result<String> {
+    let dir = image_dir(g.image_dir.as_ref());
+    let store = ImageStore::open(&dir)
+        .with_context(|| format!("opening the image store {}", dir.display()))?;
+    match store.resolve_disk(image) {
+        Ok(i) => Ok(i.digest),
+        Err(_) if image.starts_with("sha256:") => Ok(image.to_owned()),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "resolving disk image {image:?} in {} (build one with `firefleet image build-disk`)",
+                dir.display()
+            )
+        }),
+    }
 }
 
 /// Resolves an image name or digest to a digest, building the default image if it is missing.

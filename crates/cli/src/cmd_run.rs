@@ -73,6 +73,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         heartbeat: Duration::from_secs(2),
         bridge: Some(a.bridge),
         subnet: Some(a.subnet),
+        firecracker: a.firecracker.config(),
     };
     let (tx, rx) = watch::channel(false);
     let run = tokio::spawn(firefleet_agent::run(config, rx));
@@ -125,6 +126,12 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .kill_on_drop(true);
     for l in &a.labels {
         cmd.arg("--label").arg(l);
+    }
+    if let Some(fc) = &a.firecracker.firecracker {
+        cmd.arg("--firecracker").arg(fc);
+    }
+    if let Some(j) = &a.firecracker.jailer {
+        cmd.arg("--jailer").arg(j);
     }
     if let Some(j) = &join {
         cmd.env("FIREFLEET_JOIN_TOKEN", j);

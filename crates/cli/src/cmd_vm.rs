@@ -6,7 +6,8 @@ use anyhow::{bail, Context};
 use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, CreateVmRequest, ExecRequest};
 use firefleet_client::{Client, Connection};
 use firefleet_types::{
-    topology::parse_label, Labels, NetworkSpec, Resources, Snapshot, SnapshotPhase, Vm, VmPhase,
+    topology::parse_label, DiskSpec, Labels, NetworkSpec, Resources, Snapshot, SnapshotPhase, Vm,
+    VmPhase,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -313,6 +314,31 @@ fn print_vm(output: Output, v: &Vm) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parses `image=NAME[,root][,ro]` or `size=MIB` (see `vm run --disk`).
+fn parse_disk(g: &Global, s: &str) -> anyhow::Result<DiskSpec> {
+    let mut d = DiskSpec {
+        image: None,
+        size_mib: None,
+        read_only: false,
+        root: false,
+    };
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some(("image", v)) => d.image = Some(crate::cmd_image::resolve_disk(g, v)?),
+            Some(("size", v)) => {
+                d.size_mib = Some(
+                    v.parse()
+                        .with_context(|| format!("size {v:?} is not a number of MiB"))?,
+                )
+            }
+            None if part == "root" => d.root = true,
+            None if part == "ro" || part == "read-only" => d.read_only = true,
+            _ => bail!("unknown part {part:?} (expected image=NAME, size=MIB, root, ro)"),
+        }
+    }
+    Ok(d)
+}
+
 async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
     let image = crate::cmd_image::resolve_or_build(g, &a.image).await?;
     let mut labels = Labels::new();
@@ -340,6 +366,18 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
             egress_mbit: a.egress_mbit,
             ingress_mbit: a.ingress_mbit,
         },
+        runtime: a
+            .runtime
+            .parse()
+            .map_err(|e: firefleet_types::ValidationError| {
+                anyhow::anyhow!("--runtime: {}", e.message)
+            })?,
+        disks: a
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| parse_disk(g, d).with_context(|| format!("--disk {d:?} (disk {i})")))
+            .collect::<anyhow::Result<_>>()?,
     };
     let vm = c.vm_create(&req).await?;
     let vm = if a.wait {

@@ -29,6 +29,8 @@ pub struct Cluster {
     pub addr: String,
     /// Each agent's network, by agent name (kept across agent restarts).
     pub nets: Vec<(String, AgentNet)>,
+    /// Extra arguments for every agent started from now on.
+    pub agent_args: Vec<String>,
 }
 
 /// An agent's VM bridge and subnet.
@@ -54,6 +56,7 @@ impl Cluster {
             agents: vec![],
             addr: String::new(),
             nets: vec![],
+            agent_args: vec![],
         };
         c.start_server();
         c
@@ -214,6 +217,7 @@ impl Cluster {
         for l in labels {
             cmd.args(["--label", l]);
         }
+        cmd.args(&self.agent_args);
         if !data.join("node.pem").exists() {
             let t = self.json(&["join-token", "create"]);
             cmd.env("FIREFLEET_JOIN_TOKEN", t["token"].as_str().unwrap());
@@ -308,9 +312,9 @@ impl Cluster {
         s
     }
 
-    /// PIDs of QEMU processes started for this cluster.
-    pub fn qemu_pids(&self) -> Vec<u32> {
-        qemu_pids_under(self.dir.path())
+    /// PIDs of the VMM processes (QEMU, Firecracker) started for this cluster.
+    pub fn vmm_pids(&self) -> Vec<u32> {
+        vmm_pids_under(self.dir.path())
     }
 }
 
@@ -321,7 +325,7 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         self.kill_server();
-        for pid in self.qemu_pids() {
+        for pid in self.vmm_pids() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
         for (name, net) in &self.nets {
@@ -380,8 +384,9 @@ fn log_file(p: &Path) -> Stdio {
     Stdio::from(std::fs::File::create(p).unwrap())
 }
 
-/// PIDs of qemu processes whose command line mentions `dir` or that run in a directory under it.
-pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
+/// PIDs of VMM processes (QEMU, Firecracker) whose command line mentions `dir` or that run in a
+/// directory under it.
+pub fn vmm_pids_under(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().to_string();
     let mut out = vec![];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -395,9 +400,9 @@ pub fn qemu_pids_under(dir: &Path) -> Vec<u32> {
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
             .map(|p| p.to_string_lossy().to_string())
             .unwrap_or_default();
-        if cmdline.contains("qemu-system")
-            && (cmdline.contains(&needle) || cwd.starts_with(&needle))
-        {
+        let argv0 = cmdline.split(' ').next().unwrap_or_default();
+        let vmm = argv0.contains("qemu-system") || argv0.ends_with("firecracker");
+        if vmm && (cmdline.contains(&needle) || cwd.starts_with(&needle)) {
             out.push(pid);
         }
     }

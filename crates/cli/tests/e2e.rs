@@ -54,7 +54,7 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
             "VM status names the node's accelerator"
         );
     }
-    assert_eq!(c.qemu_pids().len(), 2);
+    assert_eq!(c.vmm_pids().len(), 2);
     // As root, every VMM runs sandboxed: its own uid, QEMU's seccomp filter, and the node facts
     // say so.
     if std::fs::read_to_string("/proc/self/status")
@@ -62,7 +62,7 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
         .contains("Uid:\t0\t")
     {
         let mut uids = vec![];
-        for pid in c.qemu_pids() {
+        for pid in c.vmm_pids() {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
             let field = |f: &str| {
                 status
@@ -162,7 +162,7 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
     }
     assert_eq!(c.json(&["vm", "ls"]).as_array().unwrap().len(), 0);
     c.wait(Duration::from_secs(20), "no qemu left", || {
-        c.qemu_pids().is_empty()
+        c.vmm_pids().is_empty()
     });
     for (name, agent) in &c.agents {
         assert!(
@@ -194,19 +194,19 @@ fn restarted_agent_readopts_its_running_vm() {
     c.wait_nodes_ready(1);
     c.json(&["vm", "run", "--name", "keeper"]);
     c.wait_phase("keeper", "running", BOOT);
-    let pids = c.qemu_pids();
+    let pids = c.vmm_pids();
     assert_eq!(pids.len(), 1);
 
     c.kill_agent("solo");
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(c.qemu_pids(), pids, "the VMM outlives its agent");
+    assert_eq!(c.vmm_pids(), pids, "the VMM outlives its agent");
 
     c.start_agent("solo", &["cloud=gcp"], 2);
     // The restarted agent re-adopts the VM: it stays Running on the same process, and the agent
     // can still stop it.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.vm("keeper")["status"]["phase"], "running");
-    assert_eq!(c.qemu_pids(), pids);
+    assert_eq!(c.vmm_pids(), pids);
     let out = c.cli(&["vm", "stop", "keeper", "--wait"]);
     assert!(
         out.status.success(),
@@ -215,7 +215,7 @@ fn restarted_agent_readopts_its_running_vm() {
         c.logs()
     );
     c.wait(Duration::from_secs(20), "qemu gone after stop", || {
-        c.qemu_pids().is_empty()
+        c.vmm_pids().is_empty()
     });
     c.wait(
         Duration::from_secs(20),

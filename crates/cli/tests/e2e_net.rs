@@ -341,7 +341,7 @@ fn vm_networking_isolation_limits_and_ipam() {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ipam).unwrap()).unwrap();
     assert_eq!(state["allocations"], serde_json::json!({}), "{state}");
-    assert!(c.qemu_pids().is_empty());
+    assert!(c.vmm_pids().is_empty());
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

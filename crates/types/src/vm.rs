@@ -83,6 +83,131 @@ pub struct VmSpec {
     /// The VM's network interface.
     #[serde(default)]
     pub network: NetworkSpec,
+    /// The VMM that runs it (default `qemu`). Only nodes offering it are considered.
+    #[serde(default)]
+    pub runtime: VmRuntime,
+    /// Block devices, in attachment order (the guest sees `/dev/vda`, `/dev/vdb`, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+}
+
+/// The VMM backends.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum VmRuntime {
+    /// QEMU's `microvm` machine (KVM, or TCG software emulation where KVM cannot boot a guest).
+    #[default]
+    Qemu,
+    /// Firecracker (needs KVM).
+    Firecracker,
+}
+
+impl VmRuntime {
+    /// The name nodes report in their facts (`qemu`, `firecracker`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmRuntime::Qemu => "qemu",
+            VmRuntime::Firecracker => "firecracker",
+        }
+    }
+}
+
+impl std::fmt::Display for VmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for VmRuntime {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "qemu" => Ok(VmRuntime::Qemu),
+            "firecracker" => Ok(VmRuntime::Firecracker),
+            other => Err(ValidationError::new(
+                "runtime",
+                format!("{other:?}: must be qemu or firecracker"),
+            )),
+        }
+    }
+}
+
+/// Most disks per VM.
+pub const MAX_DISKS: usize = 8;
+/// The largest blank disk, in MiB.
+pub const MAX_DISK_MIB: u64 = 1 << 20;
+
+/// A block device of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// The disk image it starts as (`sha256:<hex>` of an image from `firefleet image build-disk`):
+    /// the VM gets its own copy-on-write layer over the shared image (or the image itself,
+    /// when read-only). None: a blank ext4 disk of `size_mib`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Size of a blank disk, MiB (1..=1048576). Only without `image`.
+    #[serde(default)]
+    pub size_mib: Option<u64>,
+    /// Attach it read-only (the guest cannot write it; an image is then shared, not copied).
+    #[serde(default)]
+    pub read_only: bool,
+    /// The guest's root filesystem: the workload runs inside it (at most one disk; needs an
+    /// image). Other disks are mounted under `/mnt/<index>`.
+    #[serde(default)]
+    pub root: bool,
+}
+
+impl DiskSpec {
+    fn validate(&self, field: &str) -> Result<(), ValidationError> {
+        match (&self.image, self.size_mib) {
+            (Some(image), None) => validate_image_ref(&format!("{field}.image"), image)?,
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::new(
+                    format!("{field}.size_mib"),
+                    "only for a blank disk (not with image)",
+                ))
+            }
+            (None, Some(m)) if m == 0 || m > MAX_DISK_MIB => {
+                return Err(ValidationError::new(
+                    format!("{field}.size_mib"),
+                    format!("{m} MiB: must be 1..={MAX_DISK_MIB}"),
+                ))
+            }
+            (None, Some(_)) => {}
+            (None, None) => {
+                return Err(ValidationError::new(
+                    field,
+                    "give an image or the size_mib of a blank disk",
+                ))
+            }
+        }
+        if self.root && self.image.is_none() {
+            return Err(ValidationError::new(
+                format!("{field}.root"),
+                "a root disk needs an image (a blank disk has no system to run)",
+            ));
+        }
+        if self.read_only && self.image.is_none() {
+            return Err(ValidationError::new(
+                format!("{field}.read_only"),
+                "a blank read-only disk would hold nothing",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The largest bandwidth limit accepted, in Mbit/s.
@@ -164,8 +289,26 @@ impl VmSpec {
             validate_cmd(cmd)?;
         }
         self.network.validate()?;
+        validate_disks(&self.disks)?;
         Ok(())
     }
+}
+
+/// Checks a VM's disk list: at most [`MAX_DISKS`], at most one root, each disk well formed.
+pub fn validate_disks(disks: &[DiskSpec]) -> Result<(), ValidationError> {
+    if disks.len() > MAX_DISKS {
+        return Err(ValidationError::new(
+            "disks",
+            format!("{} disks: at most {MAX_DISKS}", disks.len()),
+        ));
+    }
+    for (i, d) in disks.iter().enumerate() {
+        d.validate(&format!("disks[{i}]"))?;
+    }
+    if disks.iter().filter(|d| d.root).count() > 1 {
+        return Err(ValidationError::new("disks", "at most one root disk"));
+    }
+    Ok(())
 }
 
 /// Checks an image reference: `sha256:` and 64 lowercase hex digits.
@@ -374,7 +517,96 @@ mod tests {
             desired: DesiredState::Running,
             restore: None,
             network: NetworkSpec::default(),
+            runtime: VmRuntime::Qemu,
+            disks: Vec::new(),
         }
+    }
+
+    fn image_disk() -> DiskSpec {
+        DiskSpec {
+            image: Some(format!("sha256:{}", "b".repeat(64))),
+            size_mib: None,
+            read_only: false,
+            root: false,
+        }
+    }
+
+    #[test]
+    fn disk_validation_names_the_disk_and_field() {
+        let field =
+            |disks: Vec<DiskSpec>| VmSpec { disks, ..spec() }.validate().err().map(|e| e.field);
+        let blank = DiskSpec {
+            image: None,
+            size_mib: Some(64),
+            ..image_disk()
+        };
+        let root = DiskSpec {
+            root: true,
+            read_only: true,
+            ..image_disk()
+        };
+        assert_eq!(field(vec![root.clone(), blank.clone()]), None);
+        assert_eq!(
+            field(vec![root.clone(), root.clone()]).as_deref(),
+            Some("disks")
+        );
+        assert_eq!(
+            field(vec![
+                blank.clone(),
+                DiskSpec {
+                    root: true,
+                    ..blank.clone()
+                }
+            ])
+            .as_deref(),
+            Some("disks[1].root")
+        );
+        assert_eq!(
+            field(vec![DiskSpec {
+                size_mib: Some(0),
+                ..blank.clone()
+            }])
+            .as_deref(),
+            Some("disks[0].size_mib")
+        );
+        assert_eq!(
+            field(vec![DiskSpec {
+                size_mib: None,
+                ..blank.clone()
+            }])
+            .as_deref(),
+            Some("disks[0]")
+        );
+        assert_eq!(
+            field(vec![DiskSpec {
+                size_mib: Some(1),
+                ..image_disk()
+            }])
+            .as_deref(),
+            Some("disks[0].size_mib")
+        );
+        assert_eq!(
+            field(vec![DiskSpec {
+                image: Some("x".into()),
+                ..image_disk()
+            }])
+            .as_deref(),
+            Some("disks[0].image")
+        );
+        assert_eq!(
+            field(vec![DiskSpec {
+                read_only: true,
+                ..blank.clone()
+            }])
+            .as_deref(),
+            Some("disks[0].read_only")
+        );
+        assert_eq!(field(vec![blank; MAX_DISKS + 1]).as_deref(), Some("disks"));
+        assert_eq!(
+            "firecracker".parse::<VmRuntime>().ok(),
+            Some(VmRuntime::Firecracker)
+        );
+        assert_eq!("kvm".parse::<VmRuntime>().unwrap_err().field, "runtime");
     }
 
     #[test]

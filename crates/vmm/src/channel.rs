@@ -17,12 +17,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use firefleet_guest::proto::{self, DecodeError, Decoded, LineReader, Message, ReadLine};
+use firefleet_guest::proto::{
+    self, DecodeError, Decoded, ExecResult, LineReader, Message, ReadLine,
+};
 
 pub use firefleet_guest::proto::{Connection, Listener, ProcessInfo, Telemetry as GuestTelemetry};
 
 /// Extra time an exec call waits beyond the command's own timeout (guest scheduling, transfer).
-const EXEC_SLACK: Duration = Duration::from_secs(10);
+pub(crate) const EXEC_SLACK: Duration = Duration::from_secs(10);
 
 /// Lines dropped by a [`GuestChannel`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -129,7 +131,7 @@ pub enum ChannelError {
 
 /// Request ids: unique within this process and unlikely to repeat across restarts, so an
 /// answer left over from an earlier connection is never taken for a new request's.
-fn next_id() -> u64 {
+pub(crate) fn next_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let _ = NEXT.compare_exchange(
         0,
@@ -269,31 +271,13 @@ impl GuestChannel {
         stdin: Option<&[u8]>,
     ) -> Result<ExecOutput, ChannelError> {
         let id = next_id();
-        let msg = Message::Exec {
-            id,
-            argv: argv.to_vec(),
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            stdin_b64: stdin.map(|s| STANDARD.encode(s)),
-        };
-        self.send("exec", &msg)?;
+        self.send("exec", &exec_request(id, argv, timeout, stdin))?;
         let wait = timeout.saturating_add(EXEC_SLACK.max(self.timeout));
         let r = self.wait_for("exec", id, wait, |m| match m {
             Message::ExecResult(r) if r.id == id => Some(r),
             _ => None,
         })?;
-        let decode = |s: &str| {
-            STANDARD
-                .decode(s)
-                .map_err(|_| ChannelError::BadPayload { op: "exec" })
-        };
-        Ok(ExecOutput {
-            exit_code: r.exit_code,
-            stdout: decode(&r.stdout_b64)?,
-            stderr: decode(&r.stderr_b64)?,
-            truncated: r.truncated,
-            timed_out: r.timed_out,
-            duration_ms: r.duration_ms,
-        })
+        exec_output(r)
     }
 
     /// Processes, sockets, load and memory of the guest.
@@ -313,14 +297,7 @@ impl GuestChannel {
     }
 
     fn send(&mut self, op: &'static str, msg: &Message) -> Result<(), ChannelError> {
-        let line = proto::encode(msg);
-        if line.len() > proto::MAX_LINE {
-            return Err(ChannelError::TooLarge {
-                op,
-                len: line.len(),
-                max: proto::MAX_LINE,
-            });
-        }
+        let line = encode_request(op, msg)?;
         if !self.started {
             // A virtio-serial port is one byte stream across host connections: end whatever
             // partial line an earlier client left, so our first request starts clean.
@@ -390,14 +367,58 @@ impl GuestChannel {
     }
 }
 
-fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ChannelError {
+/// The `exec` request for `argv` (shared by every transport of the channel).
+pub(crate) fn exec_request(
+    id: u64,
+    argv: &[String],
+    timeout: Duration,
+    stdin: Option<&[u8]>,
+) -> Message {
+    Message::Exec {
+        id,
+        argv: argv.to_vec(),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        stdin_b64: stdin.map(|s| STANDARD.encode(s)),
+    }
+}
+
+/// Decodes the guest's answer to an `exec` (its output travels base64-encoded).
+pub(crate) fn exec_output(r: ExecResult) -> Result<ExecOutput, ChannelError> {
+    let decode = |s: &str| {
+        STANDARD
+            .decode(s)
+            .map_err(|_| ChannelError::BadPayload { op: "exec" })
+    };
+    Ok(ExecOutput {
+        exit_code: r.exit_code,
+        stdout: decode(&r.stdout_b64)?,
+        stderr: decode(&r.stderr_b64)?,
+        truncated: r.truncated,
+        timed_out: r.timed_out,
+        duration_ms: r.duration_ms,
+    })
+}
+
+/// One request line, refused if it does not fit the protocol's line limit.
+pub(crate) fn encode_request(op: &'static str, msg: &Message) -> Result<Vec<u8>, ChannelError> {
+    let line = proto::encode(msg);
+    if line.len() > proto::MAX_LINE {
+        return Err(ChannelError::TooLarge {
+            op,
+            len: line.len(),
+            max: proto::MAX_LINE,
+        });
+    }
+    Ok(line)
+}
+
+pub(crate) fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> ChannelError {
     move |source| ChannelError::Io { op, source }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use firefleet_guest::proto::ExecResult;
     use std::io::{BufRead, BufReader};
 
     /// A fake guest on the other end of a socket pair: answers each request after sending noise.

@@ -57,3 +57,29 @@ pub use probe::{probe_accel, AccelProbe};
 pub use qemu::QemuRuntime;
 pub use runtime::{ConsoleChunk, LaunchConfig, Observation, Runtime, VmProcessInfo, VmmError};
 pub use runtime::{DiskConfig, DiskCounters, DiskRole, SnapshotInfo, VmmIoStats};
+
+/// What a complete snapshot directory on this host holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// How long the VM was paused for it, in milliseconds.
+    pub pause_ms: u64,
+}
+
+/// The summary of `dir` if it is a complete snapshot of either backend (checked as that backend
+/// checks it before a restore), else `None`.
+pub fn completed_snapshot(dir: &std::path::Path) -> Option<SnapshotSummary> {
+    if let Ok(m) = qemu::snapshot::verify_snapshot(dir) {
+        return Some(SnapshotSummary {
+            bytes: m.files.iter().map(|f| f.size).sum(),
+            pause_ms: m.pause_ms,
+        });
+    }
+    firecracker::snapshot::read_manifest(dir)
+        .ok()
+        .map(|m| SnapshotSummary {
+            bytes: m.info.bytes,
+            pause_ms: m.info.pause_ms,
+        })
+}

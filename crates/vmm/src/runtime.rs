@@ -174,6 +174,14 @@ pub struct DiskConfig {
     pub role: DiskRole,
     /// Attached read-only.
     pub read_only: bool,
+    /// The path the VMM opens instead of `path`, when it differs (a link in the VM's jail);
+    /// `path` stays the real file.
+    #[serde(default)]
+    pub vmm_path: Option<PathBuf>,
+    /// The qcow2 backing file the VMM opens instead of the one recorded in the overlay, when it
+    /// differs (a link in the VM's jail).
+    #[serde(default)]
+    pub vmm_backing: Option<PathBuf>,
 }
 
 /// What to launch.

@@ -547,10 +547,181 @@ fn jailed_firecracker_boots_and_stops() {
             .any(|l| l.starts_with("Uid:") && l.contains("65534")),
         "runs as the jail uid: {status}"
     );
+    // The metrics file in the jail (made afresh for this process, owned by the jail uid).
+    let io = rt.io_stats("jailed").unwrap();
+    assert!(
+        io.metrics.get("put_api_requests.actions_count") >= Some(&2),
+        "{:?}",
+        io.metrics
+    );
     rt.pause("jailed").unwrap();
     assert!(rt.observe("jailed").unwrap().paused);
     rt.stop("jailed", Duration::from_secs(1)).unwrap();
     assert_gone(p);
     rt.remove("jailed").unwrap();
     assert!(!jail.exists());
+}
+
+/// Counters that only grow, from one `io_stats` to the next (values such as latencies may
+/// go down).
+fn counter(stats: &firefleet_vmm::VmmIoStats, key: &str) -> u64 {
+    *stats
+        .metrics
+        .get(key)
+        .unwrap_or_else(|| panic!("no metric {key}: {:?}", stats.metrics.keys()))
+}
+
+#[test]
+fn io_stats_and_the_guest_channel() {
+    let bin = require_firecracker!();
+    let _s = serial();
+    let root = tempfile::tempdir().unwrap();
+    let rt = FirecrackerRuntime::new(root.path().to_path_buf(), bin, None).unwrap();
+    let tree = root.path().join("data-tree");
+    std::fs::create_dir(&tree).unwrap();
+    let data = root.path().join("data.ext4");
+    firefleet_vmm::disk::build_ext4_from_dir(&tree, &data, 16).unwrap();
+    let mut c = cfg("io", None);
+    c.disks = vec![firefleet_vmm::DiskConfig {
+        path: data,
+        role: firefleet_vmm::DiskRole::Data,
+        read_only: false,
+        vmm_path: None,
+        vmm_backing: None,
+    }];
+    let _g = VmGuard {
+        rt: rt.clone(),
+        id: "io".into(),
+    };
+    let info = rt.launch(&c).unwrap();
+    let p = ProcessId {
+        pid: info.pid,
+        start_time: info.start_time,
+    };
+
+    let first = rt.io_stats("io").unwrap();
+    eprintln!(
+        "io_stats: disks {:?}, {} metrics",
+        first.disks,
+        first.metrics.len()
+    );
+    assert!(first.metrics.len() > 50, "{:?}", first.metrics);
+    assert!(!first.metrics.contains_key("utc_timestamp_ms"));
+    let devices: Vec<&str> = first.disks.iter().map(|d| d.device.as_str()).collect();
+    assert_eq!(devices, ["disk0"], "{:?}", first.disks);
+    // Every flush is a PUT /actions and Firecracker reports each flush's increase only: the
+    // sums keep counting across flushes.
+    let actions = counter(&first, "put_api_requests.actions_count");
+    for _ in 0..3 {
+        rt.io_stats("io").unwrap();
+    }
+    let later = rt.io_stats("io").unwrap();
+    assert!(
+        counter(&later, "put_api_requests.actions_count") >= actions + 4,
+        "{actions} then {}",
+        counter(&later, "put_api_requests.actions_count")
+    );
+    for (k, v) in &first.metrics {
+        if !firefleet_vmm::stats::fc_metric_is_value(k) {
+            assert!(
+                later.metrics[k] >= *v,
+                "{k} went down: {v} -> {}",
+                later.metrics[k]
+            );
+        }
+    }
+    assert_eq!(
+        counter(&later, "block_disk0.read_bytes"),
+        later.disks[0].read_bytes
+    );
+
+    let booted = guest_boots(&rt, root.path(), "io", "exec, telemetry and disk writes");
+    if booted {
+        let out = rt
+            .exec(
+                "io",
+                &["sh".into(), "-c".into(), "cat; echo err >&2; exit 5".into()],
+                Some(b"over vsock\n"),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert_eq!(
+            (out.exit_code, &out.stdout[..], &out.stderr[..]),
+            (5, &b"over vsock\n"[..], &b"err\n"[..]),
+            "{out:?}"
+        );
+        let t = rt.telemetry("io").unwrap();
+        assert!(t.processes.iter().any(|p| p.pid == 1), "{t:?}");
+        let before = rt.io_stats("io").unwrap().disks[0].write_bytes;
+        let dd = rt
+            .exec(
+                "io",
+                &[
+                    "sh".into(),
+                    "-c".into(),
+                    "dd if=/dev/zero of=/mnt/0/f bs=1M count=4 conv=fsync".into(),
+                ],
+                None,
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(dd.exit_code, 0, "{dd:?}");
+        let after = rt.io_stats("io").unwrap().disks[0].write_bytes;
+        assert!(after - before >= 4 << 20, "{before} -> {after}");
+        let st = rt.guest_channel("io");
+        assert!(st.connected && st.hello, "{st:?}");
+    } else {
+        // No guest on the other end: a prompt channel error, not a hang.
+        for op in ["exec", "telemetry"] {
+            let started = Instant::now();
+            let err = if op == "exec" {
+                rt.exec("io", &["true".into()], None, Duration::from_secs(30))
+                    .map(|_| ())
+                    .unwrap_err()
+            } else {
+                rt.telemetry("io").map(|_| ()).unwrap_err()
+            };
+            eprintln!("{op} without a guest: {err} ({:?})", started.elapsed());
+            assert!(
+                matches!(err, firefleet_vmm::VmmError::Channel { .. }),
+                "{err}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(5), "{op}");
+        }
+    }
+
+    // Paused: the VMM still answers.
+    rt.pause("io").unwrap();
+    let paused = rt.io_stats("io").unwrap();
+    assert!(
+        counter(&paused, "put_api_requests.actions_count")
+            > counter(&later, "put_api_requests.actions_count")
+    );
+    rt.resume("io").unwrap();
+
+    // Stopped: a clear error at once.
+    rt.stop("io", Duration::from_secs(if booted { 10 } else { 1 }))
+        .unwrap();
+    assert_gone(p);
+    let started = Instant::now();
+    let err = rt.io_stats("io").unwrap_err();
+    eprintln!("io_stats of a stopped VM: {err}");
+    assert!(err.to_string().contains("io"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let err = rt
+        .exec("io", &["true".into()], None, Duration::from_secs(1))
+        .unwrap_err();
+    assert!(
+        matches!(err, firefleet_vmm::VmmError::Channel { .. }),
+        "{err}"
+    );
+    rt.remove("io").unwrap();
+    assert!(matches!(
+        rt.io_stats("io"),
+        Err(firefleet_vmm::VmmError::NotFound(_))
+    ));
+    assert!(matches!(
+        rt.exec("io", &["true".into()], None, Duration::from_secs(1)),
+        Err(firefleet_vmm::VmmError::NotFound(_))
+    ));
 }

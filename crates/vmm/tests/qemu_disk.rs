@@ -40,6 +40,8 @@ fn disk(path: &Path, role: DiskRole, read_only: bool) -> DiskConfig {
         path: path.to_path_buf(),
         role,
         read_only,
+        vmm_path: None,
+        vmm_backing: None,
     }
 }
 
@@ -151,4 +153,83 @@ fn an_unmountable_root_powers_off_with_a_clear_message() {
     missing.disks = vec![disk(&work.path().join("nope.img"), DiskRole::Data, false)];
     let err = rt.launch(&missing).unwrap_err();
     assert!(err.to_string().contains("nope.img"), "{err}");
+}
+
+#[test]
+fn io_stats_count_the_guests_disk_writes() {
+    let _s = serial();
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("data-tree");
+    fs::create_dir(&tree).unwrap();
+    let data = work.path().join("data.ext4");
+    build_ext4_from_dir(&tree, &data, 32).unwrap();
+    let rt = QemuRuntime::new(work.path().join("state")).unwrap();
+
+    // No disks: an empty list (QMP answers before the guest is up).
+    let _n = launch_cfg(&rt, &launch_config("nodisk", None));
+    let none = rt.io_stats("nodisk").unwrap();
+    assert!(none.disks.is_empty() && none.metrics.is_empty(), "{none:?}");
+    rt.stop("nodisk", Duration::ZERO).unwrap();
+
+    let mut cfg = launch_config(
+        "io",
+        sh("dd if=/dev/zero of=/mnt/0/f bs=1M count=4 conv=fsync && echo dd-done; sleep 600"),
+    );
+    cfg.disks = vec![disk(&data, DiskRole::Data, false)];
+    let _g = launch_cfg(&rt, &cfg);
+    let before = rt.io_stats("io").unwrap();
+    assert_eq!(before.disks.len(), 1, "{before:?}");
+    assert_eq!(before.disks[0].device, "d0");
+    wait_for("dd", Duration::from_secs(60), &rt, "io", || {
+        console_text(&rt, "io")
+            .lines()
+            .any(|l| l.trim_end() == "dd-done")
+    });
+    let after = rt.io_stats("io").unwrap();
+    let d = &after.disks[0];
+    eprintln!("io_stats after dd: {d:?}");
+    assert!(d.write_bytes >= 4 << 20, "{d:?}");
+    assert!(
+        d.write_ops > 0 && d.read_ops > 0 && d.read_bytes > 0,
+        "mount reads: {d:?}"
+    );
+
+    // Paused: QMP still answers, the counters stand still.
+    rt.pause("io").unwrap();
+    let paused = rt.io_stats("io").unwrap();
+    assert_eq!(
+        paused.disks[0].write_bytes,
+        rt.io_stats("io").unwrap().disks[0].write_bytes
+    );
+    rt.resume("io").unwrap();
+
+    // QMP takes one client at a time: while another holds it, a prompt error, not a hang.
+    let holder =
+        std::os::unix::net::UnixStream::connect(work.path().join("state/io/qmp.sock")).unwrap();
+    let started = std::time::Instant::now();
+    let err = rt.io_stats("io").unwrap_err();
+    eprintln!(
+        "io_stats while QMP is busy: {err} ({:?})",
+        started.elapsed()
+    );
+    assert!(matches!(err, firefleet_vmm::VmmError::Qmp { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(holder);
+    let again = rt.io_stats("io").unwrap();
+    assert!(again.disks[0].write_bytes >= d.write_bytes);
+
+    // Stopped: a clear error at once.
+    rt.stop("io", Duration::ZERO).unwrap();
+    let started = std::time::Instant::now();
+    let err = rt.io_stats("io").unwrap_err();
+    eprintln!(
+        "io_stats of a stopped VM: {err}: {:?}",
+        std::error::Error::source(&err)
+    );
+    assert!(matches!(err, firefleet_vmm::VmmError::Qmp { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(matches!(
+        rt.io_stats("never"),
+        Err(firefleet_vmm::VmmError::NotFound(_))
+    ));
 }

@@ -59,7 +59,7 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
         .map(|vm| PlacementRequest {
             vm: vm.id.clone(),
             resources: vm.spec.resources,
-            runtime: None,
+            runtime: Some(vm.spec.runtime.as_str().to_owned()),
             node_selector: Default::default(),
         })
         .collect();

@@ -98,6 +98,30 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         "counter",
         &|s| s.host.net.as_ref().map(|n| n.tx_bytes as f64),
     );
+    for (name, help, pick) in [
+        (
+            "firefleet_vm_disk_read_bytes_total",
+            "Bytes the VM's guest read from a disk.",
+            (|d: &firefleet_api::DiskStats| d.read_bytes) as fn(&firefleet_api::DiskStats) -> u64,
+        ),
+        (
+            "firefleet_vm_disk_write_bytes_total",
+            "Bytes the VM's guest wrote to a disk.",
+            |d: &firefleet_api::DiskStats| d.write_bytes,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (id, s) in &stats {
+            for d in &s.host.disks {
+                let _ = writeln!(
+                    out,
+                    "{name}{{vm=\"{id}\",device=\"{}\"}} {}",
+                    crate::metrics::escape(&d.device),
+                    pick(d)
+                );
+            }
+        }
+    }
     gauge(
         &mut out,
         "firefleet_vm_guest_processes",

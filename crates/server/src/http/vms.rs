@@ -67,6 +67,8 @@ pub async fn create(
         desired: DesiredState::Running,
         restore: None,
         network: req.network,
+        runtime: req.runtime,
+        disks: req.disks,
     };
     spec.validate()?;
     let vm = repo::create_vm(&state, spec).await?;

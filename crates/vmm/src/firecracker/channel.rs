@@ -4,8 +4,12 @@
 //! to the Unix socket `vsock.sock_1024` in the VM's state directory, where this module listens.
 //! A listener thread per VM accepts connections (the guest reconnects after a snapshot restore
 //! resets its vsock transport); the newest connection is the channel. Its reader thread keeps
-//! what the guest said (hello, ready, heartbeats) so the socket never fills up, and the write
-//! half is kept for host-to-guest messages (shutdown).
+//! what the guest said (hello, ready, heartbeats) so the socket never fills up, and routes
+//! answers to requests ([`Channels::exec`], [`Channels::telemetry`]) by request id to the caller
+//! waiting for them. A request is written to the newest connection and fails with
+//! [`ChannelError::Closed`] if that connection ends before the answer, with
+//! [`ChannelError::Timeout`] if the answer does not come in time. Malformed, oversized and
+//! unknown lines are dropped and counted ([`ChannelStatus::dropped`]).
 //!
 //! The listener lives in the process that owns the runtime. After a restart the new runtime
 //! binds it again (`ensure`), and the guest's reconnect loop finds it.
@@ -15,10 +19,20 @@ use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use firefleet_guest::proto::{self, Decoded, LineReader, Message, ReadLine};
+use firefleet_guest::proto::{self, DecodeError, Decoded, LineReader, Message, ReadLine};
+
+use crate::channel::{
+    encode_request, exec_output, exec_request, io_err, next_id, ChannelError, ChannelStats,
+    ExecOutput, GuestTelemetry, EXEC_SLACK,
+};
+
+/// How long a request waits for a guest connection when there is none (the guest may be
+/// reconnecting after a restore, or to a listener bound again after a restart).
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// What is known about a VM's guest channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -33,16 +47,77 @@ pub struct ChannelStatus {
     pub ready: bool,
     /// Heartbeats received.
     pub heartbeats: u64,
+    /// Lines dropped on all connections.
+    pub dropped: ChannelStats,
+}
+
+/// The current connection's write half, tagged with its number.
+#[derive(Debug)]
+struct Conn {
+    generation: u64,
+    stream: UnixStream,
+}
+
+/// What a waiting request receives.
+#[derive(Debug)]
+enum Reply {
+    /// The guest's answer (or its `error`) for the request's id.
+    Answer(Message),
+    /// The connection the request was written to ended.
+    Closed,
+}
+
+/// A request waiting for its answer.
+#[derive(Debug)]
+struct Pending {
+    /// The connection it was written to.
+    generation: u64,
+    tx: mpsc::Sender<Reply>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     stop: AtomicBool,
-    writer: Mutex<Option<UnixStream>>,
+    writer: Mutex<Option<Conn>>,
+    /// Requests by id. Lock order: `writer` before `pending`.
+    pending: Mutex<HashMap<u64, Pending>>,
     connections: AtomicU64,
     hello: AtomicBool,
     ready: AtomicBool,
     heartbeats: AtomicU64,
+    malformed: AtomicU64,
+    oversized: AtomicU64,
+    unknown: AtomicU64,
+}
+
+impl Shared {
+    /// Fails the requests written to connection `generation` (all of them if `None`).
+    fn fail_pending(&self, generation: Option<u64>) {
+        lock(&self.pending).retain(|_, p| {
+            if generation.is_none_or(|g| g == p.generation) {
+                let _ = p.tx.send(Reply::Closed);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Hands an answer to the request waiting for it; answers nobody waits for (any more) are
+    /// dropped.
+    fn route(&self, id: u64, msg: Message) {
+        if let Some(p) = lock(&self.pending).remove(&id) {
+            let _ = p.tx.send(Reply::Answer(msg));
+        }
+    }
+
+    fn dropped(&self) -> ChannelStats {
+        ChannelStats {
+            malformed: self.malformed.load(Ordering::SeqCst),
+            oversized: self.oversized.load(Ordering::SeqCst),
+            unknown: self.unknown.load(Ordering::SeqCst),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,19 +157,20 @@ impl Channels {
         Ok(())
     }
 
-    /// Stops listening for `id` and closes its channel.
+    /// Stops listening for `id` and closes its channel; requests in flight fail as closed.
     pub fn close(&self, id: &str) {
         if let Some((_, s)) = lock(&self.vms).remove(id) {
             s.stop.store(true, Ordering::SeqCst);
-            if let Some(w) = lock(&s.writer).take() {
-                let _ = w.shutdown(std::net::Shutdown::Both);
+            if let Some(c) = lock(&s.writer).take() {
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
             }
+            s.fail_pending(None);
         }
     }
 
     /// The channel's status (all false/zero when not listening).
     pub fn status(&self, id: &str) -> ChannelStatus {
-        let Some(s) = lock(&self.vms).get(id).map(|(_, s)| Arc::clone(s)) else {
+        let Some(s) = self.shared(id) else {
             return ChannelStatus::default();
         };
         let connected = lock(&s.writer).is_some();
@@ -104,25 +180,121 @@ impl Channels {
             hello: s.hello.load(Ordering::SeqCst),
             ready: s.ready.load(Ordering::SeqCst),
             heartbeats: s.heartbeats.load(Ordering::SeqCst),
+            dropped: s.dropped(),
         }
     }
 
     /// Sends a message to the guest on its current connection; false if there is none or the
     /// write failed.
     pub fn send(&self, id: &str, msg: &Message) -> bool {
-        let shared = match lock(&self.vms).get(id) {
-            Some((_, s)) => Arc::clone(s),
-            None => return false,
-        };
-        let mut w = lock(&shared.writer);
-        let Some(stream) = w.as_mut() else {
+        let Some(shared) = self.shared(id) else {
             return false;
         };
-        let ok = stream.write_all(&proto::encode(msg)).is_ok();
+        let mut w = lock(&shared.writer);
+        let Some(conn) = w.as_mut() else {
+            return false;
+        };
+        let ok = conn.stream.write_all(&proto::encode(msg)).is_ok();
         if !ok {
             *w = None;
         }
         ok
+    }
+
+    /// Runs `argv` in the guest (killed there after `timeout`), with `stdin` as its input if
+    /// given. Waits for the answer up to `timeout` plus a margin for the transfer.
+    pub fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, ChannelError> {
+        let req = next_id();
+        let msg = exec_request(req, argv, timeout, stdin);
+        match self.request(id, "exec", req, &msg, timeout.saturating_add(EXEC_SLACK))? {
+            Message::ExecResult(r) => exec_output(r),
+            _ => Err(ChannelError::Guest {
+                op: "exec",
+                message: "answered with another kind of message".into(),
+            }),
+        }
+    }
+
+    /// The guest's processes, sockets, load and memory; waits up to `timeout` for the answer.
+    pub fn telemetry(&self, id: &str, timeout: Duration) -> Result<GuestTelemetry, ChannelError> {
+        let req = next_id();
+        let msg = Message::TelemetryRequest { id: req };
+        match self.request(id, "telemetry", req, &msg, timeout)? {
+            Message::Telemetry(t) => Ok(t),
+            _ => Err(ChannelError::Guest {
+                op: "telemetry",
+                message: "answered with another kind of message".into(),
+            }),
+        }
+    }
+
+    fn shared(&self, id: &str) -> Option<Arc<Shared>> {
+        lock(&self.vms).get(id).map(|(_, s)| Arc::clone(s))
+    }
+
+    /// Writes request `req` to the newest connection (waiting briefly for one) and waits up to
+    /// `wait` for the answer carrying its id. A guest `error` for it becomes
+    /// [`ChannelError::Guest`].
+    fn request(
+        &self,
+        id: &str,
+        op: &'static str,
+        req: u64,
+        msg: &Message,
+        wait: Duration,
+    ) -> Result<Message, ChannelError> {
+        let line = encode_request(op, msg)?;
+        let Some(shared) = self.shared(id) else {
+            // Nobody listens for this VM here: no connection will come.
+            return Err(ChannelError::AcceptTimeout(Duration::ZERO));
+        };
+        let connect_wait = CONNECT_WAIT.min(wait);
+        let connect_deadline = Instant::now() + connect_wait;
+        let (tx, rx) = mpsc::channel();
+        loop {
+            let mut w = lock(&shared.writer);
+            if let Some(conn) = w.as_mut() {
+                // Registered before the write, so the answer cannot overtake the registration.
+                lock(&shared.pending).insert(
+                    req,
+                    Pending {
+                        generation: conn.generation,
+                        tx,
+                    },
+                );
+                if let Err(e) = conn.stream.write_all(&line) {
+                    lock(&shared.pending).remove(&req);
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                    *w = None;
+                    return Err(io_err(op)(e));
+                }
+                break;
+            }
+            drop(w);
+            if Instant::now() >= connect_deadline || shared.stop.load(Ordering::SeqCst) {
+                return Err(ChannelError::AcceptTimeout(connect_wait));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let reply = rx.recv_timeout(wait);
+        // Whatever happened, the entry is gone or must go (a late answer is then dropped).
+        lock(&shared.pending).remove(&req);
+        match reply {
+            Ok(Reply::Answer(Message::Error { message, .. })) => {
+                Err(ChannelError::Guest { op, message })
+            }
+            Ok(Reply::Answer(m)) => Ok(m),
+            Ok(Reply::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(ChannelError::Closed { op })
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ChannelError::Timeout { op, after: wait }),
+        }
     }
 }
 
@@ -135,9 +307,11 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
                 let Ok(writer) = stream.try_clone() else {
                     continue;
                 };
-                shared.connections.fetch_add(1, Ordering::SeqCst);
-                let generation = shared.connections.load(Ordering::SeqCst);
-                *lock(&shared.writer) = Some(writer);
+                let generation = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                *lock(&shared.writer) = Some(Conn {
+                    generation,
+                    stream: writer,
+                });
                 let s2 = Arc::clone(shared);
                 let _ = std::thread::Builder::new()
                     .name("vsock-reader".into())
@@ -155,35 +329,73 @@ fn read_loop(stream: UnixStream, shared: &Arc<Shared>, generation: u64) {
     // Wake up now and then to notice that the listener was closed.
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut reader = LineReader::new(stream);
-    loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
+    while !shared.stop.load(Ordering::SeqCst) {
         match reader.read_line() {
-            Ok(ReadLine::Line(line)) => match proto::decode(&line) {
-                Ok(Decoded::Message(Message::Hello { .. })) => {
-                    shared.hello.store(true, Ordering::SeqCst);
-                }
-                Ok(Decoded::Message(Message::Ready)) => shared.ready.store(true, Ordering::SeqCst),
-                Ok(Decoded::Message(Message::Heartbeat { .. })) => {
-                    shared.heartbeats.fetch_add(1, Ordering::SeqCst);
-                }
-                _ => {}
-            },
-            Ok(ReadLine::WouldBlock | ReadLine::TooLong) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+            Ok(ReadLine::Line(line)) => handle_line(shared, &line),
+            Ok(ReadLine::TooLong) => {
+                shared.oversized.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(ReadLine::WouldBlock) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
             Ok(ReadLine::Eof) | Err(_) => break,
         }
     }
-    // This connection ended; forget its writer unless a newer connection replaced it.
-    if shared.connections.load(Ordering::SeqCst) == generation {
-        *lock(&shared.writer) = None;
+    // This connection ended: forget its writer unless a newer connection replaced it, and fail
+    // the requests that were written to it (their answers cannot come any more).
+    let mut w = lock(&shared.writer);
+    if w.as_ref().is_some_and(|c| c.generation == generation) {
+        *w = None;
+    }
+}
+
+/// One line from the guest: status, an answer to route, or junk to count.
+fn handle_line(shared: &Shared, line: &[u8]) {
+    match proto::decode(line) {
+        Ok(Decoded::Message(m)) => {
+            let answers = match &m {
+                Message::Hello { .. } => {
+                    shared.hello.store(true, Ordering::SeqCst);
+                    None
+                }
+                Message::Ready => {
+                    shared.ready.store(true, Ordering::SeqCst);
+                    None
+                }
+                Message::Heartbeat { .. } => {
+                    shared.heartbeats.fetch_add(1, Ordering::SeqCst);
+                    None
+                }
+                Message::ExecResult(r) => Some(r.id),
+                Message::Telemetry(t) => Some(t.id),
+                Message::Pong { id } | Message::Error { id, .. } => Some(*id),
+                _ => None,
+            };
+            if let Some(id) = answers {
+                shared.route(id, m);
+            }
+        }
+        Ok(Decoded::Unknown { .. }) => {
+            shared.unknown.fetch_add(1, Ordering::SeqCst);
+        }
+        Err(DecodeError::TooLong { .. }) => {
+            shared.oversized.fetch_add(1, Ordering::SeqCst);
+        }
+        Err(_) => {
+            shared.malformed.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use firefleet_guest::proto::ExecResult;
     use std::io::{BufRead, BufReader};
 
     fn wait(mut f: impl FnMut() -> bool) -> bool {
@@ -194,6 +406,254 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// A guest as Firecracker forwards it: a stream connected to the listening socket.
+    struct FakeGuest {
+        reader: BufReader<UnixStream>,
+        writer: UnixStream,
+    }
+
+    impl FakeGuest {
+        fn connect(path: &Path) -> Self {
+            let s = UnixStream::connect(path).unwrap();
+            // A request that never arrives fails the test instead of hanging it.
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut g = Self {
+                reader: BufReader::new(s.try_clone().unwrap()),
+                writer: s,
+            };
+            g.send(&Message::Hello {
+                version: 1,
+                vm_id: "vm".into(),
+                capabilities: vec!["exec".into(), "telemetry".into()],
+            });
+            g
+        }
+
+        fn send(&mut self, m: &Message) {
+            self.writer.write_all(&proto::encode(m)).unwrap();
+        }
+
+        fn raw(&mut self, bytes: &[u8]) {
+            self.writer.write_all(bytes).unwrap();
+        }
+
+        /// The next request from the host.
+        fn request(&mut self) -> Message {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                assert!(
+                    self.reader.read_line(&mut line).unwrap() > 0,
+                    "host hung up"
+                );
+                if !line.trim().is_empty() {
+                    break;
+                }
+            }
+            match proto::decode(line.as_bytes()).unwrap() {
+                Decoded::Message(m) => m,
+                other => panic!("unexpected line {other:?}"),
+            }
+        }
+    }
+
+    /// Answers `exec` with its argv[0] as stdout, `telemetry_request` with load1 = 0.25.
+    fn answer(req: &Message) -> Message {
+        match req {
+            Message::Exec { id, argv, .. } => Message::ExecResult(ExecResult {
+                id: *id,
+                exit_code: 7,
+                stdout_b64: STANDARD.encode(&argv[0]),
+                stderr_b64: STANDARD.encode("e"),
+                duration_ms: 3,
+                ..Default::default()
+            }),
+            Message::TelemetryRequest { id } => Message::Telemetry(GuestTelemetry {
+                id: *id,
+                load1: 0.25,
+                ..Default::default()
+            }),
+            other => panic!("unexpected request {other:?}"),
+        }
+    }
+
+    fn listening() -> (tempfile::TempDir, PathBuf, Arc<Channels>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock_1024");
+        let ch = Arc::new(Channels::default());
+        ch.ensure("vm", &path).unwrap();
+        (dir, path, ch)
+    }
+
+    fn argv(a: &str) -> Vec<String> {
+        vec![a.to_string()]
+    }
+
+    const LONG: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn answers_are_routed_by_id_and_junk_is_counted() {
+        let (_dir, path, ch) = listening();
+        let mut guest = FakeGuest::connect(&path);
+        // Two requests in flight at once; the guest answers the second first, after junk and
+        // an answer nobody asked for.
+        let ch1 = Arc::clone(&ch);
+        let first = std::thread::spawn(move || ch1.exec("vm", &argv("first"), Some(b"in"), LONG));
+        let r1 = guest.request();
+        let ch2 = Arc::clone(&ch);
+        let second = std::thread::spawn(move || ch2.telemetry("vm", LONG));
+        let r2 = guest.request();
+        assert!(
+            matches!(r1, Message::Exec { ref stdin_b64, .. } if stdin_b64.as_deref() == Some("aW4="))
+        );
+        assert!(matches!(r2, Message::TelemetryRequest { .. }));
+        let mut huge = vec![b'x'; proto::MAX_LINE + 10];
+        huge.push(b'\n');
+        guest.raw(b"not json at all\n");
+        guest.raw(&huge);
+        guest.raw(b"{\"v\":1,\"type\":\"from_the_future\"}\n");
+        guest.raw(b"{\"v\":1,\"type\":\"exec_result\",\"id\":\"x\"}\n");
+        guest.send(&Message::Pong { id: 12345 });
+        guest.send(&answer(&r2));
+        guest.send(&Message::Heartbeat {
+            seq: 1,
+            uptime_ms: 1,
+        });
+        guest.send(&answer(&r1));
+        let t = second.join().unwrap().unwrap();
+        assert_eq!(t.load1, 0.25);
+        let out = first.join().unwrap().unwrap();
+        assert_eq!(
+            (
+                out.exit_code,
+                &out.stdout[..],
+                &out.stderr[..],
+                out.duration_ms
+            ),
+            (7, &b"first"[..], &b"e"[..], 3)
+        );
+        let st = ch.status("vm");
+        assert_eq!(
+            st.dropped,
+            ChannelStats {
+                malformed: 2,
+                oversized: 1,
+                unknown: 1
+            },
+            "{st:?}"
+        );
+        assert!(st.hello && st.connected && st.heartbeats == 1, "{st:?}");
+
+        // A guest error for the request is the caller's error; bad base64 is refused.
+        let ch3 = Arc::clone(&ch);
+        let failing = std::thread::spawn(move || ch3.exec("vm", &argv("x"), None, LONG));
+        let Message::Exec { id, .. } = guest.request() else {
+            panic!("not an exec");
+        };
+        guest.send(&Message::Error {
+            id,
+            message: "no such program".into(),
+        });
+        let err = failing.join().unwrap().unwrap_err();
+        assert!(
+            matches!(err, ChannelError::Guest { ref message, .. } if message == "no such program"),
+            "{err}"
+        );
+        let ch4 = Arc::clone(&ch);
+        let bad = std::thread::spawn(move || ch4.exec("vm", &argv("x"), None, LONG));
+        let Message::Exec { id, .. } = guest.request() else {
+            panic!("not an exec");
+        };
+        guest.send(&Message::ExecResult(ExecResult {
+            id,
+            stdout_b64: "!!!".into(),
+            ..Default::default()
+        }));
+        let err = bad.join().unwrap().unwrap_err();
+        assert!(matches!(err, ChannelError::BadPayload { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_silent_guest_times_out_and_its_late_answer_is_dropped() {
+        let (_dir, path, ch) = listening();
+        let mut guest = FakeGuest::connect(&path);
+        let ch1 = Arc::clone(&ch);
+        let started = Instant::now();
+        let waiting = std::thread::spawn(move || ch1.telemetry("vm", Duration::from_millis(300)));
+        let late = guest.request();
+        let err = waiting.join().unwrap().unwrap_err();
+        assert!(matches!(err, ChannelError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // The late answer is not taken for the next request's.
+        guest.send(&answer(&late));
+        let ch2 = Arc::clone(&ch);
+        let next = std::thread::spawn(move || ch2.exec("vm", &argv("next"), None, LONG));
+        let req = guest.request();
+        guest.send(&answer(&req));
+        assert_eq!(next.join().unwrap().unwrap().stdout, b"next");
+        assert!(lock(&ch.shared("vm").unwrap().pending).is_empty());
+    }
+
+    #[test]
+    fn a_connection_closed_mid_request_fails_it_at_once() {
+        let (_dir, path, ch) = listening();
+        let mut guest = FakeGuest::connect(&path);
+        let ch1 = Arc::clone(&ch);
+        let started = Instant::now();
+        let waiting = std::thread::spawn(move || ch1.exec("vm", &argv("x"), None, LONG));
+        let _ = guest.request();
+        drop(guest);
+        let err = waiting.join().unwrap().unwrap_err();
+        assert!(matches!(err, ChannelError::Closed { .. }), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // No connection now: a request waits briefly for one, then says so.
+        assert!(wait(|| !ch.status("vm").connected));
+        let err = ch.telemetry("vm", Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, ChannelError::AcceptTimeout(_)), "{err}");
+        // Nobody listens for an unknown VM: no wait at all.
+        let started = Instant::now();
+        let err = ch.exec("other", &argv("x"), None, LONG).unwrap_err();
+        assert!(matches!(err, ChannelError::AcceptTimeout(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Closing the listener fails a request in flight.
+        let mut guest = FakeGuest::connect(&path);
+        let ch2 = Arc::clone(&ch);
+        let waiting = std::thread::spawn(move || ch2.telemetry("vm", LONG));
+        let _ = guest.request();
+        ch.close("vm");
+        let err = waiting.join().unwrap().unwrap_err();
+        assert!(matches!(err, ChannelError::Closed { .. }), "{err}");
+    }
+
+    #[test]
+    fn requests_go_to_the_newest_connection() {
+        let (_dir, path, ch) = listening();
+        let mut old = FakeGuest::connect(&path);
+        assert!(wait(|| ch.status("vm").connections == 1));
+        let mut new = FakeGuest::connect(&path);
+        assert!(wait(|| ch.status("vm").connections == 2));
+        let ch1 = Arc::clone(&ch);
+        let waiting = std::thread::spawn(move || ch1.exec("vm", &argv("new"), None, LONG));
+        let req = new.request();
+        // Nothing went to the old connection.
+        old.writer
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = String::new();
+        let err = old.reader.read_line(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{buf}");
+        // The old connection going away does not fail a request on the new one.
+        drop(old);
+        std::thread::sleep(Duration::from_millis(100));
+        new.send(&answer(&req));
+        assert_eq!(waiting.join().unwrap().unwrap().stdout, b"new");
+        assert!(ch.status("vm").connected);
     }
 
     #[test]

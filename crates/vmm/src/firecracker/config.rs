@@ -330,6 +330,8 @@ mod tests {
                 path: "/d/root.ext4".into(),
                 role: DiskRole::Root,
                 read_only: false,
+                vmm_path: None,
+                vmm_backing: None,
             }],
         }
     }

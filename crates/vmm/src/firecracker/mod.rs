@@ -15,31 +15,39 @@
 //! While the launching process lives, a waiter thread per child reaps it (no zombies); after a
 //! restart the VM is found again from the state directory (pid + start time) and driven over
 //! its API socket.
+//!
+//! `exec` and `telemetry` go over the vsock guest channel ([`channel::Channels`]). `io_stats`
+//! flushes the metrics and sums the file: Firecracker writes each counter as its increase since
+//! the previous flush, so the file (started afresh for every new process) holds the whole
+//! history, read incrementally ([`crate::stats::FcMetricsSums`]).
 
 pub mod api;
 pub mod channel;
 pub mod config;
 mod jailer;
-mod snapshot;
+pub mod snapshot;
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firefleet_guest::console::{parse_line, ConsoleEvent};
 use firefleet_guest::proto::Message;
 use firefleet_types::Accel;
 
+use crate::channel::{ExecOutput, GuestTelemetry};
 use crate::qemu::process::ProcessId;
 use crate::runtime::{
     ConsoleChunk, DiskRole, LaunchConfig, Observation, Runtime, SnapshotInfo, VmProcessInfo,
-    VmmError,
+    VmmError, VmmIoStats,
 };
+use crate::stats::{fc_disk_counters, FcMetricsSums};
 use api::{ApiClient, ApiError};
 pub use channel::ChannelStatus;
 use config::{
@@ -52,16 +60,20 @@ use jailer::{jail_root, jailer_command};
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 const REMOVE_GRACE: Duration = Duration::from_secs(5);
+/// How long `telemetry` waits for the guest's answer.
+const TELEMETRY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The Firecracker runtime. Holds no per-VM state in memory beyond the guest channel listeners
-/// (the state directories are the truth), so a new instance on the same root re-adopts running
-/// VMs.
+/// and the running sums of the metrics files (rebuilt from the file when missing): the state
+/// directories are the truth, so a new instance on the same root re-adopts running VMs.
 #[derive(Debug, Clone)]
 pub struct FirecrackerRuntime {
     state_root: PathBuf,
     firecracker: PathBuf,
     jailer: Option<JailerConfig>,
     channels: Arc<channel::Channels>,
+    /// Per VM: the process the sums belong to, and the sums.
+    metric_sums: Arc<Mutex<HashMap<String, (ProcessId, FcMetricsSums)>>>,
 }
 
 fn state_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> VmmError {
@@ -148,6 +160,7 @@ impl FirecrackerRuntime {
             firecracker: firecracker_bin,
             jailer,
             channels: Arc::default(),
+            metric_sums: Arc::default(),
         })
     }
 
@@ -219,6 +232,60 @@ impl FirecrackerRuntime {
                 "no complete metrics object yet",
             )),
         })
+    }
+
+    /// The VM's disk counters and all its metrics, summed since its process started.
+    fn vmm_io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {
+        validate_id(id)?;
+        if !self.vm_dir(id).is_dir() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        let flush = "firecracker API PUT /actions (FlushMetrics)";
+        let Some(p) = self.live_process(id)? else {
+            return Err(VmmError::Qmp {
+                id: id.to_string(),
+                command: flush.into(),
+                source: io::Error::new(io::ErrorKind::NotConnected, "the VMM is not running"),
+            });
+        };
+        self.api(id)
+            .put(
+                "/actions",
+                &Action {
+                    action_type: "FlushMetrics",
+                },
+            )
+            .map_err(|e| api_failed(id, e))?;
+        let path = self.run_dir(id).join(METRICS_FILE);
+        let mut all = self.metric_sums.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = all
+            .entry(id.to_string())
+            .or_insert_with(|| (p, FcMetricsSums::default()));
+        if entry.0 != p {
+            *entry = (p, FcMetricsSums::default());
+        }
+        entry
+            .1
+            .update(&path)
+            .map_err(|source| VmmError::State { path, source })?;
+        let metrics = entry.1.totals().clone();
+        Ok(VmmIoStats {
+            disks: fc_disk_counters(&metrics),
+            metrics,
+        })
+    }
+
+    /// Checks that the VM exists and that this process listens for its guest channel (after a
+    /// restart, the guest reconnects to the new listener).
+    fn channel_for(&self, id: &str) -> Result<(), VmmError> {
+        validate_id(id)?;
+        if !self.vm_dir(id).is_dir() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        if self.live_process(id)?.is_some() {
+            self.ensure_channel(id)?;
+        }
+        Ok(())
     }
 
     fn process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
@@ -442,8 +509,22 @@ impl FirecrackerRuntime {
     /// load, which accepts nothing else before it).
     fn configure_observability(&self, id: &str) -> Result<(), VmmError> {
         let run = self.run_dir(id);
+        // A new process starts a new metrics file (a new inode): its counters start at zero,
+        // and Firecracker writes from offset 0 without truncating, which would otherwise leave
+        // the old process's objects behind its own.
+        let metrics = run.join(METRICS_FILE);
+        match fs::remove_file(&metrics) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(VmmError::State {
+                    path: metrics,
+                    source: e,
+                })
+            }
+        }
         for name in [FC_LOG, METRICS_FILE] {
-            // Firecracker opens these without O_CREAT.
+            // Older Firecracker versions open these without O_CREAT.
             let p = run.join(name);
             OpenOptions::new()
                 .create(true)
@@ -698,6 +779,10 @@ impl Runtime for FirecrackerRuntime {
     fn remove(&self, id: &str) -> Result<(), VmmError> {
         validate_id(id)?;
         let dir = self.vm_dir(id);
+        self.metric_sums
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         if !dir.exists() {
             return Ok(());
         }
@@ -741,6 +826,36 @@ impl Runtime for FirecrackerRuntime {
     fn restore(&self, cfg: &LaunchConfig, snapshot: &Path) -> Result<VmProcessInfo, VmmError> {
         self.restore_vm(cfg, snapshot)
     }
+
+    fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, VmmError> {
+        self.channel_for(id)?;
+        self.channels
+            .exec(id, argv, stdin, timeout)
+            .map_err(|source| VmmError::Channel {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
+    fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
+        self.channel_for(id)?;
+        self.channels
+            .telemetry(id, TELEMETRY_TIMEOUT)
+            .map_err(|source| VmmError::Channel {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
+    fn io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {
+        self.vmm_io_stats(id)
+    }
 }
 
 #[cfg(test)]
@@ -763,6 +878,23 @@ mod tests {
         rt.remove("nope").unwrap();
         assert!(rt.list().unwrap().is_empty());
         assert!(matches!(rt.pause("nope"), Err(VmmError::NotFound(_))));
+        assert!(matches!(
+            rt.exec("nope", &["true".into()], None, Duration::from_secs(1)),
+            Err(VmmError::NotFound(_))
+        ));
+        assert!(matches!(rt.telemetry("nope"), Err(VmmError::NotFound(_))));
+        assert!(matches!(rt.io_stats("nope"), Err(VmmError::NotFound(_))));
+        assert!(matches!(rt.io_stats("a/b"), Err(VmmError::InvalidId(_))));
+        // A VM directory without a live process: a channel error at once (nobody listens),
+        // and no counters.
+        std::fs::create_dir(dir.path().join("idle")).unwrap();
+        let started = Instant::now();
+        let err = rt
+            .exec("idle", &["true".into()], None, Duration::from_secs(30))
+            .unwrap_err();
+        assert!(matches!(err, VmmError::Channel { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(matches!(rt.io_stats("idle"), Err(VmmError::Qmp { .. })));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 mod apt;
 mod build;
 pub mod cpio;
+pub mod disks;
 pub mod elf;
 
 use std::fs;
@@ -32,6 +33,7 @@ use sha2::{Digest as _, Sha256};
 pub use build::{
     build_image, default_guest_bin, BuildOptions, BuildProgress, BuildStage, GUEST_MODULES,
 };
+pub use disks::{DiskImage, DiskImageManifest};
 
 /// The file names inside an image directory.
 pub const KERNEL_FILE: &str = "vmlinuz";

@@ -146,11 +146,26 @@ pub fn qemu_args_with(cfg: &LaunchConfig, tsc_khz: Option<u64>, opts: &ArgOption
         // A missing file fails in QEMU with its own message; launch checks paths first.
         let format = detect_format(&d.path).unwrap_or(DiskFormat::Raw);
         let ro = if d.read_only { ",readonly=on" } else { "" };
+        let file = d.vmm_path.as_ref().unwrap_or(&d.path);
+        let backing = match &d.vmm_backing {
+            Some(b) => {
+                let real = crate::disk::backing_file(&d.path).ok().flatten();
+                let bformat = real
+                    .and_then(|r| detect_format(&r).ok())
+                    .unwrap_or(DiskFormat::Raw);
+                format!(
+                    ",backing.driver={},backing.file.filename={}",
+                    bformat.as_str(),
+                    opt_value(&b.to_string_lossy())
+                )
+            }
+            None => String::new(),
+        };
         push(&[
             "-drive",
             &format!(
-                "id=d{i},file={},format={},if=none{ro}",
-                opt_value(&d.path.to_string_lossy()),
+                "id=d{i},file={},format={},if=none{ro}{backing}",
+                opt_value(&file.to_string_lossy()),
                 format.as_str()
             ),
             "-device",
@@ -251,11 +266,15 @@ mod tests {
                 path: "/d/root,1.ext4".into(),
                 role: DiskRole::Root,
                 read_only: true,
+                vmm_path: None,
+                vmm_backing: None,
             },
             DiskConfig {
                 path: "/d/data.ext4".into(),
                 role: DiskRole::Data,
                 read_only: false,
+                vmm_path: None,
+                vmm_backing: None,
             },
         ];
         let joined = qemu_args(&c, None).join(" ");

@@ -9,6 +9,7 @@
 //! lives, a waiter thread per child reaps it (no zombies); after a restart the VM is found again
 //! from the state directory (pid + start time) and driven over QMP and the guest channel.
 
+mod blockstats;
 pub mod cmdline;
 pub mod process;
 pub mod qmp;
@@ -29,6 +30,7 @@ use firefleet_guest::proto::{self, Message};
 use crate::channel::{ExecOutput, GuestChannel, GuestTelemetry};
 use crate::runtime::{
     ConsoleChunk, LaunchConfig, Observation, Runtime, SnapshotInfo, VmProcessInfo, VmmError,
+    VmmIoStats,
 };
 use cmdline::{
     ArgOptions, CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, GUEST_SOCK, PID_FILE, QEMU_LOG, QMP_SOCK,
@@ -622,6 +624,10 @@ impl Runtime for QemuRuntime {
             })
     }
 
+    fn io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {
+        self.block_io_stats(id)
+    }
+
     fn console(&self, id: &str, offset: u64, max: usize) -> Result<ConsoleChunk, VmmError> {
         validate_id(id)?;
         let dir = self.vm_dir(id);
@@ -757,9 +763,43 @@ impl QemuRuntime {
         }
         jailed.image.kernel = PathBuf::from("vmlinuz");
         jailed.image.initrd = PathBuf::from("initrd.img");
-        for d in &cfg.disks {
-            // The VM's own disk images become its uid's (they are per-VM files or overlays).
-            crate::sandbox::give(&d.path, &vm).map_err(jail_err(&d.path))?;
+        // Disks are opened from the jail: the VM's uid cannot reach the agent's directories.
+        for (i, d) in cfg.disks.iter().enumerate() {
+            let format =
+                crate::disk::detect_format(&d.path).map_err(|e| VmmError::InvalidConfig {
+                    id: cfg.id.clone(),
+                    what: format!("disk {i}: {e}"),
+                })?;
+            let name = format!("disk-{i}.{}", format.as_str());
+            let dst = dir.join(&name);
+            if d.read_only {
+                // Shared (a base image): a link when world-readable, else a private copy.
+                crate::sandbox::link_into_jail(&d.path, &dst, &vm).map_err(jail_err(&dst))?;
+            } else {
+                // The VM's own file: the same inode (never a copy: writes must reach the file),
+                // now owned by the VM's uid.
+                match fs::remove_file(&dst) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(jail_err(&dst)(e)),
+                }
+                fs::hard_link(&d.path, &dst).map_err(|e| VmmError::InvalidConfig {
+                    id: cfg.id.clone(),
+                    what: format!(
+                        "disk {i}: {} cannot be linked into the VM's jail (a writable disk must be on the filesystem of the state root): {e}",
+                        d.path.display()
+                    ),
+                })?;
+                crate::sandbox::give(&dst, &vm).map_err(jail_err(&dst))?;
+            }
+            jailed.disks[i].vmm_path = Some(PathBuf::from(&name));
+            if let Ok(Some(base)) = crate::disk::backing_file(&d.path) {
+                let bformat = crate::disk::detect_format(&base).unwrap_or(crate::DiskFormat::Raw);
+                let bname = format!("disk-{i}-base.{}", bformat.as_str());
+                let bdst = dir.join(&bname);
+                crate::sandbox::link_into_jail(&base, &bdst, &vm).map_err(jail_err(&bdst))?;
+                jailed.disks[i].vmm_backing = Some(PathBuf::from(bname));
+            }
         }
         // A restore appends to the console the previous process wrote.
         let console = dir.join("console.log");
