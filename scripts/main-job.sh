@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: start FireFleet (server + local agent), boot a real microVM, show its console and
 # status, run a one-shot command VM, exec in a guest and show its stats, pause/resume, snapshot and
-# restore a VM whose counter goes on, stop and delete everything, tear down, exit 0.
+# restore a VM whose counter goes on, run a VM on a disk image built from a directory, stop and
+# delete everything, tear down, exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -32,6 +33,7 @@ cleanup() {
   ip link del "$bridge" 2>/dev/null || true
   nft delete table bridge "firefleet_$bridge" 2>/dev/null || true
   nft delete table inet "firefleet_$bridge" 2>/dev/null || true
+  [ -n "${disk_image:-}" ] && rm -rf "$FIREFLEET_IMAGE_DIR/disks/$disk_image"
   rm -rf "$data"
 }
 trap cleanup EXIT
@@ -93,6 +95,24 @@ step "firefleet vm stop hello --wait; firefleet vm rm hello job counter --wait"
 "$ff" vm rm job --wait
 "$ff" vm rm counter --wait
 "$ff" vm ls
+
+step "a disk image built from a directory, the root of a VM (its own copy-on-write layer), plus a blank data disk"
+mkdir -p "$data/rootfs/bin" "$data/rootfs/proc" "$data/rootfs/sys" "$data/rootfs/dev" "$data/rootfs/tmp" "$data/rootfs/mnt"
+cp /bin/busybox "$data/rootfs/bin/"
+for a in sh cat echo; do ln -s busybox "$data/rootfs/bin/$a"; done
+echo "hello from a disk image" > "$data/rootfs/hello.txt"
+disk_image=$("$ff" image build-disk --name "mainjob-$$" --from "$data/rootfs" --output json | sed -n 's/.*"digest": "sha256:\([0-9a-f]*\)".*/\1/p')
+"$ff" vm run --name disk --disk "image=mainjob-$$,root" --disk size=16 \
+  --cmd 'cat /hello.txt; echo written > /hello.txt; echo data > /mnt/1/f; cat /hello.txt /mnt/1/f' --wait
+for _ in $(seq 1 300); do
+  [ "$("$ff" vm get disk --output json | grep -c '"phase": "stopped"')" = 1 ] && break
+  sleep 0.2
+done
+"$ff" vm logs disk | grep -E "hello from a disk image|written|data"
+"$ff" vm rm disk --wait
+rm -rf "$FIREFLEET_IMAGE_DIR/disks/$disk_image"
+"$ff" vm ls
+
 
 step "tearing down"
 kill "$up"

@@ -309,7 +309,8 @@ impl Reconciler {
                 Err(e) => tracing::warn!(vm = %id, error = %e, "status report refused"),
             }
         }
-        let running = obs.as_ref().is_some_and(|o| o.running && o.guest_ready);
+        // Host-side statistics as soon as the VMM runs; guest-side ones once the guest is ready.
+        let running = obs.as_ref().is_some_and(|o| o.running);
         if running && local.last_stats.is_none_or(|t| t.elapsed() >= STATS_PERIOD) {
             local.last_stats = Some(Instant::now());
             self.ops.spawn(format!("stats:{id}"), id.clone(), Op::Stats);

@@ -315,6 +315,19 @@ fn firecracker_through_the_agent() {
         .next()
         .unwrap()
         .ends_with("firecracker"));
+    // Host-side statistics, with Firecracker's own metrics, before the guest is up.
+    c.wait(
+        Duration::from_secs(30),
+        "firecracker metrics in stats",
+        || {
+            let out = c.cli(&["vm", "stats", "fc", "--output", "json"]);
+            out.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .ok()
+                    .and_then(|s| s["host"]["vmm_metrics"].as_object().map(|m| !m.is_empty()))
+                    .unwrap_or(false)
+        },
+    );
     let id = vm["id"].as_str().unwrap().to_owned();
     let state = c.path("agent-node-fc").join("fc-vms").join(&id);
     assert!(

@@ -321,7 +321,7 @@ pub enum VmmError {
         /// The wait.
         secs: u64,
     },
-    /// A QMP exchange failed.
+    /// The VMM could not be sandboxed (uid, cgroups, jail).
     #[error("sandboxing the VMM of VM {id}")]
     Sandbox {
         /// The VM.
@@ -330,6 +330,7 @@ pub enum VmmError {
         #[source]
         source: crate::sandbox::SandboxError,
     },
+    /// The backend cannot do this operation.
     #[error("{backend} does not support {op} (VM {id})")]
     Unsupported {
         /// The backend.
@@ -339,6 +340,7 @@ pub enum VmmError {
         /// The VM.
         id: String,
     },
+    /// A QMP (or Firecracker API) exchange failed.
     #[error("QMP {command} on VM {id}")]
     Qmp {
         /// The VM.

@@ -350,6 +350,7 @@ fn read_loop(stream: UnixStream, shared: &Arc<Shared>, generation: u64) {
     if w.as_ref().is_some_and(|c| c.generation == generation) {
         *w = None;
     }
+    shared.fail_pending(Some(generation));
 }
 
 /// One line from the guest: status, an answer to route, or junk to count.

@@ -73,8 +73,11 @@ pub struct FirecrackerRuntime {
     jailer: Option<JailerConfig>,
     channels: Arc<channel::Channels>,
     /// Per VM: the process the sums belong to, and the sums.
-    metric_sums: Arc<Mutex<HashMap<String, (ProcessId, FcMetricsSums)>>>,
+    metric_sums: Arc<Mutex<HashMap<String, MetricSums>>>,
 }
+
+/// One VM's metrics sums, locked on their own (a first read after a restart may be long).
+type MetricSums = Arc<Mutex<Option<(ProcessId, FcMetricsSums)>>>;
 
 fn state_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> VmmError {
     let path = path.into();
@@ -257,18 +260,22 @@ impl FirecrackerRuntime {
             )
             .map_err(|e| api_failed(id, e))?;
         let path = self.run_dir(id).join(METRICS_FILE);
-        let mut all = self.metric_sums.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = all
-            .entry(id.to_string())
-            .or_insert_with(|| (p, FcMetricsSums::default()));
-        if entry.0 != p {
-            *entry = (p, FcMetricsSums::default());
-        }
-        entry
-            .1
-            .update(&path)
+        let sums = Arc::clone(
+            self.metric_sums
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id.to_string())
+                .or_default(),
+        );
+        let mut sums = sums.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, sums) = match &mut *sums {
+            Some(s) if s.0 == p => s,
+            // Another process: its file starts over.
+            other => other.insert((p, FcMetricsSums::default())),
+        };
+        sums.update(&path)
             .map_err(|source| VmmError::State { path, source })?;
-        let metrics = entry.1.totals().clone();
+        let metrics = sums.totals().clone();
         Ok(VmmIoStats {
             disks: fc_disk_counters(&metrics),
             metrics,
