@@ -15,6 +15,7 @@ mod disks;
 mod facts;
 mod guest;
 mod identity;
+mod migrate;
 pub mod network;
 mod ops;
 mod reconcile;

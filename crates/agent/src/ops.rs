@@ -8,7 +8,8 @@ use std::{
     time::Duration,
 };
 
-use firefleet_api::{ExecRequestRecord, ExecResult, SnapshotReport, VmStats};
+use firefleet_api::{ExecRequestRecord, ExecResult, MigrationIntent, SnapshotReport, VmStats};
+use firefleet_client::Client;
 use firefleet_types::{DiskSpec, Generation, SnapshotPhase, VmRuntime};
 use firefleet_vmm::LaunchConfig;
 
@@ -46,6 +47,14 @@ pub enum Op {
     },
     Exec(Box<ExecRequestRecord>),
     Stats,
+    /// Source side of a migration: snapshot (paused), upload.
+    MigrateOut(Box<MigrationIntent>),
+    /// Destination side: receive, make disks and network, restore, report.
+    MigrateIn {
+        migration: Box<MigrationIntent>,
+        cfg: Box<LaunchConfig>,
+        net: NetRequest,
+    },
 }
 
 /// What an operation that the server must hear about produced.
@@ -76,6 +85,7 @@ pub struct Ops {
     network: Arc<Network>,
     data_dir: PathBuf,
     image_dir: PathBuf,
+    client: Client,
     busy: Arc<Mutex<HashSet<String>>>,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
     /// Launches that failed, with why, until the VM leaves the intents.
@@ -95,12 +105,14 @@ impl Ops {
         network: Arc<Network>,
         data_dir: PathBuf,
         image_dir: PathBuf,
+        client: Client,
     ) -> Self {
         Self {
             runtimes,
             network,
             data_dir,
             image_dir,
+            client,
             busy: Default::default(),
             outcomes: Default::default(),
             failed: Default::default(),
@@ -128,8 +140,9 @@ impl Ops {
             }
         }
         let this = self.clone();
+        let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let outcome = this.run(&vm, op);
+            let outcome = this.run(&handle, &vm, op);
             if let Some(o) = outcome {
                 if let Ok(mut q) = this.outcomes.lock() {
                     q.push(o);
@@ -166,9 +179,10 @@ impl Ops {
         Ok(cfg)
     }
 
-    fn run(&self, vm: &str, op: Op) -> Option<Outcome> {
+    fn run(&self, handle: &tokio::runtime::Handle, vm: &str, op: Op) -> Option<Outcome> {
         let wanted = match &op {
             Op::Launch { runtime, .. } | Op::Restore { runtime, .. } => Some(*runtime),
+            Op::MigrateIn { migration, .. } => Some(migration.spec.runtime),
             _ => None,
         };
         let rt = &*self.runtimes.for_vm(vm, wanted);
@@ -359,6 +373,53 @@ impl Ops {
                 id: rec.id.clone(),
                 result: crate::guest::exec(rt, vm, &rec),
             }),
+            Op::MigrateOut(m) => {
+                let dir = self.runtimes.vm_dir(vm);
+                crate::migrate::send(handle, &self.client, rt, &dir, &m);
+                None
+            }
+            Op::MigrateIn {
+                migration,
+                cfg,
+                net,
+            } => {
+                let kind = migration.spec.runtime;
+                let prepared = self
+                    .runtimes
+                    .get(kind)
+                    .and_then(|_| self.with_disks(vm, cfg, kind, &migration.spec.disks))
+                    .and_then(|mut cfg| {
+                        cfg.net = self.network.attach(vm, &net).map_err(|e| {
+                            format!("network: {}", firefleet_types::error_chain(&e))
+                        })?;
+                        Ok(cfg)
+                    });
+                let dir = self.runtimes.dir_for(kind, vm);
+                let done = match prepared {
+                    Ok(cfg) => {
+                        crate::migrate::restore(handle, &self.client, rt, &dir, &migration, &cfg)
+                    }
+                    Err(e) => {
+                        let msg = format!("destination: {e}");
+                        let r = firefleet_api::MigrationReport {
+                            phase: firefleet_types::MigrationPhase::Failed,
+                            paused_ms: None,
+                            resumed_ms: None,
+                            message: Some(msg.clone()),
+                        };
+                        let _ = handle.block_on(self.client.migration_report(vm, &r));
+                        Err(msg)
+                    }
+                };
+                if done.is_err() {
+                    // Undo what this node made; the VM stays on its source.
+                    if rt.remove(vm).is_ok() {
+                        let _ = crate::disks::remove(&self.data_dir, vm);
+                        self.detach(vm);
+                    }
+                }
+                None
+            }
             Op::Stats => {
                 crate::guest::stats(rt, &self.runtimes.vm_dir(vm), vm, now_ms()).map(|stats| {
                     Outcome::Stats {

@@ -65,6 +65,8 @@ pub struct Reconciler {
     /// server's next answer drops it from the intents.
     started: HashSet<String>,
     starting: bool,
+    /// VMs this node is migrating away in this pass: left alone (paused for the snapshot).
+    migrating_out: HashSet<String>,
 }
 
 /// What to do about one VM, and what to report.
@@ -115,6 +117,7 @@ impl Reconciler {
             network.clone(),
             data_dir,
             image_dir.clone(),
+            client.clone(),
         );
         Self {
             client,
@@ -125,6 +128,7 @@ impl Reconciler {
             local: HashMap::new(),
             started: HashSet::new(),
             starting: false,
+            migrating_out: HashSet::new(),
         }
     }
 
@@ -137,7 +141,20 @@ impl Reconciler {
     pub async fn reconcile(&mut self, intents: &IntentsResponse) {
         self.report_outcomes().await;
         self.starting = false;
-        let wanted: HashSet<&str> = intents.vms.iter().map(|i| i.id.as_str()).collect();
+        let mut wanted: HashSet<&str> = intents.vms.iter().map(|i| i.id.as_str()).collect();
+        // A VM migrating here is not ours yet, but its state being made here must stay.
+        let me_in: Vec<&firefleet_api::MigrationIntent> = intents
+            .migrations
+            .iter()
+            .filter(|m| !intents.vms.iter().any(|v| v.id == m.migration.vm))
+            .collect();
+        wanted.extend(me_in.iter().map(|m| m.migration.vm.as_str()));
+        self.migrating_out = intents
+            .migrations
+            .iter()
+            .filter(|m| intents.vms.iter().any(|v| v.id == m.migration.vm))
+            .map(|m| m.migration.vm.as_str().to_owned())
+            .collect();
         // Local VMs the control plane no longer lists for this node: deleted or moved away. An
         // address without a state directory (a launch that never got that far) counts too.
         let rt = self.runtimes.clone();
@@ -174,6 +191,64 @@ impl Reconciler {
                         name: snap.name.clone(),
                     },
                 );
+            }
+        }
+        for m in &intents.migrations {
+            let vm = m.migration.vm.as_str().to_owned();
+            let ours = intents.vms.iter().any(|v| v.id == m.migration.vm);
+            let key = format!(
+                "migrate:{vm}:{}:{:?}",
+                m.migration.snapshot, m.migration.phase
+            );
+            listed.insert(key.clone());
+            if self.ops.is_busy(&vm) {
+                continue;
+            }
+            match m.migration.phase {
+                firefleet_types::MigrationPhase::Transferring
+                    if ours && self.started.insert(key.clone()) =>
+                {
+                    self.ops
+                        .spawn(vm.clone(), vm, Op::MigrateOut(Box::new(m.clone())));
+                }
+                firefleet_types::MigrationPhase::Restoring if !ours => {
+                    let intent = VmIntent {
+                        id: m.migration.vm.clone(),
+                        generation: m.migration.generation,
+                        spec: m.spec.clone(),
+                        deleting: false,
+                        phase: VmPhase::Running,
+                        restored_generation: None,
+                    };
+                    match launch_config(&intent, &self.image_dir, &self.runtimes) {
+                        Ok(cfg) if self.started.insert(key.clone()) => {
+                            self.starting = true;
+                            self.ops.spawn(
+                                vm.clone(),
+                                vm,
+                                Op::MigrateIn {
+                                    migration: Box::new(m.clone()),
+                                    cfg: Box::new(cfg),
+                                    net: net_request(&intent),
+                                },
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) if self.started.insert(key) => {
+                            let r = firefleet_api::MigrationReport {
+                                phase: firefleet_types::MigrationPhase::Failed,
+                                paused_ms: None,
+                                resumed_ms: None,
+                                message: Some(format!("destination: {e}")),
+                            };
+                            if let Err(e) = self.client.migration_report(&vm, &r).await {
+                                tracing::warn!(%vm, error = %e, "reporting a migration failure failed");
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
+                _ => {}
             }
         }
         for exec in &intents.execs {
@@ -224,6 +299,10 @@ impl Reconciler {
 
     async fn reconcile_vm(&mut self, intent: &VmIntent) {
         let id = intent.id.as_str().to_owned();
+        if self.migrating_out.contains(&id) && !intent.deleting {
+            // Paused for its snapshot and on its way elsewhere: not resumed, not reported.
+            return;
+        }
         if self.ops.is_busy(&id) {
             if matches!(intent.phase, VmPhase::Starting | VmPhase::Scheduled) {
                 self.starting = true;

@@ -167,6 +167,14 @@ impl Runtimes {
         }
     }
 
+    /// The state directory VM `id` has (or will have) under the backend of `kind`.
+    pub fn dir_for(&self, kind: VmRuntime, id: &str) -> PathBuf {
+        match (kind, &self.firecracker) {
+            (VmRuntime::Firecracker, Some(fc)) => fc.vm_dir(id),
+            _ => self.qemu.vm_dir(id),
+        }
+    }
+
     /// Every VM with a state directory, over all backends.
     pub fn list(&self) -> Result<Vec<String>, VmmError> {
         let mut ids = self.qemu.list()?;

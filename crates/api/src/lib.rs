@@ -3,9 +3,9 @@
 //! stack, no I/O. Requests refuse unknown fields.
 
 use firefleet_types::{
-    node::NodeFacts, Accel, DiskSpec, Generation, Labels, NetworkSpec, NodeId, NodeInfo, Resources,
-    RestartPolicy, Snapshot, SnapshotPhase, TenantId, UnixMillis, Vm, VmId, VmPhase, VmRuntime,
-    VmSpec,
+    node::NodeFacts, Accel, DiskSpec, Generation, Labels, Migration, MigrationPhase, NetworkSpec,
+    NodeId, NodeInfo, Resources, RestartPolicy, Snapshot, SnapshotPhase, TenantId, UnixMillis, Vm,
+    VmId, VmPhase, VmRuntime, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -198,6 +198,44 @@ pub struct IntentsResponse {
     /// Commands to run in guests.
     #[serde(default)]
     pub execs: Vec<ExecRequestRecord>,
+    /// Migrations under way from or to this node.
+    #[serde(default)]
+    pub migrations: Vec<MigrationIntent>,
+}
+
+/// A migration an agent takes part in, with what the destination needs to restore the VM.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MigrationIntent {
+    /// The record.
+    pub migration: Migration,
+    /// The VM's spec.
+    pub spec: VmSpec,
+}
+
+/// `POST /v1/vms/{vm}/migrate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The destination node.
+    pub to: String,
+}
+
+/// `POST /v1/agent/migrations/{vm}/report`: what an agent did in a migration.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationReport {
+    /// The step reached: `restoring` is implied by an upload; the destination reports `done`
+    /// once the VM runs; either side reports `failed`.
+    pub phase: MigrationPhase,
+    /// When the source paused the VM, ms since the epoch.
+    #[serde(default)]
+    pub paused_ms: Option<u64>,
+    /// When the VM ran on the destination.
+    #[serde(default)]
+    pub resumed_ms: Option<u64>,
+    /// Why it failed.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// `POST /v1/vms/{vm}/snapshots`.

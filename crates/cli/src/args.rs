@@ -123,6 +123,9 @@ pub struct UpArgs {
     pub subnet: String,
     #[command(flatten)]
     pub firecracker: FirecrackerArgs,
+    /// The fleet's topology and prices (TOML; see docs/topology.example.toml).
+    #[arg(long, env = "FIREFLEET_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +142,32 @@ pub struct ServerArgs {
     /// Write the bound address to this file once listening (useful with port 0).
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub node_timers: NodeTimerArgs,
+    /// The fleet's topology and prices (TOML; see docs/topology.example.toml).
+    #[arg(long, env = "FIREFLEET_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
+}
+
+/// Node failure detection.
+#[derive(Debug, Clone, Args)]
+pub struct NodeTimerArgs {
+    /// Seconds without a heartbeat before a node is NotReady (no new placements).
+    #[arg(long, default_value_t = firefleet_server::NODE_GRACE.as_secs())]
+    pub node_grace_secs: u64,
+    /// Seconds a node stays NotReady before its VMs are placed on other nodes.
+    #[arg(long, default_value_t = firefleet_server::EVICT_AFTER.as_secs())]
+    pub evict_after_secs: u64,
+}
+
+impl NodeTimerArgs {
+    /// The server's timers.
+    pub fn timers(&self) -> firefleet_server::NodeTimers {
+        firefleet_server::NodeTimers {
+            grace: std::time::Duration::from_secs(self.node_grace_secs.max(1)),
+            evict_after: std::time::Duration::from_secs(self.evict_after_secs),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +304,21 @@ pub enum VmCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Move a running VM to another node (snapshot, transfer, restore; admin). The guest goes on
+    /// where it was.
+    Migrate {
+        /// VM name or id.
+        vm: String,
+        /// The destination node.
+        #[arg(long)]
+        to: String,
+        /// Wait until it runs there (or the migration failed); exits non-zero if it failed.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Run a command in a VM's guest and print its output; exits with the command's status.
     Exec {
         /// VM name or id.
@@ -353,6 +397,16 @@ pub struct VmRunArgs {
 pub enum NodeCommand {
     /// List nodes.
     Ls,
+    /// Stop placing VMs on a node (its VMs keep running).
+    Cordon {
+        /// Node name.
+        node: String,
+    },
+    /// Place VMs on a node again.
+    Uncordon {
+        /// Node name.
+        node: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,6 +19,19 @@ fn labels(list: &[String]) -> anyhow::Result<Labels> {
     Ok(l)
 }
 
+/// Reads and checks a topology file (none: an empty topology).
+fn load_topology(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<firefleet_types::fleet::FleetTopology> {
+    let Some(path) = path else {
+        return Ok(Default::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    firefleet_types::fleet::FleetTopology::parse(&text)
+        .with_context(|| format!("topology file {}", path.display()))
+}
+
 /// Resolves when SIGINT or SIGTERM arrives.
 async fn terminated() {
     let mut term = match tokio::signal::unix::signal(SignalKind::terminate()) {
@@ -36,6 +49,8 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir.clone(),
         listen: a.listen,
         dns_names: a.dns_names,
+        node_timers: a.node_timers.timers(),
+        topology: load_topology(a.topology.as_deref())?,
     })
     .await
     .context("starting the server")?;
@@ -94,6 +109,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         listen: a.listen,
         dns_names: vec![],
+        node_timers: firefleet_server::NodeTimers::default(),
+        topology: load_topology(a.topology.as_deref())?,
     })
     .await
     .context("starting the server")?;

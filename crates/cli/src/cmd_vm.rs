@@ -6,8 +6,8 @@ use anyhow::{bail, Context};
 use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, CreateVmRequest, ExecRequest};
 use firefleet_client::{Client, Connection};
 use firefleet_types::{
-    topology::parse_label, DiskSpec, Labels, NetworkSpec, Resources, Snapshot, SnapshotPhase, Vm,
-    VmPhase,
+    topology::parse_label, DiskSpec, Labels, Migration, MigrationPhase, NetworkSpec, Resources,
+    Snapshot, SnapshotPhase, Vm, VmPhase,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -119,6 +119,27 @@ pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
             print_snapshots(g.output, &[s])
         }
         VmCommand::Snapshots { vm } => print_snapshots(g.output, &c.snapshot_list(&vm).await?),
+        VmCommand::Migrate {
+            vm,
+            to,
+            wait,
+            timeout,
+        } => {
+            let m = c.vm_migrate(&vm, &to).await?;
+            let m = if wait {
+                wait_migration(&c, &vm, g.output, Duration::from_secs(timeout)).await?
+            } else {
+                m
+            };
+            print_migration(g.output, &m)?;
+            if m.phase == MigrationPhase::Failed {
+                bail!(
+                    "migration of {vm} to {to} failed: {}",
+                    m.message.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
         VmCommand::Restore { vm, snapshot, wait } => {
             let v = c.vm_restore(&vm, &snapshot).await?;
             let generation = v.generation;
@@ -405,6 +426,69 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
 }
 
 /// Polls a VM until `done`, with a spinner on a terminal.
+fn print_migration(output: Output, m: &Migration) -> anyhow::Result<()> {
+    let ms = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v} ms"));
+    let size = m
+        .bytes
+        .map_or_else(|| "-".to_owned(), |b| format!("{} MiB", b >> 20));
+    print(
+        output,
+        m,
+        &[
+            "VM", "FROM", "TO", "PHASE", "SIZE", "TOTAL", "DOWNTIME", "MESSAGE",
+        ],
+        vec![vec![
+            m.vm.to_string(),
+            m.from.to_string(),
+            m.to.to_string(),
+            wire(&m.phase),
+            size,
+            ms(m.total_ms()),
+            ms(m.downtime_ms()),
+            opt(&m.message),
+        ]],
+    )
+}
+
+/// Polls a migration until it is done or failed, with a spinner naming its step.
+async fn wait_migration(
+    c: &Client,
+    vm: &str,
+    output: Output,
+    timeout: Duration,
+) -> anyhow::Result<Migration> {
+    let bar = if output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let m = c.vm_migration(vm).await?;
+        bar.set_message(format!("{vm} -> {}: {}", m.to, wire(&m.phase)));
+        if m.phase.is_terminal() {
+            bar.finish_and_clear();
+            return Ok(m);
+        }
+        if Instant::now() > deadline {
+            bar.finish_and_clear();
+            bail!(
+                "migration of {vm} to {} is still {} after {} s",
+                m.to,
+                wire(&m.phase),
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn wait_for(
     c: &Client,
     id: &str,
@@ -471,6 +555,19 @@ async fn logs(g: &Global, c: &Client, vm: &str, follow: bool) -> anyhow::Result<
             "{}",
             serde_json::json!({ "vm": vm, "console": all, "next_offset": offset })
         );
+    }
+    Ok(())
+}
+
+pub async fn node_cordon(g: &Global, node: &str, cordon: bool) -> anyhow::Result<()> {
+    let n = client(g)?.node_cordon(node, cordon).await?;
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&n)?),
+        Output::Table => println!(
+            "node {} {}",
+            n.id,
+            if n.cordoned { "cordoned" } else { "uncordoned" }
+        ),
     }
     Ok(())
 }

@@ -51,6 +51,12 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Agent(a) => cmd_run::agent(a).await,
         Command::Vm(c) => cmd_vm::vm(&g, c).await,
         Command::Node(args::NodeCommand::Ls) => cmd_vm::node_ls(&g).await,
+        Command::Node(args::NodeCommand::Cordon { node }) => {
+            cmd_vm::node_cordon(&g, &node, true).await
+        }
+        Command::Node(args::NodeCommand::Uncordon { node }) => {
+            cmd_vm::node_cordon(&g, &node, false).await
+        }
         Command::Token(args::TokenCommand::Create { tenant }) => {
             cmd_vm::token_create(&g, &tenant).await
         }

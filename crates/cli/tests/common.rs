@@ -31,6 +31,8 @@ pub struct Cluster {
     pub nets: Vec<(String, AgentNet)>,
     /// Extra arguments for every agent started from now on.
     pub agent_args: Vec<String>,
+    /// Extra arguments for the server (kept for restarts).
+    pub server_args: Vec<String>,
 }
 
 /// An agent's VM bridge and subnet.
@@ -46,6 +48,11 @@ pub struct AgentNet {
 impl Cluster {
     /// Starts a server on an ephemeral port.
     pub fn start() -> Cluster {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server on an ephemeral port with extra arguments.
+    pub fn start_with(server_args: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("ff-e2e-")
             .tempdir()
@@ -57,6 +64,7 @@ impl Cluster {
             addr: String::new(),
             nets: vec![],
             agent_args: vec![],
+            server_args: server_args.iter().map(|s| s.to_string()).collect(),
         };
         c.start_server();
         c
@@ -79,6 +87,7 @@ impl Cluster {
             .arg(self.path("server"))
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(&self.server_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(&self.path("server.log")))

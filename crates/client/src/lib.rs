@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use firefleet_api::*;
-use firefleet_types::{NodeInfo, Snapshot, Vm};
+use firefleet_types::{Migration, NodeInfo, Snapshot, Vm};
+
+/// Longest a snapshot transfer may take.
+const TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
 use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -256,6 +259,13 @@ impl Client {
             .items)
     }
 
+    /// Cordons (`true`) or uncordons a node.
+    pub async fn node_cordon(&self, node: &str, cordon: bool) -> Result<NodeInfo, ClientError> {
+        let verb = if cordon { "cordon" } else { "uncordon" };
+        self.must::<(), NodeInfo>(Method::POST, &format!("/v1/nodes/{node}/{verb}"), None)
+            .await
+    }
+
     /// Creates a tenant token.
     pub async fn token_create(
         &self,
@@ -416,6 +426,98 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Asks for a VM to be migrated to node `to` (admin).
+    pub async fn vm_migrate(&self, vm: &str, to: &str) -> Result<Migration, ClientError> {
+        self.must(
+            Method::POST,
+            &format!("/v1/vms/{}/migrate", enc(vm)),
+            Some(&MigrateRequest { to: to.to_owned() }),
+        )
+        .await
+    }
+
+    /// A VM's current or last migration.
+    pub async fn vm_migration(&self, vm: &str) -> Result<Migration, ClientError> {
+        self.must::<(), _>(Method::GET, &format!("/v1/vms/{}/migration", enc(vm)), None)
+            .await
+    }
+
+    /// Agent: uploads a migration snapshot (a tar file), streaming it.
+    pub async fn migration_upload(
+        &self,
+        vm: &str,
+        file: tokio::fs::File,
+        len: u64,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/agent/migrations/{}/snapshot", self.base, enc(vm));
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let req = self
+            .http
+            .put(&url)
+            .timeout(TRANSFER_TIMEOUT)
+            .header("content-type", "application/x-tar")
+            .header("content-length", len)
+            .body(body);
+        self.finish::<serde_json::Value>(url, req).await.map(drop)
+    }
+
+    /// Agent: downloads a migration snapshot into `out`, streaming it; returns its size.
+    pub async fn migration_download(
+        &self,
+        vm: &str,
+        out: &mut tokio::fs::File,
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let url = format!("{}/v1/agent/migrations/{}/snapshot", self.base, enc(vm));
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let mut resp = self
+            .http
+            .get(&url)
+            .timeout(TRANSFER_TIMEOUT)
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Api {
+                status,
+                code: "http".to_owned(),
+                message: body.chars().take(300).collect(),
+                field: None,
+            });
+        }
+        let mut n = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| ClientError::Decode {
+                    url: url.clone(),
+                    detail: format!("writing the download: {e}"),
+                })?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// Agent: reports a migration step.
+    pub async fn migration_report(
+        &self,
+        vm: &str,
+        report: &MigrationReport,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::POST,
+            &format!("/v1/agent/migrations/{}/report", enc(vm)),
+            Some(report),
+        )
+        .await
+        .map(drop)
     }
 
     /// Agent: uploads console bytes at `offset`; returns where the server's copy ends.

@@ -9,14 +9,20 @@
 //! Randomness comes in as an argument (a seeded RNG), so a given input and seed always give the
 //! same plan.
 //!
-//! The engine is first fit for now: hard constraints filter nodes (readiness, cordon, node
-//! selector, runtime, free CPU and memory) and the first node that passes, scanning from a
-//! seeded offset, wins. [`Weights`] is where the scorer of DESIGN section 3 will plug in.
+//! Hard constraints filter nodes (readiness, cordon, node selector, runtime, dedicated hosts,
+//! data residency, compliance, free vCPUs, memory, GPUs, power budget); among the nodes that
+//! pass, a normalised weighted objective (availability − (risk + cost + latency), weights per
+//! workload class, see [`Weights`]) picks. At fleet scale the [`Search::Sampled`] mode scores a
+//! bounded number of candidates from location buckets ordered by an upper bound;
+//! [`Search::Exhaustive`] scores every node, for comparison.
 
 mod engine;
 mod reason;
 mod view;
 
-pub use engine::{place, MAX_LISTED_REASONS};
+pub use engine::{place, place_scored, Scored, MAX_LISTED_REASONS};
 pub use reason::{Placement, ReasonKind, UnschedulableReason};
-pub use view::{ClusterView, NodeView, PlacementRequest, Weights};
+pub use view::{
+    Capacity, ClusterView, NodeView, PlacementRequest, Search, TermWeights, Weights, LABEL_CLOUD,
+    LABEL_DEDICATED, LABEL_REGION, LABEL_ZONE,
+};

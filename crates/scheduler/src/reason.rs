@@ -73,6 +73,27 @@ pub enum UnschedulableReason {
         /// The runtime asked for.
         runtime: String,
     },
+    /// The node is dedicated to another tenant (label `dedicated`).
+    DedicatedToOther {
+        /// The node.
+        node: NodeId,
+        /// The tenant it is dedicated to.
+        tenant: String,
+    },
+    /// The node is outside the clouds or regions the VM's data may be in.
+    Residency {
+        /// The node.
+        node: NodeId,
+        /// `cloud` or `region`.
+        key: String,
+        /// The node's value of that label, if it has one.
+        value: Option<String>,
+    },
+    /// The VM requires a compliant node and this node's posture is not.
+    NotCompliant {
+        /// The node.
+        node: NodeId,
+    },
     /// Not enough free vCPUs.
     InsufficientCpu {
         /// The node.
@@ -90,6 +111,24 @@ pub enum UnschedulableReason {
         free_mib: u64,
         /// Memory the VM wants in MiB.
         want_mib: u64,
+    },
+    /// Not enough free GPUs.
+    InsufficientGpus {
+        /// The node.
+        node: NodeId,
+        /// Free GPUs (after the placements earlier in the batch).
+        free: u32,
+        /// GPUs the VM wants.
+        want: u32,
+    },
+    /// The node's power budget cannot take the VM's estimated draw.
+    InsufficientPower {
+        /// The node.
+        node: NodeId,
+        /// Watts left in its budget (after the placements earlier in the batch).
+        free_watts: u32,
+        /// Watts the VM is estimated to draw.
+        want_watts: u32,
     },
     /// Too many nodes to list: how many were excluded for one kind of reason.
     Summary {
@@ -110,8 +149,13 @@ impl UnschedulableReason {
             UnschedulableReason::Cordoned { .. } => ReasonKind::Cordoned,
             UnschedulableReason::SelectorMismatch { .. } => ReasonKind::SelectorMismatch,
             UnschedulableReason::RuntimeMissing { .. } => ReasonKind::RuntimeMissing,
+            UnschedulableReason::DedicatedToOther { .. } => ReasonKind::DedicatedToOther,
+            UnschedulableReason::Residency { .. } => ReasonKind::Residency,
+            UnschedulableReason::NotCompliant { .. } => ReasonKind::NotCompliant,
             UnschedulableReason::InsufficientCpu { .. } => ReasonKind::InsufficientCpu,
             UnschedulableReason::InsufficientMemory { .. } => ReasonKind::InsufficientMemory,
+            UnschedulableReason::InsufficientGpus { .. } => ReasonKind::InsufficientGpus,
+            UnschedulableReason::InsufficientPower { .. } => ReasonKind::InsufficientPower,
             UnschedulableReason::Summary { kind, .. } => *kind,
         })
     }
@@ -131,6 +175,32 @@ impl fmt::Display for UnschedulableReason {
             }
             UnschedulableReason::RuntimeMissing { node, runtime } => {
                 write!(f, "node {node}: runtime {runtime:?} not available")
+            }
+            UnschedulableReason::DedicatedToOther { node, tenant } => {
+                write!(f, "node {node}: dedicated to tenant {tenant:?}")
+            }
+            UnschedulableReason::Residency { node, key, value } => match value {
+                Some(v) => write!(f, "node {node}: {key} {v:?} not allowed (data residency)"),
+                None => write!(f, "node {node}: no {key} label (data residency)"),
+            },
+            UnschedulableReason::NotCompliant { node } => {
+                write!(f, "node {node}: host posture not compliant")
+            }
+            UnschedulableReason::InsufficientGpus { node, free, want } => {
+                write!(
+                    f,
+                    "node {node}: insufficient gpus ({free} free, {want} wanted)"
+                )
+            }
+            UnschedulableReason::InsufficientPower {
+                node,
+                free_watts,
+                want_watts,
+            } => {
+                write!(
+                    f,
+                    "node {node}: insufficient power budget ({free_watts} W free, {want_watts} W wanted)"
+                )
             }
             UnschedulableReason::InsufficientCpu { node, free, want } => {
                 write!(
@@ -170,21 +240,36 @@ pub enum ReasonKind {
     SelectorMismatch,
     /// See [`UnschedulableReason::RuntimeMissing`].
     RuntimeMissing,
+    /// See [`UnschedulableReason::DedicatedToOther`].
+    DedicatedToOther,
+    /// See [`UnschedulableReason::Residency`].
+    Residency,
+    /// See [`UnschedulableReason::NotCompliant`].
+    NotCompliant,
     /// See [`UnschedulableReason::InsufficientCpu`].
     InsufficientCpu,
     /// See [`UnschedulableReason::InsufficientMemory`].
     InsufficientMemory,
+    /// See [`UnschedulableReason::InsufficientGpus`].
+    InsufficientGpus,
+    /// See [`UnschedulableReason::InsufficientPower`].
+    InsufficientPower,
 }
 
 impl ReasonKind {
     /// Every kind, in check order.
-    pub const ALL: [ReasonKind; 6] = [
+    pub const ALL: [ReasonKind; 11] = [
         ReasonKind::NotReady,
         ReasonKind::Cordoned,
         ReasonKind::SelectorMismatch,
         ReasonKind::RuntimeMissing,
+        ReasonKind::DedicatedToOther,
+        ReasonKind::Residency,
+        ReasonKind::NotCompliant,
         ReasonKind::InsufficientCpu,
         ReasonKind::InsufficientMemory,
+        ReasonKind::InsufficientGpus,
+        ReasonKind::InsufficientPower,
     ];
 }
 
@@ -195,8 +280,13 @@ impl fmt::Display for ReasonKind {
             ReasonKind::Cordoned => "cordoned",
             ReasonKind::SelectorMismatch => "node selector does not match",
             ReasonKind::RuntimeMissing => "runtime not available",
+            ReasonKind::DedicatedToOther => "dedicated to another tenant",
+            ReasonKind::Residency => "outside the allowed clouds/regions",
+            ReasonKind::NotCompliant => "host posture not compliant",
             ReasonKind::InsufficientCpu => "insufficient cpu",
             ReasonKind::InsufficientMemory => "insufficient memory",
+            ReasonKind::InsufficientGpus => "insufficient gpus",
+            ReasonKind::InsufficientPower => "insufficient power budget",
         })
     }
 }

@@ -31,8 +31,30 @@ use tokio::{net::TcpListener, sync::watch};
 pub use error::ApiError;
 pub use http::openapi_json;
 
-/// Heartbeats older than this mark a node NotReady.
+/// Heartbeats older than this mark a node NotReady (default of [`NodeTimers::grace`]).
 pub const NODE_GRACE: Duration = Duration::from_secs(15);
+/// How long a node stays NotReady before its VMs are placed elsewhere (default of
+/// [`NodeTimers::evict_after`]).
+pub const EVICT_AFTER: Duration = Duration::from_secs(15);
+
+/// When a silent node is given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeTimers {
+    /// Heartbeats older than this mark the node NotReady: no new placements.
+    pub grace: Duration,
+    /// After `grace` plus this, its VMs are placed on other nodes (and the node, should it come
+    /// back, stops them).
+    pub evict_after: Duration,
+}
+
+impl Default for NodeTimers {
+    fn default() -> Self {
+        Self {
+            grace: NODE_GRACE,
+            evict_after: EVICT_AFTER,
+        }
+    }
+}
 
 /// How the server is started.
 #[derive(Debug, Clone)]
@@ -43,6 +65,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Extra DNS names for the server certificate.
     pub dns_names: Vec<String>,
+    /// Node failure detection.
+    pub node_timers: NodeTimers,
+    /// The fleet's topology and prices (placement scores cost, latency and edge power from it).
+    pub topology: firefleet_types::fleet::FleetTopology,
 }
 
 /// Shared state of every handler and controller.
@@ -57,6 +83,12 @@ pub(crate) struct AppState {
     pub stats: Arc<
         std::sync::Mutex<std::collections::HashMap<firefleet_types::VmId, firefleet_api::VmStats>>,
     >,
+    /// Node failure detection.
+    pub node_timers: NodeTimers,
+    /// The fleet's topology and prices.
+    pub topology: Arc<firefleet_types::fleet::FleetTopology>,
+    /// The server's data directory (store, CA, migration transfers).
+    pub data_dir: PathBuf,
 }
 
 /// Errors starting the server.
@@ -129,6 +161,9 @@ impl Server {
             metrics: Arc::new(metrics::Metrics::default()),
             kick: Arc::new(tokio::sync::Notify::new()),
             stats: Default::default(),
+            node_timers: config.node_timers,
+            topology: Arc::new(config.topology.clone()),
+            data_dir: dir.to_path_buf(),
         };
         bootstrap_admin(&state, dir)
             .await

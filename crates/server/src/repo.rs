@@ -196,6 +196,7 @@ where
 pub async fn delete_vm_record(state: &AppState, vm: &Vm) -> Result<(), ApiError> {
     delete_prefix(state, &format!("/snapshots/{}/", vm.id)).await?;
     delete_prefix(state, &format!("/execs/{}/", vm.id)).await?;
+    delete_prefix(state, &migration_key(&vm.id)).await?;
     state
         .store
         .txn(
@@ -468,4 +469,60 @@ pub async fn create_exec(
         .store
         .compare_and_swap(&exec_key(&rec.vm, &rec.id), 0, encode(rec)?)
         .await?)
+}
+
+/// `/migrations/<vm id>`: the VM's current or last migration.
+pub fn migration_key(vm: &VmId) -> String {
+    format!("/migrations/{vm}")
+}
+
+/// Records a new migration unless one is under way for the VM (409 then).
+pub async fn create_migration(
+    state: &AppState,
+    m: &firefleet_types::Migration,
+) -> Result<(), ApiError> {
+    let key = migration_key(&m.vm);
+    let rev = match get_json::<firefleet_types::Migration>(state, &key).await? {
+        Some((old, _)) if !old.phase.is_terminal() => {
+            return Err(ApiError::Conflict(format!(
+                "vm {} is already migrating to {} ({:?})",
+                m.vm, old.to, old.phase
+            )))
+        }
+        Some((_, rev)) => rev,
+        None => 0,
+    };
+    match state.store.compare_and_swap(&key, rev, encode(m)?).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::Conflict { .. }) => Err(ApiError::Conflict(format!(
+            "vm {} is already migrating",
+            m.vm
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies `f` to a VM's migration record with compare-and-swap.
+pub async fn update_migration<F>(
+    state: &AppState,
+    vm: &VmId,
+    mut f: F,
+) -> Result<firefleet_types::Migration, ApiError>
+where
+    F: FnMut(&mut firefleet_types::Migration) -> Result<bool, ApiError>,
+{
+    let key = migration_key(vm);
+    loop {
+        let Some((mut m, rev)) = get_json::<firefleet_types::Migration>(state, &key).await? else {
+            return Err(ApiError::not_found("migration of vm", vm.as_str()));
+        };
+        if !f(&mut m)? {
+            return Ok(m);
+        }
+        match state.store.compare_and_swap(&key, rev, encode(&m)?).await {
+            Ok(_) => return Ok(m),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

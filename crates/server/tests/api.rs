@@ -24,6 +24,8 @@ impl Fixture {
             data_dir: dir.path().to_owned(),
             listen,
             dns_names: vec![],
+            node_timers: Default::default(),
+            topology: Default::default(),
         })
         .await
         .unwrap();

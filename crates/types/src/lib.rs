@@ -6,7 +6,9 @@
 //! never do I/O, read the clock, or depend on tokio, an HTTP stack or a database driver
 //! (checked by `cargo xtask check`).
 
+pub mod fleet;
 pub mod ids;
+pub mod migration;
 pub mod node;
 pub mod resources;
 pub mod snapshot;
@@ -15,6 +17,7 @@ pub mod validate;
 pub mod vm;
 
 pub use ids::{NodeId, TenantId, VmId};
+pub use migration::{Migration, MigrationPhase};
 pub use node::{Accel, NodeFacts, NodeInfo, NodeNetworkFacts, NodeStatus};
 pub use resources::Resources;
 pub use snapshot::{Snapshot, SnapshotPhase};

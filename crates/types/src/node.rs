@@ -49,6 +49,36 @@ pub struct NodeFacts {
     /// The protections in force for VMM processes (and what is not in force, and why).
     #[serde(default)]
     pub isolation: Option<IsolationFacts>,
+    /// How the node is powered, where the host says.
+    #[serde(default)]
+    pub power: Option<PowerFacts>,
+}
+
+/// Where a node's power comes from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerSource {
+    /// Mains (or a supply the host does not describe as a battery).
+    Mains,
+    /// Running on its battery.
+    Battery,
+    /// The host exposes nothing about its power.
+    Unknown,
+}
+
+/// A node's power, from `/sys/class/power_supply` and powercap (RAPL).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PowerFacts {
+    /// Mains, battery or unknown.
+    pub source: PowerSource,
+    /// Battery charge, percent, when there is a battery.
+    #[serde(default)]
+    pub battery_percent: Option<u8>,
+    /// Power drawn, milliwatts, where the host measures it.
+    #[serde(default)]
+    pub milliwatts: Option<u64>,
 }
 
 /// The protections a node applies to its VMM processes.

@@ -403,6 +403,8 @@ impl VmPhase {
                 // A restart (restart policy, or the user starting it again) goes back to Pending;
                 // a restore from a snapshot on its node goes back to Scheduled.
                 | (Stopped | Failed, Pending | Scheduled)
+                // Its node was lost: placed again elsewhere.
+                | (Scheduled | Starting | Running | Paused | Stopping, Pending)
         )
     }
 
@@ -698,6 +700,9 @@ mod tests {
         assert!(!Stopped.can_move_to(Running));
         assert!(!Failed.can_move_to(Running));
         assert!(!Pending.can_move_to(Running));
+        // A lost node's VMs are placed again; at rest they stay.
+        assert!(Running.can_move_to(Pending) && Paused.can_move_to(Pending));
+        assert!(!Stopping.can_move_to(Running));
         for p in [
             Pending, Scheduled, Starting, Running, Paused, Stopping, Stopped, Failed,
         ] {

@@ -19,10 +19,23 @@ use std::{
 pub const QEMU_SECCOMP: &str =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
+/// A VM's cgroup name: its id and a hash of the state root, so that two runtimes on one host
+/// (two agents, or two backends) never share a cgroup, and with it a memory limit, for one id.
+pub fn cgroup_name(state_root: &Path, id: &str) -> String {
+    // FNV-1a: stable across builds and runs.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in state_root.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{id}.{:08x}", h as u32)
+}
+
 /// First uid/gid handed to VMM processes; VM slot N runs as `UID_BASE + N`.
 pub const UID_BASE: u32 = 3_000_000;
 /// Number of uid slots.
 pub const UID_SLOTS: u32 = 65_536;
+/// Where uids are claimed host-wide (one file per uid, naming the VM's state directory).
+pub const UID_CLAIMS: &str = "/run/firefleet/uids";
 /// Memory a VMM process may use beyond the guest's RAM (device emulation, TCG's translation
 /// cache, I/O buffers), in MiB.
 pub const VMM_MEMORY_OVERHEAD_MIB: u64 = 384;
@@ -306,9 +319,40 @@ impl Sandbox {
                 }
             }
         }
-        (UID_BASE..UID_BASE + UID_SLOTS)
-            .find(|u| !used.contains(u))
-            .ok_or_else(|| SandboxError::NoUid(id.to_owned()))
+        // Other runtimes on this host (another agent, another backend) allocate from the same
+        // range: a uid is claimed host-wide by creating UID_CLAIMS/<uid> naming the VM's state
+        // directory. A claim whose directory is gone (the VM was removed) is stale and reused.
+        let state_dir = state_root.join(id);
+        let claims = Path::new(UID_CLAIMS);
+        let _ = std::fs::create_dir_all(claims);
+        for uid in (UID_BASE..UID_BASE + UID_SLOTS).filter(|u| !used.contains(u)) {
+            let claim = claims.join(uid.to_string());
+            if let Ok(holder) = std::fs::read_to_string(&claim) {
+                let holder = Path::new(holder.trim());
+                if holder == state_dir {
+                    return Ok(uid);
+                }
+                if holder.exists() {
+                    continue;
+                }
+                let _ = std::fs::remove_file(&claim);
+            }
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&claim)
+            {
+                Ok(mut f) => {
+                    use std::io::Write as _;
+                    let _ = f.write_all(state_dir.to_string_lossy().as_bytes());
+                    return Ok(uid);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                // No claim directory (read-only /run): fall back to this runtime's own view.
+                Err(_) => return Ok(uid),
+            }
+        }
+        Err(SandboxError::NoUid(id.to_owned()))
     }
 
     /// Prepares a VM's sandbox: its uid, its cgroups with limits (CPU: `vcpus` full CPUs; memory:
@@ -330,7 +374,7 @@ impl Sandbox {
         };
         let mut cgroups = Vec::new();
         if let Some(c) = &self.cpu {
-            let dir = c.parent.join(id);
+            let dir = c.parent.join(cgroup_name(state_root, id));
             mkdir(&dir)?;
             let period = 100_000u64;
             let quota = period * u64::from(vcpus.max(1));
@@ -343,7 +387,7 @@ impl Sandbox {
             cgroups.push(dir);
         }
         if let Some(m) = &self.memory {
-            let dir = m.parent.join(id);
+            let dir = m.parent.join(cgroup_name(state_root, id));
             mkdir(&dir)?;
             let bytes = (memory_mib + VMM_MEMORY_OVERHEAD_MIB) * 1024 * 1024;
             let file = if m.version == 2 {

@@ -69,14 +69,17 @@ fn sandboxed_vmm_runs_unprivileged_filtered_and_limited() {
     );
 
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // Named after the VM and this runtime's state root: unique on the host.
+    let cg = firefleet_vmm::sandbox::cgroup_name(root.path(), "jailed");
+    assert!(cg.starts_with("jailed."), "{cg}");
     if let Some(mem) = &sandbox.memory {
-        assert!(cgroups.contains("/firefleet/jailed"), "{cgroups}");
+        assert!(cgroups.contains(&format!("/firefleet/{cg}")), "{cgroups}");
         let file = if mem.version == 2 {
             "memory.max"
         } else {
             "memory.limit_in_bytes"
         };
-        let limit: u64 = std::fs::read_to_string(mem.parent.join("jailed").join(file))
+        let limit: u64 = std::fs::read_to_string(mem.parent.join(&cg).join(file))
             .unwrap()
             .trim()
             .parse()
@@ -88,9 +91,9 @@ fn sandboxed_vmm_runs_unprivileged_filtered_and_limited() {
     }
     if let Some(cpu) = &sandbox.cpu {
         let quota = if cpu.version == 2 {
-            std::fs::read_to_string(cpu.parent.join("jailed").join("cpu.max")).unwrap()
+            std::fs::read_to_string(cpu.parent.join(&cg).join("cpu.max")).unwrap()
         } else {
-            std::fs::read_to_string(cpu.parent.join("jailed").join("cpu.cfs_quota_us")).unwrap()
+            std::fs::read_to_string(cpu.parent.join(&cg).join("cpu.cfs_quota_us")).unwrap()
         };
         assert!(
             quota.starts_with("100000"),

@@ -24,43 +24,48 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     }
     let (nodes, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
     let mut allocated: BTreeMap<NodeId, Resources> = BTreeMap::new();
+    let mut tenants: BTreeMap<NodeId, BTreeMap<String, u32>> = BTreeMap::new();
     for vm in vms.iter().filter(|vm| vm.status.phase.is_active()) {
         if let Some(node) = &vm.status.node {
             let a = allocated.entry(node.clone()).or_default();
             *a = a.saturating_add(&vm.spec.resources);
+            *tenants
+                .entry(node.clone())
+                .or_default()
+                .entry(vm.spec.tenant.as_str().to_owned())
+                .or_default() += 1;
         }
     }
     let view = ClusterView {
         nodes: nodes
             .iter()
-            .map(|n| NodeView {
-                id: n.id.clone(),
-                labels: n.labels.clone(),
-                capacity: n
-                    .status
-                    .facts
-                    .as_ref()
-                    .map(|f| f.capacity)
-                    .unwrap_or_default(),
-                allocated: allocated.get(&n.id).copied().unwrap_or_default(),
-                ready: n.status.readiness == NodeReadiness::Ready && n.status.facts.is_some(),
-                cordoned: n.cordoned,
-                runtimes: n
-                    .status
-                    .facts
-                    .as_ref()
-                    .map(|f| f.runtimes.clone())
-                    .unwrap_or_default(),
+            .map(|n| {
+                let mut view =
+                    NodeView::from_node_info(n, allocated.get(&n.id).copied().unwrap_or_default());
+                // A node that has not reported facts yet is not ready for placements.
+                view.ready = n.status.readiness == NodeReadiness::Ready && n.status.facts.is_some();
+                view.tenants = tenants.get(&n.id).cloned().unwrap_or_default();
+                // Price, spot and edge power budget from the operator's topology file.
+                if let Some((vcpu, gib)) = state.topology.hourly_price(&n.labels) {
+                    (view.price_vcpu_hour, view.price_gib_hour) = (vcpu, gib);
+                }
+                view.spot = n.labels.get("lifecycle").is_some_and(|l| l == "spot");
+                view.power_budget_watts = state
+                    .topology
+                    .edge_site(&n.labels)
+                    .and_then(|site| site.power_budget_watts);
+                view
             })
             .collect(),
+        latency_ms: state.topology.latency_table(),
     };
     let requests: Vec<PlacementRequest> = pending
         .iter()
-        .map(|vm| PlacementRequest {
-            vm: vm.id.clone(),
-            resources: vm.spec.resources,
-            runtime: Some(vm.spec.runtime.as_str().to_owned()),
-            node_selector: Default::default(),
+        .map(|vm| {
+            let mut request = PlacementRequest::new(vm.id.clone(), vm.spec.resources.into());
+            request.runtime = Some(vm.spec.runtime.as_str().to_owned());
+            request.tenant = vm.spec.tenant.as_str().to_owned();
+            request
         })
         .collect();
 

@@ -46,6 +46,46 @@ pub async fn get_node(
         .ok_or_else(|| ApiError::not_found("node", node))
 }
 
+/// Cordon a node (admin): no new placements; its VMs keep running. Idempotent.
+#[utoipa::path(post, path = "/v1/nodes/{node}/cordon", security(("bearer" = [])),
+    params(("node" = String, Path, description = "node name")),
+    responses((status = 200, body = NodeInfo), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn cordon(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(node): Path<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    set_cordon(&state, &node, true).await
+}
+
+/// Uncordon a node (admin): it takes placements again. Idempotent.
+#[utoipa::path(post, path = "/v1/nodes/{node}/uncordon", security(("bearer" = [])),
+    params(("node" = String, Path, description = "node name")),
+    responses((status = 200, body = NodeInfo), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn uncordon(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(node): Path<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    set_cordon(&state, &node, false).await
+}
+
+async fn set_cordon(
+    state: &AppState,
+    node: &str,
+    cordoned: bool,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let id: NodeId = NodeId::parse("node", node)?;
+    let n = repo::update_node(state, &id, |n| {
+        let changed = n.cordoned != cordoned;
+        n.cordoned = cordoned;
+        changed
+    })
+    .await?;
+    state.kick.notify_waiters();
+    Ok(Json(n))
+}
+
 /// Create a tenant token (admin).
 #[utoipa::path(post, path = "/v1/tokens", request_body = CreateTokenRequest, security(("bearer" = [])),
     responses((status = 201, body = TokenResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]

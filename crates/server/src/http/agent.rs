@@ -10,13 +10,13 @@ use axum::{
 };
 use firefleet_api::{
     ConsoleOffset, EnrollRequest, EnrollResponse, ErrorBody, ExecRequestRecord, ExecResult,
-    HeartbeatRequest, IntentsResponse, SnapshotReport, VmIntent, VmStats, VmStatusReport,
-    MAX_CONSOLE_CHUNK,
+    HeartbeatRequest, IntentsResponse, MigrationIntent, SnapshotReport, VmIntent, VmStats,
+    VmStatusReport, MAX_CONSOLE_CHUNK,
 };
 use firefleet_types::{
     node::{NodeReadiness, NodeStatus},
     topology::validate_labels,
-    NodeId, NodeInfo, Snapshot, SnapshotPhase, Vm, VmId, VmPhase,
+    Migration, NodeId, NodeInfo, Snapshot, SnapshotPhase, Vm, VmId, VmPhase,
 };
 use serde::Deserialize;
 
@@ -133,6 +133,24 @@ pub async fn intents(
         .into_iter()
         .filter(|e| e.result.is_none() && mine.iter().any(|vm| vm.id == e.vm))
         .collect();
+    let (migrations, _) = repo::list_json::<Migration>(&state, "/migrations/").await?;
+    let mut migration_intents = Vec::new();
+    for m in migrations
+        .into_iter()
+        .filter(|m| !m.phase.is_terminal() && (m.from == node || m.to == node))
+    {
+        if let Some(vm) = mine.iter().find(|v| v.id == m.vm) {
+            migration_intents.push(MigrationIntent {
+                spec: vm.spec.clone(),
+                migration: m,
+            });
+        } else if let Some((vm, _)) = repo::get_json::<Vm>(&state, &repo::vm_key(&m.vm)).await? {
+            migration_intents.push(MigrationIntent {
+                spec: vm.spec,
+                migration: m,
+            });
+        }
+    }
     let vms = mine
         .into_iter()
         .map(|vm| VmIntent {
@@ -149,19 +167,21 @@ pub async fn intents(
         vms,
         snapshots,
         execs,
+        migrations: migration_intents,
     }))
 }
 
-/// Resolves when anything under `/vms/`, `/snapshots/` or `/execs/` changes at or after `from`.
+/// Resolves when anything under `/vms/`, `/snapshots/`, `/execs/` or `/migrations/` changes at or
+/// after `from`.
 async fn futures_watch(state: &AppState, from: u64) {
     let mut watches = Vec::new();
-    for prefix in ["/vms/", "/snapshots/", "/execs/"] {
+    for prefix in ["/vms/", "/snapshots/", "/execs/", "/migrations/"] {
         match state.store.watch(prefix, from).await {
             Ok(w) => watches.push(w),
             Err(_) => return, // compacted or closed: answer at once
         }
     }
-    let [mut a, mut b, mut c]: [firefleet_store::Watch; 3] = match watches.try_into() {
+    let [mut a, mut b, mut c, mut d]: [firefleet_store::Watch; 4] = match watches.try_into() {
         Ok(w) => w,
         Err(_) => return,
     };
@@ -169,6 +189,7 @@ async fn futures_watch(state: &AppState, from: u64) {
         _ = a.next() => {}
         _ = b.next() => {}
         _ = c.next() => {}
+        _ = d.next() => {}
     }
 }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod agent;
 mod meta;
+mod migrations;
 mod vm_ops;
 mod vms;
 
@@ -40,8 +41,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/vms/{vm}/restore", post(vm_ops::restore))
         .route("/v1/vms/{vm}/exec", post(vm_ops::exec))
         .route("/v1/vms/{vm}/stats", get(vm_ops::stats))
+        .route("/v1/vms/{vm}/migrate", post(migrations::migrate))
+        .route("/v1/vms/{vm}/migration", get(migrations::get))
         .route("/v1/nodes", get(admin::list_nodes))
         .route("/v1/nodes/{node}", get(admin::get_node))
+        .route("/v1/nodes/{node}/cordon", post(admin::cordon))
+        .route("/v1/nodes/{node}/uncordon", post(admin::uncordon))
         .route("/v1/tokens", post(admin::create_token))
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/agent/enroll", post(agent::enroll))
@@ -55,6 +60,11 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/agent/vms/{vm}/execs/{exec}", put(agent::report_exec))
         .route("/v1/agent/vms/{vm}/stats", put(agent::report_stats))
+        .route(
+            "/v1/agent/migrations/{vm}/snapshot",
+            put(migrations::upload).get(migrations::download),
+        )
+        .route("/v1/agent/migrations/{vm}/report", post(migrations::report))
         .fallback(|| async {
             ApiError::NotFound {
                 kind: "route",
@@ -203,8 +213,15 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         vm_ops::restore,
         vm_ops::exec,
         vm_ops::stats,
+        migrations::migrate,
+        migrations::get,
+        migrations::upload,
+        migrations::download,
+        migrations::report,
         admin::list_nodes,
         admin::get_node,
+        admin::cordon,
+        admin::uncordon,
         admin::create_token,
         admin::create_join_token,
         agent::enroll,

@@ -1,0 +1,156 @@
+//! End to end: three agents (two clouds and an edge site) with real microVMs. One agent's
+//! process is killed: after the grace periods its VMs run on the other nodes; started again, it
+//! stops its stale VMs (it fences itself). Throughout, the control plane never shows a VM on
+//! two nodes, and reports from the old node no longer move the VM. Cordon and uncordon steer
+//! placements.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BOOT: Duration = Duration::from_secs(120);
+const COUNTER: &str = "i=0; while true; do echo counter=$i; i=$((i+1)); sleep 0.5; done";
+
+fn ok(c: &Cluster, args: &[&str]) {
+    let out = c.cli(args);
+    assert!(
+        out.status.success(),
+        "firefleet {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+}
+
+/// Each VM's node and phase, as the control plane says.
+fn placements(c: &Cluster) -> BTreeMap<String, (String, String)> {
+    c.json(&["vm", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["spec"]["name"].as_str().unwrap().to_owned(),
+                (
+                    v["status"]["node"].as_str().unwrap_or("-").to_owned(),
+                    v["status"]["phase"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
+    let mut c = Cluster::start_with(&["--node-grace-secs", "3", "--evict-after-secs", "2"]);
+    let nodes = [
+        ("aws-1", ["cloud=aws", "region=us-east-1"]),
+        ("gcp-1", ["cloud=gcp", "region=europe-west1"]),
+        ("edge-1", ["cloud=edge", "region=factory-1"]),
+    ];
+    for (name, labels) in &nodes {
+        c.start_agent(name, labels, 2);
+    }
+    c.wait_nodes_ready(3);
+
+    // Cordon two nodes: both VMs land on the third, the one that will be lost.
+    ok(&c, &["node", "cordon", "aws-1"]);
+    ok(&c, &["node", "cordon", "gcp-1"]);
+    for vm in ["a", "b"] {
+        ok(&c, &["vm", "run", "--name", vm, "--cmd", COUNTER]);
+    }
+    for vm in ["a", "b"] {
+        let v = c.wait_phase(vm, "running", BOOT);
+        assert_eq!(
+            v["status"]["node"], "edge-1",
+            "cordoned nodes took a VM: {v}"
+        );
+    }
+    ok(&c, &["node", "uncordon", "aws-1"]);
+    ok(&c, &["node", "uncordon", "gcp-1"]);
+    let edge_dir = c.path("agent-edge-1");
+    assert_eq!(vmm_pids_under(&edge_dir).len(), 2);
+
+    // Lose the edge node's agent (its VMMs live on, as after a network partition).
+    let lost_at = Instant::now();
+    c.kill_agent("edge-1");
+    let mut moved_after = BTreeMap::new();
+    while moved_after.len() < 2 {
+        assert!(
+            lost_at.elapsed() < Duration::from_secs(180),
+            "VMs not running elsewhere after {:?}: {:?}\n{}",
+            lost_at.elapsed(),
+            placements(&c),
+            c.logs()
+        );
+        for (vm, (node, phase)) in placements(&c) {
+            assert_ne!(phase, "failed", "vm {vm}: {}\n{}", c.vm(&vm), c.logs());
+            if node != "edge-1" && node != "-" && phase == "running" {
+                moved_after.entry(vm).or_insert_with(|| lost_at.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (vm, t) in &moved_after {
+        eprintln!(
+            "failover: vm {vm} running on another node {:.1} s after the agent was killed",
+            t.as_secs_f64()
+        );
+    }
+    let after = placements(&c);
+    // The new instances are on the surviving nodes, one VMM each.
+    for (node, _) in after.values() {
+        assert!(node == "aws-1" || node == "gcp-1", "{after:?}");
+    }
+    let survivors: usize = ["aws-1", "gcp-1"]
+        .iter()
+        .map(|n| vmm_pids_under(&c.path(&format!("agent-{n}"))).len())
+        .sum();
+    assert_eq!(survivors, 2);
+
+    // Its VMMs still run (nothing told them to stop): the node must fence them when it is back.
+    assert_eq!(
+        vmm_pids_under(&edge_dir).len(),
+        2,
+        "the lost node's VMMs died with its agent\n{}",
+        c.logs()
+    );
+
+    // The old node comes back: it stops its stale VMs, and the control plane does not move.
+    let back_at = Instant::now();
+    c.start_agent("edge-1", &nodes[2].1, 2);
+    c.wait(
+        Duration::from_secs(60),
+        "the edge node's stale VMMs stopped",
+        || vmm_pids_under(&edge_dir).is_empty(),
+    );
+    eprintln!(
+        "fencing: edge-1 stopped its stale VMs {:.1} s after it was started again",
+        back_at.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        placements(&c),
+        after,
+        "the returning node changed what the control plane shows"
+    );
+    for vm in ["a", "b"] {
+        assert_eq!(c.vm(vm)["status"]["phase"], "running");
+    }
+    let node_list = c.json(&["node", "ls"]);
+    assert!(node_list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["status"]["readiness"] == "ready"));
+    for vm in ["a", "b"] {
+        ok(&c, &["vm", "rm", vm, "--wait"]);
+    }
+    c.wait(Duration::from_secs(30), "no VMM left", || {
+        c.vmm_pids().is_empty()
+    });
+}

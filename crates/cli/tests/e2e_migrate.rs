@@ -1,0 +1,112 @@
+//! End to end: a running VM migrates from an edge node to a cloud node (snapshot on the source,
+//! transfer through the server over the agents' mutual TLS, restore on the destination): the
+//! guest's counter goes on from where it was, the source's VMM is gone, the VM keeps one node in
+//! the control plane throughout; total time and downtime are reported.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const BOOT: Duration = Duration::from_secs(120);
+const COUNTER: &str = "i=0; while true; do echo counter=$i; i=$((i+1)); sleep 0.2; done";
+
+fn counters(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("counter=")?.parse().ok())
+        .collect()
+}
+
+fn console(c: &Cluster, vm: &str) -> String {
+    c.json(&["vm", "logs", vm])["console"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
+    let mut c = Cluster::start();
+    c.start_agent("edge-1", &["cloud=edge", "region=factory-1"], 2);
+    c.start_agent("aws-1", &["cloud=aws", "region=us-east-1"], 2);
+    c.wait_nodes_ready(2);
+    let out = c.cli(&["node", "cordon", "aws-1"]);
+    assert!(out.status.success());
+    let out = c.cli(&["vm", "run", "--name", "ctr", "--cmd", COUNTER]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = c.wait_phase("ctr", "running", BOOT);
+    assert_eq!(v["status"]["node"], "edge-1");
+    assert!(c.cli(&["node", "uncordon", "aws-1"]).status.success());
+    c.wait(Duration::from_secs(30), "the counter runs", || {
+        counters(&console(&c, "ctr")).len() >= 5
+    });
+    let edge_dir = c.path("agent-edge-1");
+    let aws_dir = c.path("agent-aws-1");
+    assert_eq!(vmm_pids_under(&edge_dir).len(), 1);
+    let ready_lines = console(&c, "ctr").matches("firefleet-guest ready").count();
+
+    // Bad requests are refused with the reason.
+    let out = c.cli(&["vm", "migrate", "ctr", "--to", "edge-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already runs on edge-1"));
+    let out = c.cli(&["vm", "migrate", "ctr", "--to", "nowhere"]);
+    assert!(!out.status.success());
+
+    let m = c.json(&["vm", "migrate", "ctr", "--to", "aws-1", "--wait"]);
+    assert_eq!(m["phase"], "done", "{m}\n{}", c.logs());
+    let total = m["resumed_ms"].as_u64().unwrap() - m["requested_ms"].as_u64().unwrap();
+    let downtime = m["resumed_ms"].as_u64().unwrap() - m["paused_ms"].as_u64().unwrap();
+    eprintln!(
+        "migration edge-1 -> aws-1: total {total} ms, downtime {downtime} ms, {} MiB moved",
+        m["bytes"].as_u64().unwrap() >> 20
+    );
+    let v = c.vm("ctr");
+    assert_eq!(v["status"]["node"], "aws-1", "{v}");
+    assert_eq!(v["status"]["phase"], "running", "{v}");
+
+    // The source's copy goes; the destination runs one VMM.
+    c.wait(Duration::from_secs(30), "the source's VMM gone", || {
+        vmm_pids_under(&edge_dir).is_empty()
+    });
+    assert_eq!(vmm_pids_under(&aws_dir).len(), 1);
+
+    // The guest went on: the counter continues upward, with no second boot.
+    let before = counters(&console(&c, "ctr")).last().copied().unwrap();
+    c.wait(Duration::from_secs(30), "the counter goes on", || {
+        counters(&console(&c, "ctr"))
+            .last()
+            .is_some_and(|&n| n > before + 3)
+    });
+    let all = counters(&console(&c, "ctr"));
+    let drops: Vec<_> = all.windows(2).filter(|w| w[1] < w[0]).collect();
+    assert!(drops.is_empty(), "the counter went back: {drops:?}");
+    assert_eq!(
+        console(&c, "ctr").matches("firefleet-guest ready").count(),
+        ready_lines,
+        "the guest booted again"
+    );
+    // It answers on its channel there, with its new node's address.
+    let ip = v["status"]["ip"].as_str().unwrap_or_default().to_owned();
+    let out = c.cli(&["vm", "exec", "ctr", "--", "ip", "-4", "addr"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addrs = String::from_utf8_lossy(&out.stdout);
+    if !ip.is_empty() {
+        assert!(addrs.contains(&ip), "guest addresses {addrs} lack {ip}");
+    }
+    assert!(c.cli(&["vm", "rm", "ctr", "--wait"]).status.success());
+    c.wait(Duration::from_secs(30), "no VMM left", || {
+        c.vmm_pids().is_empty()
+    });
+}
