@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: start FireFleet (server + local agent), boot a real microVM, show its console and
 # status, run a one-shot command VM, exec in a guest and show its stats, pause/resume, snapshot and
-# restore a VM whose counter goes on, run a VM on a disk image built from a directory, stop and
-# delete everything, tear down, exit 0.
+# restore a VM whose counter goes on, a second node joins and VMs are placed across the labelled
+# nodes, the counter VM migrates to the other node, run a VM on a disk image built from a
+# directory, stop and delete everything, tear down, exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -15,6 +16,9 @@ listen="${FIREFLEET_LISTEN:-127.0.0.1:7443}"
 # The job's own VM bridge and subnet, removed at the end.
 bridge="ffmain$$"; bridge="${bridge:0:15}"
 subnet="10.219.$(( $$ % 250 )).0/24"
+# A second node's bridge and subnet.
+bridge2="ffmb$$"; bridge2="${bridge2:0:15}"
+subnet2="10.218.$(( $$ % 250 )).0/24"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 step "firefleet up --data-dir $data --listen $listen"
@@ -23,17 +27,20 @@ step "firefleet up --data-dir $data --listen $listen"
   2>"$data/up.log" &
 up=$!
 cleanup() {
+  [ -n "${agent2:-}" ] && { kill "$agent2" 2>/dev/null || true; }
   kill "$up" 2>/dev/null || true
   wait "$up" 2>/dev/null || true
   # Nothing of ours may outlive the job.
   for p in $(pgrep -f qemu-system); do case "$(readlink /proc/$p/cwd)" in "$data"/*) kill -9 "$p";; esac; done 2>/dev/null || true
   # The node network (bridge, TAPs, shapers, nft tables) outlives the agent by design (VMs
   # survive agent restarts); the job removes its own.
-  for l in $(ip -o link show master "$bridge" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l" 2>/dev/null || true; done
-  ip link del "$bridge" 2>/dev/null || true
-  nft delete table bridge "firefleet_$bridge" 2>/dev/null || true
-  nft delete table inet "firefleet_$bridge" 2>/dev/null || true
-  [ -n "${disk_image:-}" ] && rm -rf "$FIREFLEET_IMAGE_DIR/disks/$disk_image"
+  for b in "$bridge" "$bridge2"; do
+    for l in $(ip -o link show master "$b" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l" 2>/dev/null || true; done
+    ip link del "$b" 2>/dev/null || true
+    nft delete table bridge "firefleet_$b" 2>/dev/null || true
+    nft delete table inet "firefleet_$b" 2>/dev/null || true
+  done
+  [ -n "${disk_image:-}" ] && { rm -rf "$FIREFLEET_IMAGE_DIR/disks/$disk_image" || true; }
   rm -rf "$data"
 }
 trap cleanup EXIT
@@ -45,6 +52,25 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 "$ff" node ls
+
+step "a second node joins (cloud=aws, region=us-east-1): placement across the labelled nodes"
+join=$("$ff" join-token create --output json | sed -n 's/.*"token": "\([^"]*\)".*/\1/p')
+"$ff" agent --server "https://$listen" --ca "$data/ca.pem" --name aws-1 --label cloud=aws \
+  --label region=us-east-1 --data-dir "$data/agent-aws-1" --bridge "$bridge2" --subnet "$subnet2" \
+  --join-token "$join" 2>"$data/agent-aws-1.log" &
+agent2=$!
+for _ in $(seq 1 300); do
+  [ "$("$ff" node ls --output json | grep -c '"readiness": "ready"')" = 2 ] && break
+  sleep 0.2
+done
+"$ff" node ls
+"$ff" vm run --name place-1 --vcpus 2 --memory 256 --cmd 'sleep 600' --wait
+"$ff" vm run --name place-2 --vcpus 2 --memory 256 --cmd 'sleep 600' --wait
+echo "two 2-vCPU VMs on two 2-vCPU nodes: one on each"
+"$ff" vm ls
+[ "$("$ff" vm get place-1 --output json | grep '"node"')" != "$("$ff" vm get place-2 --output json | grep '"node"')" ]
+"$ff" vm rm place-1 --wait
+"$ff" vm rm place-2 --wait
 
 step "firefleet vm run --name hello --wait"
 "$ff" vm run --name hello --wait
@@ -89,6 +115,17 @@ echo "after the restore the counter goes on from the snapshot (no second boot):"
 "$ff" vm logs counter | grep counter= | tail -n 3
 [ "$("$ff" vm logs counter | grep -c 'firefleet-guest ready')" = 1 ]
 
+step "migrate the counter VM to the other node: the guest goes on"
+from=$("$ff" vm get counter --output json | sed -n 's/.*"node": "\([^"]*\)".*/\1/p')
+to=aws-1; [ "$from" = aws-1 ] && to=local
+echo "counter runs on $from; last lines:"; "$ff" vm logs counter | grep counter= | tail -n 2
+"$ff" vm migrate counter --to "$to" --wait
+sleep 2
+echo "on $to now; the counter goes on (no second boot):"
+"$ff" vm logs counter | grep counter= | tail -n 3
+[ "$("$ff" vm logs counter | grep -c 'firefleet-guest ready')" = 1 ]
+"$ff" vm get counter
+
 step "firefleet vm stop hello --wait; firefleet vm rm hello job counter --wait"
 "$ff" vm stop hello --wait
 "$ff" vm rm hello --wait
@@ -115,6 +152,8 @@ rm -rf "$FIREFLEET_IMAGE_DIR/disks/$disk_image"
 
 
 step "tearing down"
+kill "$agent2"
+wait "$agent2" || true
 kill "$up"
 wait "$up" || true
 for p in $(pgrep -f qemu-system || true); do

@@ -220,6 +220,26 @@ pub struct MigrateRequest {
     pub to: String,
 }
 
+/// What `POST /v1/nodes/{node}/drain` started.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DrainResponse {
+    /// The node (now cordoned).
+    pub node: String,
+    /// A migration per running or paused VM that had somewhere to go.
+    pub migrations: Vec<Migration>,
+    /// VMs that could not be moved, with why.
+    pub stuck: Vec<StuckVm>,
+}
+
+/// A VM a drain could not move.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StuckVm {
+    /// The VM.
+    pub vm: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// `POST /v1/agent/migrations/{vm}/report`: what an agent did in a migration.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

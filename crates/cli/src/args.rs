@@ -407,6 +407,15 @@ pub enum NodeCommand {
         /// Node name.
         node: String,
     },
+    /// Cordon a node and migrate its running VMs to the nodes the scheduler picks.
+    Drain {
+        /// Node name.
+        node: String,
+        /// Wait until every migration is done or failed; exits non-zero if one failed or a VM
+        /// could not be moved.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -572,6 +572,47 @@ pub async fn node_cordon(g: &Global, node: &str, cordon: bool) -> anyhow::Result
     Ok(())
 }
 
+pub async fn node_drain(g: &Global, node: &str, wait: bool) -> anyhow::Result<()> {
+    let c = client(g)?;
+    let d = c.node_drain(node).await?;
+    let mut done = Vec::new();
+    if wait {
+        for m in &d.migrations {
+            done.push(wait_migration(&c, m.vm.as_str(), g.output, Duration::from_secs(600)).await?);
+        }
+    } else {
+        done = d.migrations.clone();
+    }
+    match g.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "node": d.node, "migrations": done, "stuck": d.stuck
+            }))?
+        ),
+        Output::Table => {
+            println!("node {} cordoned; {} VM(s) moving", d.node, done.len());
+            for m in &done {
+                print_migration(Output::Table, m)?;
+            }
+            for s in &d.stuck {
+                println!("stuck: {}: {}", s.vm, s.reason);
+            }
+        }
+    }
+    let failed = done
+        .iter()
+        .filter(|m| m.phase == MigrationPhase::Failed)
+        .count();
+    if !d.stuck.is_empty() || failed > 0 {
+        bail!(
+            "drain of {node}: {failed} migration(s) failed, {} VM(s) could not be moved",
+            d.stuck.len()
+        );
+    }
+    Ok(())
+}
+
 pub async fn node_ls(g: &Global) -> anyhow::Result<()> {
     let nodes = client(g)?.node_list().await?;
     let rows = nodes

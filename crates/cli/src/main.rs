@@ -57,6 +57,9 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Node(args::NodeCommand::Uncordon { node }) => {
             cmd_vm::node_cordon(&g, &node, false).await
         }
+        Command::Node(args::NodeCommand::Drain { node, wait }) => {
+            cmd_vm::node_drain(&g, &node, wait).await
+        }
         Command::Token(args::TokenCommand::Create { tenant }) => {
             cmd_vm::token_create(&g, &tenant).await
         }

@@ -105,6 +105,36 @@ fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
     if !ip.is_empty() {
         assert!(addrs.contains(&ip), "guest addresses {addrs} lack {ip}");
     }
+
+    // Drain the cloud node: the VM goes back to the edge node, the node stays cordoned.
+    let d = c.json(&["node", "drain", "aws-1", "--wait"]);
+    assert_eq!(d["migrations"][0]["phase"], "done", "{d}\n{}", c.logs());
+    assert_eq!(d["migrations"][0]["to"], "edge-1", "{d}");
+    assert!(d["stuck"].as_array().unwrap().is_empty(), "{d}");
+    assert_eq!(c.vm("ctr")["status"]["node"], "edge-1");
+    let nodes = c.json(&["node", "ls"]);
+    let aws = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "aws-1")
+        .unwrap();
+    assert_eq!(aws["cordoned"], true);
+    c.wait(
+        Duration::from_secs(30),
+        "the drained node's VMM gone",
+        || vmm_pids_under(&aws_dir).is_empty(),
+    );
+    let before = counters(&console(&c, "ctr")).last().copied().unwrap();
+    c.wait(
+        Duration::from_secs(30),
+        "the counter goes on after the drain",
+        || {
+            counters(&console(&c, "ctr"))
+                .last()
+                .is_some_and(|&n| n > before + 3)
+        },
+    );
     assert!(c.cli(&["vm", "rm", "ctr", "--wait"]).status.success());
     c.wait(Duration::from_secs(30), "no VMM left", || {
         c.vmm_pids().is_empty()

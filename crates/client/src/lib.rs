@@ -266,6 +266,16 @@ impl Client {
             .await
     }
 
+    /// Drains a node: cordons it and starts a migration per running VM on it.
+    pub async fn node_drain(&self, node: &str) -> Result<DrainResponse, ClientError> {
+        self.must::<(), _>(
+            Method::POST,
+            &format!("/v1/nodes/{}/drain", enc(node)),
+            None,
+        )
+        .await
+    }
+
     /// Creates a tenant token.
     pub async fn token_create(
         &self,

@@ -5,7 +5,7 @@
 
 mod compaction;
 mod nodes;
-mod scheduling;
+pub(crate) mod scheduling;
 
 use std::{future::Future, time::Duration};
 

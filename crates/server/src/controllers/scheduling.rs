@@ -3,29 +3,23 @@
 use std::collections::BTreeMap;
 
 use firefleet_scheduler::{place, ClusterView, NodeView, Placement, PlacementRequest, Weights};
-use firefleet_types::{node::NodeReadiness, DesiredState, NodeId, NodeInfo, Resources, VmPhase};
+use firefleet_types::{
+    node::NodeReadiness, DesiredState, NodeId, NodeInfo, Resources, Vm, VmPhase,
+};
 use rand::SeedableRng;
 
 use crate::{now_ms, repo, ApiError, AppState};
 
-pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
-    // Prepare.
-    let (vms, revision) = repo::list_vms(&state).await?;
-    let pending: Vec<_> = vms
-        .iter()
-        .filter(|vm| {
-            vm.status.phase == VmPhase::Pending
-                && vm.spec.desired == DesiredState::Running
-                && !vm.deleting
-        })
-        .collect();
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let (nodes, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
+/// The scheduler's view of the fleet: every node with what the active VMs in `vms` take on it,
+/// its tenants, and prices, spot flag and edge power budget from the topology file.
+pub async fn cluster_view(state: &AppState, vms: &[Vm]) -> Result<ClusterView, ApiError> {
+    let (nodes, _) = repo::list_json::<NodeInfo>(state, "/nodes/").await?;
     let mut allocated: BTreeMap<NodeId, Resources> = BTreeMap::new();
     let mut tenants: BTreeMap<NodeId, BTreeMap<String, u32>> = BTreeMap::new();
-    for vm in vms.iter().filter(|vm| vm.status.phase.is_active()) {
+    for vm in vms
+        .iter()
+        .filter(|vm| vm.status.phase.is_active() || vm.status.phase == VmPhase::Paused)
+    {
         if let Some(node) = &vm.status.node {
             let a = allocated.entry(node.clone()).or_default();
             *a = a.saturating_add(&vm.spec.resources);
@@ -36,7 +30,7 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
                 .or_default() += 1;
         }
     }
-    let view = ClusterView {
+    Ok(ClusterView {
         nodes: nodes
             .iter()
             .map(|n| {
@@ -58,16 +52,33 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             })
             .collect(),
         latency_ms: state.topology.latency_table(),
-    };
-    let requests: Vec<PlacementRequest> = pending
+    })
+}
+
+/// What the scheduler is asked for a VM.
+pub fn request_for(vm: &Vm) -> PlacementRequest {
+    let mut request = PlacementRequest::new(vm.id.clone(), vm.spec.resources.into());
+    request.runtime = Some(vm.spec.runtime.as_str().to_owned());
+    request.tenant = vm.spec.tenant.as_str().to_owned();
+    request
+}
+
+pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
+    // Prepare.
+    let (vms, revision) = repo::list_vms(&state).await?;
+    let pending: Vec<_> = vms
         .iter()
-        .map(|vm| {
-            let mut request = PlacementRequest::new(vm.id.clone(), vm.spec.resources.into());
-            request.runtime = Some(vm.spec.runtime.as_str().to_owned());
-            request.tenant = vm.spec.tenant.as_str().to_owned();
-            request
+        .filter(|vm| {
+            vm.status.phase == VmPhase::Pending
+                && vm.spec.desired == DesiredState::Running
+                && !vm.deleting
         })
         .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let view = cluster_view(&state, &vms).await?;
+    let requests: Vec<PlacementRequest> = pending.iter().map(|vm| request_for(vm)).collect();
 
     // Plan (pure; seeded by the store revision so a rerun on the same state decides the same).
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(revision);

@@ -14,16 +14,18 @@ use axum::{
     response::IntoResponse,
     Json,
 };
-use firefleet_api::{ErrorBody, MigrateRequest, MigrationReport};
+use firefleet_api::{DrainResponse, ErrorBody, MigrateRequest, MigrationReport, StuckVm};
+use firefleet_scheduler::{place, Placement, Weights};
 use firefleet_types::{
     node::NodeReadiness, Migration, MigrationPhase, NodeId, NodeInfo, Vm, VmId, VmPhase,
 };
 use futures::StreamExt;
+use rand::SeedableRng;
 use tokio::io::AsyncWriteExt;
 
 use super::{vms::find_vm, ValidJson};
 use crate::{
-    auth::{AgentNode, Caller},
+    auth::{Admin, AgentNode, Caller},
     now_ms, repo, ApiError, AppState,
 };
 
@@ -86,6 +88,12 @@ pub async fn migrate(
             }
         )));
     }
+    let m = start(&state, &vm, from, to).await?;
+    Ok((StatusCode::ACCEPTED, Json(m)))
+}
+
+/// Records a migration of `vm` from `from` to `to`.
+async fn start(state: &AppState, vm: &Vm, from: NodeId, to: NodeId) -> Result<Migration, ApiError> {
     let m = Migration {
         vm: vm.id.clone(),
         from,
@@ -100,9 +108,83 @@ pub async fn migrate(
         bytes: None,
         message: None,
     };
-    repo::create_migration(&state, &m).await?;
+    repo::create_migration(state, &m).await?;
     tracing::info!(vm = %m.vm, from = %m.from, to = %m.to, "migration requested");
-    Ok((StatusCode::ACCEPTED, Json(m)))
+    Ok(m)
+}
+
+/// Drain a node (admin): cordon it, and migrate every running or paused VM on it to the node
+/// the scheduler picks for it (as one batch, so they do not all pick the same node).
+#[utoipa::path(post, path = "/v1/nodes/{node}/drain", security(("bearer" = [])),
+    params(("node" = String, Path, description = "node name")),
+    responses((status = 200, body = DrainResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn drain(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(node): Path<String>,
+) -> Result<Json<DrainResponse>, ApiError> {
+    let id: NodeId = NodeId::parse("node", &node)?;
+    repo::update_node(&state, &id, |n| {
+        let changed = !n.cordoned;
+        n.cordoned = true;
+        changed
+    })
+    .await?;
+    let (vms, revision) = repo::list_vms(&state).await?;
+    let view = crate::controllers::scheduling::cluster_view(&state, &vms).await?;
+    let mut out = DrainResponse {
+        node: node.clone(),
+        migrations: Vec::new(),
+        stuck: Vec::new(),
+    };
+    let mut moving = Vec::new();
+    for vm in vms.iter().filter(|vm| {
+        vm.status.node.as_ref() == Some(&id)
+            && matches!(vm.status.phase, VmPhase::Running | VmPhase::Paused)
+            && !vm.deleting
+    }) {
+        match repo::get_json::<Migration>(&state, &repo::migration_key(&vm.id)).await? {
+            Some((m, _)) if !m.phase.is_terminal() => out.migrations.push(m),
+            _ => moving.push(vm),
+        }
+    }
+    let requests: Vec<_> = moving
+        .iter()
+        .map(|vm| crate::controllers::scheduling::request_for(vm))
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(revision);
+    for p in place(&view, &requests, &Weights::default(), &mut rng) {
+        match p {
+            Placement::Placed { vm, node: to } => {
+                if let Some(v) = moving.iter().find(|v| v.id == vm) {
+                    match start(&state, v, id.clone(), to).await {
+                        Ok(m) => out.migrations.push(m),
+                        Err(e) => out.stuck.push(StuckVm {
+                            vm: v.spec.name.clone(),
+                            reason: e.to_string(),
+                        }),
+                    }
+                }
+            }
+            Placement::Unschedulable { vm, reasons } => {
+                let name = moving
+                    .iter()
+                    .find(|v| v.id == vm)
+                    .map_or_else(|| vm.to_string(), |v| v.spec.name.clone());
+                out.stuck.push(StuckVm {
+                    vm: name,
+                    reason: reasons
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                });
+            }
+        }
+    }
+    state.kick.notify_waiters();
+    tracing::info!(%node, migrations = out.migrations.len(), stuck = out.stuck.len(), "drain");
+    Ok(Json(out))
 }
 
 /// A VM's current or last migration.

@@ -47,6 +47,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/nodes/{node}", get(admin::get_node))
         .route("/v1/nodes/{node}/cordon", post(admin::cordon))
         .route("/v1/nodes/{node}/uncordon", post(admin::uncordon))
+        .route("/v1/nodes/{node}/drain", post(migrations::drain))
         .route("/v1/tokens", post(admin::create_token))
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/agent/enroll", post(agent::enroll))
@@ -214,6 +215,7 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         vm_ops::exec,
         vm_ops::stats,
         migrations::migrate,
+        migrations::drain,
         migrations::get,
         migrations::upload,
         migrations::download,
