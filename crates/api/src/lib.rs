@@ -4,8 +4,8 @@
 
 use firefleet_types::{
     node::NodeFacts, Accel, DiskSpec, Generation, Labels, Migration, MigrationPhase, NetworkSpec,
-    NodeId, NodeInfo, Resources, RestartPolicy, Snapshot, SnapshotPhase, TenantId, UnixMillis, Vm,
-    VmId, VmPhase, VmRuntime, VmSpec,
+    NodeId, NodeInfo, PlacementSpec, Resources, RestartPolicy, Snapshot, SnapshotPhase, TenantId,
+    UnixMillis, Vm, VmId, VmPhase, VmRuntime, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -49,6 +49,9 @@ pub struct CreateVmRequest {
     /// Block devices, in attachment order.
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
+    /// Placement constraints and preferences.
+    #[serde(default)]
+    pub placement: PlacementSpec,
 }
 
 /// A list of VMs.

@@ -239,7 +239,7 @@ impl FirecrackerArgs {
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Create a VM.
-    Run(VmRunArgs),
+    Run(Box<VmRunArgs>),
     /// List VMs.
     Ls,
     /// Show a VM.
@@ -380,6 +380,24 @@ pub struct VmRunArgs {
     /// The VMM: qemu or firecracker (only nodes offering it are considered).
     #[arg(long, default_value = "qemu")]
     pub runtime: String,
+    /// Only nodes with this label (`k=v`, repeatable).
+    #[arg(long = "node-selector")]
+    pub node_selector: Vec<String>,
+    /// Only nodes in this cloud (repeatable; data residency).
+    #[arg(long = "allow-cloud")]
+    pub allowed_clouds: Vec<String>,
+    /// Only nodes in this region or edge site (repeatable; data residency).
+    #[arg(long = "allow-region")]
+    pub allowed_regions: Vec<String>,
+    /// Spread group: replicas of one group go to different nodes, zones, regions, clouds.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Workload class (selects placement weights).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Where the VM's users are (latency is scored from there).
+    #[arg(long)]
+    pub user_region: Option<String>,
     /// A disk, repeatable, in attachment order: `image=NAME[,root][,ro]` (a disk image from
     /// `image build-disk`; `root`: the workload runs in it; `ro`: read-only) or `size=MIB`
     /// (a blank ext4 disk).

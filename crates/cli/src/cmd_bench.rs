@@ -73,6 +73,7 @@ pub async fn vm_run(g: &Global, count: usize, memory: u64) -> anyhow::Result<()>
             network: Default::default(),
             runtime: Default::default(),
             disks: Vec::new(),
+            placement: Default::default(),
         };
         let t0 = Instant::now();
         let vm = c.vm_create(&req).await?;

@@ -6,8 +6,8 @@ use anyhow::{bail, Context};
 use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, CreateVmRequest, ExecRequest};
 use firefleet_client::{Client, Connection};
 use firefleet_types::{
-    topology::parse_label, DiskSpec, Labels, Migration, MigrationPhase, NetworkSpec, Resources,
-    Snapshot, SnapshotPhase, Vm, VmPhase,
+    topology::parse_label, DiskSpec, Labels, Migration, MigrationPhase, NetworkSpec, PlacementSpec,
+    Resources, Snapshot, SnapshotPhase, Vm, VmPhase,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -67,7 +67,7 @@ const VM_HEADERS: &[&str] = &[
 pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
     let c = client(g)?;
     match cmd {
-        VmCommand::Run(a) => run(g, &c, a).await,
+        VmCommand::Run(a) => run(g, &c, *a).await,
         VmCommand::Ls => {
             let vms = c.vm_list().await?;
             print(g.output, &vms, VM_HEADERS, vms.iter().map(vm_row).collect())
@@ -399,6 +399,18 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
             .enumerate()
             .map(|(i, d)| parse_disk(g, d).with_context(|| format!("--disk {d:?} (disk {i})")))
             .collect::<anyhow::Result<_>>()?,
+        placement: PlacementSpec {
+            node_selector: a
+                .node_selector
+                .iter()
+                .map(|l| parse_label(l).with_context(|| format!("--node-selector {l:?}")))
+                .collect::<anyhow::Result<_>>()?,
+            allowed_clouds: a.allowed_clouds.clone(),
+            allowed_regions: a.allowed_regions.clone(),
+            group: a.group.clone(),
+            class: a.class.clone(),
+            user_region: a.user_region.clone(),
+        },
     };
     let vm = c.vm_create(&req).await?;
     let vm = if a.wait {

@@ -150,6 +150,37 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
     for vm in ["a", "b"] {
         ok(&c, &["vm", "rm", vm, "--wait"]);
     }
+
+    // Data residency through the API: only the allowed cloud; nowhere allowed: pending, why.
+    ok(
+        &c,
+        &[
+            "vm",
+            "run",
+            "--name",
+            "eu",
+            "--allow-cloud",
+            "gcp",
+            "--cmd",
+            "sleep 600",
+        ],
+    );
+    let v = c.wait_phase("eu", "running", BOOT);
+    assert_eq!(v["status"]["node"], "gcp-1", "{v}");
+    ok(
+        &c,
+        &["vm", "run", "--name", "mars", "--allow-region", "mars-1"],
+    );
+    c.wait(Duration::from_secs(20), "the residency reason", || {
+        let v = c.vm("mars");
+        v["status"]["phase"] == "pending"
+            && v["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("allowed"))
+    });
+    for vm in ["eu", "mars"] {
+        ok(&c, &["vm", "rm", vm, "--wait"]);
+    }
     c.wait(Duration::from_secs(30), "no VMM left", || {
         c.vmm_pids().is_empty()
     });

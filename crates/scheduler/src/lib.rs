@@ -15,12 +15,21 @@
 //! workload class, see [`Weights`]) picks. At fleet scale the [`Search::Sampled`] mode scores a
 //! bounded number of candidates from location buckets ordered by an upper bound;
 //! [`Search::Exhaustive`] scores every node, for comparison.
+//!
+//! [`plan_migrations`] plans moves of running VMs (drains, low battery, guard findings,
+//! imbalance, price rebalance) with the same engine and objective, net of the migration cost,
+//! under a concurrency budget.
 
 mod engine;
+mod planner;
 mod reason;
 mod view;
 
 pub use engine::{place, place_scored, Scored, MAX_LISTED_REASONS};
+pub use planner::{
+    plan_migrations, Benefit, DeferReason, Deferred, GuardFinding, Kept, MigrationBudget,
+    MigrationModel, Move, PlacedVm, Plan, Stuck, Trigger, Triggers,
+};
 pub use reason::{Placement, ReasonKind, UnschedulableReason};
 pub use view::{
     Capacity, ClusterView, NodeView, PlacementRequest, Search, TermWeights, Weights, LABEL_CLOUD,

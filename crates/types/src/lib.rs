@@ -24,8 +24,8 @@ pub use snapshot::{Snapshot, SnapshotPhase};
 pub use topology::Labels;
 pub use validate::ValidationError;
 pub use vm::{
-    DesiredState, DiskSpec, NetworkSpec, RestartPolicy, RestoreRequest, Vm, VmPhase, VmRuntime,
-    VmSpec, VmStatus,
+    DesiredState, DiskSpec, NetworkSpec, PlacementSpec, RestartPolicy, RestoreRequest, Vm, VmPhase,
+    VmRuntime, VmSpec, VmStatus,
 };
 
 /// A monotonically increasing counter of spec changes (Omicron's `Generation`). Agents refuse

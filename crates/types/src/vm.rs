@@ -89,6 +89,61 @@ pub struct VmSpec {
     /// Block devices, in attachment order (the guest sees `/dev/vda`, `/dev/vdb`, ...).
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
+    /// Where it may and should run.
+    #[serde(default)]
+    pub placement: PlacementSpec,
+}
+
+/// Placement constraints and preferences of a VM.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSpec {
+    /// Only nodes with these labels (all of them).
+    #[serde(default)]
+    pub node_selector: Labels,
+    /// Only nodes in these clouds (data residency; empty: any).
+    #[serde(default)]
+    pub allowed_clouds: Vec<String>,
+    /// Only nodes in these regions or edge sites (data residency; empty: any).
+    #[serde(default)]
+    pub allowed_regions: Vec<String>,
+    /// Replicas of one group are spread over nodes, zones, regions and clouds.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Workload class: selects the placement weights (e.g. `latency`, `batch`).
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Where its users are (a region or user region of the topology): latency is scored from
+    /// there.
+    #[serde(default)]
+    pub user_region: Option<String>,
+}
+
+impl PlacementSpec {
+    /// Checks names and labels.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_labels("placement.node_selector", &self.node_selector)?;
+        for (field, list) in [
+            ("placement.allowed_clouds", &self.allowed_clouds),
+            ("placement.allowed_regions", &self.allowed_regions),
+        ] {
+            for (i, v) in list.iter().enumerate() {
+                check_name(&format!("{field}[{i}]"), v)?;
+            }
+        }
+        for (field, v) in [
+            ("placement.group", &self.group),
+            ("placement.class", &self.class),
+            ("placement.user_region", &self.user_region),
+        ] {
+            if let Some(v) = v {
+                check_name(field, v)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The VMM backends.
@@ -290,6 +345,7 @@ impl VmSpec {
         }
         self.network.validate()?;
         validate_disks(&self.disks)?;
+        self.placement.validate()?;
         Ok(())
     }
 }
@@ -521,6 +577,7 @@ mod tests {
             network: NetworkSpec::default(),
             runtime: VmRuntime::Qemu,
             disks: Vec::new(),
+            placement: PlacementSpec::default(),
         }
     }
 

@@ -60,6 +60,15 @@ pub fn request_for(vm: &Vm) -> PlacementRequest {
     let mut request = PlacementRequest::new(vm.id.clone(), vm.spec.resources.into());
     request.runtime = Some(vm.spec.runtime.as_str().to_owned());
     request.tenant = vm.spec.tenant.as_str().to_owned();
+    let p = &vm.spec.placement;
+    request.node_selector = p.node_selector.clone();
+    request.allowed_clouds = p.allowed_clouds.clone();
+    request.allowed_regions = p.allowed_regions.clone();
+    request.group = p.group.clone();
+    if let Some(class) = &p.class {
+        request.class = class.clone();
+    }
+    request.user_region = p.user_region.clone();
     request
 }
 

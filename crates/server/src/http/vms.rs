@@ -69,6 +69,7 @@ pub async fn create(
         network: req.network,
         runtime: req.runtime,
         disks: req.disks,
+        placement: req.placement,
     };
     spec.validate()?;
     let vm = repo::create_vm(&state, spec).await?;
