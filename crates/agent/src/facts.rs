@@ -37,10 +37,12 @@ pub fn gather_facts(config: &AgentConfig, runtime: &QemuRuntime) -> NodeFacts {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         network: None, // filled in by the caller, which owns the node network
         isolation: runtime.sandbox().map(|sb| sb.facts()),
-        power: Some(power_facts(
-            std::path::Path::new("/sys/class/power_supply"),
-            std::path::Path::new("/sys/class/powercap"),
-        )),
+        power: Some(config.power_override.clone().unwrap_or_else(|| {
+            power_facts(
+                std::path::Path::new("/sys/class/power_supply"),
+                std::path::Path::new("/sys/class/powercap"),
+            )
+        })),
     }
 }
 

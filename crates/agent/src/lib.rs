@@ -58,6 +58,8 @@ pub struct AgentConfig {
     pub subnet: Option<String>,
     /// Offer Firecracker, with this binary (and jailer), besides QEMU.
     pub firecracker: Option<FirecrackerConfig>,
+    /// Report this power state instead of what sysfs says (labs and tests of edge sites).
+    pub power_override: Option<firefleet_types::node::PowerFacts>,
 }
 
 /// Why the agent could not run.

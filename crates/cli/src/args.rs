@@ -74,6 +74,24 @@ pub enum Command {
     /// Benchmarks against a live cluster.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The migrations the planner would make now and why (dry run; `--apply` starts them).
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Consider every VM for cost, latency and availability, not only triggered ones.
+    #[arg(long)]
+    pub rebalance: bool,
+    /// Utilisation above which a node is overloaded (default 0.9).
+    #[arg(long)]
+    pub imbalance: Option<f64>,
+    /// Battery percent under which a node's VMs should leave (default 30).
+    #[arg(long)]
+    pub battery_below: Option<u8>,
+    /// Start the planned migrations.
+    #[arg(long)]
+    pub apply: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +229,10 @@ pub struct AgentArgs {
     pub subnet: String,
     #[command(flatten)]
     pub firecracker: FirecrackerArgs,
+    /// Report this power state instead of the host's: `mains` or `battery:PERCENT` (labs and
+    /// tests of edge sites).
+    #[arg(long)]
+    pub power: Option<String>,
 }
 
 /// Offering Firecracker on a node.

@@ -32,6 +32,28 @@ fn load_topology(
         .with_context(|| format!("topology file {}", path.display()))
 }
 
+/// `mains` or `battery:PERCENT`.
+fn parse_power(s: &str) -> anyhow::Result<firefleet_types::node::PowerFacts> {
+    use firefleet_types::node::{PowerFacts, PowerSource};
+    let (source, battery_percent) = match s.split_once(':') {
+        None if s == "mains" => (PowerSource::Mains, None),
+        Some(("battery", pct)) => {
+            let pct: u8 = pct
+                .parse()
+                .ok()
+                .filter(|p| *p <= 100)
+                .with_context(|| format!("--power {s:?}: the percent must be 0..=100"))?;
+            (PowerSource::Battery, Some(pct))
+        }
+        _ => anyhow::bail!("--power {s:?}: expected mains or battery:PERCENT"),
+    };
+    Ok(PowerFacts {
+        source,
+        battery_percent,
+        milliwatts: None,
+    })
+}
+
 /// Resolves when SIGINT or SIGTERM arrives.
 async fn terminated() {
     let mut term = match tokio::signal::unix::signal(SignalKind::terminate()) {
@@ -89,6 +111,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         bridge: Some(a.bridge),
         subnet: Some(a.subnet),
         firecracker: a.firecracker.config(),
+        power_override: a.power.as_deref().map(parse_power).transpose()?,
     };
     let (tx, rx) = watch::channel(false);
     let run = tokio::spawn(firefleet_agent::run(config, rx));

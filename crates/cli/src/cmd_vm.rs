@@ -625,6 +625,53 @@ pub async fn node_drain(g: &Global, node: &str, wait: bool) -> anyhow::Result<()
     Ok(())
 }
 
+pub async fn plan(g: &Global, a: crate::args::PlanArgs) -> anyhow::Result<()> {
+    let q = firefleet_api::PlanQuery {
+        rebalance: a.rebalance,
+        imbalance: a.imbalance,
+        battery_below: a.battery_below,
+    };
+    let p = client(g)?.plan(&q, a.apply).await?;
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+        Output::Table => {
+            if p.moves.is_empty() {
+                println!("no migration worth making");
+            } else {
+                let rows: Vec<Vec<String>> = p
+                    .moves
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.vm.clone(),
+                            m.from.clone(),
+                            m.to.clone(),
+                            m.trigger.clone(),
+                            format!("{:+.3}", m.net),
+                            format!("{:.1}", m.downtime_s),
+                            m.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    crate::output::table(
+                        &["VM", "FROM", "TO", "TRIGGER", "NET", "DOWNTIME_S", "WHY"],
+                        &rows
+                    )
+                );
+            }
+            for n in &p.notes {
+                println!("{} on {}: {}", n.vm, n.node, n.why);
+            }
+            if a.apply {
+                println!("{} migration(s) started", p.started.len());
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn node_ls(g: &Global) -> anyhow::Result<()> {
     let nodes = client(g)?.node_list().await?;
     let rows = nodes

@@ -50,6 +50,7 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Server(a) => cmd_run::server(a).await,
         Command::Agent(a) => cmd_run::agent(a).await,
         Command::Vm(c) => cmd_vm::vm(&g, c).await,
+        Command::Plan(a) => cmd_vm::plan(&g, a).await,
         Command::Node(args::NodeCommand::Ls) => cmd_vm::node_ls(&g).await,
         Command::Node(args::NodeCommand::Cordon { node }) => {
             cmd_vm::node_cordon(&g, &node, true).await

@@ -135,6 +135,64 @@ fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
                 .is_some_and(|&n| n > before + 3)
         },
     );
+
+    // The edge node's battery runs low: the planner proposes moving the VM to the cloud node
+    // (a dry run changes nothing), and `--apply` carries it out.
+    assert!(c.cli(&["node", "uncordon", "aws-1"]).status.success());
+    c.kill_agent("edge-1");
+    c.agent_args = vec!["--power".into(), "battery:12".into()];
+    c.start_agent("edge-1", &["cloud=edge", "region=factory-1"], 2);
+    c.agent_args.clear();
+    c.wait(
+        Duration::from_secs(30),
+        "the edge node reports its battery",
+        || {
+            c.json(&["node", "ls"]).as_array().unwrap().iter().any(|n| {
+                n["id"] == "edge-1" && n["status"]["facts"]["power"]["battery_percent"] == 12
+            })
+        },
+    );
+    let p = c.json(&["plan"]);
+    let moves = p["moves"].as_array().unwrap();
+    assert_eq!(moves.len(), 1, "{p}");
+    assert_eq!(
+        (
+            &moves[0]["vm"],
+            &moves[0]["from"],
+            &moves[0]["to"],
+            &moves[0]["trigger"]
+        ),
+        (
+            &serde_json::json!("ctr"),
+            &serde_json::json!("edge-1"),
+            &serde_json::json!("aws-1"),
+            &serde_json::json!("low_battery")
+        ),
+        "{p}"
+    );
+    assert!(moves[0]["net"].as_f64().unwrap() > 0.0, "{p}");
+    assert_eq!(
+        c.vm("ctr")["status"]["node"],
+        "edge-1",
+        "a dry run moved the VM"
+    );
+    let p = c.json(&["plan", "--apply"]);
+    assert_eq!(p["started"].as_array().unwrap().len(), 1, "{p}");
+    c.wait(Duration::from_secs(120), "the planned migration", || {
+        c.vm("ctr")["status"]["node"] == "aws-1"
+    });
+    let m = c.json(&["vm", "migrate", "ctr", "--to", "edge-1", "--wait"]);
+    assert_eq!(m["phase"], "done", "{m}");
+    let before = counters(&console(&c, "ctr")).last().copied().unwrap();
+    c.wait(
+        Duration::from_secs(30),
+        "the counter goes on after the planned moves",
+        || {
+            counters(&console(&c, "ctr"))
+                .last()
+                .is_some_and(|&n| n > before + 3)
+        },
+    );
     assert!(c.cli(&["vm", "rm", "ctr", "--wait"]).status.success());
     c.wait(Duration::from_secs(30), "no VMM left", || {
         c.vmm_pids().is_empty()

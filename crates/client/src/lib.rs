@@ -276,6 +276,24 @@ impl Client {
         .await
     }
 
+    /// The migration planner's proposal (`apply`: and start it).
+    pub async fn plan(&self, q: &PlanQuery, apply: bool) -> Result<PlanResponse, ClientError> {
+        let mut query = vec![format!("rebalance={}", q.rebalance)];
+        if let Some(i) = q.imbalance {
+            query.push(format!("imbalance={i}"));
+        }
+        if let Some(b) = q.battery_below {
+            query.push(format!("battery_below={b}"));
+        }
+        let (method, path) = if apply {
+            (Method::POST, "/v1/plan/apply")
+        } else {
+            (Method::GET, "/v1/plan")
+        };
+        self.must::<(), _>(method, &format!("{path}?{}", query.join("&")), None)
+            .await
+    }
+
     /// Creates a tenant token.
     pub async fn token_create(
         &self,

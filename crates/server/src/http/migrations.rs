@@ -93,7 +93,12 @@ pub async fn migrate(
 }
 
 /// Records a migration of `vm` from `from` to `to`.
-async fn start(state: &AppState, vm: &Vm, from: NodeId, to: NodeId) -> Result<Migration, ApiError> {
+pub(super) async fn start(
+    state: &AppState,
+    vm: &Vm,
+    from: NodeId,
+    to: NodeId,
+) -> Result<Migration, ApiError> {
     let m = Migration {
         vm: vm.id.clone(),
         from,

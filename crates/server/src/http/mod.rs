@@ -5,6 +5,7 @@ mod admin;
 mod agent;
 mod meta;
 mod migrations;
+mod plan;
 mod vm_ops;
 mod vms;
 
@@ -48,6 +49,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/nodes/{node}/cordon", post(admin::cordon))
         .route("/v1/nodes/{node}/uncordon", post(admin::uncordon))
         .route("/v1/nodes/{node}/drain", post(migrations::drain))
+        .route("/v1/plan", get(plan::show))
+        .route("/v1/plan/apply", post(plan::apply))
         .route("/v1/tokens", post(admin::create_token))
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/agent/enroll", post(agent::enroll))
@@ -216,6 +219,8 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         vm_ops::stats,
         migrations::migrate,
         migrations::drain,
+        plan::show,
+        plan::apply,
         migrations::get,
         migrations::upload,
         migrations::download,
