@@ -144,6 +144,10 @@ pub struct UpArgs {
     /// The fleet's topology and prices (TOML; see docs/topology.example.toml).
     #[arg(long, env = "FIREFLEET_TOPOLOGY")]
     pub topology: Option<PathBuf>,
+    /// Plan and start migrations for low-battery and overloaded nodes this often (0: only on
+    /// `firefleet plan --apply`).
+    #[arg(long, default_value_t = 0)]
+    pub rebalance_every_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +169,10 @@ pub struct ServerArgs {
     /// The fleet's topology and prices (TOML; see docs/topology.example.toml).
     #[arg(long, env = "FIREFLEET_TOPOLOGY")]
     pub topology: Option<PathBuf>,
+    /// Plan and start migrations for low-battery and overloaded nodes this often (0: only on
+    /// `firefleet plan --apply`).
+    #[arg(long, default_value_t = 0)]
+    pub rebalance_every_secs: u64,
 }
 
 /// Node failure detection.

@@ -73,6 +73,8 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
         dns_names: a.dns_names,
         node_timers: a.node_timers.timers(),
         topology: load_topology(a.topology.as_deref())?,
+        rebalance_every: (a.rebalance_every_secs > 0)
+            .then(|| Duration::from_secs(a.rebalance_every_secs)),
     })
     .await
     .context("starting the server")?;
@@ -134,6 +136,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         dns_names: vec![],
         node_timers: firefleet_server::NodeTimers::default(),
         topology: load_topology(a.topology.as_deref())?,
+        rebalance_every: (a.rebalance_every_secs > 0)
+            .then(|| Duration::from_secs(a.rebalance_every_secs)),
     })
     .await
     .context("starting the server")?;

@@ -181,6 +181,78 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
     for vm in ["eu", "mars"] {
         ok(&c, &["vm", "rm", vm, "--wait"]);
     }
+
+    // Automatic rebalancing: with `--rebalance-every-secs`, a VM on an edge node whose battery
+    // runs low is moved off without anyone asking.
+    ok(
+        &c,
+        &[
+            "vm",
+            "run",
+            "--name",
+            "bat",
+            "--allow-cloud",
+            "edge",
+            "--cmd",
+            COUNTER,
+        ],
+    );
+    let v = c.wait_phase("bat", "running", BOOT);
+    assert_eq!(v["status"]["node"], "edge-1");
+    c.kill_server();
+    c.server_args
+        .extend(["--rebalance-every-secs".to_owned(), "2".to_owned()]);
+    c.start_server();
+    c.kill_agent("edge-1");
+    c.agent_args = vec!["--power".into(), "battery:5".into()];
+    c.start_agent("edge-1", &nodes[2].1, 2);
+    c.agent_args.clear();
+    // Its residency allows only the edge cloud: nowhere to go, so it stays.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(c.vm("bat")["status"]["node"], "edge-1");
+    let p = c.json(&["plan"]);
+    assert!(
+        p["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["vm"] == "bat" && n["why"].as_str().unwrap_or("").contains("stays")),
+        "{p}"
+    );
+    ok(&c, &["vm", "rm", "bat", "--wait"]);
+    ok(
+        &c,
+        &[
+            "vm",
+            "run",
+            "--name",
+            "bat2",
+            "--node-selector",
+            "cloud=edge",
+            "--cmd",
+            COUNTER,
+        ],
+    );
+    // A node selector is a hard constraint too; without one, the VM leaves the battery node.
+    let v = c.wait_phase("bat2", "running", BOOT);
+    assert_eq!(v["status"]["node"], "edge-1");
+    ok(&c, &["vm", "rm", "bat2", "--wait"]);
+    ok(&c, &["node", "cordon", "aws-1"]);
+    ok(&c, &["node", "cordon", "gcp-1"]);
+    ok(&c, &["vm", "run", "--name", "bat3", "--cmd", COUNTER]);
+    let v = c.wait_phase("bat3", "running", BOOT);
+    assert_eq!(v["status"]["node"], "edge-1");
+    ok(&c, &["node", "uncordon", "aws-1"]);
+    ok(&c, &["node", "uncordon", "gcp-1"]);
+    c.wait(
+        Duration::from_secs(120),
+        "the rebalancer moves the VM off the battery node",
+        || {
+            let v = c.vm("bat3");
+            v["status"]["node"] != "edge-1" && v["status"]["phase"] == "running"
+        },
+    );
+    ok(&c, &["vm", "rm", "bat3", "--wait"]);
     c.wait(Duration::from_secs(30), "no VMM left", || {
         c.vmm_pids().is_empty()
     });

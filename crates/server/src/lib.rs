@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub node_timers: NodeTimers,
     /// The fleet's topology and prices (placement scores cost, latency and edge power from it).
     pub topology: firefleet_types::fleet::FleetTopology,
+    /// Plan and start migrations for the triggers in force (low battery, imbalance) this often;
+    /// none: only when asked (`firefleet plan --apply`).
+    pub rebalance_every: Option<Duration>,
 }
 
 /// Shared state of every handler and controller.
@@ -188,6 +191,13 @@ impl Server {
             router,
             shutdown_rx.clone(),
         ))];
+        if let Some(period) = config.rebalance_every {
+            tasks.push(controllers::rebalance::spawn(
+                state.clone(),
+                shutdown_rx.clone(),
+                period,
+            ));
+        }
         tasks.extend(controllers::spawn_all(state.clone(), shutdown_rx));
         tracing::info!(%addr, "firefleet server listening");
         Ok(Server {

@@ -26,6 +26,7 @@ impl Fixture {
             dns_names: vec![],
             node_timers: Default::default(),
             topology: Default::default(),
+            rebalance_every: None,
         })
         .await
         .unwrap();

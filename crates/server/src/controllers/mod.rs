@@ -5,6 +5,7 @@
 
 mod compaction;
 mod nodes;
+pub(crate) mod rebalance;
 pub(crate) mod scheduling;
 
 use std::{future::Future, time::Duration};

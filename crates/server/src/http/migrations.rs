@@ -93,7 +93,7 @@ pub async fn migrate(
 }
 
 /// Records a migration of `vm` from `from` to `to`.
-pub(super) async fn start(
+pub(crate) async fn start(
     state: &AppState,
     vm: &Vm,
     from: NodeId,

@@ -4,8 +4,8 @@
 mod admin;
 mod agent;
 mod meta;
-mod migrations;
-mod plan;
+pub(crate) mod migrations;
+pub(crate) mod plan;
 mod vm_ops;
 mod vms;
 

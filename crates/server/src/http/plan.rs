@@ -32,7 +32,10 @@ fn trigger_name(t: &Trigger) -> &'static str {
 }
 
 /// Plans with the fleet as stored; returns the plan and the VMs it is about.
-async fn make_plan(state: &AppState, q: &PlanQuery) -> Result<(Plan, Vec<Vm>), ApiError> {
+pub(crate) async fn make_plan(
+    state: &AppState,
+    q: &PlanQuery,
+) -> Result<(Plan, Vec<Vm>), ApiError> {
     let imbalance = q.imbalance.unwrap_or(DEFAULT_IMBALANCE);
     if !(imbalance > 0.0 && imbalance <= 1.0) {
         return Err(ApiError::Validation(firefleet_types::ValidationError::new(
