@@ -55,6 +55,8 @@ fn failed(message: String) -> MigrationReport {
         paused_ms: None,
         resumed_ms: None,
         message: Some(message),
+        kernel_cmdline: None,
+        vmm_downtime_ms: None,
     }
 }
 
@@ -76,6 +78,8 @@ pub fn send(
                 paused_ms: Some(now_ms()),
                 resumed_ms: None,
                 message: None,
+                kernel_cmdline: None,
+                vmm_downtime_ms: None,
             };
             report(handle, client, vm, &paused);
             rt.snapshot(vm, name, true)
@@ -218,6 +222,8 @@ pub fn restore(
                     paused_ms: None,
                     resumed_ms: Some(resumed),
                     message: None,
+                    kernel_cmdline: None,
+                    vmm_downtime_ms: None,
                 },
             );
             Ok(())
@@ -252,6 +258,182 @@ fn readdress(rt: &dyn Runtime, vm: &str, net: &firefleet_vmm::net::NetAttachment
         ),
         Err(e) => {
             tracing::warn!(vm, error = %firefleet_types::error_chain(&e), "re-addressing the guest failed")
+        }
+    }
+}
+
+/// The source's part of a live migration: say how the VM was booted, then let QEMU stream its
+/// state (pre-copy, the guest running until the last round) to the server, which forwards it
+/// to the destination. If QEMU's migration fails the guest simply goes on here.
+pub fn send_live(
+    handle: &tokio::runtime::Handle,
+    client: &Client,
+    qemu: &firefleet_vmm::QemuRuntime,
+    m: &MigrationIntent,
+) {
+    use futures::StreamExt;
+    let vm = m.migration.vm.as_str().to_owned();
+    let result = (|| -> Result<(firefleet_vmm::qemu::snapshot::LiveStats, u64), String> {
+        let cmdline = qemu
+            .booted_kernel_cmdline(&vm)
+            .map_err(|e| format!("kernel command line: {}", firefleet_types::error_chain(&e)))?;
+        report(
+            handle,
+            client,
+            &vm,
+            &MigrationReport {
+                phase: MigrationPhase::Transferring,
+                paused_ms: None,
+                resumed_ms: None,
+                message: None,
+                kernel_cmdline: Some(cmdline),
+                vmm_downtime_ms: None,
+            },
+        );
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
+        ours.set_nonblocking(true)
+            .map_err(|e| format!("socket pair: {e}"))?;
+        let upload = {
+            let _guard = handle.enter();
+            let reader =
+                tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket pair: {e}"))?;
+            let stream = tokio_util::io::ReaderStream::new(reader).map(|r| r.map(|b| b.to_vec()));
+            let client = client.clone();
+            let vm = vm.clone();
+            handle.spawn(async move { client.migration_live_send(&vm, stream).await })
+        };
+        let stats = qemu.live_send(&vm, &theirs);
+        let completed_ms = now_ms();
+        // End of stream for the upload (QEMU closed its copy when it finished).
+        drop(theirs);
+        if stats.is_ok() {
+            // The guest is stopped here now: its console is final. The destination continues it.
+            let console = std::fs::read(qemu.vm_dir(&vm).join("console.log")).unwrap_or_default();
+            if let Err(e) = handle.block_on(client.migration_console_put(&vm, console)) {
+                tracing::warn!(vm, error = %e, "sending the console failed");
+            }
+        }
+        let uploaded = handle.block_on(upload);
+        let stats =
+            stats.map_err(|e| format!("migration: {}", firefleet_types::error_chain(&e)))?;
+        match uploaded {
+            Ok(Ok(())) => Ok((stats, completed_ms)),
+            Ok(Err(e)) => Err(format!("stream: {}", firefleet_types::error_chain(&e))),
+            Err(e) => Err(format!("stream: {e}")),
+        }
+    })();
+    match result {
+        Ok((stats, completed_ms)) => {
+            tracing::info!(vm, ?stats, "live migration sent");
+            report(
+                handle,
+                client,
+                &vm,
+                &MigrationReport {
+                    phase: MigrationPhase::Restoring,
+                    // The guest stopped here for the last round.
+                    paused_ms: Some(completed_ms.saturating_sub(stats.downtime_ms)),
+                    resumed_ms: None,
+                    message: None,
+                    kernel_cmdline: None,
+                    vmm_downtime_ms: Some(stats.downtime_ms),
+                },
+            );
+        }
+        Err(e) => {
+            tracing::warn!(vm, error = %e, "live migration: sending failed");
+            report(handle, client, &vm, &failed(format!("source: {e}")));
+        }
+    }
+}
+
+/// The destination's part of a live migration: a VMM waiting for the incoming state, fed with
+/// the stream the server forwards; once the guest runs here, re-address it and report.
+pub fn receive_live(
+    handle: &tokio::runtime::Handle,
+    client: &Client,
+    qemu: &firefleet_vmm::QemuRuntime,
+    m: &MigrationIntent,
+    cfg: &LaunchConfig,
+) -> Result<(), String> {
+    let vm = m.migration.vm.as_str();
+    let result = (|| -> Result<u64, String> {
+        let cmdline = m
+            .migration
+            .kernel_cmdline
+            .clone()
+            .ok_or("the source did not say how the VM was booted")?;
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
+        qemu.live_receive(cfg, &cmdline, &theirs)
+            .map_err(|e| format!("incoming VMM: {}", firefleet_types::error_chain(&e)))?;
+        drop(theirs);
+        ours.set_nonblocking(true)
+            .map_err(|e| format!("socket pair: {e}"))?;
+        let bytes = handle.block_on(async {
+            let mut writer =
+                tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket pair: {e}"))?;
+            client
+                .migration_live_receive(vm, &mut writer)
+                .await
+                .map_err(|e| format!("stream: {}", firefleet_types::error_chain(&e)))
+        })?;
+        qemu.live_wait_incoming(vm, Duration::from_secs(60))
+            .map_err(|e| format!("incoming state: {}", firefleet_types::error_chain(&e)))?;
+        // The source's console first (same stream, same offsets), then let the guest run.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let console = loop {
+            match handle.block_on(client.migration_console_get(vm)) {
+                Ok(Some(c)) => break c,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => break Vec::new(),
+                Err(e) => return Err(format!("console: {}", firefleet_types::error_chain(&e))),
+            }
+        };
+        {
+            use std::io::Write as _;
+            let path = qemu.vm_dir(vm).join("console.log");
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            f.write_all(&console)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        qemu.resume(vm)
+            .map_err(|e| format!("resume: {}", firefleet_types::error_chain(&e)))?;
+        let resumed = now_ms();
+        tracing::info!(vm, bytes, "live migration received");
+        if let Some(net) = &cfg.net {
+            readdress(qemu, vm, net);
+        }
+        Ok(resumed)
+    })();
+    match result {
+        Ok(resumed) => {
+            report(
+                handle,
+                client,
+                vm,
+                &MigrationReport {
+                    phase: MigrationPhase::Done,
+                    paused_ms: None,
+                    resumed_ms: Some(resumed),
+                    message: None,
+                    kernel_cmdline: None,
+                    vmm_downtime_ms: None,
+                },
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(vm, error = %e, "live migration: receiving failed");
+            report(handle, client, vm, &failed(format!("destination: {e}")));
+            Err(e)
         }
     }
 }

@@ -374,8 +374,12 @@ impl Ops {
                 result: crate::guest::exec(rt, vm, &rec),
             }),
             Op::MigrateOut(m) => {
-                let dir = self.runtimes.vm_dir(vm);
-                crate::migrate::send(handle, &self.client, rt, &dir, &m);
+                if m.migration.mode == firefleet_types::MigrationMode::Live {
+                    crate::migrate::send_live(handle, &self.client, self.runtimes.qemu(), &m);
+                } else {
+                    let dir = self.runtimes.vm_dir(vm);
+                    crate::migrate::send(handle, &self.client, rt, &dir, &m);
+                }
                 None
             }
             Op::MigrateIn {
@@ -396,6 +400,15 @@ impl Ops {
                     });
                 let dir = self.runtimes.dir_for(kind, vm);
                 let done = match prepared {
+                    Ok(cfg) if migration.migration.mode == firefleet_types::MigrationMode::Live => {
+                        crate::migrate::receive_live(
+                            handle,
+                            &self.client,
+                            self.runtimes.qemu(),
+                            &migration,
+                            &cfg,
+                        )
+                    }
                     Ok(cfg) => {
                         crate::migrate::restore(handle, &self.client, rt, &dir, &migration, &cfg)
                     }
@@ -406,6 +419,8 @@ impl Ops {
                             paused_ms: None,
                             resumed_ms: None,
                             message: Some(msg.clone()),
+                            kernel_cmdline: None,
+                            vmm_downtime_ms: None,
                         };
                         let _ = handle.block_on(self.client.migration_report(vm, &r));
                         Err(msg)

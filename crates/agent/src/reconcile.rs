@@ -211,7 +211,14 @@ impl Reconciler {
                     self.ops
                         .spawn(vm.clone(), vm, Op::MigrateOut(Box::new(m.clone())));
                 }
-                firefleet_types::MigrationPhase::Restoring if !ours => {
+                firefleet_types::MigrationPhase::Restoring
+                | firefleet_types::MigrationPhase::Transferring
+                    if !ours
+                        && (m.migration.phase == firefleet_types::MigrationPhase::Restoring)
+                            == (m.migration.mode == firefleet_types::MigrationMode::Snapshot)
+                        && (m.migration.mode == firefleet_types::MigrationMode::Snapshot
+                            || m.migration.kernel_cmdline.is_some()) =>
+                {
                     let intent = VmIntent {
                         id: m.migration.vm.clone(),
                         generation: m.migration.generation,
@@ -240,6 +247,8 @@ impl Reconciler {
                                 paused_ms: None,
                                 resumed_ms: None,
                                 message: Some(format!("destination: {e}")),
+                                kernel_cmdline: None,
+                                vmm_downtime_ms: None,
                             };
                             if let Err(e) = self.client.migration_report(&vm, &r).await {
                                 tracing::warn!(%vm, error = %e, "reporting a migration failure failed");

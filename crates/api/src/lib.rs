@@ -221,6 +221,9 @@ pub struct MigrationIntent {
 pub struct MigrateRequest {
     /// The destination node.
     pub to: String,
+    /// Move it by snapshot even where a live migration is possible.
+    #[serde(default)]
+    pub by_snapshot: bool,
 }
 
 /// What `POST /v1/nodes/{node}/drain` started.
@@ -323,6 +326,12 @@ pub struct MigrationReport {
     /// Why it failed.
     #[serde(default)]
     pub message: Option<String>,
+    /// Source, live: the kernel command line the VM was booted with.
+    #[serde(default)]
+    pub kernel_cmdline: Option<String>,
+    /// Source, live: the guest's stop time as the VMM measured it, ms.
+    #[serde(default)]
+    pub vmm_downtime_ms: Option<u64>,
 }
 
 /// `POST /v1/vms/{vm}/snapshots`.

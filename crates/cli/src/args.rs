@@ -348,6 +348,10 @@ pub enum VmCommand {
         /// Longest wait in seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// Move it by snapshot (paused for the whole transfer) even where a live (pre-copy)
+        /// migration is possible.
+        #[arg(long)]
+        by_snapshot: bool,
     },
     /// Run a command in a VM's guest and print its output; exits with the command's status.
     Exec {

@@ -124,8 +124,9 @@ pub async fn vm(g: &Global, cmd: VmCommand) -> anyhow::Result<()> {
             to,
             wait,
             timeout,
+            by_snapshot,
         } => {
-            let m = c.vm_migrate(&vm, &to).await?;
+            let m = c.vm_migrate(&vm, &to, by_snapshot).await?;
             let m = if wait {
                 wait_migration(&c, &vm, g.output, Duration::from_secs(timeout)).await?
             } else {

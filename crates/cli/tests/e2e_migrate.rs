@@ -63,10 +63,16 @@ fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
     let m = c.json(&["vm", "migrate", "ctr", "--to", "aws-1", "--wait"]);
     assert_eq!(m["phase"], "done", "{m}\n{}", c.logs());
     let total = m["resumed_ms"].as_u64().unwrap() - m["requested_ms"].as_u64().unwrap();
+    assert_eq!(m["mode"], "live", "{m}");
+    let vmm_downtime = m["vmm_downtime_ms"]
+        .as_u64()
+        .expect("the source reports QEMU's downtime");
     let downtime = m["resumed_ms"].as_u64().unwrap() - m["paused_ms"].as_u64().unwrap();
+    assert!(vmm_downtime <= downtime && downtime < total, "{m}");
     eprintln!(
-        "migration edge-1 -> aws-1: total {total} ms, downtime {downtime} ms, {} MiB moved",
-        m["bytes"].as_u64().unwrap() >> 20
+        "live migration edge-1 -> aws-1: total {total} ms (request to running there), guest \
+         stopped {downtime} ms end to end ({vmm_downtime} ms of it in QEMU's final round), {} MiB",
+        m["bytes"].as_u64().unwrap_or(0) >> 20
     );
     let v = c.vm("ctr");
     assert_eq!(v["status"]["node"], "aws-1", "{v}");
@@ -109,6 +115,15 @@ fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
     // Drain the cloud node: the VM goes back to the edge node, the node stays cordoned.
     let d = c.json(&["node", "drain", "aws-1", "--wait"]);
     assert_eq!(d["migrations"][0]["phase"], "done", "{d}\n{}", c.logs());
+    assert_eq!(d["migrations"][0]["mode"], "snapshot", "{d}");
+    eprintln!(
+        "snapshot migration aws-1 -> edge-1 (drain): total {} ms, downtime {} ms, {} MiB moved",
+        d["migrations"][0]["resumed_ms"].as_u64().unwrap()
+            - d["migrations"][0]["requested_ms"].as_u64().unwrap(),
+        d["migrations"][0]["resumed_ms"].as_u64().unwrap()
+            - d["migrations"][0]["paused_ms"].as_u64().unwrap(),
+        d["migrations"][0]["bytes"].as_u64().unwrap_or(0) >> 20
+    );
     assert_eq!(d["migrations"][0]["to"], "edge-1", "{d}");
     assert!(d["stuck"].as_array().unwrap().is_empty(), "{d}");
     assert_eq!(c.vm("ctr")["status"]["node"], "edge-1");

@@ -457,13 +457,80 @@ impl Client {
     }
 
     /// Asks for a VM to be migrated to node `to` (admin).
-    pub async fn vm_migrate(&self, vm: &str, to: &str) -> Result<Migration, ClientError> {
+    pub async fn vm_migrate(
+        &self,
+        vm: &str,
+        to: &str,
+        by_snapshot: bool,
+    ) -> Result<Migration, ClientError> {
         self.must(
             Method::POST,
             &format!("/v1/vms/{}/migrate", enc(vm)),
-            Some(&MigrateRequest { to: to.to_owned() }),
+            Some(&MigrateRequest {
+                to: to.to_owned(),
+                by_snapshot,
+            }),
         )
         .await
+    }
+
+    /// Agent, live migration source: streams the VMM's migration output to the server, which
+    /// forwards it to the destination as it comes.
+    pub async fn migration_live_send<S>(&self, vm: &str, stream: S) -> Result<(), ClientError>
+    where
+        S: futures::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static,
+    {
+        let url = format!("{}/v1/agent/migrations/{}/live", self.base, enc(vm));
+        let req = self
+            .http
+            .put(&url)
+            .timeout(TRANSFER_TIMEOUT)
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream));
+        self.finish::<serde_json::Value>(url, req).await.map(drop)
+    }
+
+    /// Agent, live migration destination: the source's stream, as the server forwards it,
+    /// written to `out`; returns the bytes.
+    pub async fn migration_live_receive<W>(&self, vm: &str, out: &mut W) -> Result<u64, ClientError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+        let url = format!("{}/v1/agent/migrations/{}/live", self.base, enc(vm));
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let mut resp = self
+            .http
+            .get(&url)
+            .timeout(TRANSFER_TIMEOUT)
+            .send()
+            .await
+            .map_err(transport)?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Api {
+                status,
+                code: "http".to_owned(),
+                message: body.chars().take(300).collect(),
+                field: None,
+            });
+        }
+        let mut n = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| ClientError::Decode {
+                    url: url.clone(),
+                    detail: format!("feeding the VMM: {e}"),
+                })?;
+            n += chunk.len() as u64;
+        }
+        let _ = out.shutdown().await;
+        Ok(n)
     }
 
     /// A VM's current or last migration.
@@ -531,6 +598,52 @@ impl Client {
             n += chunk.len() as u64;
         }
         Ok(n)
+    }
+
+    /// Agent, live migration source: sends its console as it was when the guest stopped.
+    pub async fn migration_console_put(&self, vm: &str, data: Vec<u8>) -> Result<(), ClientError> {
+        let url = format!("{}/v1/agent/migrations/{}/console", self.base, enc(vm));
+        let req = self
+            .http
+            .put(&url)
+            .header("content-type", "application/octet-stream")
+            .body(data);
+        self.finish::<serde_json::Value>(url, req).await.map(drop)
+    }
+
+    /// Agent, live migration destination: the source's console, once it was sent (`None`
+    /// before).
+    pub async fn migration_console_get(&self, vm: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        let url = format!("{}/v1/agent/migrations/{}/console", self.base, enc(vm));
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: "http".to_owned(),
+                message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                field: None,
+            });
+        }
+        Ok(Some(bytes.to_vec()))
     }
 
     /// Agent: reports a migration step.

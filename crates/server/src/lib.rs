@@ -92,6 +92,8 @@ pub(crate) struct AppState {
     pub topology: Arc<firefleet_types::fleet::FleetTopology>,
     /// The server's data directory (store, CA, migration transfers).
     pub data_dir: PathBuf,
+    /// Live migrations' destinations waiting for their source's stream.
+    pub live: Arc<http::migrations::LiveRelay>,
 }
 
 /// Errors starting the server.
@@ -167,6 +169,7 @@ impl Server {
             node_timers: config.node_timers,
             topology: Arc::new(config.topology.clone()),
             data_dir: dir.to_path_buf(),
+            live: Arc::default(),
         };
         bootstrap_admin(&state, dir)
             .await

@@ -17,7 +17,7 @@ pub mod validate;
 pub mod vm;
 
 pub use ids::{NodeId, TenantId, VmId};
-pub use migration::{Migration, MigrationPhase};
+pub use migration::{Migration, MigrationMode, MigrationPhase};
 pub use node::{Accel, NodeFacts, NodeInfo, NodeNetworkFacts, NodeStatus};
 pub use resources::Resources;
 pub use snapshot::{Snapshot, SnapshotPhase};

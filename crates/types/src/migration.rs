@@ -43,6 +43,27 @@ impl MigrationPhase {
     }
 }
 
+/// How the VM's state moves.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationMode {
+    /// Paused, snapshotted, transferred, restored: downtime is the whole transfer.
+    #[default]
+    Snapshot,
+    /// Pre-copy: memory is copied while the guest runs; it stops only for the last round.
+    Live,
+}
+
 /// A migration of one VM (at most one at a time per VM).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Migration {
@@ -79,6 +100,15 @@ pub struct Migration {
     /// Why it failed, or what it is doing.
     #[serde(default)]
     pub message: Option<String>,
+    /// Snapshot or live.
+    #[serde(default)]
+    pub mode: MigrationMode,
+    /// The kernel command line the VM was booted with (live: the destination passes the same).
+    #[serde(default)]
+    pub kernel_cmdline: Option<String>,
+    /// The guest's stop time as the VMM measured it (live), ms.
+    #[serde(default)]
+    pub vmm_downtime_ms: Option<u64>,
 }
 
 impl Migration {

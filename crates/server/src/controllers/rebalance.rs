@@ -40,7 +40,8 @@ async fn tick(state: &AppState) -> Result<(), ApiError> {
         let Some(vm) = vms.iter().find(|v| v.id == m.vm) else {
             continue;
         };
-        match crate::http::migrations::start(state, vm, m.from.clone(), m.to.clone()).await {
+        let mode = crate::http::plan::mode_for(vm);
+        match crate::http::migrations::start(state, vm, m.from.clone(), m.to.clone(), mode).await {
             Ok(_) => {
                 tracing::info!(vm = %vm.id, from = %m.from, to = %m.to, reason = %m.reason, "rebalancing")
             }

@@ -17,7 +17,8 @@ use axum::{
 use firefleet_api::{DrainResponse, ErrorBody, MigrateRequest, MigrationReport, StuckVm};
 use firefleet_scheduler::{place, Placement, Weights};
 use firefleet_types::{
-    node::NodeReadiness, Migration, MigrationPhase, NodeId, NodeInfo, Vm, VmId, VmPhase,
+    node::NodeReadiness, Migration, MigrationMode, MigrationPhase, NodeId, NodeInfo, Vm, VmId,
+    VmPhase,
 };
 use futures::StreamExt;
 use rand::SeedableRng;
@@ -88,7 +89,17 @@ pub async fn migrate(
             }
         )));
     }
-    let m = start(&state, &vm, from, to).await?;
+    // Live where both ends run QEMU and the VM has no writable disk (its blocks would have to
+    // move too); otherwise by snapshot.
+    let live = !req.by_snapshot
+        && vm.spec.runtime == firefleet_types::VmRuntime::Qemu
+        && vm.spec.disks.iter().all(|d| d.read_only);
+    let mode = if live {
+        MigrationMode::Live
+    } else {
+        MigrationMode::Snapshot
+    };
+    let m = start(&state, &vm, from, to, mode).await?;
     Ok((StatusCode::ACCEPTED, Json(m)))
 }
 
@@ -98,6 +109,7 @@ pub(crate) async fn start(
     vm: &Vm,
     from: NodeId,
     to: NodeId,
+    mode: MigrationMode,
 ) -> Result<Migration, ApiError> {
     let m = Migration {
         vm: vm.id.clone(),
@@ -112,6 +124,9 @@ pub(crate) async fn start(
         resumed_ms: None,
         bytes: None,
         message: None,
+        mode,
+        kernel_cmdline: None,
+        vmm_downtime_ms: None,
     };
     repo::create_migration(state, &m).await?;
     tracing::info!(vm = %m.vm, from = %m.from, to = %m.to, "migration requested");
@@ -162,7 +177,7 @@ pub async fn drain(
         match p {
             Placement::Placed { vm, node: to } => {
                 if let Some(v) = moving.iter().find(|v| v.id == vm) {
-                    match start(&state, v, id.clone(), to).await {
+                    match start(&state, v, id.clone(), to, MigrationMode::Snapshot).await {
                         Ok(m) => out.migrations.push(m),
                         Err(e) => out.stuck.push(StuckVm {
                             vm: v.spec.name.clone(),
@@ -335,12 +350,15 @@ pub async fn report(
             let _ = tokio::fs::remove_file(transfer_path(&state, &m)).await;
             tracing::warn!(vm = %m.vm, %node, message = ?r.message, "migration failed");
         }
-        MigrationPhase::Transferring if m.from == node => {
-            // The source paused the VM: downtime starts.
+        MigrationPhase::Transferring | MigrationPhase::Restoring if m.from == node => {
+            // The source paused the VM (snapshot: downtime starts), or says how it was booted
+            // (live: the destination needs it), or what its VMM measured.
             repo::update_migration(&state, &m.vm, |m| {
-                let changed = m.paused_ms.is_none() && r.paused_ms.is_some();
+                let before = m.clone();
                 m.paused_ms = m.paused_ms.or(r.paused_ms);
-                Ok(changed)
+                m.kernel_cmdline = m.kernel_cmdline.take().or(r.kernel_cmdline.clone());
+                m.vmm_downtime_ms = m.vmm_downtime_ms.or(r.vmm_downtime_ms);
+                Ok(*m != before)
             })
             .await?;
         }
@@ -359,7 +377,8 @@ async fn switch(state: &AppState, m: &Migration, r: &MigrationReport) -> Result<
     if m.phase == MigrationPhase::Done {
         return Ok(());
     }
-    if m.phase != MigrationPhase::Restoring {
+    let live_done = m.mode == MigrationMode::Live && m.phase == MigrationPhase::Transferring;
+    if m.phase != MigrationPhase::Restoring && !live_done {
         return Err(ApiError::Conflict(format!(
             "migration of vm {} is {:?}, not restoring",
             m.vm, m.phase
@@ -390,7 +409,205 @@ async fn switch(state: &AppState, m: &Migration, r: &MigrationReport) -> Result<
     })
     .await?;
     let _ = tokio::fs::remove_file(transfer_path(state, m)).await;
+    let _ = tokio::fs::remove_file(console_path(state, m)).await;
     state.kick.notify_waiters();
     tracing::info!(vm = %vm.id, from = %m.from, to = %m.to, "migration done");
     Ok(())
+}
+
+/// How long one side of a live migration waits for the other to connect.
+const LIVE_RENDEZVOUS: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A live migration's stream handed from the source's upload to the destination's download.
+type LiveStream = futures::stream::BoxStream<'static, Result<axum::body::Bytes, axum::Error>>;
+
+/// Destinations waiting for their source's stream, by VM.
+#[derive(Default)]
+pub(crate) struct LiveRelay {
+    waiting:
+        std::sync::Mutex<std::collections::HashMap<VmId, tokio::sync::oneshot::Sender<LiveStream>>>,
+}
+
+/// Signals when the stream it wraps has been read to its end or dropped.
+struct Watched {
+    inner: LiveStream,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl futures::Stream for Watched {
+    type Item = Result<axum::body::Bytes, axum::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let r = self.inner.as_mut().poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(chunk))) = &r {
+            self.bytes
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let std::task::Poll::Ready(None) = r {
+            if let Some(d) = self.done.take() {
+                let _ = d.send(());
+            }
+        }
+        r
+    }
+}
+
+/// Live migration, destination: the source's VMM stream, forwarded as it arrives.
+#[utoipa::path(get, path = "/v1/agent/migrations/{vm}/live", security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id")),
+    responses((status = 200, content_type = "application/octet-stream", body = String), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn live_receive(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path(vm): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let m = migration_for(&state, &vm).await?;
+    if m.to != node || m.mode != MigrationMode::Live {
+        return Err(ApiError::Forbidden(format!(
+            "no live migration of vm {vm} to node {node}"
+        )));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if let Ok(mut w) = state.live.waiting.lock() {
+        w.insert(m.vm.clone(), tx);
+    }
+    let stream = tokio::time::timeout(LIVE_RENDEZVOUS, rx)
+        .await
+        .map_err(|_| {
+            ApiError::Conflict(format!(
+                "the source of vm {vm} did not start sending within {} s",
+                LIVE_RENDEZVOUS.as_secs()
+            ))
+        })?
+        .map_err(|_| ApiError::Conflict(format!("live migration of vm {vm} abandoned")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(stream),
+    ))
+}
+
+/// Live migration, source: the VMM's migration stream, forwarded to the waiting destination.
+/// Answers once the destination has read all of it.
+#[utoipa::path(put, path = "/v1/agent/migrations/{vm}/live", security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id")),
+    request_body(content = String, content_type = "application/octet-stream"),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn live_send(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path(vm): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let m = migration_for(&state, &vm).await?;
+    if m.from != node || m.mode != MigrationMode::Live {
+        return Err(ApiError::Forbidden(format!(
+            "no live migration of vm {vm} from node {node}"
+        )));
+    }
+    let deadline = tokio::time::Instant::now() + LIVE_RENDEZVOUS;
+    let tx = loop {
+        let waiting = state
+            .live
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(&m.vm));
+        if let Some(tx) = waiting {
+            break tx;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::Conflict(format!(
+                "the destination of vm {vm} did not connect within {} s",
+                LIVE_RENDEZVOUS.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watched = Watched {
+        inner: Box::pin(body.into_data_stream()),
+        done: Some(done_tx),
+        bytes: bytes.clone(),
+    };
+    if tx.send(Box::pin(watched)).is_err() {
+        return Err(ApiError::Conflict(format!(
+            "the destination of vm {vm} went away"
+        )));
+    }
+    // Ends when the destination has read the stream to its end (or dropped it).
+    let _ = done_rx.await;
+    let now = now_ms();
+    let moved = bytes.load(std::sync::atomic::Ordering::Relaxed);
+    repo::update_migration(&state, &m.vm, |m| {
+        let before = m.clone();
+        if m.phase == MigrationPhase::Transferring {
+            m.phase = MigrationPhase::Restoring;
+        }
+        m.transferred_ms = m.transferred_ms.or(Some(now));
+        m.bytes = m.bytes.or(Some(moved));
+        Ok(*m != before)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn console_path(state: &AppState, m: &Migration) -> PathBuf {
+    transfer_path(state, m).with_extension("console")
+}
+
+/// Live migration, source: its console as it was when the guest stopped there (the destination
+/// continues it, so that console offsets stay the same stream).
+#[utoipa::path(put, path = "/v1/agent/migrations/{vm}/console", security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id")),
+    request_body(content = String, content_type = "application/octet-stream"),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn console_put(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path(vm): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let m = migration_for(&state, &vm).await?;
+    if m.from != node {
+        return Err(ApiError::Forbidden(format!(
+            "migration of vm {vm} is not from node {node}"
+        )));
+    }
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading the console: {e}")))?;
+    let path = console_path(&state, &m);
+    let io = |e: std::io::Error| ApiError::Internal(format!("storing the console: {e}"));
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    }
+    let part = path.with_extension("console-part");
+    tokio::fs::write(&part, &bytes).await.map_err(io)?;
+    tokio::fs::rename(&part, &path).await.map_err(io)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Live migration, destination: the source's console (404 until the source has sent it).
+#[utoipa::path(get, path = "/v1/agent/migrations/{vm}/console", security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id")),
+    responses((status = 200, content_type = "application/octet-stream", body = String), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn console_get(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path(vm): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let m = migration_for(&state, &vm).await?;
+    if m.to != node {
+        return Err(ApiError::Forbidden(format!(
+            "migration of vm {vm} is not to node {node}"
+        )));
+    }
+    let bytes = tokio::fs::read(console_path(&state, &m))
+        .await
+        .map_err(|_| ApiError::not_found("migration console of vm", vm))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }

@@ -69,6 +69,14 @@ pub(crate) fn router(state: AppState) -> Router {
             put(migrations::upload).get(migrations::download),
         )
         .route("/v1/agent/migrations/{vm}/report", post(migrations::report))
+        .route(
+            "/v1/agent/migrations/{vm}/live",
+            put(migrations::live_send).get(migrations::live_receive),
+        )
+        .route(
+            "/v1/agent/migrations/{vm}/console",
+            put(migrations::console_put).get(migrations::console_get),
+        )
         .fallback(|| async {
             ApiError::NotFound {
                 kind: "route",
@@ -225,6 +233,10 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         migrations::upload,
         migrations::download,
         migrations::report,
+        migrations::live_send,
+        migrations::live_receive,
+        migrations::console_put,
+        migrations::console_get,
         admin::list_nodes,
         admin::get_node,
         admin::cordon,

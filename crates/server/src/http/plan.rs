@@ -162,6 +162,17 @@ fn response(plan: &Plan, vms: &[Vm]) -> PlanResponse {
     }
 }
 
+/// Live where possible (QEMU, no writable disk), else by snapshot.
+pub(crate) fn mode_for(vm: &Vm) -> firefleet_types::MigrationMode {
+    if vm.spec.runtime == firefleet_types::VmRuntime::Qemu
+        && vm.spec.disks.iter().all(|d| d.read_only)
+    {
+        firefleet_types::MigrationMode::Live
+    } else {
+        firefleet_types::MigrationMode::Snapshot
+    }
+}
+
 /// The migrations the planner would make now, and why (admin; changes nothing).
 #[utoipa::path(get, path = "/v1/plan", security(("bearer" = [])), params(PlanQuery),
     responses((status = 200, body = PlanResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -188,7 +199,8 @@ pub async fn apply(
         let Some(vm) = vms.iter().find(|v| v.id == m.vm) else {
             continue;
         };
-        match super::migrations::start(&state, vm, m.from.clone(), m.to.clone()).await {
+        match super::migrations::start(&state, vm, m.from.clone(), m.to.clone(), mode_for(vm)).await
+        {
             Ok(started) => out.started.push(started),
             Err(e) => out.notes.push(PlanNote {
                 vm: vm.spec.name.clone(),

@@ -36,6 +36,8 @@ pub struct ArgOptions {
     pub incoming: bool,
     /// Append to `console.log` instead of truncating it.
     pub append_console: bool,
+    /// Keep the vCPUs stopped once incoming state is loaded (`-S`), until `cont`.
+    pub start_paused: bool,
 }
 
 /// The host's TSC frequency in kHz: `$FIREFLEET_TSC_KHZ`, else `cpu MHz` of /proc/cpuinfo x 1000.
@@ -181,6 +183,9 @@ pub fn qemu_args_with(cfg: &LaunchConfig, tsc_khz: Option<u64>, opts: &ArgOption
             &format!("virtio-net-device,netdev=n0,mac={}", n.mac),
         ]);
     }
+    if opts.start_paused {
+        push(&["-S"]);
+    }
     if opts.incoming {
         push(&["-incoming", "defer"]);
     }
@@ -308,6 +313,7 @@ mod tests {
             &ArgOptions {
                 kernel_cmdline: Some("console=ttyS0 saved".into()),
                 incoming: true,
+                start_paused: false,
                 append_console: true,
             },
         );
