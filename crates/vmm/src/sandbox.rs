@@ -19,6 +19,50 @@ use std::{
 pub const QEMU_SECCOMP: &str =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
+/// Claims a uid for the VMM of the VM whose state directory is `state_dir`, host-wide: a uid is
+/// claimed by creating `UID_CLAIMS/<uid>` naming the state directory; a claim whose directory
+/// is gone (the VM was removed) is stale and reused; the same directory gets the same uid
+/// again. `None` when not root or the registry cannot be written.
+pub fn claim_uid(state_dir: &Path) -> Option<u32> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    claim_uid_except(state_dir, &std::collections::HashSet::new())
+}
+
+fn claim_uid_except(state_dir: &Path, used: &std::collections::HashSet<u32>) -> Option<u32> {
+    let claims = Path::new(UID_CLAIMS);
+    let _ = std::fs::create_dir_all(claims);
+    for uid in (UID_BASE..UID_BASE + UID_SLOTS).filter(|u| !used.contains(u)) {
+        let claim = claims.join(uid.to_string());
+        if let Ok(holder) = std::fs::read_to_string(&claim) {
+            let holder = Path::new(holder.trim());
+            if holder == state_dir {
+                return Some(uid);
+            }
+            if holder.exists() {
+                continue;
+            }
+            let _ = std::fs::remove_file(&claim);
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+        {
+            Ok(mut f) => {
+                use std::io::Write as _;
+                let _ = f.write_all(state_dir.to_string_lossy().as_bytes());
+                return Some(uid);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // No registry (read-only /run): the caller's own view only.
+            Err(_) => return Some(uid),
+        }
+    }
+    None
+}
+
 /// A VM's cgroup name: its id and a hash of the state root, so that two runtimes on one host
 /// (two agents, or two backends) never share a cgroup, and with it a memory limit, for one id.
 pub fn cgroup_name(state_root: &Path, id: &str) -> String {
@@ -320,39 +364,9 @@ impl Sandbox {
             }
         }
         // Other runtimes on this host (another agent, another backend) allocate from the same
-        // range: a uid is claimed host-wide by creating UID_CLAIMS/<uid> naming the VM's state
-        // directory. A claim whose directory is gone (the VM was removed) is stale and reused.
-        let state_dir = state_root.join(id);
-        let claims = Path::new(UID_CLAIMS);
-        let _ = std::fs::create_dir_all(claims);
-        for uid in (UID_BASE..UID_BASE + UID_SLOTS).filter(|u| !used.contains(u)) {
-            let claim = claims.join(uid.to_string());
-            if let Ok(holder) = std::fs::read_to_string(&claim) {
-                let holder = Path::new(holder.trim());
-                if holder == state_dir {
-                    return Ok(uid);
-                }
-                if holder.exists() {
-                    continue;
-                }
-                let _ = std::fs::remove_file(&claim);
-            }
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&claim)
-            {
-                Ok(mut f) => {
-                    use std::io::Write as _;
-                    let _ = f.write_all(state_dir.to_string_lossy().as_bytes());
-                    return Ok(uid);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                // No claim directory (read-only /run): fall back to this runtime's own view.
-                Err(_) => return Ok(uid),
-            }
-        }
-        Err(SandboxError::NoUid(id.to_owned()))
+        // range: the claim is host-wide.
+        claim_uid_except(&state_root.join(id), &used)
+            .ok_or_else(|| SandboxError::NoUid(id.to_owned()))
     }
 
     /// Prepares a VM's sandbox: its uid, its cgroups with limits (CPU: `vcpus` full CPUs; memory:

@@ -540,13 +540,25 @@ fn jailed_firecracker_boots_and_stops() {
     let jail = rt.run_dir("jailed");
     assert!(jail.join("api.sock").exists() && jail.join("vmlinux").is_file());
     assert_eq!(rt.describe("jailed").unwrap()["state"], "Running");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
-    assert!(
+    // A uid of its own, from the host-wide range (as root), else the configured one.
+    let uid_of = |pid: i32| -> u32 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status
             .lines()
-            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
-        "runs as the jail uid: {status}"
-    );
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse().ok())
+            .unwrap()
+    };
+    let want = firefleet_vmm::sandbox::claim_uid(&rt.vm_dir("jailed")).unwrap_or(65534);
+    assert_eq!(uid_of(p.pid), want, "runs as the VM's jail uid");
+    let (_g2, p2) = launch(&rt, "jailed2", None);
+    if nix::unistd::geteuid().is_root() {
+        assert!(want >= firefleet_vmm::sandbox::UID_BASE);
+        assert_ne!(uid_of(p2.pid), want, "two jailed VMs share a uid");
+    }
+    rt.stop("jailed2", Duration::from_secs(1)).unwrap();
+    assert_gone(p2);
     // The metrics file in the jail (made afresh for this process, owned by the jail uid).
     let io = rt.io_stats("jailed").unwrap();
     assert!(

@@ -177,7 +177,8 @@ pub async fn drain(
         match p {
             Placement::Placed { vm, node: to } => {
                 if let Some(v) = moving.iter().find(|v| v.id == vm) {
-                    match start(&state, v, id.clone(), to, MigrationMode::Snapshot).await {
+                    let mode = crate::http::plan::mode_for(v);
+                    match start(&state, v, id.clone(), to, mode).await {
                         Ok(m) => out.migrations.push(m),
                         Err(e) => out.stuck.push(StuckVm {
                             vm: v.spec.name.clone(),

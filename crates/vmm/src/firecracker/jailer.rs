@@ -33,16 +33,21 @@ pub(super) fn jail_root(j: &JailerConfig, firecracker: &Path, id: &str) -> PathB
     j.chroot_base_dir.join(exec_name).join(id).join("root")
 }
 
-pub(super) fn jailer_command(j: &JailerConfig, firecracker: &Path, id: &str) -> Command {
+pub(super) fn jailer_command(
+    j: &JailerConfig,
+    firecracker: &Path,
+    id: &str,
+    (uid, gid): (u32, u32),
+) -> Command {
     let mut c = Command::new(&j.jailer_bin);
     c.arg("--id")
         .arg(id)
         .arg("--exec-file")
         .arg(firecracker)
         .arg("--uid")
-        .arg(j.uid.to_string())
+        .arg(uid.to_string())
         .arg("--gid")
-        .arg(j.gid.to_string())
+        .arg(gid.to_string())
         .arg("--chroot-base-dir")
         .arg(&j.chroot_base_dir)
         .args(["--", "--api-sock", API_SOCK]);
@@ -50,9 +55,20 @@ pub(super) fn jailer_command(j: &JailerConfig, firecracker: &Path, id: &str) -> 
 }
 
 impl FirecrackerRuntime {
-    pub(super) fn chown_for_jail(&self, p: &Path) -> Result<(), VmmError> {
+    /// The uid and gid VM `id`'s jailed Firecracker runs as: one of its own, claimed host-wide
+    /// like the QEMU sandbox's (the same registry, so no two VMMs on the host share one), when
+    /// running as root; else the configured ones.
+    pub(super) fn jail_ids(&self, j: &JailerConfig, id: &str) -> (u32, u32) {
+        match crate::sandbox::claim_uid(&self.vm_dir(id)) {
+            Some(uid) => (uid, uid),
+            None => (j.uid, j.gid),
+        }
+    }
+
+    pub(super) fn chown_for_jail(&self, id: &str, p: &Path) -> Result<(), VmmError> {
         if let Some(j) = &self.jailer {
-            std::os::unix::fs::chown(p, Some(j.uid), Some(j.gid)).map_err(state_err(p))?;
+            let (uid, gid) = self.jail_ids(j, id);
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(state_err(p))?;
         }
         Ok(())
     }
@@ -74,7 +90,7 @@ impl FirecrackerRuntime {
             fs::hard_link(src, &dst)
                 .or_else(|_| fs::copy(src, &dst).map(drop))
                 .map_err(state_err(&dst))?;
-            self.chown_for_jail(&dst)?;
+            self.chown_for_jail(&cfg.id, &dst)?;
             Ok(PathBuf::from(name))
         };
         let kernel = link(kernel, "vmlinux")?;
@@ -103,7 +119,7 @@ mod tests {
             jail_root(&j, Path::new("/usr/bin/firecracker"), "vm1"),
             PathBuf::from("/srv/jailer/firecracker/vm1/root")
         );
-        let c = jailer_command(&j, Path::new("/usr/bin/firecracker"), "vm1");
+        let c = jailer_command(&j, Path::new("/usr/bin/firecracker"), "vm1", (123, 100));
         let args: Vec<String> = c
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())

@@ -424,7 +424,7 @@ impl FirecrackerRuntime {
                     .current_dir(dir);
                 c
             }
-            Some(j) => jailer_command(j, &self.firecracker, &cfg.id),
+            Some(j) => jailer_command(j, &self.firecracker, &cfg.id, self.jail_ids(j, &cfg.id)),
         };
         cmd.stdin(Stdio::null()).stdout(console).stderr(console2);
         // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
@@ -538,7 +538,7 @@ impl FirecrackerRuntime {
                 .append(true)
                 .open(&p)
                 .map_err(state_err(&p))?;
-            self.chown_for_jail(&p)?;
+            self.chown_for_jail(id, &p)?;
         }
         let api = self.api(id);
         api.put(

@@ -264,9 +264,11 @@ impl QemuRuntime {
         }
         // The reaper: waits for the child, records how it ended.
         let exit_path = dir.join(EXIT_FILE);
+        reaping().insert(proc_id.pid);
         let spawned = std::thread::Builder::new()
             .name(format!("reap-{}", cfg.id))
             .spawn(move || {
+                let _done = ReapedGuard(proc_id.pid);
                 if let Ok(status) = child.wait() {
                     let text = match (status.code(), status.signal()) {
                         (Some(c), _) => format!("exit status: {c}"),
@@ -284,6 +286,7 @@ impl QemuRuntime {
             });
         if let Err(e) = spawned {
             // Without a reaper thread the child would become a zombie when it exits; stop it.
+            reaping().remove(&proc_id.pid);
             proc_id.signal(libc::SIGKILL);
             return Err(VmmError::Spawn {
                 id: cfg.id.clone(),
@@ -415,9 +418,30 @@ impl QemuRuntime {
 
     /// Waits until the process no longer exists (reaped), accepting a zombie we cannot reap
     /// (another parent) after a while.
+    /// Waits until the process is gone and, when this process launched it, its exit has been
+    /// recorded (the reaper writes `exit` right after reaping it).
     fn wait_gone(p: ProcessId, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        wait_until(deadline, || !p.exists());
+        wait_until(deadline, || !p.exists() && !reaping().contains(&p.pid));
+    }
+}
+
+/// Pids of VMMs this process reaps that are not recorded yet.
+fn reaping() -> std::sync::MutexGuard<'static, std::collections::HashSet<i32>> {
+    static REAPING: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<i32>>> =
+        std::sync::OnceLock::new();
+    REAPING
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes its pid off [`reaping`] when the reaper is done (or gone).
+struct ReapedGuard(i32);
+
+impl Drop for ReapedGuard {
+    fn drop(&mut self) {
+        reaping().remove(&self.0);
     }
 }
 
