@@ -49,6 +49,17 @@ fn report(handle: &tokio::runtime::Handle, client: &Client, vm: &str, r: &Migrat
     }
 }
 
+fn done(resumed_ms: u64) -> MigrationReport {
+    MigrationReport {
+        phase: MigrationPhase::Done,
+        paused_ms: None,
+        resumed_ms: Some(resumed_ms),
+        message: None,
+        kernel_cmdline: None,
+        vmm_downtime_ms: None,
+    }
+}
+
 fn failed(message: String) -> MigrationReport {
     MigrationReport {
         phase: MigrationPhase::Failed,
@@ -211,25 +222,23 @@ pub fn restore(
         }
         Ok(resumed)
     })();
+    conclude(handle, client, vm, result)
+}
+
+/// Reports the destination's outcome: done (with when the guest ran here) or failed.
+fn conclude(
+    handle: &tokio::runtime::Handle,
+    client: &Client,
+    vm: &str,
+    result: Result<u64, String>,
+) -> Result<(), String> {
     match result {
         Ok(resumed) => {
-            report(
-                handle,
-                client,
-                vm,
-                &MigrationReport {
-                    phase: MigrationPhase::Done,
-                    paused_ms: None,
-                    resumed_ms: Some(resumed),
-                    message: None,
-                    kernel_cmdline: None,
-                    vmm_downtime_ms: None,
-                },
-            );
+            report(handle, client, vm, &done(resumed));
             Ok(())
         }
         Err(e) => {
-            tracing::warn!(vm, error = %e, "migration: restoring failed");
+            tracing::warn!(vm, error = %e, "migration: the destination failed");
             report(handle, client, vm, &failed(format!("destination: {e}")));
             Err(e)
         }
@@ -413,27 +422,5 @@ pub fn receive_live(
         }
         Ok(resumed)
     })();
-    match result {
-        Ok(resumed) => {
-            report(
-                handle,
-                client,
-                vm,
-                &MigrationReport {
-                    phase: MigrationPhase::Done,
-                    paused_ms: None,
-                    resumed_ms: Some(resumed),
-                    message: None,
-                    kernel_cmdline: None,
-                    vmm_downtime_ms: None,
-                },
-            );
-            Ok(())
-        }
-        Err(e) => {
-            tracing::warn!(vm, error = %e, "live migration: receiving failed");
-            report(handle, client, vm, &failed(format!("destination: {e}")));
-            Err(e)
-        }
-    }
+    conclude(handle, client, vm, result)
 }

@@ -321,6 +321,27 @@ impl Cluster {
         s
     }
 
+    /// Runs a CLI command that must succeed (failing with every log otherwise); its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "firefleet {args:?} failed ({}): {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A VM's console as the server has it.
+    pub fn console(&self, vm: &str) -> String {
+        self.json(&["vm", "logs", vm])["console"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// PIDs of the VMM processes (QEMU, Firecracker) started for this cluster.
     pub fn vmm_pids(&self) -> Vec<u32> {
         vmm_pids_under(self.dir.path())
@@ -448,4 +469,12 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// The values of `counter=N` lines (the counter workload the tests run).
+pub fn counters(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("counter=")?.parse().ok())
+        .collect()
 }

@@ -38,23 +38,6 @@ impl Drop for DiskImageGuard {
     }
 }
 
-fn console(c: &Cluster, vm: &str) -> String {
-    c.json(&["vm", "logs", vm])["console"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn run_ok(c: &Cluster, args: &[&str]) {
-    let out = c.cli(args);
-    assert!(
-        out.status.success(),
-        "firefleet {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.logs()
-    );
-}
-
 fn sha256(path: &Path) -> String {
     firefleet_vmm::image::sha256_file(path).unwrap()
 }
@@ -91,8 +74,7 @@ fn disks_from_images_and_blank_disks_through_the_api() {
 
     // Writable root (its own layer over the image) plus a blank data disk.
     let root_disk = format!("image={name},root");
-    run_ok(
-        &c,
+    c.ok(
         &[
             "vm",
             "run",
@@ -108,7 +90,7 @@ fn disks_from_images_and_blank_disks_through_the_api() {
     );
     let vm = c.wait_phase("rw", "stopped", BOOT);
     assert_eq!(vm["status"]["exit_code"], 0, "{vm}");
-    let out = console(&c, "rw");
+    let out = c.console("rw");
     for line in ["hello from the disk image", "changed", "kept"] {
         assert!(out.contains(line), "{line:?} missing from:\n{out}");
     }
@@ -121,21 +103,18 @@ fn disks_from_images_and_blank_disks_through_the_api() {
 
     // Read-only root: writes are refused, reads work.
     let ro_disk = format!("image={name},root,ro");
-    run_ok(
-        &c,
-        &[
-            "vm",
-            "run",
-            "--name",
-            "ro",
-            "--disk",
-            &ro_disk,
-            "--cmd",
-            "cat /hello.txt; if echo x > /hello.txt; then echo WROTE; else echo REFUSED; fi",
-        ],
-    );
+    c.ok(&[
+        "vm",
+        "run",
+        "--name",
+        "ro",
+        "--disk",
+        &ro_disk,
+        "--cmd",
+        "cat /hello.txt; if echo x > /hello.txt; then echo WROTE; else echo REFUSED; fi",
+    ]);
     c.wait_phase("ro", "stopped", BOOT);
-    let out = console(&c, "ro");
+    let out = c.console("ro");
     assert!(
         out.contains("hello from the disk image") && out.contains("REFUSED"),
         "{out}"
@@ -143,22 +122,19 @@ fn disks_from_images_and_blank_disks_through_the_api() {
     assert!(!out.contains("WROTE"), "{out}");
 
     // Block I/O counters: a guest writing 4 MiB to a data disk shows up in stats and /metrics.
-    run_ok(
-        &c,
-        &[
-            "vm",
-            "run",
-            "--name",
-            "io",
-            "--disk",
-            "size=32",
-            "--cmd",
-            "dd if=/dev/zero of=/mnt/0/z bs=1M count=4 conv=fsync && echo WRITTEN; sleep 600",
-        ],
-    );
+    c.ok(&[
+        "vm",
+        "run",
+        "--name",
+        "io",
+        "--disk",
+        "size=32",
+        "--cmd",
+        "dd if=/dev/zero of=/mnt/0/z bs=1M count=4 conv=fsync && echo WRITTEN; sleep 600",
+    ]);
     c.wait_phase("io", "running", BOOT);
     c.wait(Duration::from_secs(60), "the guest wrote", || {
-        console(&c, "io").contains("WRITTEN")
+        c.console("io").contains("WRITTEN")
     });
     c.wait(Duration::from_secs(60), "disk counters in stats", || {
         let out = c.cli(&["vm", "stats", "io", "--output", "json"]);
@@ -181,7 +157,7 @@ fn disks_from_images_and_blank_disks_through_the_api() {
     let disks_dir = c.path("agent-node-1").join("disks");
     assert!(disks_dir.join(vm_id(&c, "io")).is_dir());
     for vm in ["rw", "ro", "io"] {
-        run_ok(&c, &["vm", "rm", vm, "--wait"]);
+        c.ok(&["vm", "rm", vm, "--wait"]);
     }
     let left: Vec<_> = fs::read_dir(&disks_dir)
         .map(|r| r.flatten().map(|e| e.file_name()).collect())
@@ -233,10 +209,7 @@ fn bad_disks_and_unoffered_runtimes_are_refused_with_the_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--runtime"));
 
     // A runtime no node offers: pending, and the reason says which.
-    run_ok(
-        &c,
-        &["vm", "run", "--name", "fc", "--runtime", "firecracker"],
-    );
+    c.ok(&["vm", "run", "--name", "fc", "--runtime", "firecracker"]);
     c.wait(Duration::from_secs(20), "the unschedulable reason", || {
         let vm = c.vm("fc");
         vm["status"]["phase"] == "pending"

@@ -16,16 +16,6 @@ use common::*;
 const BOOT: Duration = Duration::from_secs(120);
 const COUNTER: &str = "i=0; while true; do echo counter=$i; i=$((i+1)); sleep 0.5; done";
 
-fn ok(c: &Cluster, args: &[&str]) {
-    let out = c.cli(args);
-    assert!(
-        out.status.success(),
-        "firefleet {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.logs()
-    );
-}
-
 /// Each VM's node and phase, as the control plane says.
 fn placements(c: &Cluster) -> BTreeMap<String, (String, String)> {
     c.json(&["vm", "ls"])
@@ -58,10 +48,10 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
     c.wait_nodes_ready(3);
 
     // Cordon two nodes: both VMs land on the third, the one that will be lost.
-    ok(&c, &["node", "cordon", "aws-1"]);
-    ok(&c, &["node", "cordon", "gcp-1"]);
+    c.ok(&["node", "cordon", "aws-1"]);
+    c.ok(&["node", "cordon", "gcp-1"]);
     for vm in ["a", "b"] {
-        ok(&c, &["vm", "run", "--name", vm, "--cmd", COUNTER]);
+        c.ok(&["vm", "run", "--name", vm, "--cmd", COUNTER]);
     }
     for vm in ["a", "b"] {
         let v = c.wait_phase(vm, "running", BOOT);
@@ -70,8 +60,8 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
             "cordoned nodes took a VM: {v}"
         );
     }
-    ok(&c, &["node", "uncordon", "aws-1"]);
-    ok(&c, &["node", "uncordon", "gcp-1"]);
+    c.ok(&["node", "uncordon", "aws-1"]);
+    c.ok(&["node", "uncordon", "gcp-1"]);
     let edge_dir = c.path("agent-edge-1");
     assert_eq!(vmm_pids_under(&edge_dir).len(), 2);
 
@@ -148,29 +138,23 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
         .iter()
         .all(|n| n["status"]["readiness"] == "ready"));
     for vm in ["a", "b"] {
-        ok(&c, &["vm", "rm", vm, "--wait"]);
+        c.ok(&["vm", "rm", vm, "--wait"]);
     }
 
     // Data residency through the API: only the allowed cloud; nowhere allowed: pending, why.
-    ok(
-        &c,
-        &[
-            "vm",
-            "run",
-            "--name",
-            "eu",
-            "--allow-cloud",
-            "gcp",
-            "--cmd",
-            "sleep 600",
-        ],
-    );
+    c.ok(&[
+        "vm",
+        "run",
+        "--name",
+        "eu",
+        "--allow-cloud",
+        "gcp",
+        "--cmd",
+        "sleep 600",
+    ]);
     let v = c.wait_phase("eu", "running", BOOT);
     assert_eq!(v["status"]["node"], "gcp-1", "{v}");
-    ok(
-        &c,
-        &["vm", "run", "--name", "mars", "--allow-region", "mars-1"],
-    );
+    c.ok(&["vm", "run", "--name", "mars", "--allow-region", "mars-1"]);
     c.wait(Duration::from_secs(20), "the residency reason", || {
         let v = c.vm("mars");
         v["status"]["phase"] == "pending"
@@ -179,24 +163,21 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
                 .is_some_and(|m| m.contains("allowed"))
     });
     for vm in ["eu", "mars"] {
-        ok(&c, &["vm", "rm", vm, "--wait"]);
+        c.ok(&["vm", "rm", vm, "--wait"]);
     }
 
     // Automatic rebalancing: with `--rebalance-every-secs`, a VM on an edge node whose battery
     // runs low is moved off without anyone asking.
-    ok(
-        &c,
-        &[
-            "vm",
-            "run",
-            "--name",
-            "bat",
-            "--allow-cloud",
-            "edge",
-            "--cmd",
-            COUNTER,
-        ],
-    );
+    c.ok(&[
+        "vm",
+        "run",
+        "--name",
+        "bat",
+        "--allow-cloud",
+        "edge",
+        "--cmd",
+        COUNTER,
+    ]);
     let v = c.wait_phase("bat", "running", BOOT);
     assert_eq!(v["status"]["node"], "edge-1");
     c.kill_server();
@@ -219,31 +200,28 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
             .any(|n| n["vm"] == "bat" && n["why"].as_str().unwrap_or("").contains("stays")),
         "{p}"
     );
-    ok(&c, &["vm", "rm", "bat", "--wait"]);
-    ok(
-        &c,
-        &[
-            "vm",
-            "run",
-            "--name",
-            "bat2",
-            "--node-selector",
-            "cloud=edge",
-            "--cmd",
-            COUNTER,
-        ],
-    );
+    c.ok(&["vm", "rm", "bat", "--wait"]);
+    c.ok(&[
+        "vm",
+        "run",
+        "--name",
+        "bat2",
+        "--node-selector",
+        "cloud=edge",
+        "--cmd",
+        COUNTER,
+    ]);
     // A node selector is a hard constraint too; without one, the VM leaves the battery node.
     let v = c.wait_phase("bat2", "running", BOOT);
     assert_eq!(v["status"]["node"], "edge-1");
-    ok(&c, &["vm", "rm", "bat2", "--wait"]);
-    ok(&c, &["node", "cordon", "aws-1"]);
-    ok(&c, &["node", "cordon", "gcp-1"]);
-    ok(&c, &["vm", "run", "--name", "bat3", "--cmd", COUNTER]);
+    c.ok(&["vm", "rm", "bat2", "--wait"]);
+    c.ok(&["node", "cordon", "aws-1"]);
+    c.ok(&["node", "cordon", "gcp-1"]);
+    c.ok(&["vm", "run", "--name", "bat3", "--cmd", COUNTER]);
     let v = c.wait_phase("bat3", "running", BOOT);
     assert_eq!(v["status"]["node"], "edge-1");
-    ok(&c, &["node", "uncordon", "aws-1"]);
-    ok(&c, &["node", "uncordon", "gcp-1"]);
+    c.ok(&["node", "uncordon", "aws-1"]);
+    c.ok(&["node", "uncordon", "gcp-1"]);
     c.wait(
         Duration::from_secs(120),
         "the rebalancer moves the VM off the battery node",
@@ -252,7 +230,7 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
             v["status"]["node"] != "edge-1" && v["status"]["phase"] == "running"
         },
     );
-    ok(&c, &["vm", "rm", "bat3", "--wait"]);
+    c.ok(&["vm", "rm", "bat3", "--wait"]);
     c.wait(Duration::from_secs(30), "no VMM left", || {
         c.vmm_pids().is_empty()
     });

@@ -14,20 +14,6 @@ use common::*;
 const BOOT: Duration = Duration::from_secs(120);
 const COUNTER: &str = "i=0; while true; do echo counter=$i; i=$((i+1)); sleep 0.2; done";
 
-fn counters(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("counter=")?.parse().ok())
-        .collect()
-}
-
-fn console(c: &Cluster, vm: &str) -> String {
-    c.json(&["vm", "logs", vm])["console"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
     let mut c = Cluster::start();
@@ -46,12 +32,12 @@ fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
     assert_eq!(v["status"]["node"], "edge-1");
     assert!(c.cli(&["node", "uncordon", "aws-1"]).status.success());
     c.wait(Duration::from_secs(30), "the counter runs", || {
-        counters(&console(&c, "ctr")).len() >= 5
+        counters(&c.console("ctr")).len() >= 5
     });
     let edge_dir = c.path("agent-edge-1");
     let aws_dir = c.path("agent-aws-1");
     assert_eq!(vmm_pids_under(&edge_dir).len(), 1);
-    let ready_lines = console(&c, "ctr").matches("firefleet-guest ready").count();
+    let ready_lines = c.console("ctr").matches("firefleet-guest ready").count();
 
     // Bad requests are refused with the reason.
     let out = c.cli(&["vm", "migrate", "ctr", "--to", "edge-1"]);
@@ -85,17 +71,17 @@ fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
     assert_eq!(vmm_pids_under(&aws_dir).len(), 1);
 
     // The guest went on: the counter continues upward, with no second boot.
-    let before = counters(&console(&c, "ctr")).last().copied().unwrap();
+    let before = counters(&c.console("ctr")).last().copied().unwrap();
     c.wait(Duration::from_secs(30), "the counter goes on", || {
-        counters(&console(&c, "ctr"))
+        counters(&c.console("ctr"))
             .last()
             .is_some_and(|&n| n > before + 3)
     });
-    let all = counters(&console(&c, "ctr"));
+    let all = counters(&c.console("ctr"));
     let drops: Vec<_> = all.windows(2).filter(|w| w[1] < w[0]).collect();
     assert!(drops.is_empty(), "the counter went back: {drops:?}");
     assert_eq!(
-        console(&c, "ctr").matches("firefleet-guest ready").count(),
+        c.console("ctr").matches("firefleet-guest ready").count(),
         ready_lines,
         "the guest booted again"
     );
@@ -140,12 +126,12 @@ fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
         "the drained node's VMM gone",
         || vmm_pids_under(&aws_dir).is_empty(),
     );
-    let before = counters(&console(&c, "ctr")).last().copied().unwrap();
+    let before = counters(&c.console("ctr")).last().copied().unwrap();
     c.wait(
         Duration::from_secs(30),
         "the counter goes on after the drain",
         || {
-            counters(&console(&c, "ctr"))
+            counters(&c.console("ctr"))
                 .last()
                 .is_some_and(|&n| n > before + 3)
         },
@@ -214,17 +200,17 @@ fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
         m["resumed_ms"].as_u64().unwrap() - m["paused_ms"].as_u64().unwrap(),
         m["bytes"].as_u64().unwrap_or(0) >> 20
     );
-    let ready_lines_now = console(&c, "ctr").matches("firefleet-guest ready").count();
+    let ready_lines_now = c.console("ctr").matches("firefleet-guest ready").count();
     assert_eq!(
         ready_lines_now, ready_lines,
         "a migration booted the guest again"
     );
-    let before = counters(&console(&c, "ctr")).last().copied().unwrap();
+    let before = counters(&c.console("ctr")).last().copied().unwrap();
     c.wait(
         Duration::from_secs(30),
         "the counter goes on after the planned moves",
         || {
-            counters(&console(&c, "ctr"))
+            counters(&c.console("ctr"))
                 .last()
                 .is_some_and(|&n| n > before + 3)
         },

@@ -13,32 +13,6 @@ use common::*;
 const BOOT: Duration = Duration::from_secs(120);
 const COUNTER: &str = "i=0; while true; do echo counter=$i; i=$((i+1)); sleep 0.2; done";
 
-fn counters(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("counter=")?.parse().ok())
-        .collect()
-}
-
-fn console(c: &Cluster, vm: &str) -> String {
-    c.json(&["vm", "logs", vm])["console"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn ok(c: &Cluster, args: &[&str]) -> String {
-    let out = c.cli(args);
-    assert!(
-        out.status.success(),
-        "firefleet {args:?} failed ({}): {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        c.logs()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
     let mut c = Cluster::start();
@@ -51,24 +25,21 @@ fn pause_exec_stats_snapshot_and_restore_continue_the_same_guest() {
 /// stats, pause/resume, snapshot, stop, restore in a new VMM process with the guest's counter
 /// continuing, delete.
 pub fn lifecycle(c: &Cluster, runtime: &str) {
-    ok(
-        c,
-        &[
-            "vm",
-            "run",
-            "--name",
-            "ctr",
-            "--runtime",
-            runtime,
-            "--cmd",
-            COUNTER,
-            "--output",
-            "json",
-        ],
-    );
+    c.ok(&[
+        "vm",
+        "run",
+        "--name",
+        "ctr",
+        "--runtime",
+        runtime,
+        "--cmd",
+        COUNTER,
+        "--output",
+        "json",
+    ]);
     c.wait_phase("ctr", "running", BOOT);
     c.wait(Duration::from_secs(20), "the counter runs", || {
-        counters(&console(c, "ctr")).len() >= 3
+        counters(&c.console("ctr")).len() >= 3
     });
 
     // exec: output and exit status come back; the CLI exits with the command's status.
@@ -105,42 +76,42 @@ pub fn lifecycle(c: &Cluster, runtime: &str) {
                 && s["guest"]["processes"].as_u64().unwrap_or(0) > 0
         },
     );
-    let metrics = ok(c, &["vm", "ls"]); // the CLI still works alongside
+    let metrics = c.ok(&["vm", "ls"]); // the CLI still works alongside
     assert!(metrics.contains("ctr"));
 
     // pause: the counter stops; resume: it goes on.
-    ok(c, &["vm", "pause", "ctr", "--wait"]);
+    c.ok(&["vm", "pause", "ctr", "--wait"]);
     assert_eq!(c.vm("ctr")["status"]["phase"], "paused");
-    let paused_at = counters(&console(c, "ctr")).last().copied().unwrap();
+    let paused_at = counters(&c.console("ctr")).last().copied().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        counters(&console(c, "ctr")).last().copied().unwrap(),
+        counters(&c.console("ctr")).last().copied().unwrap(),
         paused_at,
         "counter moved while paused"
     );
-    ok(c, &["vm", "resume", "ctr", "--wait"]);
+    c.ok(&["vm", "resume", "ctr", "--wait"]);
     c.wait(
         Duration::from_secs(20),
         "counter moves after resume",
-        || counters(&console(c, "ctr")).last().copied().unwrap() > paused_at,
+        || counters(&c.console("ctr")).last().copied().unwrap() > paused_at,
     );
 
     // snapshot, then stop the VM, then restore it in a new VMM process.
-    let before_snapshot = counters(&console(c, "ctr")).last().copied().unwrap();
-    ok(c, &["vm", "snapshot", "ctr", "s1", "--wait"]);
+    let before_snapshot = counters(&c.console("ctr")).last().copied().unwrap();
+    c.ok(&["vm", "snapshot", "ctr", "s1", "--wait"]);
     let snaps: serde_json::Value =
-        serde_json::from_str(&ok(c, &["vm", "snapshots", "ctr", "--output", "json"])).unwrap();
+        serde_json::from_str(&c.ok(&["vm", "snapshots", "ctr", "--output", "json"])).unwrap();
     assert_eq!(snaps[0]["phase"], "ready");
     assert!(snaps[0]["bytes"].as_u64().unwrap() > 1024 * 1024);
     let pids_before = c.vmm_pids();
-    ok(c, &["vm", "stop", "ctr", "--wait"]);
+    c.ok(&["vm", "stop", "ctr", "--wait"]);
     c.wait(Duration::from_secs(20), "qemu gone after stop", || {
         c.vmm_pids().is_empty()
     });
-    let console_len_before_restore = console(c, "ctr").len();
-    let ready_lines = console(c, "ctr").matches("firefleet-guest ready").count();
+    let console_len_before_restore = c.console("ctr").len();
+    let ready_lines = c.console("ctr").matches("firefleet-guest ready").count();
 
-    ok(c, &["vm", "restore", "ctr", "s1", "--wait"]);
+    c.ok(&["vm", "restore", "ctr", "s1", "--wait"]);
     assert_eq!(c.vm("ctr")["status"]["phase"], "running");
     let pids_after = c.vmm_pids();
     assert_eq!(pids_after.len(), 1);
@@ -148,9 +119,9 @@ pub fn lifecycle(c: &Cluster, runtime: &str) {
     c.wait(
         Duration::from_secs(30),
         "the restored counter prints",
-        || console(c, "ctr").len() > console_len_before_restore + 20,
+        || c.console("ctr").len() > console_len_before_restore + 20,
     );
-    let after = console(c, "ctr");
+    let after = c.console("ctr");
     let new_values = counters(&after[console_len_before_restore..]);
     assert!(!new_values.is_empty());
     assert!(
@@ -171,7 +142,7 @@ pub fn lifecycle(c: &Cluster, runtime: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    ok(c, &["vm", "rm", "ctr", "--wait"]);
+    c.ok(&["vm", "rm", "ctr", "--wait"]);
     c.wait(Duration::from_secs(20), "no qemu left", || {
         c.vmm_pids().is_empty()
     });
@@ -184,12 +155,9 @@ fn agent_killed_during_launch_and_during_snapshot_recovers_cleanly() {
     c.wait_nodes_ready(1);
 
     // Kill -9 the agent as soon as it has started launching the VM.
-    ok(
-        &c,
-        &[
-            "vm", "run", "--name", "ctr", "--cmd", COUNTER, "--output", "json",
-        ],
-    );
+    c.ok(&[
+        "vm", "run", "--name", "ctr", "--cmd", COUNTER, "--output", "json",
+    ]);
     c.wait(
         Duration::from_secs(30),
         "the agent starts launching",
@@ -208,9 +176,9 @@ fn agent_killed_during_launch_and_during_snapshot_recovers_cleanly() {
     // Kill -9 the agent right after asking for a snapshot: the snapshot is taken (again) after
     // the restart, no half-written one is used, and the VM runs on (not left paused).
     c.wait(Duration::from_secs(20), "the counter runs", || {
-        counters(&console(&c, "ctr")).len() >= 3
+        counters(&c.console("ctr")).len() >= 3
     });
-    ok(&c, &["vm", "snapshot", "ctr", "s1"]);
+    c.ok(&["vm", "snapshot", "ctr", "s1"]);
     std::thread::sleep(Duration::from_millis(150));
     c.kill_agent("crashy");
     c.start_agent("crashy", &["cloud=aws"], 2);
@@ -219,7 +187,7 @@ fn agent_killed_during_launch_and_during_snapshot_recovers_cleanly() {
         "the snapshot is ready after the restart",
         || {
             let s: serde_json::Value =
-                serde_json::from_str(&ok(&c, &["vm", "snapshots", "ctr", "--output", "json"]))
+                serde_json::from_str(&c.ok(&["vm", "snapshots", "ctr", "--output", "json"]))
                     .unwrap();
             s[0]["phase"] == "ready"
         },
@@ -238,19 +206,19 @@ fn agent_killed_during_launch_and_during_snapshot_recovers_cleanly() {
         ["s1"],
         "only the complete snapshot remains (no temporary directories)"
     );
-    let last = counters(&console(&c, "ctr")).last().copied().unwrap();
+    let last = counters(&c.console("ctr")).last().copied().unwrap();
     c.wait(
         Duration::from_secs(20),
         "the VM runs on after the interrupted snapshot",
         || {
             c.vm("ctr")["status"]["phase"] == "running"
-                && counters(&console(&c, "ctr")).last().copied().unwrap() > last
+                && counters(&c.console("ctr")).last().copied().unwrap() > last
         },
     );
     // And the snapshot restores.
-    ok(&c, &["vm", "restore", "ctr", "s1", "--wait"]);
+    c.ok(&["vm", "restore", "ctr", "s1", "--wait"]);
     assert_eq!(c.vmm_pids().len(), 1);
-    ok(&c, &["vm", "rm", "ctr", "--wait"]);
+    c.ok(&["vm", "rm", "ctr", "--wait"]);
     c.wait(Duration::from_secs(20), "no qemu left", || {
         c.vmm_pids().is_empty()
     });
@@ -289,19 +257,16 @@ fn firecracker_through_the_agent() {
         "FIREFLEET_FC_GUEST_BOOTS is not set: checking everything up to the guest (a stock guest \
          kernel does not reach init on a nested KVM)"
     );
-    ok(
-        &c,
-        &[
-            "vm",
-            "run",
-            "--name",
-            "fc",
-            "--runtime",
-            "firecracker",
-            "--cmd",
-            COUNTER,
-        ],
-    );
+    c.ok(&[
+        "vm",
+        "run",
+        "--name",
+        "fc",
+        "--runtime",
+        "firecracker",
+        "--cmd",
+        COUNTER,
+    ]);
     let vm = c.wait_phase("fc", "starting", BOOT);
     assert_eq!(vm["status"]["node"], "node-fc");
     assert_eq!(vm["status"]["accel"], "kvm", "{vm}");
@@ -343,7 +308,7 @@ fn firecracker_through_the_agent() {
     assert_eq!(c.vmm_pids(), vec![pid], "re-adopted, not relaunched");
     assert_eq!(c.vm("fc")["status"]["phase"], "starting");
 
-    ok(&c, &["vm", "rm", "fc", "--wait"]);
+    c.ok(&["vm", "rm", "fc", "--wait"]);
     c.wait(Duration::from_secs(20), "firecracker gone", || {
         c.vmm_pids().is_empty()
     });

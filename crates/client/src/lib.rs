@@ -498,6 +498,17 @@ impl Client {
     {
         use tokio::io::AsyncWriteExt;
         let url = format!("{}/v1/agent/migrations/{}/live", self.base, enc(vm));
+        let n = self.stream_to(url, out).await?;
+        let _ = out.shutdown().await;
+        Ok(n)
+    }
+
+    /// `GET url`, its body written to `out` as it arrives; returns the bytes.
+    async fn stream_to<W>(&self, url: String, out: &mut W) -> Result<u64, ClientError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
         let transport = |source| ClientError::Transport {
             url: url.clone(),
             source,
@@ -525,11 +536,10 @@ impl Client {
                 .await
                 .map_err(|e| ClientError::Decode {
                     url: url.clone(),
-                    detail: format!("feeding the VMM: {e}"),
+                    detail: format!("writing what arrived: {e}"),
                 })?;
             n += chunk.len() as u64;
         }
-        let _ = out.shutdown().await;
         Ok(n)
     }
 
@@ -564,40 +574,8 @@ impl Client {
         vm: &str,
         out: &mut tokio::fs::File,
     ) -> Result<u64, ClientError> {
-        use tokio::io::AsyncWriteExt;
         let url = format!("{}/v1/agent/migrations/{}/snapshot", self.base, enc(vm));
-        let transport = |source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        };
-        let mut resp = self
-            .http
-            .get(&url)
-            .timeout(TRANSFER_TIMEOUT)
-            .send()
-            .await
-            .map_err(transport)?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Api {
-                status,
-                code: "http".to_owned(),
-                message: body.chars().take(300).collect(),
-                field: None,
-            });
-        }
-        let mut n = 0u64;
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| ClientError::Decode {
-                    url: url.clone(),
-                    detail: format!("writing the download: {e}"),
-                })?;
-            n += chunk.len() as u64;
-        }
-        Ok(n)
+        self.stream_to(url, out).await
     }
 
     /// Agent, live migration source: sends its console as it was when the guest stopped.

@@ -224,6 +224,33 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found("migration of vm", vm.spec.name))
 }
 
+/// Which end of a migration an agent is.
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// The migration of `vm`, if `node` is its `side` (403 otherwise).
+async fn migration_on(
+    state: &AppState,
+    vm: &str,
+    node: &NodeId,
+    side: Side,
+) -> Result<Migration, ApiError> {
+    let m = migration_for(state, vm).await?;
+    let (end, word) = match side {
+        Side::Source => (&m.from, "from"),
+        Side::Destination => (&m.to, "to"),
+    };
+    if end != node {
+        return Err(ApiError::Forbidden(format!(
+            "migration of vm {vm} is not {word} node {node}"
+        )));
+    }
+    Ok(m)
+}
+
 async fn migration_for(state: &AppState, vm: &str) -> Result<Migration, ApiError> {
     let id = VmId::parse("vm", vm)?;
     repo::get_json::<Migration>(state, &repo::migration_key(&id))
@@ -243,12 +270,7 @@ pub async fn upload(
     Path(vm): Path<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let m = migration_for(&state, &vm).await?;
-    if m.from != node {
-        return Err(ApiError::Forbidden(format!(
-            "migration of vm {vm} is not from node {node}"
-        )));
-    }
+    let m = migration_on(&state, &vm, &node, Side::Source).await?;
     if m.phase != MigrationPhase::Transferring {
         // Uploaded before (an agent retrying after a lost answer): nothing to do.
         return Ok(StatusCode::NO_CONTENT);
@@ -295,12 +317,7 @@ pub async fn download(
     AgentNode(node): AgentNode,
     Path(vm): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = migration_for(&state, &vm).await?;
-    if m.to != node {
-        return Err(ApiError::Forbidden(format!(
-            "migration of vm {vm} is not to node {node}"
-        )));
-    }
+    let m = migration_on(&state, &vm, &node, Side::Destination).await?;
     let path = transfer_path(&state, &m);
     let file = tokio::fs::File::open(&path)
         .await
@@ -572,12 +589,7 @@ pub async fn console_put(
     Path(vm): Path<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let m = migration_for(&state, &vm).await?;
-    if m.from != node {
-        return Err(ApiError::Forbidden(format!(
-            "migration of vm {vm} is not from node {node}"
-        )));
-    }
+    let m = migration_on(&state, &vm, &node, Side::Source).await?;
     let bytes = axum::body::to_bytes(body, 64 << 20)
         .await
         .map_err(|e| ApiError::Internal(format!("reading the console: {e}")))?;
@@ -601,12 +613,7 @@ pub async fn console_get(
     AgentNode(node): AgentNode,
     Path(vm): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = migration_for(&state, &vm).await?;
-    if m.to != node {
-        return Err(ApiError::Forbidden(format!(
-            "migration of vm {vm} is not to node {node}"
-        )));
-    }
+    let m = migration_on(&state, &vm, &node, Side::Destination).await?;
     let bytes = tokio::fs::read(console_path(&state, &m))
         .await
         .map_err(|_| ApiError::not_found("migration console of vm", vm))?;
