@@ -404,6 +404,14 @@ fn policies() -> Vec<(&'static str, Box<dyn Policy>)> {
         },
         ..Weights::default()
     };
+    let pack = Weights {
+        default: TermWeights {
+            pack: 3.0,
+            risk: 0.0,
+            ..TermWeights::default()
+        },
+        ..Weights::default()
+    };
     let no_colocation = Weights {
         default: TermWeights {
             risk: 0.0,
@@ -422,5 +430,6 @@ fn policies() -> Vec<(&'static str, Box<dyn Policy>)> {
             Box::new(engine(packing)),
         ),
         ("engine, risk 0 (sampled)", Box::new(engine(no_colocation))),
+        ("engine, pack 3 / risk 0 (sampled)", Box::new(engine(pack))),
     ]
 }

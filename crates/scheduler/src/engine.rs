@@ -90,6 +90,7 @@ fn sanitise(w: &TermWeights) -> TermWeights {
         risk: non_negative(w.risk),
         cost: non_negative(w.cost),
         latency: non_negative(w.latency),
+        pack: non_negative(w.pack),
     }
 }
 
@@ -501,7 +502,31 @@ impl<'a> State<'a> {
         } else {
             0.0
         };
-        w.availability * availability - (w.risk * risk + w.cost * cost + w.latency * latency)
+        let fill = if w.pack > 0.0 {
+            let cap = self.nodes[slot].capacity;
+            let free = self.free[slot];
+            let used = |c: u64, f: u64, want: u64| {
+                if c == 0 {
+                    1.0
+                } else {
+                    unit((c.saturating_sub(f) + want) as f64 / c as f64)
+                }
+            };
+            used(
+                u64::from(cap.vcpus),
+                u64::from(free.vcpus),
+                u64::from(request.resources.vcpus),
+            )
+            .max(used(
+                cap.memory_mib,
+                free.memory_mib,
+                request.resources.memory_mib,
+            ))
+        } else {
+            0.0
+        };
+        w.availability * availability + w.pack * fill
+            - (w.risk * risk + w.cost * cost + w.latency * latency)
     }
 
     /// An upper bound of the raw objective of any node of bucket `b`.
@@ -530,7 +555,9 @@ impl<'a> State<'a> {
         } else {
             0.0
         };
-        w.availability * availability - (w.risk * risk + w.cost * cost + w.latency * latency)
+        // Filling is at most 1.
+        w.availability * availability + w.pack
+            - (w.risk * risk + w.cost * cost + w.latency * latency)
     }
 
     /// Whether bucket `b` may hold a node for `request` (residency and capacity bounds).
@@ -653,7 +680,7 @@ impl<'a> State<'a> {
         match best {
             Some((score, _, slot)) => {
                 self.commit(slot, request);
-                let total = w.availability + w.risk + w.cost + w.latency;
+                let total = w.availability + w.pack + w.risk + w.cost + w.latency;
                 let normalised = if total > 0.0 {
                     unit((score + w.risk + w.cost + w.latency) / total)
                 } else {
@@ -809,6 +836,32 @@ mod tests {
 
     fn vid(s: &str) -> VmId {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_pack_weight_fills_nodes_in_use_first() {
+        let mut busy = node("a-busy", 8, 8192);
+        busy.allocated = cap(6, 1024);
+        let view = cluster(vec![busy, node("b-empty", 8, 8192)]);
+        let place_one = |w: &Weights| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+            match place(&view, &[request("v", 1, 512)], w, &mut rng).pop() {
+                Some(Placement::Placed { node, .. }) => node.to_string(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // By default the empty node wins (spread, no co-location)...
+        assert_eq!(place_one(&Weights::default()), "b-empty");
+        // ... a packing class fills the node already in use.
+        let packing = Weights {
+            default: TermWeights {
+                pack: 3.0,
+                ..TermWeights::default()
+            },
+            ..Weights::default()
+        };
+        assert_eq!(place_one(&packing), "a-busy");
+        assert_eq!(place_one(&packing.clone().exhaustive()), "a-busy");
     }
 
     #[test]

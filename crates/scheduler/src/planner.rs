@@ -789,6 +789,7 @@ fn terms_on(s: &mut ClusterView, i: usize, vm: &PlacedVm, staying: bool) -> [f64
         risk: 0.0,
         cost: 0.0,
         latency: 0.0,
+        pack: 0.0,
     };
     let mut out = [0.0; 4];
     for (k, slot) in out.iter_mut().enumerate() {

@@ -235,6 +235,10 @@ pub struct TermWeights {
     pub cost: f64,
     /// Weight of latency from the workload's users to the node.
     pub latency: f64,
+    /// Weight of filling nodes already in use (the node's utilisation once the VM is on it):
+    /// bin packing, for cost-driven classes that would rather leave whole nodes empty to be
+    /// released. 0 by default (availability and risk prefer spreading).
+    pub pack: f64,
 }
 
 impl Default for TermWeights {
@@ -244,6 +248,7 @@ impl Default for TermWeights {
             risk: 1.0,
             cost: 1.0,
             latency: 1.0,
+            pack: 0.0,
         }
     }
 }

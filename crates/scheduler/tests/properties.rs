@@ -260,6 +260,7 @@ fn weights(search: Search) -> Weights {
             risk: 0.5,
             cost: 1.0,
             latency: 3.0,
+            pack: 0.0,
         },
     );
     w
