@@ -48,6 +48,9 @@ pub async fn cluster_view(state: &AppState, vms: &[Vm]) -> Result<ClusterView, A
                     .topology
                     .edge_site(&n.labels)
                     .and_then(|site| site.power_budget_watts);
+                view.power_used_watts = allocated
+                    .get(&n.id)
+                    .map_or(0, |a| a.vcpus.saturating_mul(WATTS_PER_VCPU));
                 view
             })
             .collect(),
@@ -55,9 +58,14 @@ pub async fn cluster_view(state: &AppState, vms: &[Vm]) -> Result<ClusterView, A
     })
 }
 
+/// The power a VM is taken to draw per vCPU, watts: an estimate (a busy vCPU of a small edge
+/// box), used against edge sites' power budgets until nodes measure per-VM power.
+pub const WATTS_PER_VCPU: u32 = 5;
+
 /// What the scheduler is asked for a VM.
 pub fn request_for(vm: &Vm) -> PlacementRequest {
     let mut request = PlacementRequest::new(vm.id.clone(), vm.spec.resources.into());
+    request.watts = vm.spec.resources.vcpus.saturating_mul(WATTS_PER_VCPU);
     request.runtime = Some(vm.spec.runtime.as_str().to_owned());
     request.tenant = vm.spec.tenant.as_str().to_owned();
     let p = &vm.spec.placement;
