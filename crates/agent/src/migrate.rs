@@ -17,9 +17,6 @@ use firefleet_client::Client;
 use firefleet_types::MigrationPhase;
 use firefleet_vmm::{LaunchConfig, Runtime};
 
-/// The source's console, carried in the snapshot directory.
-const CONSOLE_COPY: &str = "console.log";
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -96,25 +93,7 @@ pub fn send(
             rt.snapshot(vm, name, true)
                 .map_err(|e| format!("snapshot: {}", firefleet_types::error_chain(&e)))?;
         }
-        let archive = vm_dir.join(format!("{name}.tar"));
-        if !archive.exists() {
-            // The console goes along, so that the destination appends to the same stream (the
-            // server's copy is addressed by offsets into it).
-            let console = vm_dir.join("console.log");
-            if console.exists() {
-                fs::copy(&console, dir.join(CONSOLE_COPY))
-                    .map_err(|e| format!("{}: {e}", console.display()))?;
-            }
-            let part = archive.with_extension("tar.part");
-            tar(&[
-                "-C".as_ref(),
-                dir.as_os_str(),
-                "-cf".as_ref(),
-                part.as_os_str(),
-                ".".as_ref(),
-            ])?;
-            fs::rename(&part, &archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-        }
+        let archive = pack(vm_dir, name)?;
         let len = fs::metadata(&archive)
             .map_err(|e| format!("{}: {e}", archive.display()))?
             .len();
@@ -139,13 +118,41 @@ pub fn send(
     }
 }
 
-/// Unpacks a downloaded snapshot into `snapshots/<name>` (complete or not at all).
-fn receive(
+/// Packs snapshot `name` of the VM in `vm_dir` into `<vm_dir>/<name>.tar` (kept if there).
+pub(crate) fn pack(vm_dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let dir = vm_dir.join("snapshots").join(name);
+    let archive = vm_dir.join(format!("{name}.tar"));
+    if !archive.exists() {
+        let part = archive.with_extension("tar.part");
+        tar(&[
+            "-C".as_ref(),
+            dir.as_os_str(),
+            "-cf".as_ref(),
+            part.as_os_str(),
+            ".".as_ref(),
+        ])?;
+        fs::rename(&part, &archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    }
+    Ok(archive)
+}
+
+/// Where a snapshot to unpack comes from.
+pub(crate) enum Source<'a> {
+    /// The migration transfer of the VM.
+    Migration,
+    /// The server's copy of the VM's snapshot of this name.
+    Replica(&'a str),
+}
+
+/// Downloads a snapshot and unpacks it into `snapshots/<name>` (complete or not at all),
+/// unless a complete one is there already.
+pub(crate) fn receive(
     handle: &tokio::runtime::Handle,
     client: &Client,
     vm: &str,
     vm_dir: &Path,
     name: &str,
+    source: Source<'_>,
 ) -> Result<PathBuf, String> {
     let dir = vm_dir.join("snapshots").join(name);
     if firefleet_vmm::completed_snapshot(&dir).is_some() {
@@ -159,10 +166,11 @@ fn receive(
             let mut f = tokio::fs::File::create(&archive)
                 .await
                 .map_err(|e| e.to_string())?;
-            let n = client
-                .migration_download(vm, &mut f)
-                .await
-                .map_err(|e| firefleet_types::error_chain(&e))?;
+            let n = match source {
+                Source::Migration => client.migration_download(vm, &mut f).await,
+                Source::Replica(snapshot) => client.snapshot_download(vm, snapshot, &mut f).await,
+            }
+            .map_err(|e| firefleet_types::error_chain(&e))?;
             f.sync_all().await.map_err(|e| e.to_string())?;
             Ok::<u64, String>(n)
         })
@@ -190,8 +198,17 @@ fn receive(
             "the received snapshot ({bytes} bytes) is incomplete"
         ));
     }
-    tracing::info!(vm, bytes, "migration snapshot received");
+    tracing::info!(vm, bytes, "snapshot received");
     Ok(dir)
+}
+
+/// Marks the VM in `vm_dir` as having a ready guest: it came here running (restored from a
+/// snapshot taken elsewhere, or migrated), and its console here starts after its ready line.
+pub(crate) fn mark_ready(vm_dir: &Path) {
+    let marker = vm_dir.join(firefleet_vmm::GUEST_READY_MARKER);
+    if let Err(e) = fs::write(&marker, b"") {
+        tracing::warn!(path = %marker.display(), error = %e, "writing the ready marker failed");
+    }
 }
 
 /// The destination's part: receive, restore with `cfg` (disks and network already made),
@@ -206,16 +223,19 @@ pub fn restore(
 ) -> Result<(), String> {
     let vm = m.migration.vm.as_str();
     let result = (|| -> Result<u64, String> {
-        let dir = receive(handle, client, vm, vm_dir, &m.migration.snapshot)?;
-        let console = vm_dir.join("console.log");
-        if !console.exists() && dir.join(CONSOLE_COPY).exists() {
-            fs::copy(dir.join(CONSOLE_COPY), &console)
-                .map_err(|e| format!("{}: {e}", console.display()))?;
-        }
+        let dir = receive(
+            handle,
+            client,
+            vm,
+            vm_dir,
+            &m.migration.snapshot,
+            Source::Migration,
+        )?;
         if !rt.observe(vm).is_ok_and(|o| o.running) {
             rt.restore(cfg, &dir)
                 .map_err(|e| format!("restore: {}", firefleet_types::error_chain(&e)))?;
         }
+        mark_ready(vm_dir);
         let resumed = now_ms();
         if let Some(net) = &cfg.net {
             readdress(rt, vm, net);
@@ -247,7 +267,7 @@ fn conclude(
 
 /// The restored guest still has the source node's address: give it this node's, over the guest
 /// channel. Best effort: a guest without a channel keeps its old address (and says so in logs).
-fn readdress(rt: &dyn Runtime, vm: &str, net: &firefleet_vmm::net::NetAttachment) {
+pub(crate) fn readdress(rt: &dyn Runtime, vm: &str, net: &firefleet_vmm::net::NetAttachment) {
     let script = format!(
         "n=$(ls /sys/class/net | grep -v '^lo$' | head -n 1); \
          ip addr flush dev $n && ip addr add {}/{} dev $n && ip link set dev $n up && \
@@ -316,13 +336,6 @@ pub fn send_live(
         let completed_ms = now_ms();
         // End of stream for the upload (QEMU closed its copy when it finished).
         drop(theirs);
-        if stats.is_ok() {
-            // The guest is stopped here now: its console is final. The destination continues it.
-            let console = std::fs::read(qemu.vm_dir(&vm).join("console.log")).unwrap_or_default();
-            if let Err(e) = handle.block_on(client.migration_console_put(&vm, console)) {
-                tracing::warn!(vm, error = %e, "sending the console failed");
-            }
-        }
         let uploaded = handle.block_on(upload);
         let stats =
             stats.map_err(|e| format!("migration: {}", firefleet_types::error_chain(&e)))?;
@@ -390,29 +403,7 @@ pub fn receive_live(
         })?;
         qemu.live_wait_incoming(vm, Duration::from_secs(60))
             .map_err(|e| format!("incoming state: {}", firefleet_types::error_chain(&e)))?;
-        // The source's console first (same stream, same offsets), then let the guest run.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let console = loop {
-            match handle.block_on(client.migration_console_get(vm)) {
-                Ok(Some(c)) => break c,
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Ok(None) => break Vec::new(),
-                Err(e) => return Err(format!("console: {}", firefleet_types::error_chain(&e))),
-            }
-        };
-        {
-            use std::io::Write as _;
-            let path = qemu.vm_dir(vm).join("console.log");
-            let mut f = fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            f.write_all(&console)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
+        mark_ready(&qemu.vm_dir(vm));
         qemu.resume(vm)
             .map_err(|e| format!("resume: {}", firefleet_types::error_chain(&e)))?;
         let resumed = now_ms();

@@ -179,6 +179,34 @@ impl Ops {
         Ok(cfg)
     }
 
+    /// Gives the control plane a copy of snapshot `name` (best effort), so that the VM can be
+    /// restored from it on another node should this one be lost.
+    fn replicate(&self, handle: &tokio::runtime::Handle, vm: &str, name: &str) {
+        let vm_dir = self.runtimes.vm_dir(vm);
+        let result = crate::migrate::pack(&vm_dir, name).and_then(|archive| {
+            let len = std::fs::metadata(&archive)
+                .map_err(|e| format!("{}: {e}", archive.display()))?
+                .len();
+            let r = handle.block_on(async {
+                let f = tokio::fs::File::open(&archive)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.client
+                    .snapshot_upload(vm, name, f, len)
+                    .await
+                    .map_err(|e| firefleet_types::error_chain(&e))
+            });
+            let _ = std::fs::remove_file(&archive);
+            r
+        });
+        match result {
+            Ok(()) => tracing::info!(vm, snapshot = name, "snapshot copied to the control plane"),
+            Err(e) => {
+                tracing::warn!(vm, snapshot = name, error = %e, "copying the snapshot failed")
+            }
+        }
+    }
+
     fn run(&self, handle: &tokio::runtime::Handle, vm: &str, op: Op) -> Option<Outcome> {
         let wanted = match &op {
             Op::Launch { runtime, .. } | Op::Restore { runtime, .. } => Some(*runtime),
@@ -271,12 +299,43 @@ impl Ops {
                         });
                     }
                 }
-                let dir: PathBuf = self.runtimes.vm_dir(vm).join("snapshots").join(&snapshot);
+                let vm_dir = self.runtimes.dir_for(runtime, vm);
+                let mut dir: PathBuf = vm_dir.join("snapshots").join(&snapshot);
+                let mut fetched = false;
+                if firefleet_vmm::completed_snapshot(&dir).is_none() {
+                    // Not on this node (its node was lost): the control plane's copy.
+                    match crate::migrate::receive(
+                        handle,
+                        &self.client,
+                        vm,
+                        &vm_dir,
+                        &snapshot,
+                        crate::migrate::Source::Replica(&snapshot),
+                    ) {
+                        Ok(d) => {
+                            dir = d;
+                            fetched = true;
+                        }
+                        Err(e) => {
+                            tracing::warn!(vm, error = %e, "fetching the snapshot's copy failed")
+                        }
+                    }
+                }
                 match rt.restore(&cfg, &dir) {
-                    Ok(_) => Some(Outcome::Restored {
-                        vm: vm.to_owned(),
-                        generation,
-                    }),
+                    Ok(_) => {
+                        if fetched {
+                            // Restored on another node than it was taken on: its console here
+                            // starts after the ready line, and the node has another subnet.
+                            crate::migrate::mark_ready(&vm_dir);
+                            if let Some(net) = &cfg.net {
+                                crate::migrate::readdress(rt, vm, net);
+                            }
+                        }
+                        Some(Outcome::Restored {
+                            vm: vm.to_owned(),
+                            generation,
+                        })
+                    }
                     Err(e) => {
                         warn("restore", &e);
                         self.fail(
@@ -346,12 +405,15 @@ impl Ops {
                 }
                 let was_paused = rt.observe(vm).map(|o| o.paused).unwrap_or(false);
                 let report = match rt.snapshot(vm, &name, was_paused) {
-                    Ok(info) => SnapshotReport {
-                        phase: SnapshotPhase::Ready,
-                        bytes: Some(info.bytes),
-                        pause_ms: Some(info.pause_ms),
-                        message: None,
-                    },
+                    Ok(info) => {
+                        self.replicate(handle, vm, &name);
+                        SnapshotReport {
+                            phase: SnapshotPhase::Ready,
+                            bytes: Some(info.bytes),
+                            pause_ms: Some(info.pause_ms),
+                            message: None,
+                        }
+                    }
                     Err(e) => {
                         warn("snapshot", &e);
                         SnapshotReport {

@@ -309,7 +309,9 @@ impl Reconciler {
     async fn reconcile_vm(&mut self, intent: &VmIntent) {
         let id = intent.id.as_str().to_owned();
         if self.migrating_out.contains(&id) && !intent.deleting {
-            // Paused for its snapshot and on its way elsewhere: not resumed, not reported.
+            // On its way elsewhere (paused for its snapshot, or live): not resumed, not
+            // reported; its console still goes up until it stops here.
+            self.upload_console(&intent.id).await;
             return;
         }
         if self.ops.is_busy(&id) {

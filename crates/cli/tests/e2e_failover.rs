@@ -64,6 +64,16 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
     c.ok(&["node", "uncordon", "gcp-1"]);
     let edge_dir = c.path("agent-edge-1");
     assert_eq!(vmm_pids_under(&edge_dir).len(), 2);
+    // `a` has a snapshot (the control plane keeps a copy); `b` has none.
+    c.wait(Duration::from_secs(30), "a's counter runs", || {
+        counters(&c.console("a")).len() >= 4
+    });
+    c.ok(&["vm", "snapshot", "a", "s1", "--wait"]);
+    let snaps = c.json(&["vm", "snapshots", "a"]);
+    assert_eq!(snaps[0]["replicated"], true, "{snaps}");
+    let a_at_kill = counters(&c.console("a")).last().copied().unwrap();
+    let ready = |c: &Cluster, vm: &str| c.console(vm).matches("firefleet-guest ready").count();
+    assert_eq!((ready(&c, "a"), ready(&c, "b")), (1, 1));
 
     // Lose the edge node's agent (its VMMs live on, as after a network partition).
     let lost_at = Instant::now();
@@ -91,6 +101,31 @@ fn a_lost_node_s_vms_run_elsewhere_and_it_fences_itself_on_return() {
             t.as_secs_f64()
         );
     }
+    // `a` was restored from its snapshot's copy on its new node: the same guest goes on (no
+    // second boot, the counter continues past where it was); `b` booted afresh.
+    let va = c.vm("a");
+    assert_eq!(va["spec"]["restore"]["snapshot"], "s1", "{va}");
+    assert_eq!(
+        va["status"]["restored_generation"], va["generation"],
+        "{va}"
+    );
+    c.wait(
+        Duration::from_secs(60),
+        "a's counter goes on past the kill",
+        || {
+            counters(&c.console("a"))
+                .last()
+                .is_some_and(|&n| n > a_at_kill)
+        },
+    );
+    assert_eq!(
+        ready(&c, "a"),
+        1,
+        "a booted again instead of being restored"
+    );
+    c.wait(Duration::from_secs(60), "b boots afresh", || {
+        ready(&c, "b") == 2
+    });
     let after = placements(&c);
     // The new instances are on the surviving nodes, one VMM each.
     for (node, _) in after.values() {

@@ -578,50 +578,46 @@ impl Client {
         self.stream_to(url, out).await
     }
 
-    /// Agent, live migration source: sends its console as it was when the guest stopped.
-    pub async fn migration_console_put(&self, vm: &str, data: Vec<u8>) -> Result<(), ClientError> {
-        let url = format!("{}/v1/agent/migrations/{}/console", self.base, enc(vm));
+    /// Agent: keeps a copy of a VM's snapshot (a tar) on the server, for a restore on another
+    /// node (after a failover).
+    pub async fn snapshot_upload(
+        &self,
+        vm: &str,
+        name: &str,
+        file: tokio::fs::File,
+        len: u64,
+    ) -> Result<(), ClientError> {
+        let url = format!(
+            "{}/v1/agent/vms/{}/snapshots/{}/data",
+            self.base,
+            enc(vm),
+            enc(name)
+        );
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
         let req = self
             .http
             .put(&url)
-            .header("content-type", "application/octet-stream")
-            .body(data);
+            .timeout(TRANSFER_TIMEOUT)
+            .header("content-type", "application/x-tar")
+            .header("content-length", len)
+            .body(body);
         self.finish::<serde_json::Value>(url, req).await.map(drop)
     }
 
-    /// Agent, live migration destination: the source's console, once it was sent (`None`
-    /// before).
-    pub async fn migration_console_get(&self, vm: &str) -> Result<Option<Vec<u8>>, ClientError> {
-        let url = format!("{}/v1/agent/migrations/{}/console", self.base, enc(vm));
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status();
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        if !status.is_success() {
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                code: "http".to_owned(),
-                message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                field: None,
-            });
-        }
-        Ok(Some(bytes.to_vec()))
+    /// Agent: the server's copy of a VM's snapshot, into `out`; returns its size.
+    pub async fn snapshot_download(
+        &self,
+        vm: &str,
+        name: &str,
+        out: &mut tokio::fs::File,
+    ) -> Result<u64, ClientError> {
+        let url = format!(
+            "{}/v1/agent/vms/{}/snapshots/{}/data",
+            self.base,
+            enc(vm),
+            enc(name)
+        );
+        self.stream_to(url, out).await
     }
 
     /// Agent: reports a migration step.

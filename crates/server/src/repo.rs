@@ -53,6 +53,13 @@ pub struct ConsoleRecord {
     /// The kept bytes.
     #[serde(with = "b64")]
     pub data: Vec<u8>,
+    /// The node whose console file the stream continues now.
+    #[serde(default)]
+    pub node: Option<NodeId>,
+    /// Where that node's file starts in the stream: a VM that moved to another node (failover,
+    /// migration, restore there) has a new console file there, appended after what was.
+    #[serde(default)]
+    pub base: u64,
 }
 
 mod b64 {
@@ -197,6 +204,7 @@ pub async fn delete_vm_record(state: &AppState, vm: &Vm) -> Result<(), ApiError>
     delete_prefix(state, &format!("/snapshots/{}/", vm.id)).await?;
     delete_prefix(state, &format!("/execs/{}/", vm.id)).await?;
     delete_prefix(state, &migration_key(&vm.id)).await?;
+    let _ = tokio::fs::remove_dir_all(state.data_dir.join("snapshots").join(vm.id.as_str())).await;
     state
         .store
         .txn(
@@ -231,6 +239,7 @@ pub async fn get_console(state: &AppState, id: &VmId) -> Result<ConsoleRecord, A
 pub async fn append_console(
     state: &AppState,
     id: &VmId,
+    node: &NodeId,
     offset: u64,
     bytes: &[u8],
 ) -> Result<u64, ApiError> {
@@ -239,8 +248,27 @@ pub async fn append_console(
             .await?
             .unwrap_or_default();
         let end = rec.start + rec.data.len() as u64;
-        if offset != end || bytes.is_empty() {
-            return Ok(end);
+        let moved = rec.node.as_ref() != Some(node);
+        if moved {
+            // A new node's file: its offset 0 is the stream's current end.
+            rec.node = Some(node.clone());
+            rec.base = end;
+        }
+        // Offsets are the node's file's; the answer too.
+        let local_end = end - rec.base;
+        if offset != local_end || bytes.is_empty() {
+            if moved {
+                match state
+                    .store
+                    .compare_and_swap(&console_key(id), rev, encode(&rec)?)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(local_end);
         }
         rec.data.extend_from_slice(bytes);
         if rec.data.len() > CONSOLE_KEEP {
@@ -248,7 +276,7 @@ pub async fn append_console(
             rec.data.drain(..cut);
             rec.start += cut as u64;
         }
-        let new_end = rec.start + rec.data.len() as u64;
+        let new_end = rec.start + rec.data.len() as u64 - rec.base;
         match state
             .store
             .compare_and_swap(&console_key(id), rev, encode(&rec)?)

@@ -43,6 +43,10 @@ pub struct Snapshot {
     pub pause_ms: Option<u64>,
     /// Why it failed.
     pub message: Option<String>,
+    /// A copy is kept by the control plane: the VM can be restored from it on another node
+    /// (after its node was lost).
+    #[serde(default)]
+    pub replicated: bool,
 }
 
 /// Checks a snapshot name (same rules as other names).

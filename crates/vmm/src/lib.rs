@@ -56,7 +56,9 @@ pub use image::{
 pub use probe::{probe_accel, AccelProbe};
 pub use qemu::QemuRuntime;
 pub use runtime::{ConsoleChunk, LaunchConfig, Observation, Runtime, VmProcessInfo, VmmError};
-pub use runtime::{DiskConfig, DiskCounters, DiskRole, SnapshotInfo, VmmIoStats};
+pub use runtime::{
+    DiskConfig, DiskCounters, DiskRole, SnapshotInfo, VmmIoStats, GUEST_READY_MARKER,
+};
 
 /// What a complete snapshot directory on this host holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -124,6 +124,11 @@ pub struct VmmIoStats {
     pub metrics: std::collections::BTreeMap<String, u64>,
 }
 
+/// A file in a VM's state directory saying its guest was ready before it came to this node
+/// (restored or migrated here): its console here starts after the guest's ready line. A fresh
+/// launch removes it.
+pub const GUEST_READY_MARKER: &str = "guest-ready";
+
 /// A snapshot written by [`Runtime::snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotInfo {

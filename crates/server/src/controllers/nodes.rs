@@ -56,10 +56,23 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             tracing::info!(vm = %vm.id, %node, "vm deleted (its node is lost)");
             continue;
         }
-        let message = format!(
-            "node {node} lost (silent for {} s): placed again",
-            silent / 1000
-        );
+        // Its newest snapshot the control plane keeps a copy of, if any: restored from it.
+        let snapshot = repo::list_snapshots(&state, &vm.id)
+            .await?
+            .into_iter()
+            .filter(|s| s.replicated && s.phase == firefleet_types::SnapshotPhase::Ready)
+            .max_by_key(|s| s.ready_ms.unwrap_or(s.requested_ms))
+            .map(|s| s.name);
+        let message = match &snapshot {
+            Some(s) => format!(
+                "node {node} lost (silent for {} s): placed again, restoring snapshot {s}",
+                silent / 1000
+            ),
+            None => format!(
+                "node {node} lost (silent for {} s): placed again",
+                silent / 1000
+            ),
+        };
         let updated = repo::update_vm(&state, &vm.id, |v| {
             if v.status.node.as_ref() != Some(node) || v.deleting || v.status.phase.is_terminal() {
                 return Ok(false);
@@ -71,7 +84,12 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
                 s.stopped_ms = Some(now);
             } else {
                 v.generation = v.generation.next();
-                v.spec.restore = None;
+                v.spec.restore = snapshot
+                    .clone()
+                    .map(|name| firefleet_types::RestoreRequest {
+                        snapshot: name,
+                        generation: v.generation,
+                    });
                 s.phase = VmPhase::Pending;
                 s.node = None;
                 s.message = Some(message.clone());

@@ -280,7 +280,7 @@ pub async fn upload_console(
             "vm {id} is not placed on node {node}"
         )));
     }
-    let next_offset = repo::append_console(&state, &id, q.offset, &bytes).await?;
+    let next_offset = repo::append_console(&state, &id, &node, q.offset, &bytes).await?;
     Ok(Json(ConsoleOffset { next_offset }))
 }
 
@@ -328,6 +328,88 @@ pub async fn report_snapshot(
     })
     .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Where the control plane keeps its copy of a VM's snapshot.
+pub(crate) fn replica_path(state: &AppState, vm: &VmId, name: &str) -> std::path::PathBuf {
+    state
+        .data_dir
+        .join("snapshots")
+        .join(vm.as_str())
+        .join(format!("{name}.tar"))
+}
+
+/// Keep a copy of a snapshot (a tar of its directory) on the control plane, so that the VM can
+/// be restored from it on another node.
+#[utoipa::path(put, path = "/v1/agent/vms/{vm}/snapshots/{name}/data", security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id"), ("name" = String, Path, description = "snapshot name")),
+    request_body(content = String, content_type = "application/x-tar"),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn snapshot_data_put(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path((vm, name)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> Result<axum::http::StatusCode, ApiError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let vm = vm_on_node(&state, &node, &vm).await?;
+    firefleet_types::snapshot::validate_snapshot_name(&name)?;
+    if repo::get_json::<Snapshot>(&state, &repo::snapshot_key(&vm.id, &name))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("snapshot", name));
+    }
+    let path = replica_path(&state, &vm.id, &name);
+    let io = |e: std::io::Error| ApiError::Internal(format!("storing the snapshot: {e}"));
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    }
+    let part = path.with_extension("part");
+    let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::Internal(format!("reading the upload: {e}")))?;
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.sync_all().await.map_err(io)?;
+    drop(file);
+    tokio::fs::rename(&part, &path).await.map_err(io)?;
+    repo::update_snapshot(&state, &vm.id, &name, |s| {
+        let changed = !s.replicated;
+        s.replicated = true;
+        Ok(changed)
+    })
+    .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// The control plane's copy of a snapshot, for the VM's (new) node.
+#[utoipa::path(get, path = "/v1/agent/vms/{vm}/snapshots/{name}/data", security(("mtls" = [])),
+    params(("vm" = String, Path, description = "VM id"), ("name" = String, Path, description = "snapshot name")),
+    responses((status = 200, content_type = "application/x-tar", body = String), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn snapshot_data_get(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path((vm, name)): Path<(String, String)>,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let vm = vm_on_node(&state, &node, &vm).await?;
+    firefleet_types::snapshot::validate_snapshot_name(&name)?;
+    let file = tokio::fs::File::open(replica_path(&state, &vm.id, &name))
+        .await
+        .map_err(|_| ApiError::not_found("snapshot copy", name))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_owned(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+        ],
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    ))
 }
 
 /// Report the result of an exec.

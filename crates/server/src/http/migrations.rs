@@ -427,7 +427,6 @@ async fn switch(state: &AppState, m: &Migration, r: &MigrationReport) -> Result<
     })
     .await?;
     let _ = tokio::fs::remove_file(transfer_path(state, m)).await;
-    let _ = tokio::fs::remove_file(console_path(state, m)).await;
     state.kick.notify_waiters();
     tracing::info!(vm = %vm.id, from = %m.from, to = %m.to, "migration done");
     Ok(())
@@ -571,51 +570,4 @@ pub async fn live_send(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn console_path(state: &AppState, m: &Migration) -> PathBuf {
-    transfer_path(state, m).with_extension("console")
-}
-
-/// Live migration, source: its console as it was when the guest stopped there (the destination
-/// continues it, so that console offsets stay the same stream).
-#[utoipa::path(put, path = "/v1/agent/migrations/{vm}/console", security(("mtls" = [])),
-    params(("vm" = String, Path, description = "VM id")),
-    request_body(content = String, content_type = "application/octet-stream"),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn console_put(
-    State(state): State<AppState>,
-    AgentNode(node): AgentNode,
-    Path(vm): Path<String>,
-    body: Body,
-) -> Result<StatusCode, ApiError> {
-    let m = migration_on(&state, &vm, &node, Side::Source).await?;
-    let bytes = axum::body::to_bytes(body, 64 << 20)
-        .await
-        .map_err(|e| ApiError::Internal(format!("reading the console: {e}")))?;
-    let path = console_path(&state, &m);
-    let io = |e: std::io::Error| ApiError::Internal(format!("storing the console: {e}"));
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(io)?;
-    }
-    let part = path.with_extension("console-part");
-    tokio::fs::write(&part, &bytes).await.map_err(io)?;
-    tokio::fs::rename(&part, &path).await.map_err(io)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Live migration, destination: the source's console (404 until the source has sent it).
-#[utoipa::path(get, path = "/v1/agent/migrations/{vm}/console", security(("mtls" = [])),
-    params(("vm" = String, Path, description = "VM id")),
-    responses((status = 200, content_type = "application/octet-stream", body = String), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn console_get(
-    State(state): State<AppState>,
-    AgentNode(node): AgentNode,
-    Path(vm): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let m = migration_on(&state, &vm, &node, Side::Destination).await?;
-    let bytes = tokio::fs::read(console_path(&state, &m))
-        .await
-        .map_err(|_| ApiError::not_found("migration console of vm", vm))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
 }

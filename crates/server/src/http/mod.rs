@@ -63,6 +63,10 @@ pub(crate) fn router(state: AppState) -> Router {
             put(agent::report_snapshot),
         )
         .route("/v1/agent/vms/{vm}/execs/{exec}", put(agent::report_exec))
+        .route(
+            "/v1/agent/vms/{vm}/snapshots/{name}/data",
+            put(agent::snapshot_data_put).get(agent::snapshot_data_get),
+        )
         .route("/v1/agent/vms/{vm}/stats", put(agent::report_stats))
         .route(
             "/v1/agent/migrations/{vm}/snapshot",
@@ -72,10 +76,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/v1/agent/migrations/{vm}/live",
             put(migrations::live_send).get(migrations::live_receive),
-        )
-        .route(
-            "/v1/agent/migrations/{vm}/console",
-            put(migrations::console_put).get(migrations::console_get),
         )
         .fallback(|| async {
             ApiError::NotFound {
@@ -235,8 +235,6 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         migrations::report,
         migrations::live_send,
         migrations::live_receive,
-        migrations::console_put,
-        migrations::console_get,
         admin::list_nodes,
         admin::get_node,
         admin::cordon,
@@ -249,6 +247,8 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         agent::report_status,
         agent::upload_console,
         agent::report_snapshot,
+        agent::snapshot_data_put,
+        agent::snapshot_data_get,
         agent::report_exec,
         agent::report_stats,
     ),

@@ -103,6 +103,7 @@ pub async fn create_snapshot(
         bytes: None,
         pause_ms: None,
         message: None,
+        replicated: false,
     };
     repo::create_snapshot(&state, &snap).await?;
     Ok((StatusCode::ACCEPTED, Json(snap)))

@@ -635,6 +635,8 @@ impl Runtime for FirecrackerRuntime {
         }
         self.channels.close(&cfg.id);
         self.prepare_dir(cfg, true)?;
+        // A fresh boot: whatever a restore here said about readiness no longer holds.
+        let _ = fs::remove_file(dir.join(crate::runtime::GUEST_READY_MARKER));
         let p = self.spawn(cfg, &dir)?;
         if let Err(e) = self.configure_and_start(cfg, &kernel) {
             kill_and_reap(p);
@@ -704,7 +706,9 @@ impl Runtime for FirecrackerRuntime {
             id: id.to_string(),
             pid: p.map(|p| p.pid),
             running,
-            guest_ready: ready || self.channels.status(id).ready,
+            guest_ready: ready
+                || self.channels.status(id).ready
+                || dir.join(crate::runtime::GUEST_READY_MARKER).exists(),
             guest_exit_code: exit_code,
             powered_off: powering_off && !running,
             vmm_exit,

@@ -500,6 +500,8 @@ impl Runtime for QemuRuntime {
             });
         }
         self.prepare_dir(cfg)?;
+        // A fresh boot: whatever a restore here said about readiness no longer holds.
+        let _ = fs::remove_file(dir.join(crate::runtime::GUEST_READY_MARKER));
         let p = self.spawn(cfg, &dir, &ArgOptions::default())?;
         self.wait_for_qmp(cfg, p)?;
         Ok(VmProcessInfo {
@@ -561,7 +563,7 @@ impl Runtime for QemuRuntime {
             id: id.to_string(),
             pid: p.map(|p| p.pid),
             running,
-            guest_ready: ready,
+            guest_ready: ready || dir.join(crate::runtime::GUEST_READY_MARKER).exists(),
             guest_exit_code: exit_code,
             powered_off: powering_off && !running,
             vmm_exit,
