@@ -297,6 +297,7 @@ impl FcMetricsSums {
             self.offset += used as u64;
             buf.drain(..used);
             if got == 0 {
+                release_read_part(path, self.offset);
                 return Ok(());
             }
             if buf.len() > 4 * METRICS_CHUNK {
@@ -313,9 +314,67 @@ impl FcMetricsSums {
     }
 }
 
+/// Frees the disk blocks of the first `upto` bytes of `path` (already read), keeping the size:
+/// Firecracker appends a metrics object at every flush, so the file would grow without bound.
+/// Best effort: filesystems without hole punching keep the blocks.
+fn release_read_part(path: &Path, upto: u64) {
+    use std::os::fd::AsRawFd;
+    let len = upto & !4095;
+    if len == 0 {
+        return;
+    }
+    let Ok(f) = fs::OpenOptions::new().write(true).open(path) else {
+        return;
+    };
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return;
+    };
+    // SAFETY: a valid open descriptor; the range is within the file.
+    unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            len,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_metrics_are_released_and_sums_go_on() {
+        use std::io::Write as _;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.json");
+        let flush = |n: u64| {
+            format!(
+                "{{\"utc_timestamp_ms\":{n},\"api_server\":{{\"process_startup_time_us\":5}},\"put_api_requests\":{{\"actions_count\":{n},\"pad\":\"{}\"}}}}",
+                "x".repeat(3000)
+            )
+        };
+        let mut f = fs::File::create(&path).unwrap();
+        for _ in 0..8 {
+            f.write_all(flush(1).as_bytes()).unwrap();
+        }
+        f.sync_all().unwrap();
+        let blocks_before = fs::metadata(&path).unwrap().blocks();
+        let mut sums = FcMetricsSums::default();
+        sums.update(&path).unwrap();
+        assert_eq!(sums.totals()["put_api_requests.actions_count"], 8);
+        let meta = fs::metadata(&path).unwrap();
+        assert!(meta.len() > 24_000, "the size is kept");
+        if meta.blocks() >= blocks_before {
+            eprintln!("this filesystem does not punch holes; sums checked only");
+        }
+        // Firecracker goes on appending at its offset; the sums go on.
+        f.write_all(flush(2).as_bytes()).unwrap();
+        sums.update(&path).unwrap();
+        assert_eq!(sums.totals()["put_api_requests.actions_count"], 10);
+    }
 
     #[test]
     fn parses_stat_and_statm() {

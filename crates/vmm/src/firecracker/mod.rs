@@ -603,7 +603,8 @@ impl FirecrackerRuntime {
 /// The last complete JSON object in a file of concatenated objects (Firecracker writes one per
 /// flush, each on its own line).
 fn last_json_object(text: &str) -> Option<serde_json::Value> {
-    serde_json::Deserializer::from_str(text)
+    // The part already summed may have been released (a hole reads as NULs).
+    serde_json::Deserializer::from_str(text.trim_start_matches('\0'))
         .into_iter::<serde_json::Value>()
         .map_while(Result::ok)
         .last()
