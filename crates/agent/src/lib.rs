@@ -144,10 +144,8 @@ pub async fn run(
         tracing::warn!(%why, "firecracker is not offered");
     }
     facts.runtimes = runtimes.names();
-    if let Some(fc) = runtimes.firecracker() {
-        if let Ok(v) = runtimes::firecracker_version(fc.firecracker()) {
-            facts.vmm_version = format!("{}; {v}", facts.vmm_version);
-        }
+    if let Some(v) = &runtimes.firecracker_version {
+        facts.vmm_version = format!("{}; {v}", facts.vmm_version);
     }
     let runtimes = Arc::new(runtimes);
     tracing::info!(node = %config.node, accel = %facts.accel, probe = %facts.accel_probe, runtimes = ?facts.runtimes, "agent started");

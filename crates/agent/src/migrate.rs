@@ -57,7 +57,7 @@ fn done(resumed_ms: u64) -> MigrationReport {
     }
 }
 
-fn failed(message: String) -> MigrationReport {
+pub(crate) fn failed(message: String) -> MigrationReport {
     MigrationReport {
         phase: MigrationPhase::Failed,
         paused_ms: None,
@@ -186,10 +186,7 @@ pub(crate) fn receive(
     ]);
     let _ = fs::remove_file(&archive);
     unpacked?;
-    if firefleet_vmm::completed_snapshot(&tmp).is_none() {
-        // Checked under its final name too (QEMU's check refuses temporary names): rename first.
-        tracing::debug!(vm, "snapshot checked after the rename");
-    }
+    // Checked under its final name (QEMU's check refuses temporary names).
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if firefleet_vmm::completed_snapshot(&dir).is_none() {

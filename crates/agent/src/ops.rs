@@ -476,14 +476,7 @@ impl Ops {
                     }
                     Err(e) => {
                         let msg = format!("destination: {e}");
-                        let r = firefleet_api::MigrationReport {
-                            phase: firefleet_types::MigrationPhase::Failed,
-                            paused_ms: None,
-                            resumed_ms: None,
-                            message: Some(msg.clone()),
-                            kernel_cmdline: None,
-                            vmm_downtime_ms: None,
-                        };
+                        let r = crate::migrate::failed(msg.clone());
                         let _ = handle.block_on(self.client.migration_report(vm, &r));
                         Err(msg)
                     }

@@ -242,14 +242,7 @@ impl Reconciler {
                         }
                         Ok(_) => {}
                         Err(e) if self.started.insert(key) => {
-                            let r = firefleet_api::MigrationReport {
-                                phase: firefleet_types::MigrationPhase::Failed,
-                                paused_ms: None,
-                                resumed_ms: None,
-                                message: Some(format!("destination: {e}")),
-                                kernel_cmdline: None,
-                                vmm_downtime_ms: None,
-                            };
+                            let r = crate::migrate::failed(format!("destination: {e}"));
                             if let Err(e) = self.client.migration_report(&vm, &r).await {
                                 tracing::warn!(%vm, error = %e, "reporting a migration failure failed");
                             }
@@ -479,6 +472,31 @@ fn launch_config(
     })
 }
 
+/// Launch the VM here (reported Starting), or Failed if its config cannot be made.
+fn launch(
+    intent: &VmIntent,
+    local: &mut Local,
+    now: u64,
+    image_dir: &Path,
+    runtimes: &Runtimes,
+) -> Decision {
+    match launch_config(intent, image_dir, runtimes) {
+        Ok(cfg) => {
+            local.launched_ms.get_or_insert(now);
+            Decision::with_op(
+                VmPhase::Starting,
+                Op::Launch {
+                    cfg: Box::new(cfg),
+                    net: net_request(intent),
+                    disks: intent.spec.disks.clone(),
+                    runtime: intent.spec.runtime,
+                },
+            )
+        }
+        Err(e) => Decision::failed(e),
+    }
+}
+
 /// Decides the phase to report and the operation to start for one VM.
 fn decide(
     intent: &VmIntent,
@@ -557,21 +575,7 @@ fn decide(
                 && matches!(intent.phase, VmPhase::Scheduled | VmPhase::Starting)
                 && spec.desired != DesiredState::Stopped =>
         {
-            match launch_config(intent, image_dir, runtimes) {
-                Ok(cfg) => {
-                    local.launched_ms.get_or_insert(now);
-                    Decision::with_op(
-                        VmPhase::Starting,
-                        Op::Launch {
-                            cfg: Box::new(cfg),
-                            net: net_request(intent),
-                            disks: spec.disks.clone(),
-                            runtime: spec.runtime,
-                        },
-                    )
-                }
-                Err(e) => Decision::failed(e),
-            }
+            launch(intent, local, now, image_dir, runtimes)
         }
         Some(o) => {
             local.stopped_ms.get_or_insert(now);
@@ -604,21 +608,7 @@ fn decide(
             // Starting with nothing here: the agent died before the launch made anything (a
             // launch is idempotent and nothing local exists, so launching cannot duplicate).
             VmPhase::Scheduled | VmPhase::Starting if spec.desired != DesiredState::Stopped => {
-                match launch_config(intent, image_dir, runtimes) {
-                    Ok(cfg) => {
-                        local.launched_ms.get_or_insert(now);
-                        Decision::with_op(
-                            VmPhase::Starting,
-                            Op::Launch {
-                                cfg: Box::new(cfg),
-                                net: net_request(intent),
-                                disks: spec.disks.clone(),
-                                runtime: spec.runtime,
-                            },
-                        )
-                    }
-                    Err(e) => Decision::failed(e),
-                }
+                launch(intent, local, now, image_dir, runtimes)
             }
             VmPhase::Scheduled | VmPhase::Starting | VmPhase::Stopping => {
                 local.stopped_ms.get_or_insert(now);

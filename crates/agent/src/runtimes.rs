@@ -31,6 +31,8 @@ pub struct Runtimes {
     firecracker: Option<Arc<FirecrackerRuntime>>,
     /// Why Firecracker is not offered, when it was asked for.
     pub firecracker_unavailable: Option<String>,
+    /// `firecracker --version`, when offered.
+    pub firecracker_version: Option<String>,
 }
 
 /// `/dev/kvm` can be opened for reading and writing (what Firecracker needs).
@@ -44,7 +46,7 @@ fn kvm_usable() -> Result<(), String> {
 }
 
 /// `firecracker --version`, first line.
-pub fn firecracker_version(binary: &Path) -> Result<String, String> {
+fn firecracker_version(binary: &Path) -> Result<String, String> {
     let out = std::process::Command::new(binary)
         .arg("--version")
         .output()
@@ -78,13 +80,17 @@ impl Runtimes {
             qemu_accel,
             firecracker: None,
             firecracker_unavailable: None,
+            firecracker_version: None,
         };
         let Some(fc) = firecracker else {
             return Ok(this);
         };
-        if let Err(why) = kvm_usable().and_then(|()| firecracker_version(&fc.binary).map(drop)) {
-            this.firecracker_unavailable = Some(why);
-            return Ok(this);
+        match kvm_usable().and_then(|()| firecracker_version(&fc.binary)) {
+            Ok(v) => this.firecracker_version = Some(v),
+            Err(why) => {
+                this.firecracker_unavailable = Some(why);
+                return Ok(this);
+            }
         }
         let jailer = fc.jailer.as_ref().map(|j| JailerConfig {
             jailer_bin: j.clone(),

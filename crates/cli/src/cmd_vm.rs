@@ -470,17 +470,7 @@ async fn wait_migration(
     output: Output,
     timeout: Duration,
 ) -> anyhow::Result<Migration> {
-    let bar = if output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let b = ProgressBar::new_spinner();
-        b.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = spinner(output);
     let deadline = Instant::now() + timeout;
     loop {
         let m = c.vm_migration(vm).await?;
@@ -502,14 +492,9 @@ async fn wait_migration(
     }
 }
 
-pub async fn wait_for(
-    c: &Client,
-    id: &str,
-    output: Output,
-    timeout: Duration,
-    done: impl Fn(&Vm) -> bool,
-) -> anyhow::Result<Vm> {
-    let bar = if output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+/// A spinner on a terminal (table output), hidden otherwise.
+fn spinner(output: Output) -> ProgressBar {
+    if output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = ProgressBar::new_spinner();
         b.set_style(
             ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
@@ -519,7 +504,17 @@ pub async fn wait_for(
         b
     } else {
         ProgressBar::hidden()
-    };
+    }
+}
+
+pub async fn wait_for(
+    c: &Client,
+    id: &str,
+    output: Output,
+    timeout: Duration,
+    done: impl Fn(&Vm) -> bool,
+) -> anyhow::Result<Vm> {
+    let bar = spinner(output);
     let deadline = Instant::now() + timeout;
     loop {
         let v = c.vm_get(id).await?;
