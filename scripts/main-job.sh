@@ -3,7 +3,8 @@
 # status, run a one-shot command VM, exec in a guest and show its stats, pause/resume, snapshot and
 # restore a VM whose counter goes on, a second node joins and VMs are placed across the labelled
 # nodes, the counter VM migrates to the other node, run a VM on a disk image built from a
-# directory, stop and delete everything, tear down, exit 0.
+# directory, deploy a function (a cold start from its snapshot template, warm calls, scale to
+# zero), stop and delete everything, tear down, exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -24,6 +25,7 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 step "firefleet up --data-dir $data --listen $listen"
 "$ff" up --data-dir "$data" --listen "$listen" --bridge "$bridge" --subnet "$subnet" \
   --node-name local --label cloud=local --label region=dev-1 \
+  --fn-tick-ms 500 --fn-bin-secs 1 --fn-keep-alive-secs 10 \
   2>"$data/up.log" &
 up=$!
 cleanup() {
@@ -132,6 +134,26 @@ step "firefleet vm stop hello --wait; firefleet vm rm hello job counter --wait"
 "$ff" vm rm job --wait
 "$ff" vm rm counter --wait
 "$ff" vm ls
+
+step "a function: deploy (its template booted and snapshotted), a cold start, warm calls, scale to zero"
+"$ff" fn deploy greet --cmd 'read name; echo "hello, $name"' --memory 128 --max 3 --region dev-1
+echo "first call: a cold start (an instance restored from the template):"
+"$ff" fn invoke greet --data world 2>&1
+echo "next calls: warm"
+"$ff" fn invoke greet --data again 2>&1
+"$ff" fn invoke greet --data "once more" 2>&1
+[ "$("$ff" fn invoke greet --data check 2>/dev/null)" = "hello, check" ]
+sleep 1
+"$ff" fn get greet
+echo "idle: the instance goes once the keep-alive the autoscaler gave it passes (this job runs the"
+echo "autoscaler on a compressed clock: 1 s bins instead of 1 min)"
+for _ in $(seq 1 300); do
+  "$ff" fn get greet --output json | grep -q '"instances": \[\]' && break
+  sleep 0.5
+done
+"$ff" fn get greet --output json | grep -q '"instances": \[\]'
+"$ff" fn get greet
+"$ff" fn rm greet
 
 step "a disk image built from a directory, the root of a VM (its own copy-on-write layer), plus a blank data disk"
 mkdir -p "$data/rootfs/bin" "$data/rootfs/proc" "$data/rootfs/sys" "$data/rootfs/dev" "$data/rootfs/tmp" "$data/rootfs/mnt"

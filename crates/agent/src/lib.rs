@@ -15,6 +15,7 @@ mod disks;
 mod facts;
 mod guest;
 mod identity;
+mod invoke;
 mod migrate;
 pub mod network;
 mod ops;
@@ -148,6 +149,11 @@ pub async fn run(
         facts.vmm_version = format!("{}; {v}", facts.vmm_version);
     }
     let runtimes = Arc::new(runtimes);
+    let invoker = tokio::spawn(invoke::serve(
+        client.clone(),
+        runtimes.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(node = %config.node, accel = %facts.accel, probe = %facts.accel_probe, runtimes = ?facts.runtimes, "agent started");
 
     // Heartbeats.
@@ -227,6 +233,7 @@ pub async fn run(
         }
     }
     poller.abort();
+    invoker.abort();
     hb.abort();
     tracing::info!("agent stopped; VMs keep running");
     Ok(())

@@ -265,11 +265,17 @@ fn conclude(
 /// The restored guest still has the source node's address: give it this node's, over the guest
 /// channel. Best effort: a guest without a channel keeps its old address (and says so in logs).
 pub(crate) fn readdress(rt: &dyn Runtime, vm: &str, net: &firefleet_vmm::net::NetAttachment) {
+    // The MAC too: a clone of a function's template starts with the template's.
     let script = format!(
         "n=$(ls /sys/class/net | grep -v '^lo$' | head -n 1); \
+         if [ \"$(cat /sys/class/net/$n/address)\" != {mac} ]; then \
+           ip link set dev $n down && ip link set dev $n address {mac}; fi; \
          ip addr flush dev $n && ip addr add {}/{} dev $n && ip link set dev $n up && \
          ip route replace default via {} dev $n",
-        net.guest_ip, net.prefix_len, net.gateway
+        net.guest_ip,
+        net.prefix_len,
+        net.gateway,
+        mac = net.mac
     );
     let argv = vec!["sh".to_owned(), "-c".to_owned(), script];
     match rt.exec(vm, &argv, None, Duration::from_secs(10)) {

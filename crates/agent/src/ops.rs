@@ -27,6 +27,9 @@ pub enum Op {
         net: NetRequest,
         disks: Vec<DiskSpec>,
         runtime: VmRuntime,
+        /// Start by restoring this snapshot of another VM (a function's template), not by
+        /// booting.
+        template: Option<firefleet_types::function::TemplateRef>,
     },
     /// Stop the VM, attach it (same address and TAP as before), restore it from a snapshot.
     Restore {
@@ -90,6 +93,8 @@ pub struct Ops {
     outcomes: Arc<Mutex<Vec<Outcome>>>,
     /// Launches that failed, with why, until the VM leaves the intents.
     pub failed: Arc<Mutex<HashMap<String, String>>>,
+    /// Held while a function's template is fetched and unpacked (once per node).
+    templates: Arc<Mutex<()>>,
 }
 
 fn now_ms() -> u64 {
@@ -116,6 +121,7 @@ impl Ops {
             busy: Default::default(),
             outcomes: Default::default(),
             failed: Default::default(),
+            templates: Default::default(),
         }
     }
 
@@ -207,6 +213,54 @@ impl Ops {
         }
     }
 
+    /// Starts `vm` by restoring a function's template (fetched from the control plane once per
+    /// node, kept unpacked under `templates/`): a cold start. The clone gets this node's
+    /// address and its own MAC over the guest channel.
+    fn clone_from_template(
+        &self,
+        handle: &tokio::runtime::Handle,
+        rt: &dyn firefleet_vmm::Runtime,
+        vm: &str,
+        runtime: VmRuntime,
+        cfg: &LaunchConfig,
+        t: &firefleet_types::function::TemplateRef,
+    ) {
+        let started = std::time::Instant::now();
+        let dir = {
+            let _one_at_a_time = self.templates.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = self.data_dir.join("templates").join(t.vm.as_str());
+            crate::migrate::receive(
+                handle,
+                &self.client,
+                t.vm.as_str(),
+                &cache,
+                &t.snapshot,
+                crate::migrate::Source::Replica(&t.snapshot),
+            )
+        };
+        let result = dir.and_then(|dir| {
+            rt.restore(cfg, &dir)
+                .map_err(|e| format!("restore: {}", firefleet_types::error_chain(&e)))
+        });
+        match result {
+            Ok(_) => {
+                crate::migrate::mark_ready(&self.runtimes.dir_for(runtime, vm));
+                if let Some(net) = &cfg.net {
+                    crate::migrate::readdress(rt, vm, net);
+                }
+                tracing::info!(vm, template = %t.vm, ms = started.elapsed().as_millis() as u64, "started from the function's template");
+            }
+            Err(e) => {
+                tracing::warn!(vm, template = %t.vm, error = %e, "starting from the template failed");
+                self.fail(vm, format!("starting from template {}: {e}", t.vm));
+                let running = rt.observe(vm).map(|o| o.running).unwrap_or(false);
+                if cfg.net.is_some() && !running {
+                    self.detach(vm);
+                }
+            }
+        }
+    }
+
     fn run(&self, handle: &tokio::runtime::Handle, vm: &str, op: Op) -> Option<Outcome> {
         let wanted = match &op {
             Op::Launch { runtime, .. } | Op::Restore { runtime, .. } => Some(*runtime),
@@ -223,6 +277,7 @@ impl Ops {
                 net,
                 disks,
                 runtime,
+                template,
             } => {
                 if let Err(e) = self.runtimes.get(runtime) {
                     self.fail(vm, e);
@@ -243,6 +298,10 @@ impl Ops {
                         self.fail(vm, format!("network: {}", firefleet_types::error_chain(&e)));
                         return None;
                     }
+                }
+                if let Some(t) = template {
+                    self.clone_from_template(handle, rt, vm, runtime, &cfg, &t);
+                    return None;
                 }
                 if let Err(e) = rt.launch(&cfg) {
                     warn("launch", &e);

@@ -490,6 +490,11 @@ fn launch(
                     net: net_request(intent),
                     disks: intent.spec.disks.clone(),
                     runtime: intent.spec.runtime,
+                    template: intent
+                        .spec
+                        .function
+                        .as_ref()
+                        .and_then(|f| f.template.clone()),
                 },
             )
         }

@@ -571,3 +571,217 @@ pub struct Health {
 
 /// Resources in a VM-run request from the CLI; re-exported for convenience.
 pub type VmResources = Resources;
+
+// ---- Functions ----------------------------------------------------------------------------
+
+/// The largest invocation request or response body, in bytes (it travels base64-encoded on
+/// one line of the guest channel, whose lines are at most 64 KiB).
+pub const MAX_INVOKE_BYTES: usize = 32 * 1024;
+
+/// `POST /v1/functions`: deploy a function (or update one: same name, new spec).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployFunctionRequest {
+    /// Name, unique per tenant.
+    pub name: String,
+    /// Owner (admins only; default: the caller's tenant).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub tenant: Option<firefleet_types::TenantId>,
+    /// Image digest.
+    pub image: String,
+    /// Handler command (stdin -> stdout), or the workload serving HTTP on `http_port`.
+    pub cmd: Vec<String>,
+    /// HTTP mode: the port the workload listens on in the guest.
+    #[serde(default)]
+    pub http_port: Option<u16>,
+    /// HTTP mode: the path requests are POSTed to (default `/`).
+    #[serde(default)]
+    pub http_path: Option<String>,
+    /// Resources per instance.
+    pub resources: firefleet_types::Resources,
+    /// Invocations in flight per instance at most (default 1).
+    #[serde(default = "one")]
+    pub concurrency: u32,
+    /// Warm instances at least (default 0: scale to zero).
+    #[serde(default)]
+    pub min: u32,
+    /// Instances at most (default 10).
+    #[serde(default = "ten")]
+    pub max: u32,
+    /// Regions or edge sites for its instances (empty: anywhere).
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Invocation timeout, ms (default 30000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Keep idle instances at least this long (seconds); none: the autoscaler decides.
+    #[serde(default)]
+    pub keep_alive_secs: Option<u64>,
+    /// VMM of its instances.
+    #[serde(default)]
+    pub runtime: firefleet_types::VmRuntime,
+    /// Invocable by end users without a token on `/fn/{tenant}/{name}`.
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn ten() -> u32 {
+    10
+}
+
+/// One instance of a function, as the gateway sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionInstanceInfo {
+    /// The instance's VM.
+    #[schema(value_type = String)]
+    pub vm: VmId,
+    /// VM name.
+    pub name: String,
+    /// Its phase.
+    pub phase: firefleet_types::VmPhase,
+    /// Node.
+    #[schema(value_type = Option<String>)]
+    pub node: Option<firefleet_types::NodeId>,
+    /// Region of its node.
+    pub region: Option<String>,
+    /// Invocations in flight on it now.
+    pub in_flight: u32,
+    /// Idle since (ms since the epoch), when idle.
+    pub idle_since_ms: Option<u64>,
+    /// It is stopped when idle past this (ms since the epoch), per the autoscaler.
+    pub keep_alive_until_ms: Option<u64>,
+}
+
+/// Per-function counters kept by the gateway since the server started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct FunctionCounters {
+    /// Invocations answered (any outcome).
+    pub invocations: u64,
+    /// Invocations that waited for an instance to start.
+    pub cold_starts: u64,
+    /// Invocations that failed (handler error, timeout, no instance in time).
+    pub errors: u64,
+    /// In flight now.
+    pub in_flight: u64,
+    /// Waiting for an instance now.
+    pub waiting: u64,
+    /// Instances started.
+    pub instance_starts: u64,
+}
+
+/// A function with what the gateway knows of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionView {
+    /// The function.
+    #[serde(flatten)]
+    pub function: firefleet_types::Function,
+    /// Its instances (not the template).
+    pub instances: Vec<FunctionInstanceInfo>,
+    /// Counters.
+    pub counters: FunctionCounters,
+    /// The autoscaler's latest decision: warm instances wanted per region (`""`: any).
+    pub wanted: std::collections::BTreeMap<String, u32>,
+    /// Which model or layer made it.
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/functions`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionList {
+    /// Functions, by tenant and name.
+    pub items: Vec<FunctionView>,
+}
+
+/// The outcome of an invocation through the API.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvokeResponse {
+    /// HTTP-like status of the handler: 200 success; 500 the handler failed.
+    pub status: u16,
+    /// Response body (lossy UTF-8).
+    pub body: String,
+    /// Response body, base64 (exact bytes).
+    pub body_b64: String,
+    /// The handler's standard error (command mode), lossy UTF-8.
+    #[serde(default)]
+    pub stderr: String,
+    /// What went wrong, when it did.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// It waited for an instance to start from the template.
+    pub cold_start: bool,
+    /// The instance that served it.
+    #[schema(value_type = String)]
+    pub instance: VmId,
+    /// Its node.
+    #[schema(value_type = String)]
+    pub node: firefleet_types::NodeId,
+    /// Time in the gateway, request to response, ms.
+    pub latency_ms: u64,
+    /// Time in the handler, ms.
+    pub duration_ms: u64,
+}
+
+/// One instance's console, for `fn logs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionLog {
+    /// The instance's VM.
+    #[schema(value_type = String)]
+    pub vm: VmId,
+    /// VM name.
+    pub name: String,
+    /// Console text.
+    pub data: String,
+}
+
+/// `GET /v1/functions/{name}/logs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionLogs {
+    /// Consoles of the template and current instances.
+    pub items: Vec<FunctionLog>,
+}
+
+/// An invocation handed to a node's agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentInvocation {
+    /// Invocation id (echoed in the result).
+    pub id: String,
+    /// The instance.
+    #[schema(value_type = String)]
+    pub vm: VmId,
+    /// How to reach the handler.
+    pub handler: firefleet_types::FunctionHandler,
+    /// Request body, base64.
+    pub body_b64: String,
+    /// The handler's time limit, ms.
+    pub timeout_ms: u64,
+}
+
+/// `GET /v1/agent/invocations`: the invocations queued for this node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentInvocations {
+    /// Invocations, oldest first.
+    pub items: Vec<AgentInvocation>,
+}
+
+/// What the agent reports for an invocation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentInvocationResult {
+    /// Status: 200 success, 500 handler failure, 502 the guest could not be reached, 504 timeout.
+    pub status: u16,
+    /// Response body, base64.
+    pub body_b64: String,
+    /// Standard error of a command handler, base64.
+    #[serde(default)]
+    pub stderr_b64: String,
+    /// What went wrong.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Time in the handler, ms.
+    pub duration_ms: u64,
+}

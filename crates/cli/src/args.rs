@@ -76,6 +76,12 @@ pub enum Command {
     Bench(BenchCommand),
     /// The migrations the planner would make now and why (dry run; `--apply` starts them).
     Plan(PlanArgs),
+    /// Serverless functions: deploy, invoke, inspect, remove.
+    #[command(subcommand)]
+    Fn(FnCommand),
+    /// Offline evaluations of the decision engines on recorded traces.
+    #[command(subcommand)]
+    Eval(crate::cmd_eval::EvalCommand),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +109,18 @@ pub enum BenchCommand {
         count: usize,
         /// Memory per VM in MiB.
         #[arg(long, default_value_t = 256)]
+        memory: u64,
+    },
+    /// A function's cold starts (instance restored from its template) against warm calls.
+    Fn {
+        /// Cold starts (each followed by `--warm` warm calls).
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// Warm calls after each cold start.
+        #[arg(long, default_value_t = 5)]
+        warm: usize,
+        /// Memory per instance in MiB.
+        #[arg(long, default_value_t = 128)]
         memory: u64,
     },
     /// Cold boot to ready vs restore from a snapshot to running, on this host (no server).
@@ -148,6 +166,8 @@ pub struct UpArgs {
     /// `firefleet plan --apply`).
     #[arg(long, default_value_t = 0)]
     pub rebalance_every_secs: u64,
+    #[command(flatten)]
+    pub functions: FunctionArgs,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +193,43 @@ pub struct ServerArgs {
     /// `firefleet plan --apply`).
     #[arg(long, default_value_t = 0)]
     pub rebalance_every_secs: u64,
+    #[command(flatten)]
+    pub functions: FunctionArgs,
+}
+
+/// How functions are scaled.
+#[derive(Debug, Clone, Args)]
+pub struct FunctionArgs {
+    /// The autoscaler's policy: firefleet, fixed-10m (fixed-<N>m, fixed:<secs>), hybrid,
+    /// knative.
+    #[arg(long, default_value = "firefleet")]
+    pub fn_policy: firefleet_server::PolicyKind,
+    /// The autoscaler's tick, milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub fn_tick_ms: u64,
+    /// The autoscaler's histogram bin and forecast step, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub fn_bin_secs: u64,
+    /// Keep-alive of idle instances of a function with too little history, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub fn_keep_alive_secs: u64,
+    /// How long an invocation waits for an instance before it fails, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub fn_hold_secs: u64,
+}
+
+impl FunctionArgs {
+    /// The server's settings.
+    pub fn config(&self) -> firefleet_server::FunctionsConfig {
+        use std::time::Duration;
+        firefleet_server::FunctionsConfig {
+            tick: Duration::from_millis(self.fn_tick_ms.max(50)),
+            bin: Duration::from_secs(self.fn_bin_secs.max(1)),
+            default_keep_alive: Duration::from_secs(self.fn_keep_alive_secs),
+            hold: Duration::from_secs(self.fn_hold_secs.max(1)),
+            policy: self.fn_policy,
+        }
+    }
 }
 
 /// Node failure detection.
@@ -264,6 +321,96 @@ impl FirecrackerArgs {
                 jailer: self.jailer.clone(),
             })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FnCommand {
+    /// Deploy a function (or change one): its first instance is booted and snapshotted, and
+    /// that snapshot is the template every other instance starts from.
+    Deploy(Box<FnDeployArgs>),
+    /// List functions.
+    Ls,
+    /// Show a function, its instances and counters.
+    Get {
+        /// Function name.
+        name: String,
+    },
+    /// Remove a function and all its instances.
+    Rm {
+        /// Function name.
+        name: String,
+    },
+    /// The consoles of a function's template and instances.
+    Logs {
+        /// Function name.
+        name: String,
+    },
+    /// Invoke a function: the response body goes to stdout.
+    Invoke {
+        /// Function name.
+        name: String,
+        /// Request body: text, `@FILE`, or `-` for standard input (default: empty).
+        #[arg(long)]
+        data: Option<String>,
+        /// The caller's region (the nearest instance serves).
+        #[arg(long)]
+        region: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FnDeployArgs {
+    /// Name.
+    pub name: String,
+    /// Image name or digest (default: the `default` image, built on first use).
+    #[arg(long, default_value = "default")]
+    pub image: String,
+    /// The handler, run with `sh -c` once per invocation (request on stdin, response on
+    /// stdout); with `--port`, the workload serving HTTP on that port.
+    #[arg(long)]
+    pub cmd: String,
+    /// HTTP mode: invocations are POSTed to this port inside the instance.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// HTTP mode: the path they are POSTed to.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Memory per instance, MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u64,
+    /// vCPUs per instance.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Invocations in flight per instance at most.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: u32,
+    /// Warm instances at least (0: scale to zero).
+    #[arg(long, default_value_t = 0)]
+    pub min: u32,
+    /// Instances at most.
+    #[arg(long, default_value_t = 10)]
+    pub max: u32,
+    /// Region or edge site for its instances (repeatable; default: anywhere).
+    #[arg(long = "region")]
+    pub regions: Vec<String>,
+    /// Invocation timeout, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
+    /// Keep idle instances this long (seconds) instead of what the autoscaler decides.
+    #[arg(long)]
+    pub keep_alive_secs: Option<u64>,
+    /// The VMM: qemu or firecracker.
+    #[arg(long, default_value = "qemu")]
+    pub runtime: String,
+    /// End users may invoke it without a token (`/fn/TENANT/NAME`).
+    #[arg(long)]
+    pub public: bool,
+    /// Tenant (admin only).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Return at once instead of waiting until the template is ready.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,3 +1,5 @@
+//! `firefleet bench fn`: a function's cold starts against its warm calls, through the gateway.
+//!
 //! `firefleet bench vm-run`: time from `vm run` to Running against a live cluster, split into
 //! control-plane time (accepted -> VMM launched: API, store, scheduler, agent watch) and VMM boot
 //! time (launched -> guest ready line seen), from the timestamps the server records.
@@ -252,4 +254,161 @@ mod tests {
         assert_eq!(super::median(vec![4, 1, 2, 3]), 2);
         assert_eq!(super::median(vec![]), 0);
     }
+}
+
+#[derive(Debug, Serialize)]
+struct FnSummary {
+    cold_starts: usize,
+    warm_calls: usize,
+    /// Gateway latency of a cold start (instance restored from the template), ms.
+    cold_p50_ms: u64,
+    cold_max_ms: u64,
+    /// Gateway latency of a warm call, ms.
+    warm_p50_ms: u64,
+    warm_max_ms: u64,
+    /// Time in the handler, ms (cold and warm together).
+    handler_p50_ms: u64,
+    /// Client wall time of a warm call (CLI process not included), ms.
+    warm_client_p50_ms: u64,
+}
+
+/// Deploys a small function, then `count` times: one call (a cold start: no instance), `warm`
+/// calls (warm), and the instance removed so that the next call is cold again. Needs a policy
+/// that does not pre-warm (`server --fn-policy fixed:N`), or the next call finds an instance.
+pub async fn function(g: &Global, count: usize, warm: usize, memory: u64) -> anyhow::Result<()> {
+    if count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let c = client(g)?;
+    let image = crate::cmd_image::resolve_or_build(g, "default").await?;
+    let name = format!("bench-fn-{}", std::process::id());
+    let req = firefleet_api::DeployFunctionRequest {
+        name: name.clone(),
+        tenant: None,
+        image,
+        cmd: vec!["sh".into(), "-c".into(), "cat".into()],
+        http_port: None,
+        http_path: None,
+        resources: Resources {
+            vcpus: 1,
+            memory_mib: memory,
+        },
+        concurrency: 1,
+        min: 0,
+        max: 1,
+        regions: vec![],
+        timeout_ms: None,
+        keep_alive_secs: None,
+        runtime: Default::default(),
+        public: false,
+    };
+    let bar = if g.output == Output::Table {
+        ProgressBar::new((count * (warm + 1)) as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_message("deploying");
+    let mut v = c.deploy_function(&req).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while v.function.status.phase == firefleet_types::FunctionPhase::Deploying {
+        if Instant::now() > deadline {
+            bail!("function {name} still deploying after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        v = c.get_function(&name).await?;
+    }
+    let result = async {
+        let (mut cold, mut hot, mut handler, mut client_ms) = (vec![], vec![], vec![], vec![]);
+        for i in 0..count {
+            let r = c
+                .invoke_function(&name, format!("cold-{i}").into_bytes(), None)
+                .await?;
+            if r.status != 200 {
+                bail!("call {i}: expected status 200, got {r:?}");
+            }
+            if !r.cold_start {
+                bail!(
+                    "call {i} found a warm instance: the autoscaler keeps or pre-warms one; run \
+                     this against a server started with `--fn-policy fixed:2` (no pre-warming)"
+                );
+            }
+            cold.push(r.latency_ms);
+            handler.push(r.duration_ms);
+            bar.inc(1);
+            for j in 0..warm {
+                let t0 = Instant::now();
+                let w = c
+                    .invoke_function(&name, format!("warm-{i}-{j}").into_bytes(), None)
+                    .await?;
+                client_ms.push(t0.elapsed().as_millis() as u64);
+                if w.status != 200 || w.cold_start || w.body != format!("warm-{i}-{j}") {
+                    bail!("warm call {i}/{j}: unexpected answer {w:?}");
+                }
+                hot.push(w.latency_ms);
+                handler.push(w.duration_ms);
+                bar.inc(1);
+            }
+            // Remove the instance so the next call starts one again.
+            c.vm_delete(r.instance.as_str()).await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !c.get_function(&name).await?.instances.is_empty() {
+                if Instant::now() > deadline {
+                    bail!("the instance of {name} was not removed within 60 s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok((cold, hot, handler, client_ms))
+    }
+    .await;
+    bar.finish_and_clear();
+    let _ = c.delete_function(&name).await;
+    let (cold, hot, handler, client_ms) = result?;
+    let max = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
+    let summary = FnSummary {
+        cold_starts: cold.len(),
+        warm_calls: hot.len(),
+        cold_p50_ms: median(cold.clone()),
+        cold_max_ms: max(&cold),
+        warm_p50_ms: median(hot.clone()),
+        warm_max_ms: max(&hot),
+        handler_p50_ms: median(handler),
+        warm_client_p50_ms: median(client_ms),
+    };
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Output::Table => print!(
+            "{}",
+            crate::output::table(
+                &["CALL", "COUNT", "P50 MS", "MAX MS"],
+                &[
+                    vec![
+                        "cold start".into(),
+                        summary.cold_starts.to_string(),
+                        summary.cold_p50_ms.to_string(),
+                        summary.cold_max_ms.to_string(),
+                    ],
+                    vec![
+                        "warm".into(),
+                        summary.warm_calls.to_string(),
+                        summary.warm_p50_ms.to_string(),
+                        summary.warm_max_ms.to_string(),
+                    ],
+                    vec![
+                        "handler (both)".into(),
+                        (summary.cold_starts + summary.warm_calls).to_string(),
+                        summary.handler_p50_ms.to_string(),
+                        "-".into(),
+                    ],
+                    vec![
+                        "warm, client wall".into(),
+                        summary.warm_calls.to_string(),
+                        summary.warm_client_p50_ms.to_string(),
+                        "-".into(),
+                    ],
+                ]
+            )
+        ),
+    }
+    Ok(())
 }

@@ -75,6 +75,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
         topology: load_topology(a.topology.as_deref())?,
         rebalance_every: (a.rebalance_every_secs > 0)
             .then(|| Duration::from_secs(a.rebalance_every_secs)),
+        functions: a.functions.config(),
     })
     .await
     .context("starting the server")?;
@@ -138,6 +139,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         topology: load_topology(a.topology.as_deref())?,
         rebalance_every: (a.rebalance_every_secs > 0)
             .then(|| Duration::from_secs(a.rebalance_every_secs)),
+        functions: a.functions.config(),
     })
     .await
     .context("starting the server")?;

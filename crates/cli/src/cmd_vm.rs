@@ -493,7 +493,7 @@ async fn wait_migration(
 }
 
 /// A spinner on a terminal (table output), hidden otherwise.
-fn spinner(output: Output) -> ProgressBar {
+pub(crate) fn spinner(output: Output) -> ProgressBar {
     if output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let b = ProgressBar::new_spinner();
         b.set_style(

@@ -4,6 +4,8 @@
 
 mod args;
 mod cmd_bench;
+mod cmd_eval;
+mod cmd_fn;
 mod cmd_image;
 mod cmd_run;
 mod cmd_vm;
@@ -71,8 +73,15 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Bench(args::BenchCommand::VmRun { count, memory }) => {
             cmd_bench::vm_run(&g, count, memory).await
         }
+        Command::Bench(args::BenchCommand::Fn {
+            count,
+            warm,
+            memory,
+        }) => cmd_bench::function(&g, count, warm, memory).await,
         Command::Bench(args::BenchCommand::Restore { count, state_dir }) => {
             cmd_bench::restore(&g, count, state_dir).await
         }
+        Command::Fn(c) => cmd_fn::function(&g, c).await,
+        Command::Eval(c) => cmd_eval::run(&g, c),
     }
 }

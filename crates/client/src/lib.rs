@@ -100,6 +100,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|source| ClientError::Transport {
@@ -657,6 +658,102 @@ impl Client {
             url,
             detail: "empty body".to_owned(),
         })
+    }
+
+    // ---- Functions ----
+
+    /// `POST /v1/functions`.
+    pub async fn deploy_function(
+        &self,
+        req: &DeployFunctionRequest,
+    ) -> Result<FunctionView, ClientError> {
+        self.must(Method::POST, "/v1/functions", Some(req)).await
+    }
+
+    /// `GET /v1/functions`.
+    pub async fn list_functions(&self) -> Result<FunctionList, ClientError> {
+        self.must::<(), _>(Method::GET, "/v1/functions", None).await
+    }
+
+    /// `GET /v1/functions/{name}`.
+    pub async fn get_function(&self, name: &str) -> Result<FunctionView, ClientError> {
+        self.must::<(), _>(Method::GET, &format!("/v1/functions/{}", enc(name)), None)
+            .await
+    }
+
+    /// `DELETE /v1/functions/{name}`.
+    pub async fn delete_function(&self, name: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/v1/functions/{}", enc(name)),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `GET /v1/functions/{name}/logs`.
+    pub async fn function_logs(&self, name: &str) -> Result<FunctionLogs, ClientError> {
+        self.must::<(), _>(
+            Method::GET,
+            &format!("/v1/functions/{}/logs", enc(name)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/functions/{name}/invoke`: the body as is; waits as long as the server holds
+    /// the request (cold start) plus the function's run time.
+    pub async fn invoke_function(
+        &self,
+        name: &str,
+        body: Vec<u8>,
+        region: Option<&str>,
+    ) -> Result<InvokeResponse, ClientError> {
+        let mut url = format!("{}/v1/functions/{}/invoke", self.base, enc(name));
+        if let Some(r) = region {
+            url.push_str(&format!("?region={}", enc(r)));
+        }
+        let mut req = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(Duration::from_secs(20 * 60))
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.finish(url.clone(), req)
+            .await?
+            .ok_or_else(|| ClientError::Decode {
+                url,
+                detail: "empty body".to_owned(),
+            })
+    }
+
+    /// Agent: the invocations queued for this node (waits up to `wait` for some).
+    pub async fn invocations(&self, wait: Duration) -> Result<AgentInvocations, ClientError> {
+        self.must::<(), _>(
+            Method::GET,
+            &format!("/v1/agent/invocations?wait_ms={}", wait.as_millis()),
+            None,
+        )
+        .await
+    }
+
+    /// Agent: an invocation's result.
+    pub async fn invocation_result(
+        &self,
+        id: &str,
+        result: &AgentInvocationResult,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            Method::POST,
+            &format!("/v1/agent/invocations/{}", enc(id)),
+            Some(result),
+        )
+        .await
+        .map(|_| ())
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! It finds a pipe ([`transport`]), greets every new host connection with `hello` + `ready`,
 //! sends a heartbeat each second while a host is connected, answers `ping` and
-//! `telemetry_request` itself, hands `exec` to [`exec`] (whose answers come back on a queue) and
-//! turns `shutdown` into a stop event for PID 1. The host may connect, disconnect and reconnect
+//! `telemetry_request` itself, hands `exec` to [`exec`] and `invoke` to [`invoke`] (each runs
+//! in a thread of its own, whose answer comes back on a queue) and turns `shutdown` into a
+//! stop event for PID 1. The host may connect, disconnect and reconnect
 //! at any time: on a hang-up the thread forgets partial input and waits in `poll`/`sleep`
 //! (never spinning); it never blocks PID 1, which only talks to it through queues.
 
@@ -15,7 +16,7 @@ use firefleet_guest::proto::{
 };
 
 use crate::transport::{self, Kind, Link, Written};
-use crate::{exec, telemetry, warn, Event};
+use crate::{exec, invoke, telemetry, warn, Event};
 
 /// What PID 1 asks of the channel thread.
 pub enum Outgoing {
@@ -59,8 +60,10 @@ struct Dropped {
 struct Channel {
     events: Sender<Event>,
     outgoing: Receiver<Outgoing>,
-    replies_tx: Sender<Message>,
+    replies_tx: exec::Replies,
     replies: Receiver<Message>,
+    /// Signalled by workers after queuing an answer (an eventfd; none if it could not be made).
+    wake: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     start: Instant,
     vm_id: String,
     reader: Option<LineReader<Link>>,
@@ -82,11 +85,20 @@ impl Channel {
         vm_id: String,
     ) -> Self {
         let (replies_tx, replies) = mpsc::channel();
+        // SAFETY: eventfd(2) returns a new descriptor we then own, or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        let wake = (fd >= 0).then(|| {
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            std::sync::Arc::new(unsafe {
+                <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            })
+        });
         Self {
             events,
             outgoing,
-            replies_tx,
+            replies_tx: exec::Replies::new(replies_tx, wake.clone()),
             replies,
+            wake,
             start,
             vm_id,
             reader: None,
@@ -202,7 +214,8 @@ impl Channel {
         let Some(reader) = self.reader.as_ref() else {
             return;
         };
-        let ready = reader.get_ref().poll(100);
+        let wake = self.wake.as_deref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let ready = reader.get_ref().poll(100, wake);
         if ready.hangup && !ready.readable {
             self.hung_up();
             self.ack_flushes();
@@ -339,6 +352,15 @@ impl Channel {
                 let timeout = Duration::from_millis(timeout_ms.max(1)).min(MAX_EXEC_TIMEOUT);
                 exec::spawn_exec(id, argv, timeout, stdin_b64, self.replies_tx.clone());
             }
+            Message::Invoke {
+                id,
+                handler,
+                body_b64,
+                timeout_ms,
+            } => {
+                let timeout = Duration::from_millis(timeout_ms.max(1)).min(MAX_EXEC_TIMEOUT);
+                invoke::spawn_invoke(id, handler, body_b64, timeout, self.replies_tx.clone());
+            }
             Message::Shutdown => {
                 let _ = self.events.send(Event::Shutdown);
             }
@@ -348,6 +370,7 @@ impl Channel {
             | Message::Heartbeat { .. }
             | Message::Exited { .. }
             | Message::ExecResult(_)
+            | Message::InvokeResult(_)
             | Message::Telemetry(_)
             | Message::Pong { .. }
             | Message::Error { .. } => {}
@@ -362,7 +385,7 @@ fn request_id(line: &[u8]) -> Option<u64> {
     }
     let v: serde_json::Value = serde_json::from_slice(line).ok()?;
     let kind = v.get("type")?.as_str()?;
-    matches!(kind, "exec" | "telemetry_request" | "ping")
+    matches!(kind, "exec" | "telemetry_request" | "ping" | "invoke")
         .then(|| v.get("id")?.as_u64())
         .flatten()
 }

@@ -24,8 +24,8 @@ use firefleet_guest::proto::{self, ExecResult, Message, MAX_LINE};
 
 /// Raw output bytes (stdout + stderr) that fit one protocol line once base64-encoded.
 pub const OUTPUT_BUDGET: usize = (MAX_LINE - 1024) / 4 * 3;
-/// Most exec requests running at once.
-const MAX_CONCURRENT: usize = 16;
+/// Most exec and invoke requests running at once.
+const MAX_CONCURRENT: usize = 32;
 /// How long output is still read after the command exited (background children may hold the
 /// pipes open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
@@ -52,35 +52,80 @@ pub fn deliver(pid: libc::pid_t, code: i32) -> bool {
     }
 }
 
+/// Where workers put their answers: the channel thread's queue, plus a wake-up of that thread
+/// (an eventfd it polls together with the channel) so an answer goes out at once rather than
+/// at its next poll timeout.
+#[derive(Clone)]
+pub struct Replies {
+    tx: Sender<Message>,
+    wake: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl Replies {
+    /// Answers go to `tx`; `wake` (an eventfd) is signalled after each.
+    pub fn new(tx: Sender<Message>, wake: Option<std::sync::Arc<std::os::fd::OwnedFd>>) -> Self {
+        Self { tx, wake }
+    }
+
+    /// Queues an answer and wakes the channel thread.
+    pub fn send(&self, msg: Message) -> Result<(), mpsc::SendError<Message>> {
+        let r = self.tx.send(msg);
+        if let Some(fd) = &self.wake {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writing 8 bytes from a live buffer to an eventfd we own.
+            let _ = unsafe {
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(&**fd),
+                    one.as_ptr().cast(),
+                    one.len(),
+                )
+            };
+        }
+        r
+    }
+}
+
 /// Handles one exec request in a thread of its own; the answer goes to `reply`.
 pub fn spawn_exec(
     id: u64,
     argv: Vec<String>,
     timeout: Duration,
     stdin: Option<String>,
-    reply: Sender<Message>,
+    reply: Replies,
+) {
+    spawn_worker(id, "exec", reply, move || run(id, &argv, timeout, stdin));
+}
+
+/// Runs `work` (which answers request `id`) in a thread of its own, so no request waits for
+/// another; its answer goes to `reply`. At most [`MAX_CONCURRENT`] run at once (exec and invoke
+/// together); past that, and if `work` panics, the answer is an `error`.
+pub fn spawn_worker(
+    id: u64,
+    what: &'static str,
+    reply: Replies,
+    work: impl FnOnce() -> Message + Send + 'static,
 ) {
     if RUNNING.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT {
         RUNNING.fetch_sub(1, Ordering::SeqCst);
-        let _ = reply.send(error(id, "too many exec requests running"));
+        let _ = reply.send(error(id, &format!("too many {what} requests running")));
         return;
     }
     let reply2 = reply.clone();
     let spawned = std::thread::Builder::new()
-        .name(format!("exec-{id}"))
+        .name(format!("{what}-{id}"))
         .spawn(move || {
-            let msg = std::panic::catch_unwind(move || run(id, &argv, timeout, stdin))
-                .unwrap_or_else(|_| error(id, "exec handler failed"));
+            let msg = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                .unwrap_or_else(|_| error(id, &format!("{what} handler failed")));
             RUNNING.fetch_sub(1, Ordering::SeqCst);
             let _ = reply2.send(msg);
         });
     if let Err(e) = spawned {
         RUNNING.fetch_sub(1, Ordering::SeqCst);
-        let _ = reply.send(error(id, &format!("starting an exec thread: {e}")));
+        let _ = reply.send(error(id, &format!("starting a {what} thread: {e}")));
     }
 }
 
-fn error(id: u64, message: &str) -> Message {
+pub fn error(id: u64, message: &str) -> Message {
     Message::Error {
         id,
         message: message.to_string(),
@@ -154,26 +199,53 @@ fn spawn(path: &Path, argv: &[String], with_stdin: bool) -> io::Result<Spawned> 
 }
 
 fn run(id: u64, argv: &[String], timeout: Duration, stdin_b64: Option<String>) -> Message {
-    let Some(prog) = argv.first() else {
-        return error(id, "empty argv");
-    };
     let stdin = match stdin_b64.map(|s| STANDARD.decode(s)) {
         None => None,
         Some(Ok(b)) => Some(b),
         Some(Err(_)) => return error(id, "stdin_b64 is not base64"),
     };
+    match run_command(argv, timeout, stdin) {
+        Ok(o) => result(id, o),
+        Err(e) => error(id, &e),
+    }
+}
+
+/// What a command that ran produced.
+pub struct Outcome {
+    /// Exit code, 128+signal if killed by a signal, -1 if unknown.
+    pub exit_code: i32,
+    /// Standard output, capped at [`OUTPUT_BUDGET`].
+    pub stdout: Capture,
+    /// Standard error, capped at [`OUTPUT_BUDGET`].
+    pub stderr: Capture,
+    /// It ran past its timeout and was killed with its process group.
+    pub timed_out: bool,
+    /// Wall time from start to exit.
+    pub duration_ms: u64,
+}
+
+/// Runs `argv` in its own process group with `stdin` as its input (`/dev/null` if `None`),
+/// killing the group after `timeout`. `Err` says why it could not start.
+pub fn run_command(
+    argv: &[String],
+    timeout: Duration,
+    stdin: Option<Vec<u8>>,
+) -> Result<Outcome, String> {
+    let Some(prog) = argv.first() else {
+        return Err("empty argv".into());
+    };
     let Some(path) = resolve(prog) else {
-        return error(id, &format!("{prog}: not found"));
+        return Err(format!("{prog}: not found"));
     };
     let started = Instant::now();
     let mut child = match spawn(&path, argv, stdin.is_some()) {
         Ok(c) => c,
-        Err(e) => return error(id, &format!("starting {prog}: {e}")),
+        Err(e) => return Err(format!("starting {prog}: {e}")),
     };
     if let (Some(mut pipe), Some(data)) = (child.stdin.take(), stdin) {
         // A thread, so a command that does not read its input cannot block us.
         let _ = std::thread::Builder::new()
-            .name(format!("exec-{id}-stdin"))
+            .name(format!("stdin-{}", child.pid))
             .spawn(move || {
                 let _ = pipe.write_all(&data);
             });
@@ -221,14 +293,27 @@ fn run(id: u64, argv: &[String], timeout: Duration, stdin_b64: Option<String>) -
         // Not reaped in time: stop listening for it.
         waiters().remove(&child.pid);
     }
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    result(id, code.unwrap_or(-1), out, err, timed_out, duration_ms)
+    Ok(Outcome {
+        exit_code: code.unwrap_or(-1),
+        stdout: out,
+        stderr: err,
+        timed_out,
+        duration_ms: millis(started.elapsed()),
+    })
 }
 
+/// Whole milliseconds, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Output of one pipe, capped at [`OUTPUT_BUDGET`].
 #[derive(Default)]
-struct Capture {
-    data: Vec<u8>,
-    truncated: bool,
+pub struct Capture {
+    /// What was read (at most the budget).
+    pub data: Vec<u8>,
+    /// More was written than kept.
+    pub truncated: bool,
     eof: bool,
 }
 
@@ -283,23 +368,16 @@ fn poll_pipes(
 }
 
 /// Builds the answer, cutting output so the encoded line fits [`MAX_LINE`].
-fn result(
-    id: u64,
-    exit_code: i32,
-    out: Capture,
-    err: Capture,
-    timed_out: bool,
-    duration_ms: u64,
-) -> Message {
-    let (stdout, stderr, cut) = fit(out.data, err.data, OUTPUT_BUDGET);
+fn result(id: u64, o: Outcome) -> Message {
+    let (stdout, stderr, cut) = fit(o.stdout.data, o.stderr.data, OUTPUT_BUDGET);
     let mut r = ExecResult {
         id,
-        exit_code,
+        exit_code: o.exit_code,
         stdout_b64: STANDARD.encode(&stdout),
         stderr_b64: STANDARD.encode(&stderr),
-        truncated: out.truncated || err.truncated || cut,
-        timed_out,
-        duration_ms,
+        truncated: o.stdout.truncated || o.stderr.truncated || cut,
+        timed_out: o.timed_out,
+        duration_ms: o.duration_ms,
     };
     if proto::encode(&Message::ExecResult(r.clone())).len() > MAX_LINE {
         // Cannot happen with the budget above; be safe anyway.
@@ -351,11 +429,13 @@ mod tests {
         };
         let msg = result(
             u64::MAX,
-            -1,
-            cap(OUTPUT_BUDGET),
-            cap(OUTPUT_BUDGET),
-            true,
-            1,
+            Outcome {
+                exit_code: -1,
+                stdout: cap(OUTPUT_BUDGET),
+                stderr: cap(OUTPUT_BUDGET),
+                timed_out: true,
+                duration_ms: 1,
+            },
         );
         assert!(proto::encode(&msg).len() <= MAX_LINE);
         let Message::ExecResult(r) = msg else {

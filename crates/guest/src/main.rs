@@ -26,6 +26,8 @@ use firefleet_guest::console::{EXIT_STATUS_PREFIX, POWERING_OFF_LINE, READY_LINE
 mod channel;
 mod disks;
 mod exec;
+mod http;
+mod invoke;
 mod net;
 mod telemetry;
 mod transport;

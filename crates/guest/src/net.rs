@@ -1,6 +1,6 @@
-//! Guest networking: brings up `lo` and the NIC whose MAC the host chose, with the address and
-//! default route from the config, using busybox `ip` (`/sbin/ip`). Failures are printed on the console and
-//! never stop the guest.
+//! Guest networking: brings up `lo` (always) and the NIC whose MAC the host chose, with the
+//! address and default route from the config, using busybox `ip` (`/sbin/ip`). Failures are
+//! printed on the console and never stop the guest.
 
 use std::fs;
 use std::io::{self, Write};
@@ -24,6 +24,17 @@ fn say(msg: &str) {
 /// Configures the network if the config has one; reports problems on the console.
 pub fn configure(net: Option<&GuestNet>) {
     let Some(net) = net else {
+        // Loopback is needed without a NIC too: the function runtime forwards invocations to
+        // the workload on 127.0.0.1.
+        if let Err(e) = ip(&[
+            "link".into(),
+            "set".into(),
+            "dev".into(),
+            "lo".into(),
+            "up".into(),
+        ]) {
+            say(&e);
+        }
         return;
     };
     if let Err(e) = try_configure(net, Path::new("/sys/class/net")) {

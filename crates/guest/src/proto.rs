@@ -5,7 +5,20 @@
 //! Kinds, guest -> host: `hello {version, vm_id, capabilities}`, `ready`, `heartbeat {seq,
 //! uptime_ms}`, `exited {code}`, `exec_result`, `telemetry`, `pong {id}`, `error {id, message}`;
 //! host -> guest: `exec {id, argv, timeout_ms, stdin_b64?}`, `telemetry_request {id}`,
-//! `ping {id}`, `shutdown`. Requests carry an `id` the answer echoes. Decoding is tolerant: an unknown `type` is [`Decoded::Unknown`]
+//! `ping {id}`, `shutdown`, `invoke {id, handler, body_b64, timeout_ms}` (answered by
+//! `invoke_result`). Requests carry an `id` the answer echoes.
+//!
+//! # Function invocations
+//! `invoke` runs one request of a serverless function in the guest. Its `handler` is either
+//! `{"kind":"command","argv":[...]}` (run per invocation: the body on stdin, stdout is the
+//! response; status 200 on exit 0, else 500 with stderr) or `{"kind":"http","port":P,"path":"/x"}`
+//! (the body is POSTed with HTTP/1.1 to `127.0.0.1:P` inside the guest, where the VM's workload
+//! listens; its status and body come back). Bodies travel base64-encoded on one line, so both
+//! ways a body is limited to [`MAX_BODY`] (32 KiB) raw bytes: the host refuses a larger request
+//! before sending it, and the guest cuts a larger response to the limit and sets `truncated`.
+//! A handler that cannot run (connection refused, command not found) answers with `error` set
+//! and status 502 (HTTP) or 500 (command); a handler past its timeout answers 504 with
+//! `timed_out`. Decoding is tolerant: an unknown `type` is [`Decoded::Unknown`]
 //! (newer peers may add kinds), a line longer than the limit or not JSON is a [`DecodeError`] the
 //! caller drops and counts. Nothing here panics on input.
 
@@ -15,12 +28,15 @@ use std::io::{self, Read};
 pub const PROTO_VERSION: u32 = 1;
 /// The longest line accepted, in bytes, without the newline.
 pub const MAX_LINE: usize = 64 * 1024;
+/// The largest invocation request or response body, in raw bytes (it travels base64-encoded,
+/// 4/3 larger, on one line of at most [`MAX_LINE`] bytes together with stderr and the rest).
+pub const MAX_BODY: usize = 32 * 1024;
 
 /// Capabilities this build's guest announces in [`Message::Hello`].
-pub const GUEST_CAPABILITIES: [&str; 3] = ["exec", "telemetry", "ping"];
+pub const GUEST_CAPABILITIES: [&str; 4] = ["exec", "telemetry", "ping", "invoke"];
 
 /// Every `type` this build knows; any other is [`Decoded::Unknown`].
-pub const KNOWN_KINDS: [&str; 12] = [
+pub const KNOWN_KINDS: [&str; 14] = [
     "hello",
     "ready",
     "heartbeat",
@@ -33,6 +49,8 @@ pub const KNOWN_KINDS: [&str; 12] = [
     "telemetry_request",
     "ping",
     "shutdown",
+    "invoke",
+    "invoke_result",
 ];
 
 /// One message of the protocol. Fields added after the first release carry `#[serde(default)]`
@@ -106,6 +124,70 @@ pub enum Message {
     },
     /// Host -> guest: stop the workload and power off.
     Shutdown,
+    /// Host -> guest: run one invocation of a function (see the module doc).
+    Invoke {
+        /// Request id, echoed in the answer.
+        id: u64,
+        /// What handles it.
+        handler: InvokeHandler,
+        /// The request body, base64 (at most [`MAX_BODY`] bytes decoded).
+        #[serde(default)]
+        body_b64: String,
+        /// The handler is stopped (a command killed with its process group, an HTTP exchange
+        /// abandoned) after this long.
+        timeout_ms: u64,
+    },
+    /// Guest -> host: the outcome of an [`Message::Invoke`].
+    InvokeResult(InvokeResult),
+}
+
+/// What handles an invocation in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InvokeHandler {
+    /// Run `argv` per invocation: the body on stdin, stdout is the response body.
+    Command {
+        /// The program and its arguments (looked up on PATH).
+        argv: Vec<String>,
+    },
+    /// POST the body to `http://127.0.0.1:<port><path>` inside the guest.
+    Http {
+        /// The TCP port the workload listens on.
+        port: u16,
+        /// The request path, starting with `/`.
+        path: String,
+    },
+}
+
+/// The outcome of an invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct InvokeResult {
+    /// The request's id.
+    pub id: u64,
+    /// HTTP-style status: the workload's for an HTTP handler; 200/500 for a command (exit code 0
+    /// or not); 502 when the handler could not be reached or run; 504 after a timeout.
+    pub status: u16,
+    /// The response body, base64 (at most [`MAX_BODY`] bytes decoded).
+    #[serde(default)]
+    pub body_b64: String,
+    /// Why the handler produced no proper answer (connection refused, command not found, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A command's exit code (128+signal if killed by a signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// A command's standard error, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_b64: Option<String>,
+    /// Wall time in the guest, from receipt to answer.
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// The handler ran past its timeout.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The body or stderr was cut to fit one line of the protocol.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// The outcome of an exec request.
@@ -507,6 +589,40 @@ mod tests {
             },
             Message::TelemetryRequest { id: 4 },
             Message::Ping { id: 5 },
+            Message::Invoke {
+                id: 6,
+                handler: InvokeHandler::Command {
+                    argv: vec!["cat".into()],
+                },
+                body_b64: "eA==".into(),
+                timeout_ms: 100,
+            },
+            Message::Invoke {
+                id: 7,
+                handler: InvokeHandler::Http {
+                    port: 8080,
+                    path: "/fn".into(),
+                },
+                body_b64: String::new(),
+                timeout_ms: 100,
+            },
+            Message::InvokeResult(InvokeResult {
+                id: 6,
+                status: 500,
+                body_b64: "aGkK".into(),
+                error: None,
+                exit_code: Some(3),
+                stderr_b64: Some("ZQ==".into()),
+                duration_ms: 4,
+                timed_out: false,
+                truncated: true,
+            }),
+            Message::InvokeResult(InvokeResult {
+                id: 7,
+                status: 502,
+                error: Some("connection refused".into()),
+                ..Default::default()
+            }),
         ] {
             assert_eq!(decode(&encode(&msg)).unwrap(), Decoded::Message(msg));
         }
@@ -533,6 +649,57 @@ mod tests {
             decode(br#"{"v":1,"type":"exec_result","id":1}"#),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn invocation_lines_have_a_stable_shape_and_minimal_results_decode() {
+        let line = encode(&Message::Invoke {
+            id: 1,
+            handler: InvokeHandler::Http {
+                port: 80,
+                path: "/".into(),
+            },
+            body_b64: "eA==".into(),
+            timeout_ms: 5,
+        });
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "{\"v\":1,\"type\":\"invoke\",\"id\":1,\"handler\":{\"kind\":\"http\",\"port\":80,\
+             \"path\":\"/\"},\"body_b64\":\"eA==\",\"timeout_ms\":5}\n"
+        );
+        assert_eq!(
+            decode(br#"{"v":1,"type":"invoke_result","id":3,"status":200}"#).unwrap(),
+            Decoded::Message(Message::InvokeResult(InvokeResult {
+                id: 3,
+                status: 200,
+                ..Default::default()
+            }))
+        );
+        assert_eq!(
+            decode(br#"{"v":1,"type":"invoke","id":3,"timeout_ms":1,"handler":{"kind":"command","argv":["true"]}}"#)
+                .unwrap(),
+            Decoded::Message(Message::Invoke {
+                id: 3,
+                handler: InvokeHandler::Command {
+                    argv: vec!["true".into()]
+                },
+                body_b64: String::new(),
+                timeout_ms: 1,
+            })
+        );
+        // An unknown handler kind is a malformed request, not a panic.
+        assert!(matches!(
+            decode(br#"{"v":1,"type":"invoke","id":3,"timeout_ms":1,"handler":{"kind":"wasm"}}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+        // The largest body fits a line with room for the rest of the answer.
+        let big = InvokeResult {
+            id: u64::MAX,
+            status: 200,
+            body_b64: "A".repeat(MAX_BODY.div_ceil(3) * 4),
+            ..Default::default()
+        };
+        assert!(encode(&Message::InvokeResult(big)).len() < MAX_LINE - 8 * 1024);
     }
 
     #[test]

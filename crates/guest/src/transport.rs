@@ -53,17 +53,32 @@ pub enum Written {
 }
 
 impl Link {
-    pub fn poll(&self, timeout_ms: libc::c_int) -> Ready {
-        let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    /// Waits up to `timeout_ms` for input (or a hang-up) on the link, or for `wake` (an
+    /// eventfd, drained here) to be signalled.
+    pub fn poll(&self, timeout_ms: libc::c_int, wake: Option<std::os::fd::RawFd>) -> Ready {
+        let mut pfds = [
+            libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds (a negative fd is ignored by poll).
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
         if rc <= 0 {
             return Ready::default();
         }
+        if let Some(fd) = wake.filter(|_| pfds[1].revents & libc::POLLIN != 0) {
+            let mut buf = [0u8; 8];
+            // SAFETY: reading 8 bytes into a live buffer from the eventfd (non-blocking).
+            let _ = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        }
+        let pfd = &pfds[0];
         Ready {
             readable: pfd.revents & libc::POLLIN != 0,
             hangup: pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0,

@@ -44,32 +44,39 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing bearer token (Authorization header)".to_owned())
-            })?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::Unauthorized("Authorization header is not text".to_owned()))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| {
-                ApiError::Unauthorized("Authorization header must be `Bearer <token>`".to_owned())
-            })?
-            .trim();
-        if token.is_empty() || token.len() > 256 {
-            return Err(ApiError::Unauthorized("invalid token".to_owned()));
-        }
-        let rec = repo::lookup_token(state, token)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("invalid token".to_owned()))?;
-        Ok(Caller {
-            tenant: rec.tenant,
-            role: rec.role,
-        })
+        caller_from_headers(state, &parts.headers).await
     }
+}
+
+/// The caller a request's `Authorization: Bearer` header names.
+pub async fn caller_from_headers(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Caller, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing bearer token (Authorization header)".to_owned())
+        })?;
+    let value = header
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("Authorization header is not text".to_owned()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| {
+            ApiError::Unauthorized("Authorization header must be `Bearer <token>`".to_owned())
+        })?
+        .trim();
+    if token.is_empty() || token.len() > 256 {
+        return Err(ApiError::Unauthorized("invalid token".to_owned()));
+    }
+    let rec = repo::lookup_token(state, token)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("invalid token".to_owned()))?;
+    Ok(Caller {
+        tenant: rec.tenant,
+        role: rec.role,
+    })
 }
 
 /// An enrolled agent, authenticated by its client certificate.

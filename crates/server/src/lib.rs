@@ -12,6 +12,7 @@
 mod auth;
 mod controllers;
 mod error;
+mod functions;
 pub mod http;
 mod metrics;
 mod repo;
@@ -28,7 +29,9 @@ use firefleet_pki::Ca;
 use firefleet_store::{KvStore, SqliteStore};
 use tokio::{net::TcpListener, sync::watch};
 
+pub use controllers::functions::FunctionsConfig;
 pub use error::ApiError;
+pub use firefleet_autoscaler::PolicyKind;
 pub use http::openapi_json;
 
 /// Heartbeats older than this mark a node NotReady (default of [`NodeTimers::grace`]).
@@ -72,6 +75,8 @@ pub struct ServerConfig {
     /// Plan and start migrations for the triggers in force (low battery, imbalance) this often;
     /// none: only when asked (`firefleet plan --apply`).
     pub rebalance_every: Option<Duration>,
+    /// How functions are scaled.
+    pub functions: FunctionsConfig,
 }
 
 /// Shared state of every handler and controller.
@@ -94,6 +99,10 @@ pub(crate) struct AppState {
     pub data_dir: PathBuf,
     /// Live migrations' destinations waiting for their source's stream.
     pub live: Arc<http::migrations::LiveRelay>,
+    /// The functions gateway (instances, in-flight invocations, counters).
+    pub gateway: Arc<functions::Gateway>,
+    /// How functions are scaled.
+    pub functions: FunctionsConfig,
 }
 
 /// Errors starting the server.
@@ -170,6 +179,8 @@ impl Server {
             topology: Arc::new(config.topology.clone()),
             data_dir: dir.to_path_buf(),
             live: Arc::default(),
+            gateway: Arc::default(),
+            functions: config.functions.clone(),
         };
         bootstrap_admin(&state, dir)
             .await
@@ -201,6 +212,10 @@ impl Server {
                 period,
             ));
         }
+        tasks.push(controllers::functions::spawn(
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
         tasks.extend(controllers::spawn_all(state.clone(), shutdown_rx));
         tracing::info!(%addr, "firefleet server listening");
         Ok(Server {

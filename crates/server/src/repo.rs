@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use firefleet_api::{JoinTokenResponse, Role, TokenResponse};
 use firefleet_store::{Compare, KeyValue, Op, Revision, StoreError};
-use firefleet_types::{NodeId, NodeInfo, TenantId, Vm, VmId, VmSpec, VmStatus};
+use firefleet_types::{Function, NodeId, NodeInfo, TenantId, Vm, VmId, VmSpec, VmStatus};
 use rand::RngCore;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -553,4 +553,88 @@ where
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// A function's key.
+pub fn function_key(tenant: &TenantId, name: &str) -> String {
+    format!("/functions/{tenant}/{name}")
+}
+
+/// Reads a function.
+pub async fn get_function(
+    state: &AppState,
+    tenant: &TenantId,
+    name: &str,
+) -> Result<Option<(Function, Revision)>, ApiError> {
+    get_json::<Function>(state, &function_key(tenant, name)).await
+}
+
+/// Lists every function.
+pub async fn list_functions(state: &AppState) -> Result<Vec<Function>, ApiError> {
+    Ok(list_json(state, "/functions/").await?.0)
+}
+
+/// Writes a function if its key is still at `rev` (None: absent); false on a conflict.
+pub async fn put_function(
+    state: &AppState,
+    f: &Function,
+    rev: Option<Revision>,
+) -> Result<bool, ApiError> {
+    let key = function_key(&f.spec.tenant, &f.spec.name);
+    let cmp = match rev {
+        Some(r) => Compare::ModRevision {
+            key: key.clone(),
+            equals: r,
+        },
+        None => Compare::Absent { key: key.clone() },
+    };
+    let resp = state
+        .store
+        .txn(
+            vec![cmp],
+            vec![Op::Put {
+                key,
+                value: encode(f)?,
+            }],
+            vec![],
+        )
+        .await?;
+    Ok(resp.succeeded)
+}
+
+/// Applies `f` to a function with compare-and-swap, retrying on conflict (see [`update_vm`]).
+/// None if the function is gone.
+pub async fn update_function<F>(
+    state: &AppState,
+    tenant: &TenantId,
+    name: &str,
+    mut f: F,
+) -> Result<Option<Function>, ApiError>
+where
+    F: FnMut(&mut Function) -> bool,
+{
+    loop {
+        let Some((mut func, rev)) = get_function(state, tenant, name).await? else {
+            return Ok(None);
+        };
+        if !f(&mut func) {
+            return Ok(Some(func));
+        }
+        if put_function(state, &func, Some(rev)).await? {
+            return Ok(Some(func));
+        }
+    }
+}
+
+/// Removes a function's record.
+pub async fn delete_function(
+    state: &AppState,
+    tenant: &TenantId,
+    name: &str,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .delete(&function_key(tenant, name), None)
+        .await?;
+    Ok(())
 }

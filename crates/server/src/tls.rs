@@ -34,6 +34,11 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        // Small responses (invocation results, long-poll answers) go out at once instead of
+        // waiting for the peer's delayed ACK (Nagle): ~40 ms per exchange otherwise.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let router = router.clone();
         let mut conn_shutdown = shutdown.clone();

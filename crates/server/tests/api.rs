@@ -21,6 +21,10 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let server = Server::start(ServerConfig {
+            functions: firefleet_server::FunctionsConfig {
+                hold: Duration::from_secs(1),
+                ..Default::default()
+            },
             data_dir: dir.path().to_owned(),
             listen,
             dns_names: vec![],
@@ -513,4 +517,118 @@ async fn every_endpoint_enforces_authorisation() {
         f.post(None, "/v1/agent/enroll", body.to_string()).await.0,
         StatusCode::UNAUTHORIZED
     );
+}
+
+#[tokio::test]
+async fn functions_refuse_bad_specs_and_bodies_and_stay_per_tenant() {
+    let f = Fixture::start().await;
+    let acme = f.tenant_token("acme").await;
+    let other = f.tenant_token("other").await;
+    let image = format!("sha256:{}", "a".repeat(64));
+    let good = json!({
+        "name": "echo", "image": image, "cmd": ["cat"],
+        "resources": { "vcpus": 1, "memory_mib": 128 }, "max": 2
+    });
+    for (patch, field) in [
+        (json!({ "concurrency": 0 }), "concurrency"),
+        (json!({ "min": 5 }), "min"),
+        (json!({ "http_path": "/x" }), "http_path"),
+        (json!({ "image": "latest" }), "image"),
+        (json!({ "regions": ["Bad Region"] }), "regions[0]"),
+        (json!({ "cmd": [] }), "cmd"),
+    ] {
+        let mut body = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let before = f.revision().await;
+        let (s, v) = f.post(Some(&acme), "/v1/functions", body.to_string()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{field}: {v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+        assert_eq!(f.revision().await, before, "{field}: nothing stored");
+    }
+    let (s, v) = f
+        .post(
+            Some(&acme),
+            "/v1/functions",
+            json!({"name": "echo", "bogus": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    let (s, v) = f.post(Some(&acme), "/v1/functions", good.to_string()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["status"]["phase"], "deploying");
+    // Deploying the same spec again changes nothing.
+    let (s, v2) = f.post(Some(&acme), "/v1/functions", good.to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{v2}");
+    assert_eq!(v2["generation"], v["generation"]);
+    // Another tenant neither sees nor invokes it.
+    assert_eq!(
+        f.get(&other, "/v1/functions/echo").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, list) = f.get(&other, "/v1/functions").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    let invoke = |token: String, body: Vec<u8>| {
+        let r = f
+            .http
+            .post(f.url("/v1/functions/echo/invoke"))
+            .bearer_auth(token)
+            .body(body);
+        async move {
+            let resp = r.send().await.unwrap();
+            let s = resp.status();
+            (s, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(
+        invoke(other.clone(), b"x".to_vec()).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Too large a body is refused before anything waits.
+    let (s, v) = invoke(
+        acme.clone(),
+        vec![b'x'; firefleet_api::MAX_INVOKE_BYTES + 1],
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    // No node, no instance: the hold deadline passes with a clear error.
+    let (s, v) = invoke(acme.clone(), b"x".to_vec()).await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no instance of function echo was free within"),
+        "{msg}"
+    );
+    // The end users' route needs a token for a function that is not public.
+    let resp = f
+        .http
+        .post(f.url("/fn/acme/echo"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Removing it removes its template VM too.
+    let r = f
+        .http
+        .delete(f.url("/v1/functions/echo"))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        f.get(&acme, "/v1/functions/echo").await.0,
+        StatusCode::NOT_FOUND
+    );
+    for _ in 0..50 {
+        let (_, vms) = f.get(&acme, "/v1/vms").await;
+        if vms["items"].as_array().unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the function's template VM was not removed");
 }

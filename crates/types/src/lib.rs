@@ -7,6 +7,7 @@
 //! (checked by `cargo xtask check`).
 
 pub mod fleet;
+pub mod function;
 pub mod ids;
 pub mod migration;
 pub mod node;
@@ -16,6 +17,7 @@ pub mod topology;
 pub mod validate;
 pub mod vm;
 
+pub use function::{Function, FunctionHandler, FunctionPhase, FunctionSpec, FunctionStatus};
 pub use ids::{NodeId, TenantId, VmId};
 pub use migration::{Migration, MigrationMode, MigrationPhase};
 pub use node::{Accel, NodeFacts, NodeInfo, NodeNetworkFacts, NodeStatus};

@@ -49,6 +49,25 @@ pub struct Snapshot {
     pub replicated: bool,
 }
 
+impl Snapshot {
+    /// A snapshot just requested of `vm` on `node`, for its agent to take.
+    #[must_use]
+    pub fn requested(vm: VmId, name: String, node: NodeId, now: UnixMillis) -> Self {
+        Snapshot {
+            vm,
+            name,
+            node,
+            phase: SnapshotPhase::Pending,
+            requested_ms: now,
+            ready_ms: None,
+            bytes: None,
+            pause_ms: None,
+            message: None,
+            replicated: false,
+        }
+    }
+}
+
 /// Checks a snapshot name (same rules as other names).
 pub fn validate_snapshot_name(name: &str) -> Result<(), ValidationError> {
     check_name("name", name)

@@ -92,6 +92,9 @@ pub struct VmSpec {
     /// Where it may and should run.
     #[serde(default)]
     pub placement: PlacementSpec,
+    /// The function this VM is an instance of (set by the functions controller, not by users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<crate::function::FunctionInstance>,
 }
 
 /// Placement constraints and preferences of a VM.
@@ -578,6 +581,7 @@ mod tests {
             runtime: VmRuntime::Qemu,
             disks: Vec::new(),
             placement: PlacementSpec::default(),
+            function: None,
         }
     }
 

@@ -1,12 +1,28 @@
 //! The host end of the guest channel ([`firefleet_guest::proto`], JSON lines).
 //!
-//! [`GuestChannel`] speaks over a Unix stream: QEMU's chardev socket `guest.sock` (a server that
-//! takes one client at a time, so connect per operation and drop the channel when done) or a
-//! connection the guest made through Firecracker's vsock forwarding (accepted from the listening
-//! socket `<uds>_1024` with [`GuestChannel::accept`]). Requests carry ids unique in this process;
-//! the answer is found by id, and everything else on the way (hello, heartbeats, answers to
-//! earlier connections) is skipped. A malformed, oversized or unknown line is dropped and counted
-//! in [`ChannelStats`]; only a missing answer fails a call ([`ChannelError::Timeout`]).
+//! Two ends are offered:
+//! - [`mux::Channels`], what the runtimes use: one persistent connection per VM with a reader
+//!   thread routing answers by request id, so any number of requests (exec, invoke, telemetry,
+//!   ping) run on one VM at once. Firecracker's guest connects to it (listen mode); for QEMU it
+//!   connects to the chardev socket `guest.sock` (connect mode).
+//! - [`GuestChannel`], one exclusive connection driven by one caller, a request at a time:
+//!   QEMU's chardev socket `guest.sock` (a server that takes one client at a time, so while a
+//!   `GuestChannel` is open the runtime's own connection waits) or a connection the guest made
+//!   through Firecracker's vsock forwarding ([`GuestChannel::accept`]). Tools and tests use it.
+//!
+//! Requests carry ids unique in this process; the answer is found by id, and everything else on
+//! the way (hello, heartbeats, answers to earlier connections) is skipped. A malformed, oversized
+//! or unknown line is dropped and counted in [`ChannelStats`]; only a missing answer fails a call
+//! ([`ChannelError::Timeout`]).
+//!
+//! # Invocations
+//! [`InvokeHandler`] says what handles one invocation of a serverless function in the guest: a
+//! command run per invocation (the body on stdin, stdout the response) or the VM's workload
+//! listening on an HTTP port inside the guest (the body is POSTed to it). Request and response
+//! bodies are limited to [`MAX_BODY`] bytes (32 KiB): they travel base64-encoded in one line of
+//! at most [`proto::MAX_LINE`] bytes. A larger request body is refused before anything is sent
+//! ([`ChannelError::BodyTooLarge`]); a larger response is cut by the guest and flagged
+//! [`InvokeOutput::truncated`].
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -18,10 +34,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use firefleet_guest::proto::{
-    self, DecodeError, Decoded, ExecResult, LineReader, Message, ReadLine,
+    self, DecodeError, Decoded, ExecResult, InvokeResult, LineReader, Message, ReadLine,
 };
 
-pub use firefleet_guest::proto::{Connection, Listener, ProcessInfo, Telemetry as GuestTelemetry};
+pub use firefleet_guest::proto::{
+    Connection, Listener, ProcessInfo, Telemetry as GuestTelemetry, MAX_BODY,
+};
+
+pub mod mux;
 
 /// Extra time an exec call waits beyond the command's own timeout (guest scheduling, transfer).
 pub(crate) const EXEC_SLACK: Duration = Duration::from_secs(10);
@@ -63,6 +83,44 @@ pub struct ExecOutput {
     pub timed_out: bool,
     /// Wall time in the guest.
     pub duration_ms: u64,
+}
+
+/// What handles one invocation of a function in the guest: the function's handler as the
+/// control plane describes it (a command run per invocation, or an HTTP port of the workload).
+pub use firefleet_types::FunctionHandler as InvokeHandler;
+
+/// The wire form of a handler.
+pub(crate) fn proto_handler(h: &InvokeHandler) -> proto::InvokeHandler {
+    match h {
+        InvokeHandler::Command { argv } => proto::InvokeHandler::Command { argv: argv.clone() },
+        InvokeHandler::Http { port, path } => proto::InvokeHandler::Http {
+            port: *port,
+            path: path.clone(),
+        },
+    }
+}
+
+/// The outcome of one invocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InvokeOutput {
+    /// HTTP-style status: the workload's for an HTTP handler; 200/500 for a command (exit code
+    /// 0 or not); 502 when the handler could not be reached or run (see `error`); 504 after a
+    /// timeout.
+    pub status: u16,
+    /// The response body (at most [`MAX_BODY`] bytes, see `truncated`).
+    pub body: Vec<u8>,
+    /// A command's standard error (empty for HTTP).
+    pub stderr: Vec<u8>,
+    /// A command's exit code (128+signal if killed by a signal).
+    pub exit_code: Option<i32>,
+    /// Why the handler gave no proper answer (e.g. `connection refused on 127.0.0.1:8080: ...`).
+    pub error: Option<String>,
+    /// Wall time in the guest.
+    pub duration_ms: u64,
+    /// The handler ran past its timeout (and a command was killed).
+    pub timed_out: bool,
+    /// The body or stderr was cut to fit the protocol.
+    pub truncated: bool,
 }
 
 /// Channel errors.
@@ -119,6 +177,14 @@ pub enum ChannelError {
         /// Its encoded length.
         len: usize,
         /// The limit.
+        max: usize,
+    },
+    /// An invocation's body is larger than the protocol carries.
+    #[error("the invocation body is {len} bytes, over the {max}-byte limit of the guest channel")]
+    BodyTooLarge {
+        /// The body's length.
+        len: usize,
+        /// The limit ([`MAX_BODY`]).
         max: usize,
     },
     /// The guest's output is not valid base64.
@@ -280,6 +346,24 @@ impl GuestChannel {
         exec_output(r)
     }
 
+    /// Runs one invocation of a function in the guest (its handler is stopped there after
+    /// `timeout`).
+    pub fn invoke(
+        &mut self,
+        handler: &InvokeHandler,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<InvokeOutput, ChannelError> {
+        let id = next_id();
+        self.send("invoke", &invoke_request(id, handler, body, timeout)?)?;
+        let wait = timeout.saturating_add(EXEC_SLACK.max(self.timeout));
+        let r = self.wait_for("invoke", id, wait, |m| match m {
+            Message::InvokeResult(r) if r.id == id => Some(r),
+            _ => None,
+        })?;
+        invoke_output(r)
+    }
+
     /// Processes, sockets, load and memory of the guest.
     pub fn telemetry(&mut self) -> Result<GuestTelemetry, ChannelError> {
         let id = next_id();
@@ -396,6 +480,46 @@ pub(crate) fn exec_output(r: ExecResult) -> Result<ExecOutput, ChannelError> {
         truncated: r.truncated,
         timed_out: r.timed_out,
         duration_ms: r.duration_ms,
+    })
+}
+
+/// The `invoke` request, refused if the body is over [`MAX_BODY`].
+pub(crate) fn invoke_request(
+    id: u64,
+    handler: &InvokeHandler,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Message, ChannelError> {
+    if body.len() > MAX_BODY {
+        return Err(ChannelError::BodyTooLarge {
+            len: body.len(),
+            max: MAX_BODY,
+        });
+    }
+    Ok(Message::Invoke {
+        id,
+        handler: proto_handler(handler),
+        body_b64: STANDARD.encode(body),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Decodes the guest's answer to an `invoke`.
+pub(crate) fn invoke_output(r: InvokeResult) -> Result<InvokeOutput, ChannelError> {
+    let decode = |s: &str| {
+        STANDARD
+            .decode(s)
+            .map_err(|_| ChannelError::BadPayload { op: "invoke" })
+    };
+    Ok(InvokeOutput {
+        status: r.status,
+        body: decode(&r.body_b64)?,
+        stderr: decode(r.stderr_b64.as_deref().unwrap_or(""))?,
+        exit_code: r.exit_code,
+        error: r.error,
+        duration_ms: r.duration_ms,
+        timed_out: r.timed_out,
+        truncated: r.truncated,
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use firefleet_types::Accel;
 
-use crate::channel::{ChannelError, ExecOutput, GuestTelemetry};
+use crate::channel::{ChannelError, ExecOutput, GuestTelemetry, InvokeHandler, InvokeOutput};
 use crate::image::Image;
 
 /// A VMM backend. All methods are blocking and idempotent where stated.
@@ -66,6 +66,24 @@ pub trait Runtime: Send + Sync {
         Err(VmmError::Unsupported {
             backend: self.name(),
             op: "exec",
+            id: id.to_owned(),
+        })
+    }
+    /// Runs one invocation of a serverless function in the guest through the guest channel:
+    /// `handler` (a command run per invocation, or the workload's HTTP port) gets `body` and is
+    /// stopped after `timeout`. Invocations on one VM run concurrently. A `body` over
+    /// [`crate::channel::MAX_BODY`] bytes is refused before anything is sent.
+    fn invoke(
+        &self,
+        id: &str,
+        handler: &InvokeHandler,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<InvokeOutput, VmmError> {
+        let _ = (handler, body, timeout);
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            op: "invoke",
             id: id.to_owned(),
         })
     }

@@ -4,6 +4,7 @@
 //! run sees the same state and finishes the work.
 
 mod compaction;
+pub(crate) mod functions;
 mod nodes;
 pub(crate) mod rebalance;
 pub(crate) mod scheduling;

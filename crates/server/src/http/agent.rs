@@ -204,6 +204,7 @@ pub async fn report_status(
     ValidJson(report): ValidJson<VmStatusReport>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     let id = VmId::parse("vm", &vm)?;
+    let mut moved = false;
     let vm = repo::update_vm(&state, &id, |vm| {
         if vm.status.node.as_ref() != Some(&node) {
             return Err(ApiError::Forbidden(format!(
@@ -221,6 +222,7 @@ pub async fn report_status(
             )));
         }
         let before = s.clone();
+        moved = s.phase != report.phase;
         s.phase = report.phase;
         s.observed_generation = report.generation;
         s.accel = report.accel.or(s.accel);
@@ -244,6 +246,11 @@ pub async fn report_status(
     {
         repo::delete_vm_record(&state, &vm).await?;
         tracing::info!(vm = %vm.id, "vm deleted");
+    }
+    // A function's VM changed phase: the functions controller looks at once (an instance
+    // that is now running serves the invocations waiting for it).
+    if moved && vm.spec.function.is_some() {
+        state.gateway.demand.notify_one();
     }
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
@@ -394,8 +401,30 @@ pub async fn snapshot_data_get(
     AgentNode(node): AgentNode,
     Path((vm, name)): Path<(String, String)>,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
-    let vm = vm_on_node(&state, &node, &vm).await?;
     firefleet_types::snapshot::validate_snapshot_name(&name)?;
+    let vm = match vm_on_node(&state, &node, &vm).await {
+        Ok(vm) => vm,
+        // A function's template: any node with an instance to start from it may read it.
+        Err(ApiError::Forbidden(why)) => {
+            let id = VmId::parse("vm", &vm)?;
+            let (vms, _) = repo::list_vms(&state).await?;
+            let wanted = vms.iter().any(|v| {
+                v.status.node.as_ref() == Some(&node)
+                    && v.spec
+                        .function
+                        .as_ref()
+                        .and_then(|f| f.template.as_ref())
+                        .is_some_and(|t| t.vm == id && t.snapshot == name)
+            });
+            if !wanted {
+                return Err(ApiError::Forbidden(why));
+            }
+            repo::get_vm(&state, &id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("vm", id.as_str()))?
+        }
+        Err(e) => return Err(e),
+    };
     let file = tokio::fs::File::open(replica_path(&state, &vm.id, &name))
         .await
         .map_err(|_| ApiError::not_found("snapshot copy", name))?;

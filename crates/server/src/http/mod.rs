@@ -3,6 +3,7 @@
 
 mod admin;
 mod agent;
+pub(crate) mod functions;
 mod meta;
 pub(crate) mod migrations;
 pub(crate) mod plan;
@@ -44,6 +45,19 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/vms/{vm}/stats", get(vm_ops::stats))
         .route("/v1/vms/{vm}/migrate", post(migrations::migrate))
         .route("/v1/vms/{vm}/migration", get(migrations::get))
+        .route(
+            "/v1/functions",
+            post(functions::deploy).get(functions::list),
+        )
+        .route(
+            "/v1/functions/{name}",
+            get(functions::get).delete(functions::remove),
+        )
+        .route("/v1/functions/{name}/logs", get(functions::logs))
+        .route("/v1/functions/{name}/invoke", post(functions::invoke))
+        .route("/fn/{tenant}/{name}", axum::routing::any(functions::plain))
+        .route("/v1/agent/invocations", get(functions::agent_take))
+        .route("/v1/agent/invocations/{id}", post(functions::agent_result))
         .route("/v1/nodes", get(admin::list_nodes))
         .route("/v1/nodes/{node}", get(admin::get_node))
         .route("/v1/nodes/{node}/cordon", post(admin::cordon))
@@ -235,6 +249,14 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         migrations::report,
         migrations::live_send,
         migrations::live_receive,
+        functions::deploy,
+        functions::list,
+        functions::get,
+        functions::remove,
+        functions::logs,
+        functions::invoke,
+        functions::agent_take,
+        functions::agent_result,
         admin::list_nodes,
         admin::get_node,
         admin::cordon,

@@ -93,18 +93,7 @@ pub async fn create_snapshot(
             )))
         }
     };
-    let snap = Snapshot {
-        vm: vm.id.clone(),
-        name: req.name,
-        node,
-        phase: SnapshotPhase::Pending,
-        requested_ms: now_ms(),
-        ready_ms: None,
-        bytes: None,
-        pause_ms: None,
-        message: None,
-        replicated: false,
-    };
+    let snap = Snapshot::requested(vm.id.clone(), req.name, node, now_ms());
     repo::create_snapshot(&state, &snap).await?;
     Ok((StatusCode::ACCEPTED, Json(snap)))
 }

@@ -70,6 +70,7 @@ pub async fn create(
         runtime: req.runtime,
         disks: req.disks,
         placement: req.placement,
+        function: None,
     };
     spec.validate()?;
     let vm = repo::create_vm(&state, spec).await?;
@@ -143,17 +144,10 @@ pub async fn delete(
         repo::delete_vm_record(&state, &vm).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let vm = repo::update_vm(&state, &vm.id, |vm| {
-        if vm.deleting {
-            return Ok(false);
-        }
-        vm.deleting = true;
-        vm.spec.desired = DesiredState::Stopped;
-        vm.generation = vm.generation.next();
-        Ok(true)
-    })
-    .await?;
-    state.kick.notify_waiters();
+    crate::controllers::functions::remove_vm(&state, &vm).await?;
+    let vm = repo::get_vm(&state, &vm.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("vm", key))?;
     Ok((StatusCode::ACCEPTED, Json(vm)).into_response())
 }
 

@@ -16,7 +16,7 @@
 //! restart the VM is found again from the state directory (pid + start time) and driven over
 //! its API socket.
 //!
-//! `exec` and `telemetry` go over the vsock guest channel ([`channel::Channels`]). `io_stats`
+//! `exec`, `invoke` and `telemetry` go over the vsock guest channel ([`channel::Channels`]). `io_stats`
 //! flushes the metrics and sums the file: Firecracker writes each counter as its increase since
 //! the previous flush, so the file (started afresh for every new process) holds the whole
 //! history, read incrementally ([`crate::stats::FcMetricsSums`]).
@@ -41,7 +41,7 @@ use firefleet_guest::console::{parse_line, ConsoleEvent};
 use firefleet_guest::proto::Message;
 use firefleet_types::Accel;
 
-use crate::channel::{ExecOutput, GuestTelemetry};
+use crate::channel::{ExecOutput, GuestTelemetry, InvokeHandler, InvokeOutput};
 use crate::qemu::process::ProcessId;
 use crate::runtime::{
     ConsoleChunk, DiskRole, LaunchConfig, Observation, Runtime, SnapshotInfo, VmProcessInfo,
@@ -855,6 +855,22 @@ impl Runtime for FirecrackerRuntime {
             })
     }
 
+    fn invoke(
+        &self,
+        id: &str,
+        handler: &InvokeHandler,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<InvokeOutput, VmmError> {
+        self.channel_for(id)?;
+        self.channels
+            .invoke(id, handler, body, timeout)
+            .map_err(|source| VmmError::Channel {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
     fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
         self.channel_for(id)?;
         self.channels
@@ -895,6 +911,13 @@ mod tests {
             Err(VmmError::NotFound(_))
         ));
         assert!(matches!(rt.telemetry("nope"), Err(VmmError::NotFound(_))));
+        let handler = crate::InvokeHandler::Command {
+            argv: vec!["cat".into()],
+        };
+        assert!(matches!(
+            rt.invoke("nope", &handler, b"x", Duration::from_secs(1)),
+            Err(VmmError::NotFound(_))
+        ));
         assert!(matches!(rt.io_stats("nope"), Err(VmmError::NotFound(_))));
         assert!(matches!(rt.io_stats("a/b"), Err(VmmError::InvalidId(_))));
         // A VM directory without a live process: a channel error at once (nobody listens),

@@ -5,6 +5,12 @@
 //! (written by QEMU itself, so capture survives an agent restart), `qemu.log` (QEMU's stderr)
 //! and, once the process that launched it reaped it, `exit`.
 //!
+//! The guest channel is one persistent connection per VM to `guest.sock` (QEMU's chardev takes
+//! one client at a time), shared by every runtime of this process and by every request (exec,
+//! invoke, telemetry, ping, shutdown), which run concurrently with answers routed by id
+//! ([`crate::channel::mux`], connect mode). It is made on first use and made again after it
+//! dropped (QEMU exited, was restarted or restored).
+//!
 //! QEMU runs in its own session (setsid) so it outlives the agent. While the launching process
 //! lives, a waiter thread per child reaps it (no zombies); after a restart the VM is found again
 //! from the state directory (pid + start time) and driven over QMP and the guest channel.
@@ -25,9 +31,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use firefleet_guest::console::{parse_line, ConsoleEvent};
-use firefleet_guest::proto::{self, Message};
+use firefleet_guest::proto::Message;
 
-use crate::channel::{ExecOutput, GuestChannel, GuestTelemetry};
+use crate::channel::mux::{ChannelStatus, Channels};
+use crate::channel::{ExecOutput, GuestChannel, GuestTelemetry, InvokeHandler, InvokeOutput};
 use crate::runtime::{
     ConsoleChunk, LaunchConfig, Observation, Runtime, SnapshotInfo, VmProcessInfo, VmmError,
     VmmIoStats,
@@ -42,7 +49,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const REMOVE_GRACE: Duration = Duration::from_secs(5);
 
 /// The QEMU runtime. Cheap to create; holds no per-VM state in memory (the state directories
-/// are the truth), so a new instance on the same root re-adopts running VMs.
+/// are the truth; the guest channel connections are shared by all runtimes of the process), so a
+/// new instance on the same root re-adopts running VMs.
 #[derive(Debug, Clone)]
 pub struct QemuRuntime {
     state_root: PathBuf,
@@ -297,13 +305,11 @@ impl QemuRuntime {
         Ok(proc_id)
     }
 
-    /// Asks the guest to shut down over its channel; the stream is returned so it stays open
-    /// while we wait (closing at once could race with QEMU forwarding the line).
-    fn send_guest_shutdown(&self, id: &str) -> Option<UnixStream> {
-        let mut s = UnixStream::connect(self.vm_dir(id).join(GUEST_SOCK)).ok()?;
-        s.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
-        s.write_all(&proto::encode(&Message::Shutdown)).ok()?;
-        Some(s)
+    /// Asks the guest to shut down over its channel (which stays open while we wait: closing
+    /// at once could race with QEMU forwarding the line); false if there is no channel.
+    fn send_guest_shutdown(&self, id: &str) -> bool {
+        self.channel(id)
+            .is_ok_and(|key| qemu_channels().send(&key, &Message::Shutdown))
     }
 
     fn qmp(&self, id: &str, command: &str) -> Result<serde_json::Value, VmmError> {
@@ -447,21 +453,73 @@ impl Drop for ReapedGuard {
 
 /// How long to wait for QEMU's guest channel socket to accept a connection.
 const CHANNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `telemetry` and `ping` wait for the guest's answer.
+const CHANNEL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The guest channels of the VMs of every QEMU runtime of this process, keyed by socket path: a
+/// runtime is cheap to create and several may drive one VM, but QEMU serves one client at a
+/// time, so they must share one connection.
+fn qemu_channels() -> &'static Channels {
+    static CHANNELS: std::sync::OnceLock<Channels> = std::sync::OnceLock::new();
+    CHANNELS.get_or_init(Channels::default)
+}
 
 impl QemuRuntime {
-    /// A connection to the VM's guest channel (`guest.sock`; QEMU serves one client at a time).
+    /// The key of the VM's channel in [`qemu_channels`] (its socket path).
+    fn channel_key(&self, id: &str) -> String {
+        self.vm_dir(id)
+            .join(GUEST_SOCK)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The VM's channel, set up (not connected yet) if it was not.
+    fn channel(&self, id: &str) -> Result<String, VmmError> {
+        validate_id(id)?;
+        let dir = self.vm_dir(id);
+        if !dir.is_dir() {
+            return Err(VmmError::NotFound(id.to_string()));
+        }
+        let key = self.channel_key(id);
+        qemu_channels().ensure_connect(&key, &dir.join(GUEST_SOCK));
+        Ok(key)
+    }
+
+    fn channel_err(id: &str) -> impl FnOnce(crate::channel::ChannelError) -> VmmError + '_ {
+        move |source| VmmError::Channel {
+            id: id.to_owned(),
+            source,
+        }
+    }
+
+    /// An exclusive connection to the VM's guest channel (`guest.sock`), for tools that drive
+    /// the channel themselves. QEMU serves one client at a time: the runtime's own shared
+    /// connection is closed first (requests in flight on it fail as closed), and the runtime's
+    /// requests wait until the returned channel is dropped. Prefer [`Runtime::exec`],
+    /// [`Runtime::invoke`], [`Runtime::telemetry`] and [`QemuRuntime::ping`].
     pub fn guest_channel(&self, id: &str) -> Result<GuestChannel, VmmError> {
         validate_id(id)?;
         let dir = self.vm_dir(id);
         if !dir.is_dir() {
             return Err(VmmError::NotFound(id.to_string()));
         }
-        GuestChannel::connect(&dir.join("guest.sock"), CHANNEL_CONNECT_TIMEOUT).map_err(|source| {
-            VmmError::Channel {
-                id: id.to_owned(),
-                source,
-            }
-        })
+        qemu_channels().close(&self.channel_key(id));
+        GuestChannel::connect(&dir.join(GUEST_SOCK), CHANNEL_CONNECT_TIMEOUT)
+            .map_err(Self::channel_err(id))
+    }
+
+    /// Round trip to the guest agent over the shared channel.
+    pub fn ping(&self, id: &str) -> Result<Duration, VmmError> {
+        let key = self.channel(id)?;
+        qemu_channels()
+            .ping(&key, CHANNEL_ANSWER_TIMEOUT)
+            .map_err(Self::channel_err(id))
+    }
+
+    /// The state of the VM's shared guest channel in this process (all zero before its first
+    /// use).
+    pub fn channel_status(&self, id: &str) -> ChannelStatus {
+        qemu_channels().status(&self.channel_key(id))
     }
 }
 
@@ -579,17 +637,16 @@ impl Runtime for QemuRuntime {
         if !p.is_alive() {
             Self::wait_gone(p, Duration::from_secs(2));
             self.release_cgroups(id);
+            qemu_channels().close(&self.channel_key(id));
             return Ok(());
         }
         if !grace.is_zero() {
             let deadline = Instant::now() + grace;
-            let channel = self.send_guest_shutdown(id);
-            if channel.is_none() {
+            if !self.send_guest_shutdown(id) {
                 // No guest channel: try the ACPI power button.
                 let _ = self.qmp(id, "system_powerdown");
             }
             wait_until(deadline, || !p.is_alive());
-            drop(channel);
         }
         if p.is_alive() {
             // Ask QEMU to quit; the reply may be cut short by the exit.
@@ -607,6 +664,7 @@ impl Runtime for QemuRuntime {
         }
         Self::wait_gone(p, Duration::from_secs(2));
         self.release_cgroups(id);
+        qemu_channels().close(&self.channel_key(id));
         Ok(())
     }
 
@@ -633,21 +691,30 @@ impl Runtime for QemuRuntime {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<ExecOutput, VmmError> {
-        self.guest_channel(id)?
-            .exec(argv, timeout, stdin)
-            .map_err(|source| VmmError::Channel {
-                id: id.to_owned(),
-                source,
-            })
+        let key = self.channel(id)?;
+        qemu_channels()
+            .exec(&key, argv, stdin, timeout)
+            .map_err(Self::channel_err(id))
+    }
+
+    fn invoke(
+        &self,
+        id: &str,
+        handler: &InvokeHandler,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<InvokeOutput, VmmError> {
+        let key = self.channel(id)?;
+        qemu_channels()
+            .invoke(&key, handler, body, timeout)
+            .map_err(Self::channel_err(id))
     }
 
     fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
-        self.guest_channel(id)?
-            .telemetry()
-            .map_err(|source| VmmError::Channel {
-                id: id.to_owned(),
-                source,
-            })
+        let key = self.channel(id)?;
+        qemu_channels()
+            .telemetry(&key, CHANNEL_ANSWER_TIMEOUT)
+            .map_err(Self::channel_err(id))
     }
 
     fn io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {
@@ -689,6 +756,7 @@ impl Runtime for QemuRuntime {
             return Ok(());
         }
         self.stop(id, REMOVE_GRACE)?;
+        qemu_channels().close(&self.channel_key(id));
         if let Some(vm) = crate::sandbox::read_vm_sandbox(&dir) {
             crate::sandbox::Sandbox::cleanup(&vm);
         }

@@ -1,0 +1,478 @@
+//! `/v1/functions`: deploy, list, get, remove, logs and invoke functions; the plain end-user
+//! route `/fn/{tenant}/{name}`; and the agents' side of invocations.
+//!
+//! Deploying records the function (phase Deploying); the functions controller boots its
+//! template VM, snapshots it and marks it Ready. Invocations go through the gateway
+//! ([`crate::functions::Gateway`]).
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use base64::Engine as _;
+use firefleet_api::{
+    AgentInvocationResult, AgentInvocations, DeployFunctionRequest, ErrorBody,
+    FunctionInstanceInfo, FunctionList, FunctionLog, FunctionLogs, FunctionView, InvokeResponse,
+    MAX_INVOKE_BYTES,
+};
+use firefleet_types::{
+    Function, FunctionPhase, FunctionSpec, FunctionStatus, Generation, NodeId, TenantId, Vm,
+};
+use serde::Deserialize;
+
+use super::{ValidJson, ValidQuery};
+use crate::{
+    auth::{AgentNode, Caller},
+    functions::{FnKey, InvokeError},
+    now_ms, repo, ApiError, AppState,
+};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Whose function a path names: the caller's tenant, or `?tenant=` for admins.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuery {
+    #[serde(default)]
+    tenant: Option<String>,
+    /// Invoke only: the region the request comes from (nearest instance first).
+    #[serde(default)]
+    region: Option<String>,
+}
+
+fn tenant_of(caller: &Caller, q: &TenantQuery) -> Result<TenantId, ApiError> {
+    match &q.tenant {
+        Some(t) => {
+            let t: TenantId = TenantId::parse("tenant", t)?;
+            if t != caller.tenant {
+                caller.require_admin()?;
+            }
+            Ok(t)
+        }
+        None => Ok(caller.tenant.clone()),
+    }
+}
+
+async fn find(state: &AppState, tenant: &TenantId, name: &str) -> Result<Function, ApiError> {
+    firefleet_types::validate::check_name("function", name)?;
+    repo::get_function(state, tenant, name)
+        .await?
+        .map(|(f, _)| f)
+        .ok_or_else(|| ApiError::not_found("function", name))
+}
+
+/// The VMs of a function: its template and instances.
+pub(crate) fn function_vms<'a>(vms: &'a [Vm], f: &'a FunctionSpec) -> impl Iterator<Item = &'a Vm> {
+    vms.iter().filter(move |vm| {
+        vm.spec.tenant == f.tenant
+            && vm
+                .spec
+                .function
+                .as_ref()
+                .is_some_and(|b| b.function == f.name)
+    })
+}
+
+/// What the gateway and the store know of a function.
+pub(crate) async fn view(state: &AppState, f: Function, vms: &[Vm]) -> FunctionView {
+    let key: FnKey = (f.spec.tenant.clone(), f.spec.name.clone());
+    let (counters, wanted, reason, live) = state.gateway.with(&key, |st| {
+        (
+            st.counters.clone(),
+            st.wanted.clone(),
+            st.reason.clone(),
+            st.instances
+                .iter()
+                .map(|(id, i)| {
+                    (
+                        id.clone(),
+                        (i.in_flight, i.idle_since_ms, st.deadlines.get(id).copied()),
+                    )
+                })
+                .collect::<std::collections::HashMap<_, _>>(),
+        )
+    });
+    let nodes = repo::list_json::<firefleet_types::NodeInfo>(state, "/nodes/")
+        .await
+        .map(|(n, _)| n)
+        .unwrap_or_default();
+    let instances = function_vms(vms, &f.spec)
+        .filter(|vm| {
+            vm.spec
+                .function
+                .as_ref()
+                .is_some_and(|b| b.template.is_some())
+        })
+        .map(|vm| {
+            let (in_flight, idle_since_ms, keep_alive_until_ms) =
+                live.get(&vm.id).copied().unwrap_or((0, None, None));
+            FunctionInstanceInfo {
+                vm: vm.id.clone(),
+                name: vm.spec.name.clone(),
+                phase: vm.status.phase,
+                node: vm.status.node.clone(),
+                region: vm
+                    .status
+                    .node
+                    .as_ref()
+                    .and_then(|n| nodes.iter().find(|x| &x.id == n))
+                    .and_then(|n| n.labels.get("region").cloned()),
+                in_flight,
+                idle_since_ms,
+                keep_alive_until_ms,
+            }
+        })
+        .collect();
+    FunctionView {
+        function: f,
+        instances,
+        counters,
+        wanted,
+        reason,
+    }
+}
+
+/// Deploy a function (or change one: a new spec makes a new template; instances of the old
+/// one are replaced as they go idle).
+#[utoipa::path(post, path = "/v1/functions", request_body = DeployFunctionRequest, security(("bearer" = [])),
+    responses((status = 201, body = FunctionView), (status = 200, body = FunctionView),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn deploy(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidJson(req): ValidJson<DeployFunctionRequest>,
+) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
+    let tenant = match req.tenant {
+        Some(t) if t != caller.tenant => {
+            caller.require_admin()?;
+            t
+        }
+        _ => caller.tenant.clone(),
+    };
+    let spec = FunctionSpec {
+        name: req.name,
+        tenant,
+        image: req.image,
+        cmd: req.cmd,
+        http_port: req.http_port,
+        http_path: req.http_path,
+        resources: req.resources,
+        concurrency: req.concurrency,
+        min: req.min,
+        max: req.max,
+        regions: req.regions,
+        timeout_ms: req
+            .timeout_ms
+            .unwrap_or(firefleet_types::function::DEFAULT_TIMEOUT_MS),
+        keep_alive_secs: req.keep_alive_secs,
+        runtime: req.runtime,
+        public: req.public,
+    };
+    spec.validate()?;
+    let (func, created) = loop {
+        match repo::get_function(&state, &spec.tenant, &spec.name).await? {
+            None => {
+                let f = Function {
+                    spec: spec.clone(),
+                    generation: Generation(1),
+                    status: FunctionStatus {
+                        phase: FunctionPhase::Deploying,
+                        message: None,
+                        template: None,
+                    },
+                    created_ms: now_ms(),
+                };
+                if repo::put_function(&state, &f, None).await? {
+                    break (f, true);
+                }
+            }
+            Some((f, _)) if f.spec == spec => break (f, false),
+            Some((mut f, rev)) => {
+                // What the template was made from changed: a new template. Scaling limits,
+                // regions and timeouts apply to the running instances as they are.
+                let remake = (
+                    &f.spec.image,
+                    &f.spec.cmd,
+                    f.spec.http_port,
+                    f.spec.resources,
+                    f.spec.runtime,
+                ) != (
+                    &spec.image,
+                    &spec.cmd,
+                    spec.http_port,
+                    spec.resources,
+                    spec.runtime,
+                );
+                f.spec = spec.clone();
+                f.generation = f.generation.next();
+                if remake || f.status.phase == FunctionPhase::Failed {
+                    f.status = FunctionStatus {
+                        phase: FunctionPhase::Deploying,
+                        message: None,
+                        template: None,
+                    };
+                }
+                if repo::put_function(&state, &f, Some(rev)).await? {
+                    break (f, false);
+                }
+            }
+        }
+    };
+    state.gateway.demand.notify_one();
+    let (vms, _) = repo::list_vms(&state).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view(&state, func, &vms).await)))
+}
+
+/// List the caller's functions (an admin sees all).
+#[utoipa::path(get, path = "/v1/functions", security(("bearer" = [])),
+    responses((status = 200, body = FunctionList), (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<FunctionList>, ApiError> {
+    let (vms, _) = repo::list_vms(&state).await?;
+    let mut items = Vec::new();
+    for f in repo::list_functions(&state).await? {
+        if caller.role == firefleet_api::Role::Admin || f.spec.tenant == caller.tenant {
+            items.push(view(&state, f, &vms).await);
+        }
+    }
+    Ok(Json(FunctionList { items }))
+}
+
+/// Get a function with its instances and counters.
+#[utoipa::path(get, path = "/v1/functions/{name}", security(("bearer" = [])),
+    params(("name" = String, Path, description = "function name"), ("tenant" = Option<String>, Query, description = "tenant (admins)")),
+    responses((status = 200, body = FunctionView), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ValidQuery(q): ValidQuery<TenantQuery>,
+) -> Result<Json<FunctionView>, ApiError> {
+    let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
+    let (vms, _) = repo::list_vms(&state).await?;
+    Ok(Json(view(&state, f, &vms).await))
+}
+
+/// Remove a function: its record at once; its template and instances are stopped and removed
+/// (the controller removes any VM of a function that no longer exists).
+#[utoipa::path(delete, path = "/v1/functions/{name}", security(("bearer" = [])),
+    params(("name" = String, Path, description = "function name"), ("tenant" = Option<String>, Query, description = "tenant (admins)")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ValidQuery(q): ValidQuery<TenantQuery>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant_of(&caller, &q)?;
+    let f = find(&state, &tenant, &name).await?;
+    repo::delete_function(&state, &tenant, &name).await?;
+    state.gateway.forget(&(tenant, name));
+    let (vms, _) = repo::list_vms(&state).await?;
+    for vm in function_vms(&vms, &f.spec) {
+        crate::controllers::functions::remove_vm(&state, vm).await?;
+    }
+    state.kick.notify_waiters();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The consoles of a function's template and instances.
+#[utoipa::path(get, path = "/v1/functions/{name}/logs", security(("bearer" = [])),
+    params(("name" = String, Path, description = "function name"), ("tenant" = Option<String>, Query, description = "tenant (admins)")),
+    responses((status = 200, body = FunctionLogs), (status = 404, body = ErrorBody)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ValidQuery(q): ValidQuery<TenantQuery>,
+) -> Result<Json<FunctionLogs>, ApiError> {
+    let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
+    let (vms, _) = repo::list_vms(&state).await?;
+    let mut items = Vec::new();
+    for vm in function_vms(&vms, &f.spec) {
+        let rec = repo::get_console(&state, &vm.id).await?;
+        items.push(FunctionLog {
+            vm: vm.id.clone(),
+            name: vm.spec.name.clone(),
+            data: String::from_utf8_lossy(&rec.data).into_owned(),
+        });
+    }
+    Ok(Json(FunctionLogs { items }))
+}
+
+async fn call(
+    state: &AppState,
+    f: &Function,
+    body: &[u8],
+    region: Option<&str>,
+) -> Result<crate::functions::Invoked, ApiError> {
+    if body.len() > MAX_INVOKE_BYTES {
+        return Err(ApiError::TooLarge {
+            limit: MAX_INVOKE_BYTES,
+        });
+    }
+    if f.status.phase == FunctionPhase::Failed {
+        return Err(ApiError::Conflict(format!(
+            "function {} failed to deploy: {}",
+            f.spec.name,
+            f.status.message.as_deref().unwrap_or("unknown cause")
+        )));
+    }
+    let key: FnKey = (f.spec.tenant.clone(), f.spec.name.clone());
+    state
+        .gateway
+        .invoke(&key, &f.spec, body, region, state.functions.hold)
+        .await
+        .map_err(|e| match e {
+            e @ InvokeError::NoInstance { .. } => ApiError::Timeout(e.to_string()),
+            e @ InvokeError::Relay { .. } => ApiError::Timeout(firefleet_types::error_chain(&e)),
+        })
+}
+
+/// Invoke a function: the request body goes to the handler as is; the answer says how it went
+/// (status, body, cold start, latency).
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "function name"), ("tenant" = Option<String>, Query, description = "tenant (admins)"),
+           ("region" = Option<String>, Query, description = "the caller's region: nearest instances first")),
+    responses((status = 200, body = InvokeResponse), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 504, body = ErrorBody)))]
+pub async fn invoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ValidQuery(q): ValidQuery<TenantQuery>,
+    body: Bytes,
+) -> Result<Json<InvokeResponse>, ApiError> {
+    let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
+    let done = call(&state, &f, &body, q.region.as_deref()).await?;
+    let out = B64.decode(&done.result.body_b64).unwrap_or_default();
+    let stderr = B64.decode(&done.result.stderr_b64).unwrap_or_default();
+    Ok(Json(InvokeResponse {
+        status: done.result.status,
+        body: String::from_utf8_lossy(&out).into_owned(),
+        body_b64: done.result.body_b64,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        error: done.result.error,
+        cold_start: done.cold_start,
+        instance: done.vm,
+        node: done.node,
+        latency_ms: done.latency_ms,
+        duration_ms: done.result.duration_ms,
+    }))
+}
+
+/// The end users' route: `/fn/{tenant}/{name}`, body in, body out, the handler's status as the
+/// HTTP status. A public function needs no token; any other needs one of its tenant.
+pub async fn plain(
+    State(state): State<AppState>,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    ValidQuery(q): ValidQuery<TenantQuery>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let tenant = TenantId::parse("tenant", &tenant)?;
+        let f = find(&state, &tenant, &name).await?;
+        if !f.spec.public {
+            let caller = crate::auth::caller_from_headers(&state, &headers).await?;
+            if caller.tenant != tenant {
+                caller.require_admin()?;
+            }
+        }
+        let region = q.region.clone().or_else(|| {
+            headers
+                .get("x-firefleet-region")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        });
+        call(&state, &f, &body, region.as_deref()).await
+    }
+    .await;
+    match result {
+        Ok(done) => {
+            let out = B64.decode(&done.result.body_b64).unwrap_or_default();
+            let status =
+                StatusCode::from_u16(done.result.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut resp = (status, out).into_response();
+            let h = resp.headers_mut();
+            for (k, v) in [
+                ("x-firefleet-cold-start", done.cold_start.to_string()),
+                ("x-firefleet-instance", done.vm.to_string()),
+                ("x-firefleet-latency-ms", done.latency_ms.to_string()),
+                (
+                    "x-firefleet-duration-ms",
+                    done.result.duration_ms.to_string(),
+                ),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(k, v);
+                }
+            }
+            if let Some(e) = done.result.error {
+                if let Ok(v) = HeaderValue::from_str(&e.replace(['\r', '\n'], " ")) {
+                    h.insert("x-firefleet-error", v);
+                }
+            }
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvocationsQuery {
+    /// Longest wait in milliseconds (default and cap 25000).
+    wait_ms: Option<u64>,
+}
+
+/// The invocations queued for the calling node (waits for some up to `wait_ms`).
+#[utoipa::path(get, path = "/v1/agent/invocations", security(("mtls" = [])),
+    params(("wait_ms" = Option<u64>, Query, description = "longest wait")),
+    responses((status = 200, body = AgentInvocations), (status = 401, body = ErrorBody)))]
+pub async fn agent_take(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    ValidQuery(q): ValidQuery<InvocationsQuery>,
+) -> Result<Json<AgentInvocations>, ApiError> {
+    let wait = std::time::Duration::from_millis(q.wait_ms.unwrap_or(25_000).min(25_000));
+    let items = state.gateway.relay.take(&node, wait).await;
+    Ok(Json(AgentInvocations { items }))
+}
+
+/// The result of an invocation this node took.
+#[utoipa::path(post, path = "/v1/agent/invocations/{id}", request_body = AgentInvocationResult, security(("mtls" = [])),
+    params(("id" = String, Path, description = "invocation id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn agent_result(
+    State(state): State<AppState>,
+    AgentNode(node): AgentNode,
+    Path(id): Path<String>,
+    ValidJson(result): ValidJson<AgentInvocationResult>,
+) -> Result<StatusCode, ApiError> {
+    if state.gateway.relay.complete(&node, &id, result) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("invocation", id))
+    }
+}
+
+/// The node a VM is on (for the instance table).
+pub(crate) fn node_region(nodes: &[firefleet_types::NodeInfo], node: &NodeId) -> String {
+    nodes
+        .iter()
+        .find(|n| &n.id == node)
+        .and_then(|n| n.labels.get("region").cloned())
+        .unwrap_or_default()
+}
