@@ -202,6 +202,22 @@ fn cold_start_warm_scale_to_zero_and_burst() {
     assert_eq!(r["status"], 200, "{r}");
     assert_eq!(r["body"], "web-ping", "{r}");
 
+    // Its template VM removed by hand: the function makes a new one and goes on.
+    c.ok(&["vm", "rm", &template]);
+    c.wait(Duration::from_secs(120), "a new template", || {
+        let v = c.json(&["fn", "get", "hello"]);
+        v["status"]["phase"] == "ready"
+            && v["status"]["template"]["vm"]
+                .as_str()
+                .is_some_and(|t| t != template)
+    });
+    let again = c.json(&["fn", "invoke", "hello", "--data", "again"]);
+    assert_eq!(again["status"], 200, "{again}");
+    assert!(again["body"]
+        .as_str()
+        .unwrap()
+        .starts_with("hello again from "));
+
     // Remove: every VM of the functions goes.
     c.ok(&["fn", "rm", "hello"]);
     c.ok(&["fn", "rm", "web"]);

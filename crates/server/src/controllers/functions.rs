@@ -239,6 +239,23 @@ impl Controller {
                     let Some(tpl) = &f.status.template else {
                         continue;
                     };
+                    if !vms.iter().any(|vm| vm.id == tpl.vm && !vm.deleting) {
+                        // Its template VM (and with it the snapshot's copy) was removed: make
+                        // the template again.
+                        tracing::warn!(function = %f.spec.name, vm = %tpl.vm, "template gone; deploying again");
+                        let gone = tpl.vm.clone();
+                        repo::update_function(state, &f.spec.tenant, &f.spec.name, |g| {
+                            if g.status.template.as_ref().is_none_or(|t| t.vm != gone) {
+                                return false;
+                            }
+                            g.status.phase = FunctionPhase::Deploying;
+                            g.status.template = None;
+                            g.status.message = Some("its template VM was removed".to_owned());
+                            true
+                        })
+                        .await?;
+                        continue;
+                    }
                     self.engine.upsert_function(
                         &name,
                         FunctionParams {
@@ -558,7 +575,17 @@ impl Controller {
             });
             state.kick.notify_waiters();
         } else if alive > target {
-            // Idle instances past their keep-alive, longest idle first.
+            // Instances never placed (no node had room) first: nothing runs for them.
+            let mut excess = (alive - target) as usize;
+            for vm in instances.iter().filter(|vm| vm.status.node.is_none()) {
+                if excess == 0 {
+                    break;
+                }
+                tracing::info!(function = %f.spec.name, vm = %vm.id, "not wanted any more and never placed; removing");
+                remove_vm(state, vm).await?;
+                excess -= 1;
+            }
+            // Then idle instances past their keep-alive, longest idle first.
             let keep_alive = f.spec.keep_alive_secs.map(|s| s * 1000);
             let mut expired: Vec<(u64, &Vm)> = instances
                 .iter()
@@ -573,7 +600,7 @@ impl Controller {
                 })
                 .collect();
             expired.sort_by_key(|(idle, _)| *idle);
-            for (_, vm) in expired.into_iter().take((alive - target) as usize) {
+            for (_, vm) in expired.into_iter().take(excess) {
                 if state.gateway.drain(key, &vm.id) {
                     tracing::info!(function = %f.spec.name, vm = %vm.id, "idle past its keep-alive; stopping");
                     remove_vm(state, vm).await?;

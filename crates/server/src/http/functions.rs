@@ -189,7 +189,10 @@ pub async fn deploy(
                     break (f, true);
                 }
             }
-            Some((f, _)) if f.spec == spec => break (f, false),
+            // The same spec again changes nothing (unless it failed: then it is a retry).
+            Some((f, _)) if f.spec == spec && f.status.phase != FunctionPhase::Failed => {
+                break (f, false)
+            }
             Some((mut f, rev)) => {
                 // What the template was made from changed: a new template. Scaling limits,
                 // regions and timeouts apply to the running instances as they are.
