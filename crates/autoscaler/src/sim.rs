@@ -196,22 +196,7 @@ impl Simulation {
                 || f.insts.iter().any(|i| i.busy_until >= t0)
                 || self.instances.get(&f.name).map(Vec::len) != Some(f.insts.len());
             if dirty {
-                if f.insts.is_empty() {
-                    self.instances.remove(&f.name);
-                } else {
-                    let infos = f
-                        .insts
-                        .iter()
-                        .map(|i| InstanceInfo {
-                            id: i.id.clone(),
-                            region: String::new(),
-                            in_flight: u32::from(i.busy_until > t1),
-                            idle_since_ms: (i.busy_until <= t1).then_some(i.busy_until),
-                            ready: true,
-                        })
-                        .collect();
-                    self.instances.insert(f.name.clone(), infos);
-                }
+                refresh_instances(&mut self.instances, f, t1);
             }
         }
         Some((t1, &self.samples, &self.instances))
@@ -254,22 +239,7 @@ impl Simulation {
                 changed = true;
             }
             if changed {
-                if f.insts.is_empty() {
-                    self.instances.remove(&f.name);
-                } else {
-                    let infos = f
-                        .insts
-                        .iter()
-                        .map(|i| InstanceInfo {
-                            id: i.id.clone(),
-                            region: String::new(),
-                            in_flight: u32::from(i.busy_until > now),
-                            idle_since_ms: (i.busy_until <= now).then_some(i.busy_until),
-                            ready: true,
-                        })
-                        .collect();
-                    self.instances.insert(f.name.clone(), infos);
-                }
+                refresh_instances(&mut self.instances, f, now);
             }
         }
     }
@@ -298,6 +268,26 @@ impl Simulation {
 }
 
 /// GiB·s of an idle interval, clipped to the measured window.
+/// Records `f`'s instances as the engine will see them at `at` (none: the function is left out).
+fn refresh_instances(instances: &mut Instances, f: &SimFn, at: u64) {
+    if f.insts.is_empty() {
+        instances.remove(&f.name);
+        return;
+    }
+    let infos = f
+        .insts
+        .iter()
+        .map(|i| InstanceInfo {
+            id: i.id.clone(),
+            region: String::new(),
+            in_flight: u32::from(i.busy_until > at),
+            idle_since_ms: (i.busy_until <= at).then_some(i.busy_until),
+            ready: true,
+        })
+        .collect();
+    instances.insert(f.name.clone(), infos);
+}
+
 fn idle_gib_s(mem_gib: f64, from: u64, to: u64, measure: u64) -> f64 {
     let from = from.max(measure);
     if to <= from {
