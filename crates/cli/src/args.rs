@@ -79,6 +79,9 @@ pub enum Command {
     /// Serverless functions: deploy, invoke, inspect, remove.
     #[command(subcommand)]
     Fn(FnCommand),
+    /// Threat detection: check rule files and run them on recorded telemetry.
+    #[command(subcommand)]
+    Guard(crate::cmd_guard::GuardCommand),
     /// Offline evaluations of the decision engines on recorded traces.
     #[command(subcommand)]
     Eval(crate::cmd_eval::EvalCommand),

@@ -6,6 +6,7 @@ mod args;
 mod cmd_bench;
 mod cmd_eval;
 mod cmd_fn;
+mod cmd_guard;
 mod cmd_image;
 mod cmd_run;
 mod cmd_vm;
@@ -82,6 +83,7 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
             cmd_bench::restore(&g, count, state_dir).await
         }
         Command::Fn(c) => cmd_fn::function(&g, c).await,
+        Command::Guard(c) => cmd_guard::run(&g, c),
         Command::Eval(c) => cmd_eval::run(&g, c),
     }
 }
