@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use firefleet_autoscaler::sim::{SimConfig, Simulation};
-use firefleet_autoscaler::trace::{file_kind, FileKind, Trace, TraceBuilder};
-use firefleet_autoscaler::{Autoscaler, EngineConfig, FunctionParams, PolicyKind};
+use firefleet_autoscaler::trace::{Trace, TraceBuilder};
+use firefleet_autoscaler::{EngineConfig, PolicyKind};
 
 fn trace_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces/azure-functions-2019")
@@ -24,15 +24,8 @@ fn load() -> Option<Trace> {
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(kind) = file_kind(&name) else {
-            continue;
-        };
         let r = BufReader::new(std::fs::File::open(e.path()).ok()?);
-        match kind {
-            FileKind::Invocations => b.add_invocations(&name, r).ok()?,
-            FileKind::Durations => b.add_durations(&name, r).ok()?,
-            FileKind::Memory => b.add_memory(&name, r).ok()?,
-        }
+        b.add_file(&name, r).ok()?;
     }
     b.build().ok()
 }
@@ -51,7 +44,6 @@ fn bench(c: &mut Criterion) {
         PolicyKind::Knative,
     ] {
         let cfg = EngineConfig::new(policy);
-        let mut eng = Autoscaler::new(cfg.clone());
         let mut sim = Simulation::new(
             &trace,
             SimConfig {
@@ -62,10 +54,7 @@ fn bench(c: &mut Criterion) {
                 end_minute: 960,
             },
         );
-        let names: Vec<String> = sim.function_names().map(str::to_owned).collect();
-        for n in &names {
-            eng.upsert_function(n, FunctionParams::default());
-        }
+        let mut eng = sim.engine(cfg.clone());
         let mut last = None;
         while let Some((now, s, i)) = sim.advance() {
             let d = eng.tick(now, s, i);

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::trace::Trace;
-use crate::{Decision, InstanceInfo, Sample};
+use crate::{Autoscaler, Decision, EngineConfig, FunctionParams, InstanceInfo, Sample};
 
 /// Instances per function, as [`crate::Autoscaler::tick`] takes them.
 pub type Instances = BTreeMap<String, Vec<InstanceInfo>>;
@@ -165,6 +165,22 @@ impl Simulation {
             instances: BTreeMap::new(),
             samples: Vec::new(),
         }
+    }
+
+    /// An engine configured with `cfg` that knows every function of the replay (with its
+    /// memory), as `eval` and the tick benchmark drive it.
+    pub fn engine(&self, cfg: EngineConfig) -> Autoscaler {
+        let mut engine = Autoscaler::new(cfg);
+        for f in &self.fns {
+            engine.upsert_function(
+                &f.name,
+                FunctionParams {
+                    memory_mib: (f.mem_gib * 1024.0).round() as u32,
+                    ..FunctionParams::default()
+                },
+            );
+        }
+        engine
     }
 
     /// Function names, in trace order.

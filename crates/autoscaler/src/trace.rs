@@ -324,6 +324,18 @@ impl TraceBuilder {
         Self::default()
     }
 
+    /// Adds a file of the kind its name says ([`file_kind`]); false (nothing read) for a file
+    /// that is not part of the trace.
+    pub fn add_file<R: BufRead>(&mut self, file: &str, reader: R) -> Result<bool, TraceError> {
+        match file_kind(file) {
+            Some(FileKind::Invocations) => self.add_invocations(file, reader)?,
+            Some(FileKind::Durations) => self.add_durations(file, reader)?,
+            Some(FileKind::Memory) => self.add_memory(file, reader)?,
+            None => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// Adds an invocation file (either layout; a window of the day is fine).
     pub fn add_invocations<R: BufRead>(&mut self, file: &str, reader: R) -> Result<(), TraceError> {
         read_csv(

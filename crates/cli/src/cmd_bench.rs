@@ -308,14 +308,16 @@ pub async fn function(g: &Global, count: usize, warm: usize, memory: u64) -> any
         ProgressBar::hidden()
     };
     bar.set_message("deploying");
-    let mut v = c.deploy_function(&req).await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while v.function.status.phase == firefleet_types::FunctionPhase::Deploying {
-        if Instant::now() > deadline {
-            bail!("function {name} still deploying after 600 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        v = c.get_function(&name).await?;
+    let v = crate::cmd_fn::wait_deployed(&c, c.deploy_function(&req).await?).await?;
+    if v.function.status.phase != firefleet_types::FunctionPhase::Ready {
+        bail!(
+            "function {name} failed to deploy: {}",
+            v.function
+                .status
+                .message
+                .as_deref()
+                .unwrap_or("no reason given")
+        );
     }
     let result = async {
         let (mut cold, mut hot, mut handler, mut client_ms) = (vec![], vec![], vec![], vec![]);

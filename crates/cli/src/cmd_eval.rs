@@ -11,8 +11,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use firefleet_autoscaler::sim::{SimConfig, SimReport, Simulation};
-use firefleet_autoscaler::trace::{file_kind, FileKind, Trace, TraceBuilder};
-use firefleet_autoscaler::{Autoscaler, EngineConfig, FireFleetParams, FunctionParams, PolicyKind};
+use firefleet_autoscaler::trace::{file_kind, Trace, TraceBuilder};
+use firefleet_autoscaler::{EngineConfig, FireFleetParams, PolicyKind};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -70,17 +70,12 @@ pub fn load_trace(dir: &Path) -> anyhow::Result<Trace> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let Some(kind) = file_kind(&name) else {
+        if file_kind(&name).is_none() {
             continue;
-        };
+        }
         let file =
             std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let r = BufReader::new(file);
-        match kind {
-            FileKind::Invocations => b.add_invocations(&name, r)?,
-            FileKind::Durations => b.add_durations(&name, r)?,
-            FileKind::Memory => b.add_memory(&name, r)?,
-        }
+        b.add_file(&name, BufReader::new(file))?;
     }
     b.build()
         .with_context(|| format!("no trace in {}", dir.display()))
@@ -125,7 +120,6 @@ fn replay(
     end: usize,
     bar: Option<&ProgressBar>,
 ) -> PolicyResult {
-    let mut eng = Autoscaler::new(cfg.clone());
     let mut sim = Simulation::new(
         trace,
         SimConfig {
@@ -136,16 +130,7 @@ fn replay(
             end_minute: end,
         },
     );
-    for (f, name) in trace.functions.iter().zip(sim.function_names()) {
-        let memory_mib = f.memory_mb.unwrap_or(trace.default_memory_mb).round() as u32;
-        eng.upsert_function(
-            name,
-            FunctionParams {
-                memory_mib,
-                ..FunctionParams::default()
-            },
-        );
-    }
+    let mut eng = sim.engine(cfg.clone());
     let measure_ms = measure_from as u64 * 60_000;
     let (mut ticks, mut total_s, mut max_s) = (0u64, 0f64, 0f64);
     while let Some((now, samples, insts)) = sim.advance() {

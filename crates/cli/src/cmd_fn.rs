@@ -205,6 +205,26 @@ pub async fn function(g: &Global, cmd: FnCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Waits until a function is no longer deploying (its template made, or failed).
+pub(crate) async fn wait_deployed(
+    c: &firefleet_client::Client,
+    mut v: FunctionView,
+) -> anyhow::Result<FunctionView> {
+    let start = Instant::now();
+    while v.function.status.phase == FunctionPhase::Deploying {
+        if start.elapsed() > DEPLOY_WAIT {
+            bail!(
+                "function {} is still deploying after {} s",
+                v.function.spec.name,
+                DEPLOY_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        v = c.get_function(&v.function.spec.name).await?;
+    }
+    Ok(v)
+}
+
 async fn deploy(g: &Global, c: &firefleet_client::Client, a: FnDeployArgs) -> anyhow::Result<()> {
     let image = crate::cmd_image::resolve_or_build(g, &a.image).await?;
     let req = DeployFunctionRequest {
@@ -234,20 +254,9 @@ async fn deploy(g: &Global, c: &firefleet_client::Client, a: FnDeployArgs) -> an
             "deploying {}: booting and snapshotting the template",
             a.name
         ));
-        let start = Instant::now();
-        while v.function.status.phase == FunctionPhase::Deploying {
-            if start.elapsed() > DEPLOY_WAIT {
-                bar.finish_and_clear();
-                bail!(
-                    "function {} is still deploying after {} s",
-                    a.name,
-                    DEPLOY_WAIT.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            v = c.get_function(&a.name).await?;
-        }
+        let waited = wait_deployed(c, v).await;
         bar.finish_and_clear();
+        v = waited?;
         if v.function.status.phase == FunctionPhase::Failed {
             bail!(
                 "function {} failed to deploy: {}",

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use firefleet_api::{JoinTokenResponse, Role, TokenResponse};
 use firefleet_store::{Compare, KeyValue, Op, Revision, StoreError};
-use firefleet_types::{Function, NodeId, NodeInfo, TenantId, Vm, VmId, VmSpec, VmStatus};
+use firefleet_types::{
+    DesiredState, Function, NodeId, NodeInfo, TenantId, Vm, VmId, VmSpec, VmStatus,
+};
 use rand::RngCore;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -223,6 +225,25 @@ pub async fn delete_vm_record(state: &AppState, vm: &Vm) -> Result<(), ApiError>
             vec![],
         )
         .await?;
+    Ok(())
+}
+
+/// Removes a VM: at once if it never reached a node, else through its agent (`deleting`).
+pub async fn remove_vm(state: &AppState, vm: &Vm) -> Result<(), ApiError> {
+    if vm.status.node.is_none() {
+        return delete_vm_record(state, vm).await;
+    }
+    update_vm(state, &vm.id, |vm| {
+        if vm.deleting {
+            return Ok(false);
+        }
+        vm.deleting = true;
+        vm.spec.desired = DesiredState::Stopped;
+        vm.generation = vm.generation.next();
+        Ok(true)
+    })
+    .await?;
+    state.kick.notify_waiters();
     Ok(())
 }
 

@@ -131,25 +131,6 @@ fn engine_config(cfg: &FunctionsConfig) -> EngineConfig {
     e
 }
 
-/// Removes a VM: at once if it never reached a node, else through its agent (`deleting`).
-pub(crate) async fn remove_vm(state: &AppState, vm: &Vm) -> Result<(), ApiError> {
-    if vm.status.node.is_none() {
-        return repo::delete_vm_record(state, vm).await;
-    }
-    repo::update_vm(state, &vm.id, |vm| {
-        if vm.deleting {
-            return Ok(false);
-        }
-        vm.deleting = true;
-        vm.spec.desired = DesiredState::Stopped;
-        vm.generation = vm.generation.next();
-        Ok(true)
-    })
-    .await?;
-    state.kick.notify_waiters();
-    Ok(())
-}
-
 /// The spec of one of a function's VMs: its template (`template` None, booted) or an instance
 /// (restored from `template`), in `regions` (empty: anywhere).
 fn function_vm_spec(
@@ -220,7 +201,7 @@ impl Controller {
                     .iter()
                     .any(|f| f.spec.tenant == vm.spec.tenant && f.spec.name == b.function);
                 if !owner && !vm.deleting {
-                    remove_vm(state, vm).await?;
+                    repo::remove_vm(state, vm).await?;
                 }
             }
         }
@@ -474,7 +455,7 @@ impl Controller {
             if b.template.is_none() {
                 // An old template VM (the function was redeployed): gone once the new one is.
                 if vm.id != tpl.vm && !vm.deleting {
-                    remove_vm(state, vm).await?;
+                    repo::remove_vm(state, vm).await?;
                 }
                 continue;
             }
@@ -484,7 +465,7 @@ impl Controller {
             if matches!(vm.status.phase, VmPhase::Failed | VmPhase::Stopped) {
                 tracing::warn!(function = %f.spec.name, vm = %vm.id, phase = ?vm.status.phase,
                     message = vm.status.message.as_deref().unwrap_or(""), "instance lost; removing it");
-                remove_vm(state, vm).await?;
+                repo::remove_vm(state, vm).await?;
                 continue;
             }
             if let Some(node) = &vm.status.node {
@@ -582,7 +563,7 @@ impl Controller {
                     break;
                 }
                 tracing::info!(function = %f.spec.name, vm = %vm.id, "not wanted any more and never placed; removing");
-                remove_vm(state, vm).await?;
+                repo::remove_vm(state, vm).await?;
                 excess -= 1;
             }
             // Then idle instances past their keep-alive, longest idle first.
@@ -603,7 +584,7 @@ impl Controller {
             for (_, vm) in expired.into_iter().take(excess) {
                 if state.gateway.drain(key, &vm.id) {
                     tracing::info!(function = %f.spec.name, vm = %vm.id, "idle past its keep-alive; stopping");
-                    remove_vm(state, vm).await?;
+                    repo::remove_vm(state, vm).await?;
                 }
             }
         }
@@ -620,7 +601,7 @@ impl Controller {
                 && gw.get(&vm.id).is_none_or(|i| i.in_flight == 0)
                 && state.gateway.drain(key, &vm.id)
             {
-                remove_vm(state, vm).await?;
+                repo::remove_vm(state, vm).await?;
             }
         }
         Ok(())

@@ -19,7 +19,8 @@ use firefleet_api::{
     MAX_INVOKE_BYTES,
 };
 use firefleet_types::{
-    Function, FunctionPhase, FunctionSpec, FunctionStatus, Generation, NodeId, TenantId, Vm,
+    Function, FunctionPhase, FunctionSpec, FunctionStatus, Generation, NodeId, NodeInfo, TenantId,
+    Vm,
 };
 use serde::Deserialize;
 
@@ -76,8 +77,15 @@ pub(crate) fn function_vms<'a>(vms: &'a [Vm], f: &'a FunctionSpec) -> impl Itera
     })
 }
 
+/// The VMs and nodes a function's view is made from (read once per request).
+async fn fleet(state: &AppState) -> Result<(Vec<Vm>, Vec<NodeInfo>), ApiError> {
+    let (vms, _) = repo::list_vms(state).await?;
+    let (nodes, _) = repo::list_json::<NodeInfo>(state, "/nodes/").await?;
+    Ok((vms, nodes))
+}
+
 /// What the gateway and the store know of a function.
-pub(crate) async fn view(state: &AppState, f: Function, vms: &[Vm]) -> FunctionView {
+fn view(state: &AppState, f: Function, vms: &[Vm], nodes: &[NodeInfo]) -> FunctionView {
     let key: FnKey = (f.spec.tenant.clone(), f.spec.name.clone());
     let (counters, wanted, reason, live) = state.gateway.with(&key, |st| {
         (
@@ -95,10 +103,6 @@ pub(crate) async fn view(state: &AppState, f: Function, vms: &[Vm]) -> FunctionV
                 .collect::<std::collections::HashMap<_, _>>(),
         )
     });
-    let nodes = repo::list_json::<firefleet_types::NodeInfo>(state, "/nodes/")
-        .await
-        .map(|(n, _)| n)
-        .unwrap_or_default();
     let instances = function_vms(vms, &f.spec)
         .filter(|vm| {
             vm.spec
@@ -118,8 +122,8 @@ pub(crate) async fn view(state: &AppState, f: Function, vms: &[Vm]) -> FunctionV
                     .status
                     .node
                     .as_ref()
-                    .and_then(|n| nodes.iter().find(|x| &x.id == n))
-                    .and_then(|n| n.labels.get("region").cloned()),
+                    .map(|n| node_region(nodes, n))
+                    .filter(|r| !r.is_empty()),
                 in_flight,
                 idle_since_ms,
                 keep_alive_until_ms,
@@ -225,13 +229,13 @@ pub async fn deploy(
         }
     };
     state.gateway.demand.notify_one();
-    let (vms, _) = repo::list_vms(&state).await?;
+    let (vms, nodes) = fleet(&state).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&state, func, &vms).await)))
+    Ok((status, Json(view(&state, func, &vms, &nodes))))
 }
 
 /// List the caller's functions (an admin sees all).
@@ -241,13 +245,13 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<FunctionList>, ApiError> {
-    let (vms, _) = repo::list_vms(&state).await?;
-    let mut items = Vec::new();
-    for f in repo::list_functions(&state).await? {
-        if caller.role == firefleet_api::Role::Admin || f.spec.tenant == caller.tenant {
-            items.push(view(&state, f, &vms).await);
-        }
-    }
+    let (vms, nodes) = fleet(&state).await?;
+    let items = repo::list_functions(&state)
+        .await?
+        .into_iter()
+        .filter(|f| caller.role == firefleet_api::Role::Admin || f.spec.tenant == caller.tenant)
+        .map(|f| view(&state, f, &vms, &nodes))
+        .collect();
     Ok(Json(FunctionList { items }))
 }
 
@@ -262,8 +266,8 @@ pub async fn get(
     ValidQuery(q): ValidQuery<TenantQuery>,
 ) -> Result<Json<FunctionView>, ApiError> {
     let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
-    let (vms, _) = repo::list_vms(&state).await?;
-    Ok(Json(view(&state, f, &vms).await))
+    let (vms, nodes) = fleet(&state).await?;
+    Ok(Json(view(&state, f, &vms, &nodes)))
 }
 
 /// Remove a function: its record at once; its template and instances are stopped and removed
@@ -283,7 +287,7 @@ pub async fn remove(
     state.gateway.forget(&(tenant, name));
     let (vms, _) = repo::list_vms(&state).await?;
     for vm in function_vms(&vms, &f.spec) {
-        crate::controllers::functions::remove_vm(&state, vm).await?;
+        repo::remove_vm(&state, vm).await?;
     }
     state.kick.notify_waiters();
     Ok(StatusCode::NO_CONTENT)

@@ -144,7 +144,7 @@ pub async fn delete(
         repo::delete_vm_record(&state, &vm).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    crate::controllers::functions::remove_vm(&state, &vm).await?;
+    repo::remove_vm(&state, &vm).await?;
     let vm = repo::get_vm(&state, &vm.id)
         .await?
         .ok_or_else(|| ApiError::not_found("vm", key))?;
