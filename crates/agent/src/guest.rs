@@ -42,8 +42,66 @@ pub fn exec(rt: &dyn Runtime, vm: &str, rec: &ExecRequestRecord) -> ExecResult {
     }
 }
 
-/// Host-side and (when the guest answers) guest-side statistics of a running VM.
-pub fn stats(rt: &dyn Runtime, vm_dir: &std::path::Path, vm: &str, now: u64) -> Option<VmStats> {
+/// What the guard sees of a guest's telemetry.
+pub fn guard_sample(t: &firefleet_vmm::GuestTelemetry) -> firefleet_guard::GuestSample {
+    use firefleet_guard::{Connection, Listener, Process};
+    firefleet_guard::GuestSample {
+        processes: t
+            .processes
+            .iter()
+            .map(|p| Process {
+                pid: u32::try_from(p.pid).unwrap_or(0),
+                ppid: u32::try_from(p.ppid).unwrap_or(0),
+                comm: p.comm.clone(),
+                cmdline: p.cmdline.clone(),
+                state: p.state.clone(),
+                cpu_ticks: p.cpu_ticks,
+                rss_kib: p.rss_kib,
+                stdin: p.stdin.clone(),
+                stdout: p.stdout.clone(),
+            })
+            .collect(),
+        listeners: t
+            .listeners
+            .iter()
+            .map(|l| Listener {
+                proto: l.proto.clone(),
+                addr: l.addr.clone(),
+                port: l.port,
+                inode: l.inode,
+            })
+            .collect(),
+        connections: t
+            .connections
+            .iter()
+            .map(|c| Connection {
+                proto: c.proto.clone(),
+                local_addr: c.local_addr.clone(),
+                local_port: c.local_port,
+                remote_addr: c.remote_addr.clone(),
+                remote_port: c.remote_port,
+                state: c.state.clone(),
+                inode: c.inode,
+            })
+            .collect(),
+        load1: t.load1,
+        mem_total_kib: t.mem_total_kib,
+        mem_available_kib: t.mem_available_kib,
+        uptime_ms: t.uptime_ms,
+        process_count: t.process_count,
+        tcp_active_opens: t.tcp_active_opens,
+        tcp_attempt_fails: t.tcp_attempt_fails,
+    }
+}
+
+/// Host-side and (when the guest answers) guest-side statistics of a running VM, with what
+/// the guard looks at in the guest.
+pub fn stats(
+    rt: &dyn Runtime,
+    vm_dir: &std::path::Path,
+    vm: &str,
+    now: u64,
+) -> Option<(VmStats, Option<firefleet_guard::GuestSample>)> {
     let obs = rt.observe(vm).ok()?;
     let pid = obs.pid.filter(|_| obs.running)?;
     let hs = firefleet_vmm::stats::host_stats(pid).ok()?;
@@ -61,19 +119,20 @@ pub fn stats(rt: &dyn Runtime, vm_dir: &std::path::Path, vm: &str, now: u64) -> 
         });
     // Counters the VMM keeps; none while it is busy (a snapshot holds QMP).
     let io = rt.io_stats(vm).unwrap_or_default();
-    let guest = if obs.guest_ready && !obs.paused {
-        rt.telemetry(vm).ok().map(|t| GuestVmStats {
-            load1: t.load1,
-            mem_total_kib: t.mem_total_kib,
-            mem_available_kib: t.mem_available_kib,
-            processes: t.processes.len() as u64,
-            listeners: t.listeners.len() as u64,
-            uptime_ms: t.uptime_ms,
-        })
+    let telemetry = if obs.guest_ready && !obs.paused {
+        rt.telemetry(vm).ok()
     } else {
         None
     };
-    Some(VmStats {
+    let guest = telemetry.as_ref().map(|t| GuestVmStats {
+        load1: t.load1,
+        mem_total_kib: t.mem_total_kib,
+        mem_available_kib: t.mem_available_kib,
+        processes: t.process_count.max(t.processes.len() as u64),
+        listeners: t.listeners.len() as u64,
+        uptime_ms: t.uptime_ms,
+    });
+    let stats = VmStats {
         collected_ms: now,
         host: HostVmStats {
             cpu_time_ms: hs.cpu_time_ms,
@@ -94,5 +153,6 @@ pub fn stats(rt: &dyn Runtime, vm_dir: &std::path::Path, vm: &str, now: u64) -> 
             vmm_metrics: io.metrics,
         },
         guest,
-    })
+    };
+    Some((stats, telemetry.as_ref().map(guard_sample)))
 }

@@ -21,6 +21,7 @@ pub mod network;
 mod ops;
 mod reconcile;
 pub mod runtimes;
+mod telemetry;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -61,6 +62,13 @@ pub struct AgentConfig {
     pub firecracker: Option<FirecrackerConfig>,
     /// Report this power state instead of what sysfs says (labs and tests of edge sites).
     pub power_override: Option<firefleet_types::node::PowerFacts>,
+    /// A running VM whose ready guest has not answered for this long is killed, reported
+    /// Failed and replaced by the control plane (zero: never).
+    pub heartbeat_timeout: Duration,
+    /// How often telemetry is collected per running VM and sent to the server.
+    pub telemetry_interval: Duration,
+    /// Most telemetry samples held while the server cannot be reached (oldest dropped first).
+    pub telemetry_buffer: usize,
 }
 
 /// Why the agent could not run.
@@ -185,7 +193,17 @@ pub async fn run(
         net,
         config.data_dir.clone(),
         config.image_dir.clone(),
-    );
+    )
+    .with_heartbeat_timeout(config.heartbeat_timeout);
+    let telemetry_buffer = Arc::new(telemetry::TelemetryBuffer::new(config.telemetry_buffer));
+    let telemetry_interval = config.telemetry_interval.max(Duration::from_millis(100));
+    rec = rec.with_telemetry(telemetry_interval, telemetry_buffer.clone());
+    let uploader = tokio::spawn(telemetry::upload(
+        client.clone(),
+        telemetry_buffer,
+        telemetry_interval,
+        shutdown.clone(),
+    ));
     let mut intents: Option<firefleet_api::IntentsResponse> = None;
     let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);
     // Long-poll for intents in its own task so that local observation keeps going meanwhile.
@@ -222,7 +240,7 @@ pub async fn run(
         let period = if rec.has_starting() {
             Duration::from_millis(100)
         } else {
-            Duration::from_secs(1)
+            Duration::from_secs(1).min(telemetry_interval)
         };
         tokio::select! {
             Some(resp) = poll_rx.recv() => {
@@ -233,6 +251,7 @@ pub async fn run(
         }
     }
     poller.abort();
+    uploader.abort();
     invoker.abort();
     hb.abort();
     tracing::info!("agent stopped; VMs keep running");

@@ -90,7 +90,30 @@ impl<H: Host> Network<H> {
             egress_mbit: req.spec.egress_mbit,
             ingress_mbit: req.spec.ingress_mbit,
         };
-        net.attach(vm, &req.tenant, &limits).map(Some)
+        let a = net.attach(vm, &req.tenant, &limits)?;
+        if req.spec.isolated {
+            net.set_isolated(vm, true)?;
+        }
+        Ok(Some(a))
+    }
+
+    /// Applies a running VM's network settings (limits, isolation) as `spec` now says.
+    /// Nothing to do for a VM without a NIC here.
+    pub fn update(&self, vm: &str, spec: &NetworkSpec) -> Result<(), NetError> {
+        let Some(net) = &self.net else {
+            return Ok(());
+        };
+        if net.attachment(vm)?.is_none() {
+            return Ok(());
+        }
+        net.set_limits(
+            vm,
+            &NetLimits {
+                egress_mbit: spec.egress_mbit,
+                ingress_mbit: spec.ingress_mbit,
+            },
+        )?;
+        net.set_isolated(vm, spec.isolated)
     }
 
     /// Removes `vm`'s TAP, rules and address (idempotent).
@@ -202,6 +225,7 @@ mod tests {
                 enabled,
                 egress_mbit: Some(5),
                 ingress_mbit: None,
+                isolated: false,
             },
         }
     }

@@ -41,6 +41,8 @@ pub enum Op {
         generation: Generation,
     },
     Stop,
+    /// Kill the VMM at once (no graceful shutdown): its guest stopped answering.
+    Kill,
     /// Remove the VMM and its state, then detach the VM from the node network.
     Remove,
     Pause,
@@ -50,6 +52,8 @@ pub enum Op {
     },
     Exec(Box<ExecRequestRecord>),
     Stats,
+    /// Apply a running VM's network settings (limits, isolation) as its spec now says.
+    Network(firefleet_types::NetworkSpec),
     /// Source side of a migration: snapshot (paused), upload.
     MigrateOut(Box<MigrationIntent>),
     /// Destination side: receive, make disks and network, restore, report.
@@ -75,10 +79,18 @@ pub enum Outcome {
     Stats {
         vm: String,
         stats: VmStats,
+        /// What the guard looks at in the guest, when it answered.
+        guest: Option<firefleet_guard::GuestSample>,
     },
     Restored {
         vm: String,
         generation: Generation,
+    },
+    /// The network settings now in force for a VM (or why they could not be applied).
+    Network {
+        vm: String,
+        spec: firefleet_types::NetworkSpec,
+        result: Result<(), String>,
     },
 }
 
@@ -303,6 +315,12 @@ impl Ops {
                     self.clone_from_template(handle, rt, vm, runtime, &cfg, &t);
                     return None;
                 }
+                // A restart over a dead run: what it left (cgroups, guest channel) goes first.
+                if rt.observe(vm).is_ok_and(|o| !o.running && o.pid.is_some()) {
+                    if let Err(e) = rt.stop(vm, Duration::ZERO) {
+                        warn("clearing the dead run", &e);
+                    }
+                }
                 if let Err(e) = rt.launch(&cfg) {
                     warn("launch", &e);
                     self.fail(vm, firefleet_types::error_chain(&e));
@@ -418,6 +436,12 @@ impl Ops {
                 }
                 if let Err(e) = rt.stop(vm, STOP_GRACE) {
                     warn("stop", &e);
+                }
+                None
+            }
+            Op::Kill => {
+                if let Err(e) = rt.stop(vm, Duration::ZERO) {
+                    warn("kill", &e);
                 }
                 None
             }
@@ -549,14 +573,30 @@ impl Ops {
                 }
                 None
             }
-            Op::Stats => {
-                crate::guest::stats(rt, &self.runtimes.vm_dir(vm), vm, now_ms()).map(|stats| {
-                    Outcome::Stats {
-                        vm: vm.to_owned(),
-                        stats,
+            Op::Network(spec) => {
+                let result = self
+                    .network
+                    .update(vm, &spec)
+                    .map_err(|e| firefleet_types::error_chain(&e));
+                match &result {
+                    Ok(()) => {
+                        tracing::info!(vm, isolated = spec.isolated, egress_mbit = ?spec.egress_mbit, "network settings applied")
                     }
+                    Err(e) => tracing::warn!(vm, error = %e, "applying network settings failed"),
+                }
+                Some(Outcome::Network {
+                    vm: vm.to_owned(),
+                    spec,
+                    result,
                 })
             }
+            Op::Stats => crate::guest::stats(rt, &self.runtimes.vm_dir(vm), vm, now_ms()).map(
+                |(stats, guest)| Outcome::Stats {
+                    vm: vm.to_owned(),
+                    stats,
+                    guest,
+                },
+            ),
         }
     }
 }

@@ -30,8 +30,11 @@ use crate::{
 
 /// Largest console chunk uploaded at once.
 const CONSOLE_CHUNK: usize = 64 * 1024;
-/// How often statistics are collected per running VM.
-const STATS_PERIOD: Duration = Duration::from_secs(5);
+/// In a VM's state directory: [`Local::console_base`] since its last restart, so that a
+/// restarted agent goes on uploading the fresh run's console where it should.
+const CONSOLE_BASE_FILE: &str = "console-base";
+/// How often telemetry is collected per running VM unless the agent is told otherwise.
+pub const TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -52,6 +55,33 @@ struct Local {
     /// Restore requests carried out here (the server learns it from the next report).
     restored: Option<Generation>,
     last_stats: Option<Instant>,
+    /// The network settings applied to the running VM (None: not yet, since the agent started).
+    applied_net: Option<firefleet_types::NetworkSpec>,
+    /// The control plane's restart count (`VmIntent::restarts`) of the run this agent launched
+    /// or adopted (None: not known since the agent started).
+    restarts_done: Option<u32>,
+    /// Added to the console file's offsets to give the node's console stream offsets: a
+    /// restart's fresh console file continues the stream where the dead run's ended.
+    console_base: u64,
+    /// When the guest last answered over its channel (or was first seen ready).
+    guest_seen: Option<Instant>,
+    /// The last statistics probe of a ready guest got no answer.
+    guest_missed: bool,
+    /// Why this agent killed the VM because its guest stopped answering.
+    heartbeat_lost: Option<String>,
+}
+
+impl Local {
+    /// Forgets what the dead run left: a restart launches the VM afresh.
+    fn restart(&mut self, restarts: u32) {
+        self.restarts_done = Some(restarts);
+        self.launched_ms = None;
+        self.running_ms = None;
+        self.stopped_ms = None;
+        self.guest_seen = None;
+        self.guest_missed = false;
+        self.heartbeat_lost = None;
+    }
 }
 
 pub struct Reconciler {
@@ -67,6 +97,13 @@ pub struct Reconciler {
     starting: bool,
     /// VMs this node is migrating away in this pass: left alone (paused for the snapshot).
     migrating_out: HashSet<String>,
+    /// A running VM whose ready guest has not answered for this long is killed and reported
+    /// Failed, to be replaced (zero: never).
+    heartbeat_timeout: Duration,
+    /// How often telemetry is collected per running VM.
+    telemetry_interval: Duration,
+    /// Where collected telemetry waits for upload.
+    telemetry: Arc<crate::telemetry::TelemetryBuffer>,
 }
 
 /// What to do about one VM, and what to report.
@@ -129,7 +166,29 @@ impl Reconciler {
             started: HashSet::new(),
             starting: false,
             migrating_out: HashSet::new(),
+            heartbeat_timeout: Duration::ZERO,
+            telemetry_interval: TELEMETRY_INTERVAL,
+            telemetry: Arc::new(crate::telemetry::TelemetryBuffer::new(1024)),
         }
+    }
+
+    /// Collects telemetry every `interval` per running VM into `buffer`.
+    #[must_use]
+    pub fn with_telemetry(
+        mut self,
+        interval: Duration,
+        buffer: Arc<crate::telemetry::TelemetryBuffer>,
+    ) -> Self {
+        self.telemetry_interval = interval;
+        self.telemetry = buffer;
+        self
+    }
+
+    /// Kills and replaces VMs whose guest has not answered for `timeout` (zero: never).
+    #[must_use]
+    pub fn with_heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout = timeout;
+        self
     }
 
     /// Whether a VM is booting (the caller then reconciles more often to see it become ready).
@@ -226,6 +285,7 @@ impl Reconciler {
                         deleting: false,
                         phase: VmPhase::Running,
                         restored_generation: None,
+                        restarts: 0,
                     };
                     match launch_config(&intent, &self.image_dir, &self.runtimes) {
                         Ok(cfg) if self.started.insert(key.clone()) => {
@@ -280,7 +340,25 @@ impl Reconciler {
                 Outcome::Exec { vm, id, result } => {
                     self.client.report_exec(&vm, &id, &result).await
                 }
-                Outcome::Stats { vm, stats } => self.client.report_stats(&vm, &stats).await,
+                Outcome::Stats { vm, stats, guest } => {
+                    self.heard_from_guest(&vm, stats.guest.is_some());
+                    match vm.parse::<VmId>() {
+                        Ok(vm) => {
+                            self.telemetry
+                                .push(firefleet_api::TelemetrySample { vm, stats, guest })
+                        }
+                        Err(e) => {
+                            tracing::warn!(%vm, error = %e, "telemetry of a VM with a bad id")
+                        }
+                    }
+                    Ok(())
+                }
+                Outcome::Network { vm, spec, result } => {
+                    if let (Ok(id), Ok(())) = (vm.parse::<VmId>(), &result) {
+                        self.local.entry(id).or_default().applied_net = Some(spec);
+                    }
+                    Ok(())
+                }
                 Outcome::Restored { vm, generation } => {
                     tracing::info!(%vm, ?generation, "restored from snapshot");
                     if let Ok(id) = vm.parse::<VmId>() {
@@ -299,8 +377,29 @@ impl Reconciler {
         }
     }
 
+    /// Records whether a VM's guest answered a statistics probe (its heartbeat).
+    fn heard_from_guest(&mut self, vm: &str, answered: bool) {
+        let Some(l) = vm
+            .parse::<VmId>()
+            .ok()
+            .and_then(|id| self.local.get_mut(&id))
+        else {
+            return;
+        };
+        if answered {
+            l.guest_seen = Some(Instant::now());
+        }
+        l.guest_missed = !answered;
+    }
+
     async fn reconcile_vm(&mut self, intent: &VmIntent) {
         let id = intent.id.as_str().to_owned();
+        if self.migrating_out.contains(&id) || self.ops.is_busy(&id) {
+            // Paused or held by an operation for a while: its heartbeat is timed afresh after.
+            if let Some(l) = self.local.get_mut(&intent.id) {
+                l.guest_seen = None;
+            }
+        }
         if self.migrating_out.contains(&id) && !intent.deleting {
             // On its way elsewhere (paused for its snapshot, or live): not resumed, not
             // reported; its console still goes up until it stops here.
@@ -331,15 +430,26 @@ impl Reconciler {
             }
             Err(_) => return,
         };
+        let local = self.local.entry(intent.id.clone()).or_default();
+        let restart = restart_due(intent, obs.as_ref(), local);
+        if restart {
+            // The control plane restarted it: the dead run's launch error is history.
+            if let Ok(mut f) = self.ops.failed.lock() {
+                f.remove(&id);
+            }
+        } else if obs.as_ref().is_some_and(|o| o.running) {
+            // Running here: this is the run the control plane counts.
+            local.restarts_done = Some(local.restarts_done.unwrap_or(0).max(intent.restarts));
+        }
         let launch_error = self
             .ops
             .failed
             .lock()
             .ok()
             .and_then(|f| f.get(&id).cloned());
-        let local = self.local.entry(intent.id.clone()).or_default();
         let restored = local.restored.max(intent.restored_generation);
         let now = now_ms();
+        let heartbeat = heartbeat_lost(intent, obs.as_ref(), local, self.heartbeat_timeout);
         let d = match launch_error {
             Some(err)
                 if !intent.deleting
@@ -348,6 +458,23 @@ impl Reconciler {
             {
                 local.stopped_ms.get_or_insert(now);
                 Decision::failed(format!("launch failed: {err}"))
+            }
+            _ if restart => {
+                tracing::info!(vm = %id, restarts = intent.restarts, "restarting: launching afresh");
+                local.restart(intent.restarts);
+                launch(intent, local, now, &self.image_dir, &self.runtimes)
+            }
+            _ if heartbeat.is_some() => {
+                let why = heartbeat.unwrap_or_default();
+                tracing::warn!(vm = %id, "{why}");
+                local.heartbeat_lost = Some(why.clone());
+                local.stopped_ms = Some(now);
+                Decision {
+                    phase: VmPhase::Failed,
+                    message: Some(why),
+                    exit_code: None,
+                    op: Some(Op::Kill),
+                }
             }
             _ => decide(
                 intent,
@@ -380,6 +507,11 @@ impl Reconciler {
             removed: intent.deleting && obs.is_none(),
             restored_generation: restored,
             ip: ip.map(|a| a.to_string()),
+            // About the run this intent counts (a report made from an intent older than a
+            // restart carries the older count, and the server refuses it).
+            restarts: intent.restarts,
+            heartbeat_lost: local.heartbeat_lost.is_some() && d.phase == VmPhase::Failed,
+            network: local.applied_net,
         };
         let settled = intent.phase.is_terminal()
             && obs.is_none()
@@ -394,12 +526,39 @@ impl Reconciler {
         }
         // Host-side statistics as soon as the VMM runs; guest-side ones once the guest is ready.
         let running = obs.as_ref().is_some_and(|o| o.running);
-        if running && local.last_stats.is_none_or(|t| t.elapsed() >= STATS_PERIOD) {
+        if running
+            && local
+                .last_stats
+                .is_none_or(|t| t.elapsed() >= self.telemetry_interval)
+        {
             local.last_stats = Some(Instant::now());
             self.ops.spawn(format!("stats:{id}"), id.clone(), Op::Stats);
         }
-        if obs.is_some() {
+        // Network settings changed on a running VM (the guard isolated or rate-limited it).
+        if running
+            && d.op.is_none()
+            && local.applied_net.as_ref() != Some(&intent.spec.network)
+            && !self.ops.is_busy(&id)
+        {
+            self.ops
+                .spawn(id.clone(), id.clone(), Op::Network(intent.spec.network));
+        }
+        if obs.is_some() || restart {
             self.upload_console(&intent.id).await;
+        }
+        if restart {
+            // The fresh run's console file starts empty: it continues the node's stream where
+            // the dead run's (uploaded just above) ended.
+            if let Some(l) = self.local.get_mut(&intent.id) {
+                l.console_base = l.console_end.unwrap_or(l.console_base);
+                let path = self.runtimes.vm_dir(&id).join(CONSOLE_BASE_FILE);
+                let text = l.console_base.to_string();
+                let written =
+                    tokio::task::spawn_blocking(move || std::fs::write(&path, text)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::debug!(vm = %id, "recording the console base failed");
+                }
+            }
         }
         if let Some(op) = d.op {
             self.ops.spawn(id.clone(), id, op);
@@ -413,15 +572,27 @@ impl Reconciler {
         let end = match local.console_end {
             Some(e) => e,
             None => match self.client.upload_console(id.as_str(), 0, Vec::new()).await {
-                Ok(e) => e,
+                Ok(e) => {
+                    // Restarted since the VM was: its console file starts further on.
+                    let path = self.runtimes.vm_dir(id.as_str()).join(CONSOLE_BASE_FILE);
+                    let base = tokio::task::spawn_blocking(move || {
+                        std::fs::read_to_string(path)
+                            .ok()
+                            .and_then(|t| t.trim().parse::<u64>().ok())
+                    })
+                    .await;
+                    local.console_base = base.ok().flatten().unwrap_or(0);
+                    e
+                }
                 Err(_) => return,
             },
         };
         local.console_end = Some(end);
         let rts = self.runtimes.clone();
         let vid = id.as_str().to_owned();
+        let from = end.saturating_sub(local.console_base);
         let chunk = match tokio::task::spawn_blocking(move || {
-            rts.for_vm(&vid, None).console(&vid, end, CONSOLE_CHUNK)
+            rts.for_vm(&vid, None).console(&vid, from, CONSOLE_CHUNK)
         })
         .await
         {
@@ -584,6 +755,11 @@ fn decide(
         }
         Some(o) => {
             local.stopped_ms.get_or_insert(now);
+            if let (Some(why), false) =
+                (&local.heartbeat_lost, spec.desired == DesiredState::Stopped)
+            {
+                return Decision::failed(why.clone());
+            }
             if spec.desired == DesiredState::Stopped {
                 Decision {
                     phase: VmPhase::Stopped,
@@ -624,5 +800,205 @@ fn decide(
             }
             p => Decision::report(p),
         },
+    }
+}
+
+/// Whether the control plane restarted the VM and this agent has not launched that run yet: it
+/// does not run here, and the intent's restart count is past the run this agent carried out.
+/// An agent that restarted since (and so forgot) goes by the recorded phase: a restart puts the
+/// VM back to Scheduled, and Starting means that run was launched but never became ready, so it
+/// is launched once more; a VM at rest or running is the counted run.
+fn restart_due(intent: &VmIntent, obs: Option<&Observation>, local: &Local) -> bool {
+    if intent.deleting
+        || intent.spec.desired == DesiredState::Stopped
+        || obs.is_some_and(|o| o.running)
+    {
+        return false;
+    }
+    let done = local.restarts_done.unwrap_or(match intent.phase {
+        VmPhase::Scheduled | VmPhase::Starting => intent.restarts.saturating_sub(1),
+        _ => intent.restarts,
+    });
+    intent.restarts > done
+}
+
+/// Why the VM is to be killed and replaced because its guest stopped answering, if it is: it is
+/// Running with a ready guest that is neither paused nor busy, and its guest's last answer is
+/// older than `timeout` with the last probe unanswered. Times the heartbeat from when the guest
+/// is first seen ready.
+fn heartbeat_lost(
+    intent: &VmIntent,
+    obs: Option<&Observation>,
+    local: &mut Local,
+    timeout: Duration,
+) -> Option<String> {
+    let watched = obs.is_some_and(|o| o.running && o.guest_ready && !o.paused)
+        && intent.phase == VmPhase::Running
+        && intent.spec.desired == DesiredState::Running
+        && !intent.deleting;
+    if !watched || timeout.is_zero() {
+        local.guest_seen = None;
+        return None;
+    }
+    let seen = *local.guest_seen.get_or_insert_with(Instant::now);
+    let silent = seen.elapsed();
+    (local.guest_missed && silent > timeout).then(|| {
+        format!(
+            "the guest stopped answering for {} s (no heartbeat): replaced",
+            silent.as_secs()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(phase: VmPhase, restarts: u32) -> VmIntent {
+        let spec: firefleet_types::VmSpec = serde_json::from_value(serde_json::json!({
+            "name": "web",
+            "tenant": "acme",
+            "image": format!("sha256:{}", "a".repeat(64)),
+            "resources": {"vcpus": 1, "memory_mib": 128},
+            "desired": "running",
+        }))
+        .expect("spec");
+        VmIntent {
+            id: "vm-1".parse().expect("id"),
+            generation: Generation(1),
+            spec,
+            deleting: false,
+            phase,
+            restored_generation: None,
+            restarts,
+        }
+    }
+
+    fn obs(running: bool, ready: bool) -> Observation {
+        Observation {
+            id: "vm-1".into(),
+            pid: Some(42),
+            running,
+            guest_ready: ready,
+            guest_exit_code: None,
+            powered_off: false,
+            vmm_exit: (!running).then(|| "killed by signal 9".into()),
+            paused: false,
+        }
+    }
+
+    #[test]
+    fn a_restart_is_carried_out_once() {
+        let dead = obs(false, true);
+        let mut local = Local::default();
+        // Never restarted: nothing to do.
+        assert!(!restart_due(
+            &intent(VmPhase::Failed, 0),
+            Some(&dead),
+            &local
+        ));
+        // The control plane restarted it (Scheduled, count 1).
+        let i = intent(VmPhase::Scheduled, 1);
+        assert!(restart_due(&i, Some(&dead), &local));
+        assert!(restart_due(&i, None, &local));
+        local.restart(1);
+        // Launched: the new run dying is a failure to report, not another launch.
+        assert!(!restart_due(&i, Some(&dead), &local));
+        assert!(!restart_due(
+            &intent(VmPhase::Failed, 1),
+            Some(&dead),
+            &local
+        ));
+        // Running: nothing to launch.
+        assert!(!restart_due(
+            &intent(VmPhase::Scheduled, 2),
+            Some(&obs(true, true)),
+            &local
+        ));
+        // Stopped or deleted meanwhile: no launch.
+        let mut i = intent(VmPhase::Scheduled, 2);
+        i.spec.desired = DesiredState::Stopped;
+        assert!(!restart_due(&i, Some(&dead), &local));
+        let mut i = intent(VmPhase::Scheduled, 2);
+        i.deleting = true;
+        assert!(!restart_due(&i, Some(&dead), &local));
+    }
+
+    #[test]
+    fn an_agent_that_restarted_goes_by_the_phase() {
+        let dead = obs(false, true);
+        let fresh = Local::default();
+        // Put back to Scheduled (or launched but never ready): launch.
+        assert!(restart_due(
+            &intent(VmPhase::Scheduled, 3),
+            Some(&dead),
+            &fresh
+        ));
+        assert!(restart_due(
+            &intent(VmPhase::Starting, 3),
+            Some(&dead),
+            &fresh
+        ));
+        // At rest or running: the counted run, which died; report it, do not loop.
+        assert!(!restart_due(
+            &intent(VmPhase::Failed, 3),
+            Some(&dead),
+            &fresh
+        ));
+        assert!(!restart_due(
+            &intent(VmPhase::Running, 3),
+            Some(&dead),
+            &fresh
+        ));
+        // The first launch is not a restart.
+        assert!(!restart_due(
+            &intent(VmPhase::Starting, 0),
+            Some(&dead),
+            &fresh
+        ));
+    }
+
+    #[test]
+    fn a_silent_guest_is_lost_after_the_timeout() {
+        let t = Duration::from_secs(30);
+        let running = obs(true, true);
+        let i = intent(VmPhase::Running, 0);
+        let mut local = Local::default();
+        // First seen ready: the clock starts.
+        assert_eq!(heartbeat_lost(&i, Some(&running), &mut local, t), None);
+        assert!(local.guest_seen.is_some());
+        // Silent for longer than the timeout, with the last probe unanswered: lost.
+        local.guest_seen = Instant::now().checked_sub(Duration::from_secs(31));
+        local.guest_missed = true;
+        let why = heartbeat_lost(&i, Some(&running), &mut local, t).expect("lost");
+        assert!(
+            why.starts_with("the guest stopped answering for 31 s (no heartbeat)"),
+            "{why}"
+        );
+        // The last probe was answered: not lost (probes may just be late).
+        local.guest_missed = false;
+        assert_eq!(heartbeat_lost(&i, Some(&running), &mut local, t), None);
+        local.guest_missed = true;
+        // Disabled, paused, starting, not ready: exempt, and the clock starts again after.
+        assert_eq!(
+            heartbeat_lost(&i, Some(&running), &mut local, Duration::ZERO),
+            None
+        );
+        assert!(local.guest_seen.is_none());
+        local.guest_seen = Instant::now().checked_sub(Duration::from_secs(31));
+        let mut paused = obs(true, true);
+        paused.paused = true;
+        assert_eq!(heartbeat_lost(&i, Some(&paused), &mut local, t), None);
+        assert!(local.guest_seen.is_none());
+        local.guest_seen = Instant::now().checked_sub(Duration::from_secs(31));
+        assert_eq!(
+            heartbeat_lost(&intent(VmPhase::Starting, 0), Some(&running), &mut local, t),
+            None
+        );
+        local.guest_seen = Instant::now().checked_sub(Duration::from_secs(31));
+        assert_eq!(
+            heartbeat_lost(&i, Some(&obs(true, false)), &mut local, t),
+            None
+        );
     }
 }

@@ -185,6 +185,11 @@ pub struct VmIntent {
     #[serde(default)]
     #[schema(value_type = Option<u64>)]
     pub restored_generation: Option<Generation>,
+    /// How many times the control plane restarted the VM (`VmStatus::restarts`). When it is
+    /// more than the runs this agent carried out and the VM does not run here, the agent launches
+    /// it afresh.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// `GET /v1/agent/intents`: every VM placed on the calling node, with the snapshots to take
@@ -532,6 +537,16 @@ pub struct VmStatusReport {
     /// The guest's address on the node network, when it has one.
     #[serde(default)]
     pub ip: Option<String>,
+    /// The network settings in force on the node for the running VM (limits, isolation).
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
+    /// The run this report is about (the intent's `restarts` it carried out); the server refuses
+    /// a report about a run older than its last restart.
+    #[serde(default)]
+    pub restarts: u32,
+    /// The VM failed because its guest stopped answering (no heartbeat): the agent killed it.
+    #[serde(default)]
+    pub heartbeat_lost: bool,
 }
 
 /// Where the server's console copy of a VM ends (answer to an upload).
@@ -784,4 +799,136 @@ pub struct AgentInvocationResult {
     pub error: Option<String>,
     /// Time in the handler, ms.
     pub duration_ms: u64,
+}
+
+/// Largest telemetry batch body an agent posts (bytes).
+pub const MAX_TELEMETRY_BYTES: usize = 4 * 1024 * 1024;
+
+/// One VM's telemetry at one instant: the statistics (`GET /v1/vms/{vm}/stats`) and what the
+/// guard looks at in the guest (processes, listeners, connections).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TelemetrySample {
+    /// The VM.
+    #[schema(value_type = String)]
+    pub vm: VmId,
+    /// Host- and guest-side statistics.
+    pub stats: VmStats,
+    /// The guest's processes, listeners, connections and counters, when it answered.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub guest: Option<firefleet_guard::GuestSample>,
+}
+
+/// `POST /v1/agent/telemetry`: samples an agent collected since its last batch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryBatch {
+    /// Samples, oldest first.
+    pub samples: Vec<TelemetrySample>,
+    /// Samples the agent dropped since its last batch (its buffer was full).
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// What happened to one action of a threat's playbook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    /// Not started (an earlier action is still running).
+    Pending,
+    /// Asked for; waiting for the agent to carry it out.
+    Started,
+    /// Carried out.
+    Done,
+    /// Could not be carried out (see the message).
+    Failed,
+    /// Not needed (already in force, or the VM is gone).
+    Skipped,
+}
+
+impl ActionState {
+    /// Whether nothing more will happen to the action.
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Skipped)
+    }
+}
+
+/// One action of a threat's playbook and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThreatAction {
+    /// The action.
+    #[schema(value_type = String)]
+    pub action: firefleet_guard::Action,
+    /// Where it stands.
+    pub state: ActionState,
+    /// When it was started.
+    #[serde(default)]
+    pub started_ms: Option<UnixMillis>,
+    /// When it was done, failed or skipped.
+    #[serde(default)]
+    pub finished_ms: Option<UnixMillis>,
+    /// Detail: what it changed, or why it failed.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Who acknowledged a threat, when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ThreatAck {
+    /// The token's tenant.
+    pub by: String,
+    /// When.
+    pub at_ms: UnixMillis,
+    /// Note.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A finding of the guard about one VM, with the playbook run for it (`GET /v1/threats`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Threat {
+    /// `<finding id>-<first_ms>`: one episode of one condition on one VM.
+    pub id: String,
+    /// The VM's tenant.
+    pub tenant: String,
+    /// The VM.
+    #[schema(value_type = String)]
+    pub vm: VmId,
+    /// The VM's name.
+    pub vm_name: String,
+    /// The node it ran on.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The VM's image.
+    #[serde(default)]
+    pub image: String,
+    /// The finding (rule, severity, evidence, first/last sample time, count).
+    #[schema(value_type = Object)]
+    pub finding: firefleet_guard::Finding,
+    /// When the server recorded it (the time to detect ends here).
+    pub detected_ms: UnixMillis,
+    /// The playbook's actions, in order.
+    pub actions: Vec<ThreatAction>,
+    /// When the last containment action finished (the time to contain ends here).
+    #[serde(default)]
+    pub contained_ms: Option<UnixMillis>,
+    /// The forensic snapshot's name (under the VM), once taken.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// The fresh VM that replaced this one.
+    #[serde(default)]
+    pub replacement: Option<String>,
+    /// Acknowledged by someone.
+    #[serde(default)]
+    pub ack: Option<ThreatAck>,
+}
+
+/// `POST /v1/threats/{id}/ack`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckThreatRequest {
+    /// Why (kept with the threat).
+    #[serde(default)]
+    pub note: Option<String>,
 }

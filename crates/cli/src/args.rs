@@ -79,9 +79,12 @@ pub enum Command {
     /// Serverless functions: deploy, invoke, inspect, remove.
     #[command(subcommand)]
     Fn(FnCommand),
-    /// Threat detection: check rule files and run them on recorded telemetry.
+    /// Threat detection: check rule and playbook files, run rules on recorded telemetry.
     #[command(subcommand)]
     Guard(crate::cmd_guard::GuardCommand),
+    /// Threats the guard found in running VMs and what it did about them.
+    #[command(subcommand)]
+    Threat(crate::cmd_guard::ThreatCommand),
     /// Offline evaluations of the decision engines on recorded traces.
     #[command(subcommand)]
     Eval(crate::cmd_eval::EvalCommand),
@@ -171,6 +174,11 @@ pub struct UpArgs {
     pub rebalance_every_secs: u64,
     #[command(flatten)]
     pub functions: FunctionArgs,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    /// The local agent's telemetry interval, milliseconds (see `agent --telemetry-interval-ms`).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub telemetry_interval_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +206,42 @@ pub struct ServerArgs {
     pub rebalance_every_secs: u64,
     #[command(flatten)]
     pub functions: FunctionArgs,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+}
+
+/// The guard's rules and responses.
+#[derive(Debug, Clone, Args)]
+pub struct GuardArgs {
+    /// A guard rule file (TOML) merged over the built-in rules by id (check it first with
+    /// `firefleet guard rules test FILE`).
+    #[arg(long, env = "FIREFLEET_GUARD_RULES")]
+    pub rules: Option<PathBuf>,
+    /// A response playbook file (TOML: severity -> ordered actions, per tenant) merged over the
+    /// built-in playbooks.
+    #[arg(long, env = "FIREFLEET_PLAYBOOKS")]
+    pub playbooks: Option<PathBuf>,
+}
+
+impl GuardArgs {
+    /// The server's settings; a broken file is an error naming the file, line and column.
+    pub fn config(&self) -> anyhow::Result<firefleet_server::GuardConfig> {
+        use anyhow::Context as _;
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let rules = match &self.rules {
+            Some(p) => firefleet_guard::Rules::parse(&read(p)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            None => firefleet_guard::Rules::builtin(),
+        };
+        let playbooks = match &self.playbooks {
+            Some(p) => firefleet_guard::Playbooks::parse(&read(p)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            None => firefleet_guard::Playbooks::builtin(),
+        };
+        Ok(firefleet_server::GuardConfig { rules, playbooks })
+    }
 }
 
 /// How functions are scaled.
@@ -301,6 +345,17 @@ pub struct AgentArgs {
     /// tests of edge sites).
     #[arg(long)]
     pub power: Option<String>,
+    /// Seconds a running VM's guest may stay silent on its channel before the VM is killed
+    /// and replaced (0: never).
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_timeout_secs: u64,
+    /// Milliseconds between telemetry samples of each running VM (sent to the guard in batches
+    /// at the same pace).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub telemetry_interval_ms: u64,
+    /// Most telemetry samples kept while the server cannot be reached (the oldest go first).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub telemetry_buffer: u64,
 }
 
 /// Offering Firecracker on a node.
@@ -549,6 +604,10 @@ pub struct VmRunArgs {
     /// Command for the guest, run with `sh -c`; the VM stops when it exits.
     #[arg(long)]
     pub cmd: Option<String>,
+    /// Restart policy: `never`, `on-failure` (it failed, or its command exited non-zero) or
+    /// `always`; restarts back off from 1 s to 60 s.
+    #[arg(long = "restart", default_value = "never", value_parser = parse_restart)]
+    pub restart: firefleet_types::RestartPolicy,
     /// Tenant (admin only).
     #[arg(long)]
     pub tenant: Option<String>,
@@ -665,4 +724,15 @@ pub enum ImageCommand {
     },
     /// List images (boot images and disk images).
     Ls,
+}
+
+/// Parses `--restart`.
+fn parse_restart(s: &str) -> Result<firefleet_types::RestartPolicy, String> {
+    use firefleet_types::RestartPolicy;
+    match s {
+        "never" => Ok(RestartPolicy::Never),
+        "on-failure" => Ok(RestartPolicy::OnFailure),
+        "always" => Ok(RestartPolicy::Always),
+        _ => Err(format!("{s:?}: expected never, on-failure or always")),
+    }
 }

@@ -76,6 +76,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
         rebalance_every: (a.rebalance_every_secs > 0)
             .then(|| Duration::from_secs(a.rebalance_every_secs)),
         functions: a.functions.config(),
+        guard: a.guard.config()?,
     })
     .await
     .context("starting the server")?;
@@ -115,6 +116,9 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         subnet: Some(a.subnet),
         firecracker: a.firecracker.config(),
         power_override: a.power.as_deref().map(parse_power).transpose()?,
+        heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout_secs),
+        telemetry_interval: Duration::from_millis(a.telemetry_interval_ms),
+        telemetry_buffer: usize::try_from(a.telemetry_buffer).unwrap_or(usize::MAX),
     };
     let (tx, rx) = watch::channel(false);
     let run = tokio::spawn(firefleet_agent::run(config, rx));
@@ -140,6 +144,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         rebalance_every: (a.rebalance_every_secs > 0)
             .then(|| Duration::from_secs(a.rebalance_every_secs)),
         functions: a.functions.config(),
+        guard: a.guard.config()?,
     })
     .await
     .context("starting the server")?;
@@ -168,6 +173,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         .arg(&a.bridge)
         .arg("--subnet")
         .arg(&a.subnet)
+        .arg("--telemetry-interval-ms")
+        .arg(a.telemetry_interval_ms.to_string())
         .stdin(Stdio::null())
         .kill_on_drop(true);
     for l in &a.labels {

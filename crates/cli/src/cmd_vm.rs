@@ -381,12 +381,13 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
         },
         labels,
         cmd: a.cmd.map(|s| vec!["sh".to_owned(), "-c".to_owned(), s]),
-        restart_policy: Default::default(),
+        restart_policy: a.restart,
         tenant: a.tenant.as_deref().map(str::parse).transpose()?,
         network: NetworkSpec {
             enabled: !a.no_network,
             egress_mbit: a.egress_mbit,
             ingress_mbit: a.ingress_mbit,
+            isolated: false,
         },
         runtime: a
             .runtime

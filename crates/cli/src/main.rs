@@ -84,6 +84,7 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         }
         Command::Fn(c) => cmd_fn::function(&g, c).await,
         Command::Guard(c) => cmd_guard::run(&g, c),
+        Command::Threat(c) => cmd_guard::threat(&g, c).await,
         Command::Eval(c) => cmd_eval::run(&g, c),
     }
 }

@@ -61,8 +61,14 @@ fn a_running_vm_migrates_from_the_edge_to_a_cloud_and_its_guest_goes_on() {
         m["bytes"].as_u64().unwrap_or(0) >> 20
     );
     let v = c.vm("ctr");
-    assert_eq!(v["status"]["node"], "aws-1", "{v}");
-    assert_eq!(v["status"]["phase"], "running", "{v}");
+    assert_eq!(v["status"]["node"], "aws-1", "{v}\n{}", c.logs());
+    assert_eq!(
+        v["status"]["phase"],
+        "running",
+        "{v}\n{}\n{}",
+        c.console("ctr"),
+        c.logs()
+    );
 
     // The source's copy goes; the destination runs one VMM.
     c.wait(Duration::from_secs(30), "the source's VMM gone", || {

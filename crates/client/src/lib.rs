@@ -457,6 +457,41 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Sends a batch of telemetry samples (agents).
+    pub async fn post_telemetry(
+        &self,
+        batch: &firefleet_api::TelemetryBatch,
+    ) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(Method::POST, "/v1/agent/telemetry", Some(batch))
+            .await
+            .map(|_| ())
+    }
+
+    /// Threats the guard found (the caller's tenant's; an admin's: all).
+    pub async fn threats(&self) -> Result<Vec<firefleet_api::Threat>, ClientError> {
+        self.must::<(), _>(Method::GET, "/v1/threats", None).await
+    }
+
+    /// One threat.
+    pub async fn threat(&self, id: &str) -> Result<firefleet_api::Threat, ClientError> {
+        self.must::<(), _>(Method::GET, &format!("/v1/threats/{}", enc(id)), None)
+            .await
+    }
+
+    /// Acknowledges a threat.
+    pub async fn ack_threat(
+        &self,
+        id: &str,
+        req: &firefleet_api::AckThreatRequest,
+    ) -> Result<firefleet_api::Threat, ClientError> {
+        self.must(
+            Method::POST,
+            &format!("/v1/threats/{}/ack", enc(id)),
+            Some(req),
+        )
+        .await
+    }
+
     /// Asks for a VM to be migrated to node `to` (admin).
     pub async fn vm_migrate(
         &self,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::eval::{self, Ctx, Evidence, Snap};
-use crate::model::{HostSample, Sample};
+use crate::model::{GuestSample, HostSample, Sample};
 use crate::rules::{Rule, Rules, Severity};
 use crate::stats;
 use crate::{DetectorKind, Finding};
@@ -205,7 +205,8 @@ impl Detector {
             .unwrap_or_default();
         state.history.push_back(Snap {
             at_ms: at,
-            process_count: sample.guest.as_ref().map(|g| g.processes.len()),
+            process_count: sample.guest.as_ref().map(GuestSample::process_total),
+            tcp_attempt_fails: sample.guest.as_ref().map(|g| g.tcp_attempt_fails),
             outbound: outbound
                 .iter()
                 .take(self.config.max_outbound_per_sample)
@@ -501,7 +502,6 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::GuestSample;
 
     #[test]
     fn history_and_pids_are_bounded() {

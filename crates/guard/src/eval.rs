@@ -22,6 +22,8 @@ pub type Evidence = BTreeMap<String, String>;
 pub(crate) struct Snap {
     pub at_ms: u64,
     pub process_count: Option<usize>,
+    /// The guest's cumulative failed TCP connection attempts.
+    pub tcp_attempt_fails: Option<u64>,
     /// Outbound (remote address, remote port), at most `max_outbound_per_sample`.
     pub outbound: Vec<(String, u16)>,
 }
@@ -111,7 +113,8 @@ pub(crate) fn evaluate(when: &When, ctx: &Ctx<'_>) -> Option<Evidence> {
         || when.distinct_remote_hosts_above.is_some()
         || when.listener_port_not_in.is_some()
         || when.process_count_above.is_some()
-        || when.process_growth_above.is_some();
+        || when.process_growth_above.is_some()
+        || when.failed_connects_above.is_some();
     let guest = match ctx.guest {
         Some(g) => Some(g),
         None if needs_guest => return None,
@@ -297,6 +300,22 @@ fn windowed(when: &When, ctx: &Ctx<'_>, ev: &mut Evidence) -> Option<()> {
         ev.insert(
             "process_growth".into(),
             format!("{low} -> {now} (+{growth} > {max}) in {secs} s"),
+        );
+    }
+    if let Some(max) = when.failed_connects_above {
+        let now = ctx.history.back().and_then(|s| s.tcp_attempt_fails)?;
+        // A counter that went down is a reset (the guest booted again): count from there.
+        let mut low = now;
+        for s in window().filter_map(|s| s.tcp_attempt_fails) {
+            low = if s > now { now } else { low.min(s) };
+        }
+        let failed = now - low;
+        if failed <= max {
+            return None;
+        }
+        ev.insert(
+            "failed_connects".into(),
+            format!("{failed} > {max} in {secs} s"),
         );
     }
     Some(())

@@ -13,7 +13,8 @@
 //!
 //! [`Detector::observe`] is the one way in for the server's guard controller; [`replay`] runs
 //! recorded samples through a fresh detector (`firefleet guard rules test`). Mapping findings
-//! to responses (alert, rate-limit, isolate, pause, snapshot, stop) is not in this crate yet.
+//! to responses is [`Playbooks`]: severity -> ordered [`Action`]s per tenant (the server's guard
+//! controller carries them out).
 //!
 //! It is pure and must stay so: no I/O, no async, no clock, no filesystem (checked by
 //! `cargo xtask check`). Time is each sample's `at_ms`; the same samples in the same order give
@@ -22,6 +23,7 @@
 mod detector;
 mod eval;
 pub mod model;
+mod playbook;
 mod rules;
 mod stats;
 
@@ -32,6 +34,7 @@ use serde::{Deserialize, Serialize};
 pub use detector::{Detector, DetectorConfig};
 pub use eval::Evidence;
 pub use model::{Connection, GuestSample, HostSample, Listener, Process, Sample};
+pub use playbook::{Action, Playbook, Playbooks, BUILTIN_PLAYBOOKS};
 pub use rules::{Rule, RuleError, Rules, Severity, When, BUILTIN_RULES, MAX_WINDOW_SECS};
 
 /// Which part of the engine produced a finding.

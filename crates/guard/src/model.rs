@@ -78,6 +78,24 @@ pub struct GuestSample {
     /// Guest uptime in milliseconds.
     #[serde(default)]
     pub uptime_ms: u64,
+    /// Processes before the guest cut its list to fit (0: unknown, count `processes`).
+    #[serde(default)]
+    pub process_count: u64,
+    /// TCP connection attempts started, cumulative (`ActiveOpens`).
+    #[serde(default)]
+    pub tcp_active_opens: u64,
+    /// TCP connection attempts refused or reset, cumulative (`AttemptFails`): a connect scan
+    /// of closed ports shows here even though its sockets live too briefly to be listed.
+    #[serde(default)]
+    pub tcp_attempt_fails: u64,
+}
+
+impl GuestSample {
+    /// Processes in the guest: the guest's own count, or the list's length.
+    #[must_use]
+    pub fn process_total(&self) -> usize {
+        (self.process_count as usize).max(self.processes.len())
+    }
 }
 
 /// One guest process.

@@ -14,7 +14,7 @@
 //! `process_cpu_above`, `shell_stdio_socket`, `shell_outbound_connection`) must hold for the
 //! *same* process; connection conditions (`connect_port_in`, `remote_addr_in`) for the same
 //! outbound connection. `window_secs` (default 60) is the window of `distinct_remote_*_above`
-//! and `process_growth_above`; `for_secs` (default 0) asks the whole rule to hold in every sample
+//! `process_growth_above` and `failed_connects_above`; `for_secs` (default 0) asks the whole rule to hold in every sample
 //! for that long before it fires.
 
 use std::ops::Range;
@@ -97,6 +97,10 @@ pub struct When {
     /// The process count grew by more than this within `window_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_growth_above: Option<usize>,
+    /// More than this many outbound TCP connection attempts failed (refused or reset) within
+    /// `window_secs`: a connect scan of closed ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_connects_above: Option<u64>,
     /// The guest sends more than this many bytes per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_bytes_per_sec_above: Option<f64>,
@@ -133,6 +137,7 @@ impl When {
             || self.listener_port_not_in.is_some()
             || self.process_count_above.is_some()
             || self.process_growth_above.is_some()
+            || self.failed_connects_above.is_some()
             || self.egress_bytes_per_sec_above.is_some()
     }
 
@@ -168,7 +173,7 @@ pub struct RuleError {
 }
 
 impl RuleError {
-    fn at(text: &str, offset: usize, message: String) -> Self {
+    pub(crate) fn at(text: &str, offset: usize, message: String) -> Self {
         let (line, column) = line_column(text, offset);
         RuleError {
             line,
@@ -356,7 +361,7 @@ fn find_key(text: &str, span: Range<usize>, field: &str) -> Option<usize> {
     None
 }
 
-fn toml_error(text: &str, e: &toml::de::Error) -> RuleError {
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> RuleError {
     let message = e.message().trim().to_string();
     let Some(span) = e.span() else {
         return RuleError {

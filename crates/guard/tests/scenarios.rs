@@ -139,6 +139,7 @@ fn guest(
         mem_total_kib: 256 * 1024,
         mem_available_kib: 200 * 1024,
         uptime_ms: 1000,
+        ..GuestSample::default()
     }
 }
 
@@ -677,4 +678,66 @@ fn a_user_file_can_switch_a_builtin_rule_off() {
     let mut vm = Vm::new("off");
     let g = guest(vec![init(), process(42, &["xmrig"])], vec![], vec![]);
     assert!(replay(&rules, &steady(&mut vm, 3, 0.5, &g, &[])).is_empty());
+}
+
+#[test]
+fn connect_scan_of_closed_ports_by_failed_attempts() {
+    // Refused connections leave no socket to list: the guest's failed-attempt counter shows it.
+    let mut vm = Vm::new("scan");
+    let base = guest(vec![init()], vec![], vec![]);
+    let mut samples = Vec::new();
+    for (i, fails) in [0u64, 0, 12, 30, 45].into_iter().enumerate() {
+        let mut g = base.clone();
+        g.tcp_active_opens = 5 + fails;
+        g.tcp_attempt_fails = 100 + fails;
+        samples.push(vm.step(if i == 0 { 0 } else { 2_000 }, 0.05, 100.0, Some(g), &[]));
+    }
+    let f = run(&samples);
+    let hit = fired(&f, "port-scan-failed-connects").expect("port-scan-failed-connects");
+    assert_eq!(hit.severity, Severity::High);
+    assert!(
+        hit.evidence["failed_connects"].starts_with("45 > 30"),
+        "{hit:?}"
+    );
+
+    // A client retrying a down service now and then: a few failures a minute.
+    let mut vm = Vm::new("retry");
+    let samples: Vec<Sample> = (0..60u64)
+        .map(|i| {
+            let mut g = base.clone();
+            g.tcp_attempt_fails = i / 3;
+            vm.step(5_000, 0.05, 100.0, Some(g), &[])
+        })
+        .collect();
+    assert_benign(&run(&samples));
+
+    // A counter that goes down (the guest booted again) is not a burst.
+    let mut vm = Vm::new("reboot");
+    let samples: Vec<Sample> = [500u64, 0, 3]
+        .into_iter()
+        .map(|fails| {
+            let mut g = base.clone();
+            g.tcp_attempt_fails = fails;
+            vm.step(2_000, 0.05, 100.0, Some(g), &[])
+        })
+        .collect();
+    assert!(fired(&run(&samples), "port-scan-failed-connects").is_none());
+}
+
+#[test]
+fn process_explosion_counts_past_a_cut_list() {
+    // The guest cuts its process list to fit one line; its own count still shows the growth.
+    let mut vm = Vm::new("bomb");
+    let mut samples = Vec::new();
+    for count in [5u64, 5, 300, 900] {
+        let mut g = guest(vec![init()], vec![], vec![]);
+        g.process_count = count;
+        samples.push(vm.step(2_000, 1.0, 100.0, Some(g), &[]));
+    }
+    let f = run(&samples);
+    let hit = fired(&f, "process-explosion").expect("process-explosion");
+    assert!(
+        hit.evidence["process_growth"].contains("5 -> 900"),
+        "{hit:?}"
+    );
 }

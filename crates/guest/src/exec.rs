@@ -67,9 +67,9 @@ impl Replies {
         Self { tx, wake }
     }
 
-    /// Queues an answer and wakes the channel thread.
-    pub fn send(&self, msg: Message) -> Result<(), mpsc::SendError<Message>> {
-        let r = self.tx.send(msg);
+    /// Queues an answer and wakes the channel thread; false when the channel thread is gone.
+    pub fn send(&self, msg: Message) -> bool {
+        let r = self.tx.send(msg).is_ok();
         if let Some(fd) = &self.wake {
             let one = 1u64.to_ne_bytes();
             // SAFETY: writing 8 bytes from a live buffer to an eventfd we own.
@@ -172,12 +172,7 @@ fn spawn(path: &Path, argv: &[String], with_stdin: bool) -> io::Result<Spawned> 
     // SAFETY: only async-signal-safe calls between fork and exec: PID 1 blocks its stop signals
     // for the signal thread, the command must start with an empty mask.
     unsafe {
-        cmd.pre_exec(|| {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            Ok(())
-        });
+        cmd.pre_exec(child_defaults);
     }
     let (tx, exit) = mpsc::channel();
     let mut guard = waiters();
@@ -402,6 +397,26 @@ pub fn fit(mut a: Vec<u8>, mut b: Vec<u8>, budget: usize) -> (Vec<u8>, Vec<u8>, 
     a.truncate(a_len);
     b.truncate(budget - a.len());
     (a, b, true)
+}
+
+/// The guest agent's scheduling priority (nice): above its workloads, so that it still
+/// answers (telemetry, exec, shutdown) while a workload saturates the guest's CPUs or forks
+/// without bound.
+pub const AGENT_NICE: libc::c_int = -10;
+
+/// Run between fork and exec in every process the guest agent starts (async-signal-safe calls
+/// only): an empty signal mask (PID 1 blocks the stop signals for its signal thread) and the
+/// default priority (the agent's own is [`AGENT_NICE`]).
+pub fn child_defaults() -> io::Result<()> {
+    // SAFETY: sigemptyset, pthread_sigmask and setpriority are async-signal-safe and only touch
+    // this process.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

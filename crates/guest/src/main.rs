@@ -65,6 +65,9 @@ fn warn(what: &str, err: impl std::fmt::Display) {
 fn main() {
     let start = Instant::now();
     let sigset = block_signals();
+    // Before any thread starts (each thread has its own nice value and inherits it).
+    // SAFETY: setpriority(2) on this process only.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, exec::AGENT_NICE) };
     // Edition 2021: set_var is safe; we are single threaded here.
     std::env::set_var("PATH", PATH);
     std::env::set_var("HOME", "/");
@@ -265,12 +268,7 @@ fn spawn_workload(cmd: &[String], root: Option<&Path>) -> Option<libc::pid_t> {
     // for its signal thread; the workload must start with an empty mask or SIGTERM cannot
     // reach it.
     unsafe {
-        command.pre_exec(|| {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            Ok(())
-        });
+        command.pre_exec(exec::child_defaults);
     }
     if let Some(root) = root {
         if let Err(e) = disks::chroot_workload(&mut command, root) {

@@ -232,6 +232,15 @@ pub struct Telemetry {
     /// Lists were cut to fit one line of the protocol.
     #[serde(default)]
     pub truncated: bool,
+    /// User processes before any cut (the list may hold fewer).
+    #[serde(default)]
+    pub process_count: u64,
+    /// TCP connection attempts started (`ActiveOpens` of /proc/net/snmp), cumulative.
+    #[serde(default)]
+    pub tcp_active_opens: u64,
+    /// TCP connection attempts that failed (`AttemptFails`: refused or reset), cumulative.
+    #[serde(default)]
+    pub tcp_attempt_fails: u64,
 }
 
 /// One process of [`Telemetry`].

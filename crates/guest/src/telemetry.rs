@@ -194,18 +194,20 @@ fn page_kib() -> u64 {
     u64::try_from(size).unwrap_or(4096) / 1024
 }
 
-fn process(dir: &Path, page_kib: u64) -> Option<ProcessInfo> {
+/// A process's `stat`, unless it is a kernel thread (kthreadd and its children are not
+/// interesting here).
+fn user_stat(dir: &Path) -> Option<Stat> {
     let stat = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
-    // Kernel threads (kthreadd and its children) are not interesting here.
-    if stat.pid == 2 || stat.ppid == 2 {
-        return None;
-    }
+    (stat.pid != 2 && stat.ppid != 2).then_some(stat)
+}
+
+fn process(dir: &Path, stat: Stat, page_kib: u64) -> ProcessInfo {
     let link = |fd: &str| {
         fs::read_link(dir.join("fd").join(fd))
             .ok()
             .map(|p| p.to_string_lossy().into_owned())
     };
-    Some(ProcessInfo {
+    ProcessInfo {
         pid: stat.pid,
         ppid: stat.ppid,
         cmdline: parse_cmdline(
@@ -218,22 +220,36 @@ fn process(dir: &Path, page_kib: u64) -> Option<ProcessInfo> {
         rss_kib: stat.rss_pages * page_kib,
         stdin: link("0"),
         stdout: link("1"),
-    })
+    }
 }
 
 /// Reads everything from `proc` (normally `/proc`).
 pub fn collect(id: u64, proc: &Path) -> Telemetry {
     let page_kib = page_kib();
-    let mut processes: Vec<ProcessInfo> = fs::read_dir(proc)
+    // Oldest first; only the first MAX_ENTRIES user processes are read in full (a fork bomb
+    // makes thousands: past the limit one `stat` read each, to count them, keeps the guest
+    // agent's answer fast while the guest is under attack).
+    let mut pids: Vec<u32> = fs::read_dir(proc)
         .map(|entries| {
             entries
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-                .filter_map(|e| process(&e.path(), page_kib))
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
                 .collect()
         })
         .unwrap_or_default();
-    processes.sort_by_key(|p| p.pid);
+    pids.sort_unstable();
+    let mut processes: Vec<ProcessInfo> = Vec::new();
+    let mut process_count = 0u64;
+    for pid in pids {
+        let dir = proc.join(pid.to_string());
+        let Some(stat) = user_stat(&dir) else {
+            continue;
+        };
+        process_count += 1;
+        if processes.len() <= MAX_ENTRIES {
+            processes.push(process(&dir, stat, page_kib));
+        }
+    }
     let (mut listeners, mut connections) = (Vec::new(), Vec::new());
     for proto in ["tcp", "tcp6", "udp", "udp6"] {
         let text = fs::read_to_string(proc.join("net").join(proto)).unwrap_or_default();
@@ -243,6 +259,7 @@ pub fn collect(id: u64, proc: &Path) -> Telemetry {
     }
     let read = |name: &str| fs::read_to_string(proc.join(name)).unwrap_or_default();
     let (mem_total_kib, mem_available_kib) = parse_meminfo(&read("meminfo"));
+    let (tcp_active_opens, tcp_attempt_fails) = parse_tcp_counters(&read("net/snmp"));
     let truncated = processes.len() > MAX_ENTRIES
         || listeners.len() > MAX_ENTRIES
         || connections.len() > MAX_ENTRIES;
@@ -259,7 +276,31 @@ pub fn collect(id: u64, proc: &Path) -> Telemetry {
         mem_available_kib,
         uptime_ms: parse_uptime_ms(&read("uptime")),
         truncated,
+        process_count,
+        tcp_active_opens,
+        tcp_attempt_fails,
     })
+}
+
+/// `ActiveOpens` and `AttemptFails` from /proc/net/snmp (a `Tcp:` header line names the
+/// columns, the next `Tcp:` line holds the values); zeros when absent.
+pub fn parse_tcp_counters(text: &str) -> (u64, u64) {
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return (0, 0);
+    };
+    let pairs: Vec<(&str, u64)> = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter_map(|(n, v)| Some((n, v.parse().ok()?)))
+        .collect();
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    };
+    (get("ActiveOpens"), get("AttemptFails"))
 }
 
 /// Drops entries from the end (connections first, then processes, then listeners) until the
@@ -399,6 +440,13 @@ mod tests {
         assert_eq!(parse_load1("0.25 0.10 0.01 1/50 99\n"), 0.25);
         assert_eq!(parse_load1("nan"), 0.0);
         assert_eq!(parse_uptime_ms("12.34 10.00\n"), 12340);
+    }
+
+    #[test]
+    fn tcp_counters_come_from_the_tcp_lines() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\nTcp: 1 200 120000 -1 42 3 17\nUdp: InDatagrams\nUdp: 5\n";
+        assert_eq!(parse_tcp_counters(text), (42, 17));
+        assert_eq!(parse_tcp_counters(""), (0, 0));
     }
 
     #[test]

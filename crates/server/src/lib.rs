@@ -13,6 +13,7 @@ mod auth;
 mod controllers;
 mod error;
 mod functions;
+mod guard;
 pub mod http;
 mod metrics;
 mod repo;
@@ -32,6 +33,7 @@ use tokio::{net::TcpListener, sync::watch};
 pub use controllers::functions::FunctionsConfig;
 pub use error::ApiError;
 pub use firefleet_autoscaler::PolicyKind;
+pub use guard::GuardConfig;
 pub use http::openapi_json;
 
 /// Heartbeats older than this mark a node NotReady (default of [`NodeTimers::grace`]).
@@ -77,6 +79,8 @@ pub struct ServerConfig {
     pub rebalance_every: Option<Duration>,
     /// How functions are scaled.
     pub functions: FunctionsConfig,
+    /// The guard's rules and response playbooks.
+    pub guard: GuardConfig,
 }
 
 /// Shared state of every handler and controller.
@@ -103,6 +107,8 @@ pub(crate) struct AppState {
     pub gateway: Arc<functions::Gateway>,
     /// How functions are scaled.
     pub functions: FunctionsConfig,
+    /// The guard: telemetry queue and counters.
+    pub guard: Arc<guard::Guard>,
 }
 
 /// Errors starting the server.
@@ -181,6 +187,7 @@ impl Server {
             live: Arc::default(),
             gateway: Arc::default(),
             functions: config.functions.clone(),
+            guard: Arc::default(),
         };
         bootstrap_admin(&state, dir)
             .await
@@ -214,6 +221,11 @@ impl Server {
         }
         tasks.push(controllers::functions::spawn(
             state.clone(),
+            shutdown_rx.clone(),
+        ));
+        tasks.push(guard::spawn(
+            state.clone(),
+            config.guard.clone(),
             shutdown_rx.clone(),
         ));
         tasks.extend(controllers::spawn_all(state.clone(), shutdown_rx));

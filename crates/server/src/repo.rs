@@ -129,6 +129,7 @@ fn random_secret(prefix: &str) -> String {
 
 /// Creates a VM record (phase Pending), unique by (tenant, name).
 pub async fn create_vm(state: &AppState, spec: VmSpec) -> Result<Vm, ApiError> {
+    crate::guard::check_quarantine(state, &spec.image).await?;
     let id: VmId = VmId::parse("id", &uuid::Uuid::new_v4().to_string())?;
     let vm = Vm {
         id: id.clone(),

@@ -31,6 +31,7 @@ impl Fixture {
             node_timers: Default::default(),
             topology: Default::default(),
             rebalance_every: None,
+            guard: Default::default(),
         })
         .await
         .unwrap();

@@ -288,6 +288,10 @@ pub struct NetworkSpec {
     /// Bandwidth limit for traffic to the guest, Mbit/s (1..=100000; none: unlimited).
     #[serde(default)]
     pub ingress_mbit: Option<u32>,
+    /// Drop all traffic to and from the VM (the guard's `isolate`; the guest channel, which
+    /// is not a network, still works).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolated: bool,
 }
 
 fn enabled_default() -> bool {
@@ -300,6 +304,7 @@ impl Default for NetworkSpec {
             enabled: true,
             egress_mbit: None,
             ingress_mbit: None,
+            isolated: false,
         }
     }
 }
@@ -517,6 +522,24 @@ pub struct VmStatus {
     /// The guest's address on its node's network, once it has one.
     #[serde(default)]
     pub ip: Option<String>,
+    /// The network settings its node has in force (limits, isolation), as last reported.
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
+    /// How many times the control plane restarted it after it failed or stopped (its restart
+    /// policy, or a lost guest heartbeat). Only grows; agents compare it with the runs they
+    /// carried out, and refuse to act on (and the server refuses reports from) an older run.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Restarts in a row without the VM running for a while in between: sets the backoff.
+    #[serde(default)]
+    pub restart_streak: u32,
+    /// When the next restart is due (None: none is planned).
+    #[serde(default)]
+    pub next_restart_ms: Option<UnixMillis>,
+    /// The last failure was a guest that stopped answering (no heartbeat): it is replaced
+    /// whatever its restart policy says.
+    #[serde(default)]
+    pub heartbeat_lost: bool,
 }
 
 impl VmStatus {
@@ -537,6 +560,11 @@ impl VmStatus {
             stopped_ms: None,
             restored_generation: None,
             ip: None,
+            network: None,
+            restarts: 0,
+            restart_streak: 0,
+            next_restart_ms: None,
+            heartbeat_lost: false,
         }
     }
 }
@@ -720,6 +748,7 @@ mod tests {
                     enabled: true,
                     egress_mbit: egress,
                     ingress_mbit: ingress,
+                    isolated: false,
                 },
                 ..spec()
             };
@@ -730,6 +759,7 @@ mod tests {
                 enabled: true,
                 egress_mbit: Some(1),
                 ingress_mbit: Some(MAX_NET_MBIT),
+                isolated: false,
             },
             ..spec()
         };

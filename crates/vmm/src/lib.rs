@@ -46,7 +46,7 @@ mod runtime;
 pub mod sandbox;
 pub mod stats;
 
-pub use channel::{InvokeHandler, InvokeOutput};
+pub use channel::{GuestTelemetry, InvokeHandler, InvokeOutput};
 pub use disk::{DiskError, DiskFormat};
 pub use firecracker::{FirecrackerRuntime, JailerConfig};
 pub use firefleet_types::Accel;

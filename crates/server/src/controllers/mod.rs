@@ -5,6 +5,7 @@
 
 mod compaction;
 pub(crate) mod functions;
+mod healing;
 mod nodes;
 pub(crate) mod rebalance;
 pub(crate) mod scheduling;
@@ -31,6 +32,13 @@ pub(crate) fn spawn_all(state: AppState, shutdown: watch::Receiver<bool>) -> Vec
             shutdown.clone(),
             Duration::from_secs(2),
             nodes::reconcile,
+        ),
+        spawn_loop(
+            "healing",
+            state.clone(),
+            shutdown.clone(),
+            Duration::from_millis(500),
+            healing::reconcile,
         ),
         spawn_loop(
             "compaction",

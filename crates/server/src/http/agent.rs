@@ -160,6 +160,7 @@ pub async fn intents(
             deleting: vm.deleting,
             phase: vm.status.phase,
             restored_generation: vm.status.restored_generation,
+            restarts: vm.status.restarts,
         })
         .collect();
     Ok(Json(IntentsResponse {
@@ -214,6 +215,10 @@ pub async fn report_status(
         if report.generation < vm.status.observed_generation || report.generation > vm.generation {
             return Ok(false); // stale (or from the future): ignore
         }
+        if report.restarts < vm.status.restarts {
+            // About a run from before the last restart (its VMM died): the restart stands.
+            return Ok(false);
+        }
         let s = &mut vm.status;
         if !s.phase.can_move_to(report.phase) {
             return Err(ApiError::Conflict(format!(
@@ -222,6 +227,10 @@ pub async fn report_status(
             )));
         }
         let before = s.clone();
+        // A lost heartbeat is remembered until the restart (a later report of the same failure,
+        // from an agent that restarted and forgot why, does not clear it).
+        s.heartbeat_lost = report.phase == VmPhase::Failed
+            && (report.heartbeat_lost || (s.phase == VmPhase::Failed && s.heartbeat_lost));
         moved = s.phase != report.phase;
         s.phase = report.phase;
         s.observed_generation = report.generation;
@@ -237,6 +246,7 @@ pub async fn report_status(
         };
         s.restored_generation = report.restored_generation.max(s.restored_generation);
         s.ip = report.ip.clone().or(s.ip.take());
+        s.network = report.network.or(s.network.take());
         Ok(*s != before)
     })
     .await?;
@@ -251,6 +261,10 @@ pub async fn report_status(
     // that is now running serves the invocations waiting for it).
     if moved && vm.spec.function.is_some() {
         state.gateway.demand.notify_one();
+    }
+    // It failed or stopped: the healing controller plans its restart at once.
+    if moved && vm.status.phase.is_terminal() && !vm.deleting {
+        state.kick.notify_waiters();
     }
     Ok(axum::http::StatusCode::NO_CONTENT)
 }

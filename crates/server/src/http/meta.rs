@@ -24,6 +24,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     use std::fmt::Write;
     let mut out = String::new();
     state.metrics.render(&mut out);
+    state.guard.render(&mut out);
     let (vms, revision) = repo::list_json::<Vm>(&state, "/vms/").await?;
     let mut by_phase: BTreeMap<String, u64> = BTreeMap::new();
     for vm in &vms {

@@ -7,6 +7,7 @@ pub(crate) mod functions;
 mod meta;
 pub(crate) mod migrations;
 pub(crate) mod plan;
+mod threats;
 mod vm_ops;
 mod vms;
 
@@ -82,6 +83,10 @@ pub(crate) fn router(state: AppState) -> Router {
             put(agent::snapshot_data_put).get(agent::snapshot_data_get),
         )
         .route("/v1/agent/vms/{vm}/stats", put(agent::report_stats))
+        .route("/v1/agent/telemetry", post(threats::telemetry))
+        .route("/v1/threats", get(threats::list))
+        .route("/v1/threats/{id}", get(threats::get))
+        .route("/v1/threats/{id}/ack", post(threats::ack))
         .route(
             "/v1/agent/migrations/{vm}/snapshot",
             put(migrations::upload).get(migrations::download),
@@ -273,6 +278,10 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         agent::snapshot_data_get,
         agent::report_exec,
         agent::report_stats,
+        threats::telemetry,
+        threats::list,
+        threats::get,
+        threats::ack,
     ),
     modifiers(&SecuritySchemes)
 )]

@@ -61,7 +61,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 const REMOVE_GRACE: Duration = Duration::from_secs(5);
 /// How long `telemetry` waits for the guest's answer.
-const TELEMETRY_TIMEOUT: Duration = Duration::from_secs(5);
+const TELEMETRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The Firecracker runtime. Holds no per-VM state in memory beyond the guest channel listeners
 /// and the running sums of the metrics files (rebuilt from the file when missing): the state

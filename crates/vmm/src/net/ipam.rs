@@ -113,6 +113,9 @@ pub struct Allocation {
     pub tap: String,
     /// The tenant owning the VM: VMs of different tenants cannot talk to each other.
     pub tenant: String,
+    /// All traffic to and from the VM is dropped (the guard isolated it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolated: bool,
 }
 
 /// The IPAM state of one node network (the contents of `ipam.json`).
@@ -222,6 +225,7 @@ impl Ipam {
             mac,
             tap,
             tenant: tenant.to_string(),
+            isolated: false,
         };
         self.allocations.insert(vm_id.to_string(), a.clone());
         Ok(a)

@@ -157,6 +157,9 @@ pub enum NetError {
         /// The tenant asked for.
         asked: String,
     },
+    /// The VM has no allocation on this network.
+    #[error("VM {0} has no network interface on this node")]
+    NotAttached(String),
     /// No free address left.
     #[error("no free address left in {subnet}")]
     Exhausted {
@@ -334,6 +337,34 @@ impl<H: Host> NodeNetwork<H> {
         self.ip(&["link", "set", "dev", tap, "up"])?;
         self.apply_limits(tap, limits)?;
         Ok(state.attachment(&a))
+    }
+
+    /// Cuts `vm_id` off the network (all its traffic dropped, both ways, host included) or lets
+    /// it back; the setting stays with the allocation (a relaunch keeps it). Idempotent; an
+    /// unknown VM is an error.
+    pub fn set_isolated(&self, vm_id: &str, isolated: bool) -> Result<(), NetError> {
+        let _lock = self.lock()?;
+        let mut state = self.load()?;
+        let Some(a) = state.allocations.get_mut(vm_id) else {
+            return Err(NetError::NotAttached(vm_id.to_string()));
+        };
+        if a.isolated != isolated {
+            a.isolated = isolated;
+            self.save(&state)?;
+        }
+        // Applied every time: the rules may have been lost (host reboot) while the state says so.
+        self.apply_rules(&state)
+    }
+
+    /// Replaces `vm_id`'s bandwidth limits on its TAP (a running VM keeps running).
+    pub fn set_limits(&self, vm_id: &str, limits: &NetLimits) -> Result<(), NetError> {
+        limits.validate()?;
+        let _lock = self.lock()?;
+        let state = self.load()?;
+        let Some(a) = state.allocations.get(vm_id) else {
+            return Err(NetError::NotAttached(vm_id.to_string()));
+        };
+        self.apply_limits(&a.tap, limits)
     }
 
     /// Removes `vm_id`'s TAP (and shaper), its rules and its allocation. Idempotent.

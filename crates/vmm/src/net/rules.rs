@@ -69,6 +69,12 @@ pub fn ruleset(bridge: &str, subnet: Ipv4Net, ipam: &Ipam, masquerade: bool) -> 
             .push(a.tap.as_str());
     }
     let all: Vec<&str> = ipam.allocations.values().map(|a| a.tap.as_str()).collect();
+    let isolated: Vec<&str> = ipam
+        .allocations
+        .values()
+        .filter(|a| a.isolated)
+        .map(|a| a.tap.as_str())
+        .collect();
 
     let mut s = String::new();
     let _ = writeln!(
@@ -82,6 +88,7 @@ pub fn ruleset(bridge: &str, subnet: Ipv4Net, ipam: &Ipam, masquerade: bool) -> 
 
     let _ = writeln!(s, "table bridge {table} {{");
     set_decl(&mut s, "taps", &all);
+    set_decl(&mut s, "isolated", &isolated);
     for (tenant, taps) in &tenants {
         let _ = writeln!(s, "  # tenant {tenant}");
         set_decl(&mut s, &tenant_set(tenant), taps);
@@ -94,6 +101,9 @@ pub fn ruleset(bridge: &str, subnet: Ipv4Net, ipam: &Ipam, masquerade: bool) -> 
         s,
         "    iifname @taps ether type ip ip daddr {METADATA_ADDR} drop"
     );
+    // Isolated VMs: nothing in or out, to other VMs or through the host.
+    s.push_str("    iifname @isolated counter drop\n");
+    s.push_str("    oifname @isolated counter drop\n");
     s.push_str("    iifname != @taps accept\n");
     s.push_str("    oifname != @taps accept\n");
     for tenant in tenants.keys() {
@@ -108,6 +118,11 @@ pub fn ruleset(bridge: &str, subnet: Ipv4Net, ipam: &Ipam, masquerade: bool) -> 
         s,
         "    iifname @taps ether type ip ip daddr {METADATA_ADDR} drop"
     );
+    s.push_str("    iifname @isolated counter drop\n");
+    s.push_str("  }\n");
+    s.push_str("  chain output {\n");
+    s.push_str("    type filter hook output priority 0; policy accept;\n");
+    s.push_str("    oifname @isolated counter drop\n");
     s.push_str("  }\n");
     s.push_str("}\n");
 
@@ -211,6 +226,34 @@ mod tests {
         ipam.allocate("a2", "alpha").unwrap();
         ipam.allocate("b1", "beta").unwrap();
         ipam
+    }
+
+    #[test]
+    fn isolated_taps_are_dropped_both_ways_and_to_the_host() {
+        let mut ipam = state();
+        let plain = ruleset("ffbr0", ipam.subnet, &ipam, false);
+        assert!(plain.contains("set isolated { type ifname; }"), "{plain}");
+        if let Some(a) = ipam.allocations.get_mut("a2") {
+            a.isolated = true;
+        }
+        let tap = ipam.allocations["a2"].tap.clone();
+        let text = ruleset("ffbr0", ipam.subnet, &ipam, false);
+        assert!(text.contains(&format!(
+            "set isolated {{ type ifname; elements = {{ \"{tap}\" }}; }}"
+        )));
+        // In the forward chain the drop comes before the tenant's accept.
+        let drop_in = text.find("iifname @isolated counter drop").unwrap();
+        let accept = text
+            .find(&format!("iifname @{} oifname", tenant_set("alpha")))
+            .unwrap();
+        assert!(drop_in < accept);
+        assert!(text.contains("oifname @isolated counter drop"));
+        assert_eq!(
+            text.matches("iifname @isolated counter drop").count(),
+            2,
+            "{text}"
+        );
+        assert!(text.contains("type filter hook output priority 0"));
     }
 
     #[test]

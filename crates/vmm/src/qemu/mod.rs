@@ -455,6 +455,9 @@ impl Drop for ReapedGuard {
 const CHANNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `telemetry` and `ping` wait for the guest's answer.
 const CHANNEL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a guest may take to gather its telemetry (a guest under attack, e.g. thousands of
+/// processes, is slow to list them: that is when its answer matters most).
+const TELEMETRY_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The guest channels of the VMs of every QEMU runtime of this process, keyed by socket path: a
 /// runtime is cheap to create and several may drive one VM, but QEMU serves one client at a
@@ -713,7 +716,7 @@ impl Runtime for QemuRuntime {
     fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
         let key = self.channel(id)?;
         qemu_channels()
-            .telemetry(&key, CHANNEL_ANSWER_TIMEOUT)
+            .telemetry(&key, TELEMETRY_ANSWER_TIMEOUT)
             .map_err(Self::channel_err(id))
     }
 
