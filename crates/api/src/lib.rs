@@ -932,3 +932,14 @@ pub struct AckThreatRequest {
     #[serde(default)]
     pub note: Option<String>,
 }
+
+/// An image the guard quarantined: no new VM may use it (`GET /v1/quarantine/images`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QuarantinedImage {
+    /// The image digest.
+    pub image: String,
+    /// The threat whose playbook quarantined it.
+    pub threat: String,
+    /// When.
+    pub at_ms: UnixMillis,
+}

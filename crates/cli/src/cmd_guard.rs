@@ -52,6 +52,13 @@ pub enum ThreatCommand {
         /// The threat's id.
         id: String,
     },
+    /// Images quarantined by a playbook (new VMs of them are refused; admin).
+    Images,
+    /// Lift an image's quarantine (admin).
+    Release {
+        /// The image digest (`sha256:...`).
+        image: String,
+    },
     /// Acknowledge a threat (containment stays as it is).
     Ack {
         /// The threat's id.
@@ -260,6 +267,23 @@ pub async fn threat(g: &Global, cmd: ThreatCommand) -> anyhow::Result<()> {
                 None => println!("ack        no"),
             }
             Ok(())
+        }
+        ThreatCommand::Images => {
+            let images = client.quarantined_images().await?;
+            let rows = images
+                .iter()
+                .map(|q| vec![q.image.clone(), q.threat.clone(), ago(now, q.at_ms)])
+                .collect();
+            print(g.output, &images, &["IMAGE", "THREAT", "AGE"], rows)
+        }
+        ThreatCommand::Release { image } => {
+            client.release_image(&image).await?;
+            print(
+                g.output,
+                &serde_json::json!({ "released": image }),
+                &["RELEASED"],
+                vec![vec![image.clone()]],
+            )
         }
         ThreatCommand::Ack { id, note } => {
             let t = client

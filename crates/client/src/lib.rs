@@ -492,6 +492,25 @@ impl Client {
         .await
     }
 
+    /// Images the guard quarantined (admin).
+    pub async fn quarantined_images(
+        &self,
+    ) -> Result<Vec<firefleet_api::QuarantinedImage>, ClientError> {
+        self.must::<(), _>(Method::GET, "/v1/quarantine/images", None)
+            .await
+    }
+
+    /// Lifts an image's quarantine (admin).
+    pub async fn release_image(&self, image: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/v1/quarantine/images/{}", enc(image)),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Asks for a VM to be migrated to node `to` (admin).
     pub async fn vm_migrate(
         &self,

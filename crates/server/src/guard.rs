@@ -24,10 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use firefleet_api::{ActionState, Threat, ThreatAction};
+use firefleet_api::{ActionState, QuarantinedImage, Threat, ThreatAction};
 use firefleet_guard::{Action, Detector, DetectorConfig, Finding, Playbooks, Rules, Sample};
 use firefleet_types::{DesiredState, Snapshot, SnapshotPhase, Vm, VmId, VmPhase};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::{now_ms, repo, ApiError, AppState};
@@ -196,17 +195,9 @@ pub(crate) fn quarantine_key(image: &str) -> String {
     format!("/quarantine/images/{image}")
 }
 
-/// Why an image is quarantined.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Quarantine {
-    pub image: String,
-    pub threat: String,
-    pub at_ms: u64,
-}
-
 /// Refuses an image the guard quarantined.
 pub(crate) async fn check_quarantine(state: &AppState, image: &str) -> Result<(), ApiError> {
-    if let Some((q, _)) = repo::get_json::<Quarantine>(state, &quarantine_key(image)).await? {
+    if let Some((q, _)) = repo::get_json::<QuarantinedImage>(state, &quarantine_key(image)).await? {
         return Err(ApiError::Conflict(format!(
             "image {image} is quarantined by the guard (threat {})",
             q.threat
@@ -539,7 +530,7 @@ impl Controller {
                 return Ok(Step::Done(Some(format!("node {node} cordoned"))));
             }
             Action::QuarantineImage => {
-                let q = Quarantine {
+                let q = QuarantinedImage {
                     image: t.image.clone(),
                     threat: t.id.clone(),
                     at_ms: now_ms(),
@@ -808,6 +799,46 @@ fn trim_name(name: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn observed(n: usize) -> Vec<Observed> {
+        (0..n)
+            .map(|i| Observed {
+                sample: Sample {
+                    vm: "vm".into(),
+                    at_ms: i as u64,
+                    group: None,
+                    host: firefleet_guard::HostSample::default(),
+                    guest: None,
+                },
+                vm: "0c9b3ad5-8a4f-4c1e-9d8e-3e5b6f7a8b9c".parse().unwrap(),
+                tenant: "t".into(),
+                name: "n".into(),
+                node: None,
+                image: String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_flood_of_telemetry_is_dropped_and_counted_not_queued() {
+        let g = Guard::default();
+        // Nobody reads the queue: it fills to its bound, then batches are dropped.
+        for _ in 0..(QUEUE_SAMPLES / 100 + 10) {
+            g.submit(observed(100), 0);
+        }
+        g.submit(Vec::new(), 7);
+        let queued = g.queued.load(Ordering::Relaxed);
+        let dropped = g.dropped_server.load(Ordering::Relaxed);
+        assert!(queued <= QUEUE_SAMPLES as u64, "{queued}");
+        assert_eq!(queued + dropped, ((QUEUE_SAMPLES / 100 + 10) * 100) as u64);
+        assert!(dropped >= 1000);
+        let mut text = String::new();
+        g.render(&mut text);
+        assert!(text.contains(&format!(
+            "firefleet_telemetry_dropped_total{{where=\"server\"}} {dropped}"
+        )));
+        assert!(text.contains("firefleet_telemetry_dropped_total{where=\"agent\"} 7"));
+    }
 
     #[test]
     fn replacement_names_fit() {

@@ -87,6 +87,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/threats", get(threats::list))
         .route("/v1/threats/{id}", get(threats::get))
         .route("/v1/threats/{id}/ack", post(threats::ack))
+        .route("/v1/quarantine/images", get(threats::quarantined))
+        .route(
+            "/v1/quarantine/images/{image}",
+            axum::routing::delete(threats::release),
+        )
         .route(
             "/v1/agent/migrations/{vm}/snapshot",
             put(migrations::upload).get(migrations::download),
@@ -282,6 +287,8 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         threats::list,
         threats::get,
         threats::ack,
+        threats::quarantined,
+        threats::release,
     ),
     modifiers(&SecuritySchemes)
 )]

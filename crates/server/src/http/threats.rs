@@ -9,13 +9,14 @@ use axum::{
     Json,
 };
 use firefleet_api::{
-    AckThreatRequest, ErrorBody, TelemetryBatch, Threat, ThreatAck, MAX_TELEMETRY_BYTES,
+    AckThreatRequest, ErrorBody, QuarantinedImage, TelemetryBatch, Threat, ThreatAck,
+    MAX_TELEMETRY_BYTES,
 };
 use firefleet_types::{Vm, VmId};
 
 use crate::{
     auth::{AgentNode, Caller},
-    guard::{threat_key, Observed},
+    guard::{quarantine_key, threat_key, Observed},
     now_ms, repo, ApiError, AppState,
 };
 
@@ -180,5 +181,36 @@ pub async fn ack(
             Err(firefleet_store::StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Images the guard quarantined (admin).
+#[utoipa::path(get, path = "/v1/quarantine/images", security(("bearer" = [])),
+    responses((status = 200, body = Vec<QuarantinedImage>), (status = 403, body = ErrorBody)))]
+pub async fn quarantined(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<QuarantinedImage>>, ApiError> {
+    caller.require_admin()?;
+    let (images, _) = repo::list_json::<QuarantinedImage>(&state, "/quarantine/images/").await?;
+    Ok(Json(images))
+}
+
+/// Lift an image's quarantine (admin): new VMs may use it again.
+#[utoipa::path(delete, path = "/v1/quarantine/images/{image}", security(("bearer" = [])),
+    params(("image" = String, Path, description = "image digest")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn release(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(image): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    match state.store.delete(&quarantine_key(&image), None).await? {
+        Some(_) => {
+            tracing::info!(%image, by = %caller.tenant, "image quarantine lifted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        None => Err(ApiError::not_found("quarantined image", &image)),
     }
 }
