@@ -85,6 +85,9 @@ pub enum Command {
     /// Threats the guard found in running VMs and what it did about them.
     #[command(subcommand)]
     Threat(crate::cmd_guard::ThreatCommand),
+    /// The tamper-evident audit log: list, verify (on the server or an export), export.
+    #[command(subcommand)]
+    Audit(crate::cmd_audit::AuditCommand),
     /// Offline evaluations of the decision engines on recorded traces.
     #[command(subcommand)]
     Eval(crate::cmd_eval::EvalCommand),

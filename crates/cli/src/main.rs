@@ -3,6 +3,7 @@
 //! library crates; `anyhow` lives only here.
 
 mod args;
+mod cmd_audit;
 mod cmd_bench;
 mod cmd_eval;
 mod cmd_fn;
@@ -85,6 +86,7 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Fn(c) => cmd_fn::function(&g, c).await,
         Command::Guard(c) => cmd_guard::run(&g, c),
         Command::Threat(c) => cmd_guard::threat(&g, c).await,
+        Command::Audit(c) => cmd_audit::run(&g, c).await,
         Command::Eval(c) => cmd_eval::run(&g, c),
     }
 }

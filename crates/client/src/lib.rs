@@ -809,6 +809,25 @@ impl Client {
         .await
         .map(|_| ())
     }
+
+    /// Audit log entries with seq > `after`, in order, at most `limit` (admin).
+    pub async fn audit_list(
+        &self,
+        after: u64,
+        limit: Option<usize>,
+    ) -> Result<firefleet_api::AuditList, ClientError> {
+        let mut path = format!("/v1/audit?after={after}");
+        if let Some(limit) = limit {
+            path.push_str(&format!("&limit={limit}"));
+        }
+        self.must::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// The server's check of the stored audit chain (admin).
+    pub async fn audit_verify(&self) -> Result<firefleet_api::AuditVerifyResponse, ClientError> {
+        self.must::<(), _>(Method::GET, "/v1/audit/verify", None)
+            .await
+    }
 }
 
 /// Percent-encodes a path segment (ids and names are `[a-z0-9-]`, but input is input).

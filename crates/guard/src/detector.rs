@@ -207,16 +207,23 @@ impl Detector {
             at_ms: at,
             process_count: sample.guest.as_ref().map(GuestSample::process_total),
             tcp_attempt_fails: sample.guest.as_ref().map(|g| g.tcp_attempt_fails),
+            boot_ms: sample
+                .guest
+                .as_ref()
+                .filter(|g| g.uptime_ms > 0)
+                .map(|g| at.saturating_sub(g.uptime_ms)),
             outbound: outbound
                 .iter()
                 .take(self.config.max_outbound_per_sample)
                 .map(|c| (c.remote_addr.chars().take(64).collect(), c.remote_port))
                 .collect(),
         });
+        // One sample older than the longest window stays: when the guest went silent for longer
+        // than a window (a fork bomb slows its answers), growth is measured against it.
         while state.history.len() > self.config.max_history.max(1)
             || state
                 .history
-                .front()
+                .get(1)
                 .is_some_and(|s| s.at_ms + self.history_ms < at)
         {
             state.history.pop_front();
@@ -548,8 +555,8 @@ mod tests {
                 guest: None,
             });
         }
-        // Longest built-in window is 60 s: 7 samples 10 s apart.
-        assert_eq!(det.vms["a"].history.len(), 7);
+        // Longest built-in window is 60 s: 7 samples 10 s apart, plus the one before it.
+        assert_eq!(det.vms["a"].history.len(), 8);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub(crate) struct Snap {
     pub process_count: Option<usize>,
     /// The guest's cumulative failed TCP connection attempts.
     pub tcp_attempt_fails: Option<u64>,
+    /// When the guest booted (sample time less its uptime), if it reported.
+    pub boot_ms: Option<u64>,
     /// Outbound (remote address, remote port), at most `max_outbound_per_sample`.
     pub outbound: Vec<(String, u16)>,
 }
@@ -294,31 +296,77 @@ fn windowed(when: &When, ctx: &Ctx<'_>, ev: &mut Evidence) -> Option<()> {
         let now = ctx.history.back().and_then(|s| s.process_count)?;
         let low = window().filter_map(|s| s.process_count).min()?;
         let growth = now.saturating_sub(low);
-        if growth <= max {
+        let over_gap = growth_over_gap(ctx, from, when.window_ms(), now as u64, |s| {
+            s.process_count.map(|c| c as u64)
+        });
+        if growth > max {
+            ev.insert(
+                "process_growth".into(),
+                format!("{low} -> {now} (+{growth} > {max}) in {secs} s"),
+            );
+        } else if let Some((before, gap_s, per_window)) =
+            over_gap.filter(|(_, _, g)| *g > max as u64)
+        {
+            ev.insert(
+                "process_growth".into(),
+                format!("{before} -> {now} in {gap_s} s without a sample: {per_window} per {secs} s > {max}"),
+            );
+        } else {
             return None;
         }
-        ev.insert(
-            "process_growth".into(),
-            format!("{low} -> {now} (+{growth} > {max}) in {secs} s"),
-        );
     }
     if let Some(max) = when.failed_connects_above {
-        let now = ctx.history.back().and_then(|s| s.tcp_attempt_fails)?;
+        let last = ctx.history.back()?;
+        let now = last.tcp_attempt_fails?;
         // A counter that went down is a reset (the guest booted again): count from there.
         let mut low = now;
         for s in window().filter_map(|s| s.tcp_attempt_fails) {
             low = if s > now { now } else { low.min(s) };
         }
+        // A guest that booted within the window counted from zero then, even if its first
+        // sample came after the scan.
+        if last.boot_ms.is_some_and(|b| b >= from) {
+            low = 0;
+        }
         let failed = now - low;
-        if failed <= max {
+        let over_gap = growth_over_gap(ctx, from, when.window_ms(), now, |s| s.tcp_attempt_fails);
+        if failed > max {
+            ev.insert(
+                "failed_connects".into(),
+                format!("{failed} > {max} in {secs} s"),
+            );
+        } else if let Some((before, gap_s, per_window)) = over_gap.filter(|(_, _, g)| *g > max) {
+            ev.insert(
+                "failed_connects".into(),
+                format!("{before} -> {now} in {gap_s} s without a sample: {per_window} per {secs} s > {max}"),
+            );
+        } else {
             return None;
         }
-        ev.insert(
-            "failed_connects".into(),
-            format!("{failed} > {max} in {secs} s"),
-        );
     }
     Some(())
+}
+
+/// When no sample lies in the window but the current one (the guest was silent for longer),
+/// the growth of a counter since the last sample before the window, scaled to one window:
+/// `(value then, gap in s, growth per window)`. None when the window has other samples, there
+/// is no earlier sample, or the counter went down (a reset).
+fn growth_over_gap(
+    ctx: &Ctx<'_>,
+    from: u64,
+    window_ms: u64,
+    now: u64,
+    value: impl Fn(&Snap) -> Option<u64>,
+) -> Option<(u64, u64, u64)> {
+    let in_window = ctx.history.iter().filter(|s| s.at_ms >= from).count();
+    if in_window > 1 {
+        return None;
+    }
+    let before = ctx.history.iter().rev().find(|s| s.at_ms < from)?;
+    let then = value(before)?;
+    let gap = ctx.at_ms.saturating_sub(before.at_ms).max(1);
+    let grown = now.checked_sub(then)?;
+    Some((then, gap / 1000, grown.saturating_mul(window_ms) / gap))
 }
 
 #[cfg(test)]

@@ -684,7 +684,8 @@ fn a_user_file_can_switch_a_builtin_rule_off() {
 fn connect_scan_of_closed_ports_by_failed_attempts() {
     // Refused connections leave no socket to list: the guest's failed-attempt counter shows it.
     let mut vm = Vm::new("scan");
-    let base = guest(vec![init()], vec![], vec![]);
+    let mut base = guest(vec![init()], vec![], vec![]);
+    base.uptime_ms = 3_600_000;
     let mut samples = Vec::new();
     for (i, fails) in [0u64, 0, 12, 30, 45].into_iter().enumerate() {
         let mut g = base.clone();
@@ -710,6 +711,19 @@ fn connect_scan_of_closed_ports_by_failed_attempts() {
         })
         .collect();
     assert_benign(&run(&samples));
+
+    // The first sample already after the scan, in a guest booted 20 s before: counted from 0.
+    let mut vm = Vm::new("late");
+    let mut g = base.clone();
+    g.tcp_attempt_fails = 45;
+    g.uptime_ms = 20_000;
+    let f = run(&[vm.step(2_000, 0.05, 100.0, Some(g.clone()), &[])]);
+    assert!(fired(&f, "port-scan-failed-connects").is_some(), "{f:#?}");
+    // ... but not in a guest up for hours (those failures may be old).
+    let mut vm = Vm::new("old");
+    g.uptime_ms = 3_600_000;
+    let f = run(&[vm.step(2_000, 0.05, 100.0, Some(g), &[])]);
+    assert!(fired(&f, "port-scan-failed-connects").is_none(), "{f:#?}");
 
     // A counter that goes down (the guest booted again) is not a burst.
     let mut vm = Vm::new("reboot");
@@ -740,4 +754,30 @@ fn process_explosion_counts_past_a_cut_list() {
         hit.evidence["process_growth"].contains("5 -> 900"),
         "{hit:?}"
     );
+
+    // The bombed guest answered again only after 90 s of silence: still a growth of ~600 per
+    // minute against the sample before the silence.
+    let mut vm = Vm::new("slow");
+    let mut samples = Vec::new();
+    for (dt, count) in [(0u64, 5u64), (5_000, 5), (90_000, 900)] {
+        let mut g = guest(vec![init()], vec![], vec![]);
+        g.process_count = count;
+        samples.push(vm.step(dt, 1.0, 100.0, Some(g), &[]));
+    }
+    let f = run(&samples);
+    let hit = fired(&f, "process-explosion").expect("after a silence");
+    assert!(
+        hit.evidence["process_growth"].contains("in 90 s without a sample"),
+        "{hit:?}"
+    );
+
+    // Slow growth over a long silence is not an explosion: +150 in 10 minutes.
+    let mut vm = Vm::new("slow-benign");
+    let mut samples = Vec::new();
+    for (dt, count) in [(0u64, 5u64), (5_000, 5), (600_000, 155)] {
+        let mut g = guest(vec![init()], vec![], vec![]);
+        g.process_count = count;
+        samples.push(vm.step(dt, 0.1, 100.0, Some(g), &[]));
+    }
+    assert!(fired(&run(&samples), "process-explosion").is_none());
 }

@@ -65,9 +65,6 @@ fn warn(what: &str, err: impl std::fmt::Display) {
 fn main() {
     let start = Instant::now();
     let sigset = block_signals();
-    // Before any thread starts (each thread has its own nice value and inherits it).
-    // SAFETY: setpriority(2) on this process only.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, exec::AGENT_NICE) };
     // Edition 2021: set_var is safe; we are single threaded here.
     std::env::set_var("PATH", PATH);
     std::env::set_var("HOME", "/");

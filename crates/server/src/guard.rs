@@ -446,6 +446,16 @@ impl Controller {
             a.message = msg.or(a.message.take());
             self.state.guard.count_action(action, state);
             tracing::info!(threat = %t.id, vm = %t.vm, %action, ?state, message = ?a.message, "guard action");
+            let message = a.message.clone().unwrap_or_default();
+            let event = firefleet_audit::Event::new(
+                now,
+                "guard",
+                format!("guard.{action}"),
+                format!("vm/{}", t.vm),
+                format!("{state:?}").to_lowercase(),
+            );
+            let event = event.with("threat", t.id.clone()).with("message", message);
+            self.state.audit.record(&self.state, event).await;
         }
         if t.contained_ms.is_none() && t.actions.iter().all(|a| a.state.is_final()) {
             t.contained_ms = t

@@ -9,6 +9,7 @@
 //!
 //! Where to start reading: [`Server::start`], then `http/mod.rs` (routes) and `controllers/`.
 
+mod audit;
 mod auth;
 mod controllers;
 mod error;
@@ -109,6 +110,8 @@ pub(crate) struct AppState {
     pub functions: FunctionsConfig,
     /// The guard: telemetry queue and counters.
     pub guard: Arc<guard::Guard>,
+    /// The audit log's signing key and appender.
+    pub audit: Arc<audit::Auditor>,
 }
 
 /// Errors starting the server.
@@ -188,6 +191,12 @@ impl Server {
             gateway: Arc::default(),
             functions: config.functions.clone(),
             guard: Arc::default(),
+            audit: Arc::new(audit::Auditor::load_or_create(dir).map_err(|source| {
+                StartError::DataDir {
+                    path: dir.join("audit.key"),
+                    source,
+                }
+            })?),
         };
         bootstrap_admin(&state, dir)
             .await

@@ -27,6 +27,7 @@ pub const PURE_CRATES: &[&str] = &[
     "firefleet-scheduler",
     "firefleet-autoscaler",
     "firefleet-guard",
+    "firefleet-audit",
     "firefleet-policy",
 ];
 

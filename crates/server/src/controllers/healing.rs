@@ -178,6 +178,23 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             Ok(v) if v.status.restarts > vm.status.restarts => {
                 restarted = true;
                 tracing::info!(vm = %v.id, restarts = v.status.restarts, "restarting the vm");
+                let event = firefleet_audit::Event::new(
+                    now,
+                    "controller:healing",
+                    "vm.restart",
+                    format!("vm/{}", v.id),
+                    "ok",
+                )
+                .with("restarts", v.status.restarts.to_string())
+                .with(
+                    "node",
+                    v.status
+                        .node
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                );
+                state.audit.record(&state, event).await;
             }
             Ok(v) => {
                 if let Some(at) = v.status.next_restart_ms {

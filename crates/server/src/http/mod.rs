@@ -3,6 +3,7 @@
 
 mod admin;
 mod agent;
+mod audit;
 pub(crate) mod functions;
 mod meta;
 pub(crate) mod migrations;
@@ -84,6 +85,8 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/agent/vms/{vm}/stats", put(agent::report_stats))
         .route("/v1/agent/telemetry", post(threats::telemetry))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/threats", get(threats::list))
         .route("/v1/threats/{id}", get(threats::get))
         .route("/v1/threats/{id}/ack", post(threats::ack))
@@ -107,6 +110,10 @@ pub(crate) fn router(state: AppState) -> Router {
                 name: "this path".to_owned(),
             }
         })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            audit::record_calls,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -289,6 +296,8 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         threats::ack,
         threats::quarantined,
         threats::release,
+        audit::list,
+        audit::verify,
     ),
     modifiers(&SecuritySchemes)
 )]
