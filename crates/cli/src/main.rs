@@ -19,6 +19,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    // A client command piped into `head` or `grep -q` ends quietly when its reader goes, like
+    // any Unix tool (Rust ignores SIGPIPE, so print! would panic on EPIPE). The long-running
+    // processes keep ignoring it: their sockets report EPIPE as errors.
+    if !matches!(
+        cli.command,
+        args::Command::Up(_) | args::Command::Server(_) | args::Command::Agent(_)
+    ) {
+        // SAFETY: restoring a signal's default disposition at start-up, before any thread.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let filter = std::env::var("FIREFLEET_LOG").unwrap_or_else(|_| "info".to_owned());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
