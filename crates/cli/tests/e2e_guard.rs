@@ -172,8 +172,9 @@ fn reaches(addr: &str) -> bool {
     std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok()
 }
 
-#[test]
-fn attacks_in_guests_are_detected_and_contained_and_benign_work_is_not() {
+/// A server with this test's playbooks and one agent (`vcpus` to offer) sampling every second.
+/// The tempdir holding the playbook file comes back with it.
+fn guard_cluster(vcpus: u32) -> (tempfile::TempDir, Cluster) {
     let dir = tempfile::tempdir().unwrap();
     let playbooks = dir.path().join("playbooks.toml");
     std::fs::write(&playbooks, PLAYBOOKS).unwrap();
@@ -186,8 +187,14 @@ fn attacks_in_guests_are_detected_and_contained_and_benign_work_is_not() {
         "--heartbeat-timeout-secs".into(),
         "180".into(),
     ];
-    c.start_agent("n1", &[], 8);
+    c.start_agent("n1", &[], vcpus);
     c.wait_nodes_ready(1);
+    (dir, c)
+}
+
+#[test]
+fn attacks_in_guests_are_detected_and_contained_and_benign_work_is_not() {
+    let (dir, c) = guard_cluster(8);
     let gw = c.nets[0].1.gateway.clone();
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -447,18 +454,7 @@ fn attacks_in_guests_are_detected_and_contained_and_benign_work_is_not() {
 #[test]
 #[ignore = "flaky on 2-core TCG hosts: the bombed guest often stops answering telemetry"]
 fn a_fork_bomb_is_detected_and_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let playbooks = dir.path().join("playbooks.toml");
-    std::fs::write(&playbooks, PLAYBOOKS).unwrap();
-    let mut c = Cluster::start_with(&["--playbooks", playbooks.to_str().unwrap()]);
-    c.agent_args = vec![
-        "--telemetry-interval-ms".into(),
-        "1000".into(),
-        "--heartbeat-timeout-secs".into(),
-        "180".into(),
-    ];
-    c.start_agent("n1", &[], 4);
-    c.wait_nodes_ready(1);
+    let (_dir, c) = guard_cluster(4);
     // Fork bomb, bounded by the guest's pid limit (tenant acme: snapshot, replace). Each
     //    shell forks two more down to a depth of 9 and then sleeps: ~1,000 processes, reaching
     //    the pid limit, then quiet. (An unbounded `b() { b & b & ...; }` churns at the limit
