@@ -43,6 +43,7 @@ pub fn gather_facts(config: &AgentConfig, runtime: &QemuRuntime) -> NodeFacts {
                 std::path::Path::new("/sys/class/powercap"),
             )
         })),
+        posture: None, // filled in by crate::posture (issue 7)
     }
 }
 

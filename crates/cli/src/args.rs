@@ -644,6 +644,9 @@ pub struct VmRunArgs {
     /// Where the VM's users are (latency is scored from there).
     #[arg(long)]
     pub user_region: Option<String>,
+    /// Only on nodes whose host posture passes the host policies.
+    #[arg(long)]
+    pub compliant_host: bool,
     /// A disk, repeatable, in attachment order: `image=NAME[,root][,ro]` (a disk image from
     /// `image build-disk`; `root`: the workload runs in it; `ro`: read-only) or `size=MIB`
     /// (a blank ext4 disk).

@@ -412,6 +412,7 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
             group: a.group.clone(),
             class: a.class.clone(),
             user_region: a.user_region.clone(),
+            compliant_host: a.compliant_host,
         },
     };
     let vm = c.vm_create(&req).await?;

@@ -1038,6 +1038,7 @@ mod tests {
             agent_version: String::new(),
             network: None,
             isolation: None,
+            posture: None,
             power: None,
         });
         let view = NodeView::from_node_info(

@@ -20,7 +20,7 @@ pub mod vm;
 pub use function::{Function, FunctionHandler, FunctionPhase, FunctionSpec, FunctionStatus};
 pub use ids::{NodeId, TenantId, VmId};
 pub use migration::{Migration, MigrationMode, MigrationPhase};
-pub use node::{Accel, NodeFacts, NodeInfo, NodeNetworkFacts, NodeStatus};
+pub use node::{Accel, NodeFacts, NodeInfo, NodeNetworkFacts, NodeStatus, PostureFacts};
 pub use resources::Resources;
 pub use snapshot::{Snapshot, SnapshotPhase};
 pub use topology::Labels;

@@ -52,6 +52,52 @@ pub struct NodeFacts {
     /// How the node is powered, where the host says.
     #[serde(default)]
     pub power: Option<PowerFacts>,
+    /// The host's security posture (Firecracker's production host setup checklist), evaluated
+    /// by the host policies (`input.node.facts.posture`).
+    #[serde(default)]
+    pub posture: Option<PostureFacts>,
+}
+
+/// A host's security posture: what the host policies check (Firecracker's production host setup
+/// guide). Every field is what the agent read on the host; `None` means it could not be read.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct PostureFacts {
+    /// `/sys/devices/system/cpu/smt/control`: `on`, `off`, `forceoff`, `notsupported`,
+    /// `notimplemented`.
+    #[serde(default)]
+    pub smt_control: Option<String>,
+    /// `/sys/devices/system/cpu/smt/active`: siblings are running.
+    #[serde(default)]
+    pub smt_active: Option<bool>,
+    /// `/sys/kernel/mm/ksm/run` is 1 (kernel same-page merging on: a side channel between VMs).
+    #[serde(default)]
+    pub ksm_enabled: Option<bool>,
+    /// Swap space in use or available, KiB (`SwapTotal` in `/proc/meminfo`; 0: no swap).
+    #[serde(default)]
+    pub swap_total_kib: Option<u64>,
+    /// `/sys/devices/system/cpu/vulnerabilities/*`: each file's name and text (e.g.
+    /// `spectre_v2` -> `Mitigation: Retpolines; ...`, `Vulnerable`, `Not affected`).
+    #[serde(default)]
+    pub vulnerabilities: std::collections::BTreeMap<String, String>,
+    /// The names of those whose text starts with `Vulnerable`.
+    #[serde(default)]
+    pub vulnerable: Vec<String>,
+    /// Guests' traffic to the cloud metadata address (169.254.169.254) is dropped by the node's
+    /// firewall.
+    #[serde(default)]
+    pub metadata_egress_blocked: bool,
+    /// Each VMM runs in its own sandbox (the jailer's, or FireFleet's own: uid per VM, mount
+    /// namespace, chroot).
+    #[serde(default)]
+    pub vmm_sandboxed: bool,
+    /// A seccomp filter is in force for every VMM.
+    #[serde(default)]
+    pub seccomp: bool,
+    /// Every VMM runs in a cgroup with CPU and memory limits.
+    #[serde(default)]
+    pub cgroup_limits: bool,
 }
 
 /// Where a node's power comes from.

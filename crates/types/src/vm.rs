@@ -122,6 +122,9 @@ pub struct PlacementSpec {
     /// there.
     #[serde(default)]
     pub user_region: Option<String>,
+    /// Only on nodes whose host posture passes the host policies (a tainted node gets none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compliant_host: bool,
 }
 
 impl PlacementSpec {

@@ -77,6 +77,7 @@ pub fn request_for(vm: &Vm) -> PlacementRequest {
         request.class = class.clone();
     }
     request.user_region = p.user_region.clone();
+    request.require_compliant = p.compliant_host;
     request
 }
 
