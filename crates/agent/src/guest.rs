@@ -120,7 +120,9 @@ pub fn stats(
     // Counters the VMM keeps; none while it is busy (a snapshot holds QMP).
     let io = rt.io_stats(vm).unwrap_or_default();
     let telemetry = if obs.guest_ready && !obs.paused {
-        rt.telemetry(vm).ok()
+        rt.telemetry(vm)
+            .map_err(|e| tracing::debug!(vm, error = %e, "no guest telemetry"))
+            .ok()
     } else {
         None
     };

@@ -17,18 +17,31 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Turns the panic of a `print!` to a closed stdout into a quiet exit (status 141).
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    // A client command piped into `head` or `grep -q` ends quietly when its reader goes, like
-    // any Unix tool (Rust ignores SIGPIPE, so print! would panic on EPIPE). The long-running
-    // processes keep ignoring it: their sockets report EPIPE as errors.
-    if !matches!(
-        cli.command,
-        args::Command::Up(_) | args::Command::Server(_) | args::Command::Agent(_)
-    ) {
-        // SAFETY: restoring a signal's default disposition at start-up, before any thread.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    }
+    // A command piped into `head` or `grep -q` ends quietly when its reader goes, like any Unix
+    // tool. SIGPIPE stays ignored (Rust's default): this process also writes into pipes of its
+    // own children (decompressors while building an image), which may close them early, and
+    // must see EPIPE there, not die. So only a print to our stdout that fails on a closed pipe
+    // (print! panics then) ends the process, with the status a shell gives SIGPIPE.
+    quiet_on_closed_stdout();
     let filter = std::env::var("FIREFLEET_LOG").unwrap_or_else(|_| "info".to_owned());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

@@ -7,8 +7,8 @@
 //! - port scan (tenant `scan`: alert, rate-limit, isolate, cordon): a connect scan of the host's
 //!   ports; the VM keeps running, limited and cut off (the host cannot reach it, it cannot
 //!   reach the host), and its node is cordoned (the test uncordons it to go on);
-//! - fork bomb (tenant `acme`: alert, snapshot, replace), bounded by the guest's pid limit: its
-//!   own test, ignored by default (see there);
+//! - fork bomb (tenant `acme`: alert, snapshot, replace), bounded by the guest's pid limit (its
+//!   own test, on its own cluster);
 //! - reverse shell (default critical: alert, isolate, snapshot, replace): `nc -e /bin/sh` to a
 //!   listener on the host.
 //!
@@ -110,8 +110,10 @@ fn contained(c: &Cluster, vm: &str, rule: &str) -> serde_json::Value {
         }
         assert!(
             start.elapsed() < DEADLINE,
-            "no contained {rule} threat on {vm} within {DEADLINE:?}: {found:?}\nall: {:#?}\nstats: {}\n{}",
+            "no contained {rule} threat on {vm} within {DEADLINE:?}: {found:?}\nall: {:#?}\nvm: {}\nconsole: {}\nstats: {}\n{}",
             threats(c),
+            String::from_utf8_lossy(&c.cli(&["vm", "stats", vm, "--output", "json"]).stdout),
+            String::from_utf8_lossy(&c.cli(&["vm", "logs", vm]).stdout),
             String::from_utf8_lossy(
                 &c.cli(&["vm", "exec", vm, "--", "sh", "-c", "ps; grep Tcp: /proc/net/snmp"])
                     .stdout
@@ -447,27 +449,19 @@ fn attacks_in_guests_are_detected_and_contained_and_benign_work_is_not() {
     eprintln!("web server under load: {served} requests answered");
 }
 
-/// The fork bomb on its own: on these 2-core TCG hosts a guest holding ~1,000 processes may not
-/// answer its telemetry for minutes (about half of the runs here), and then nothing can be
-/// detected from inside it. Run it with `cargo test -p firefleet-cli --test e2e_guard --
-/// --ignored`.
+/// The fork bomb on its own cluster: every shell forks two more and sleeps, without end but for
+/// the guest's pid limit (the workloads' cgroup, 1,024 tasks, with a low CPU weight: the guest
+/// agent outside it keeps answering, see `firefleet-vmm`'s channel test).
 #[test]
-#[ignore = "flaky on 2-core TCG hosts: the bombed guest often stops answering telemetry"]
 fn a_fork_bomb_is_detected_and_replaced() {
     let (_dir, c) = guard_cluster(4);
-    // Fork bomb, bounded by the guest's pid limit (tenant acme: snapshot, replace). Each
-    //    shell forks two more down to a depth of 9 and then sleeps: ~1,000 processes, reaching
-    //    the pid limit, then quiet. (An unbounded `b() { b & b & ...; }` churns at the limit
-    //    forever and starves the guest agent under TCG: the guest goes silent and only the
-    //    heartbeat's replacement catches it.)
-    let bomb = run_vm(&c, "bomb", Some("acme"), None, 384);
+    // Tenant acme: alert, snapshot, replace.
+    let bomb = run_vm(&c, "bomb", Some("acme"), None, 256);
     let attack = now_ms();
     exec(
         &c,
         &bomb,
-        "echo 1024 > /proc/sys/kernel/pid_max; \
-         (setsid sh -c 'b() { if [ $1 -lt 9 ]; then b $(($1+1)) & b $(($1+1)) & fi; sleep 600; }; b 0' \
-          </dev/null >/dev/null 2>&1 &); true",
+        "(setsid sh -c 'b() { b & b & sleep 600; }; b' </dev/null >/dev/null 2>&1 &); true",
     );
     let t = contained(&c, &bomb, "process-explosion");
     assert_eq!(

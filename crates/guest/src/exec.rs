@@ -400,12 +400,16 @@ pub fn fit(mut a: Vec<u8>, mut b: Vec<u8>, budget: usize) -> (Vec<u8>, Vec<u8>, 
 }
 
 /// Run between fork and exec in every process the guest agent starts (async-signal-safe calls
-/// only): an empty signal mask (PID 1 blocks the stop signals for its signal thread).
+/// only): an empty signal mask (PID 1 blocks the stop signals for its signal thread), and a
+/// move into the workloads' cgroup (its pid, CPU and memory limits keep the agent answering
+/// whatever the workload does; see `cgroup.rs`).
 ///
 /// The agent keeps the workloads' priority: running it at nice -10 (to answer faster under a
 /// fork bomb) cut a TCG guest's network throughput four times over (measured with
-/// `cargo test -p firefleet-vmm --test net egress`).
+/// `cargo test -p firefleet-vmm --test net egress`); the cgroup's weight only matters when the
+/// agent has work.
 pub fn child_defaults() -> io::Result<()> {
+    crate::cgroup::enter()?;
     // SAFETY: sigemptyset and pthread_sigmask are async-signal-safe and only touch this
     // process.
     unsafe {

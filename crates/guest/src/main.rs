@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use firefleet_guest::config::GuestConfig;
 use firefleet_guest::console::{EXIT_STATUS_PREFIX, POWERING_OFF_LINE, READY_LINE};
 
+mod cgroup;
 mod channel;
 mod disks;
 mod exec;
@@ -73,6 +74,14 @@ fn main() {
     mount_filesystems();
     reopen_console();
     load_modules(Path::new("/lib/modules"));
+    match cgroup::setup() {
+        Ok(missing) => {
+            for m in missing {
+                warn("workloads' cgroup: not set", m);
+            }
+        }
+        Err(e) => warn("no workloads' cgroup, workloads run unconfined", e),
+    }
     // Ctrl-Alt-Del becomes SIGINT to PID 1 instead of an immediate reboot.
     // SAFETY: reboot(2) with CAD_OFF only changes a kernel flag.
     unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) };
@@ -334,7 +343,7 @@ fn mount_filesystems() {
         if let Err(e) = fs::create_dir_all(target) {
             warn(&format!("mkdir {target}"), e);
         }
-        if let Err(e) = mount(src, target, fstype, flags) {
+        if let Err(e) = mount_fs(src, target, fstype, flags) {
             if e.raw_os_error() != Some(libc::EBUSY) {
                 warn(&format!("mount {target}"), e);
             }
@@ -342,7 +351,7 @@ fn mount_filesystems() {
     }
 }
 
-fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+fn mount_fs(src: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
     let c = |s: &str| CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
     let (src, target, fstype) = (c(src)?, c(target)?, c(fstype)?);
     // SAFETY: all pointers are valid NUL-terminated strings; data is null.

@@ -12,6 +12,11 @@ use firefleet_guest::proto::{self, Connection, Listener, Message, ProcessInfo, T
 const MAX_ENTRIES: usize = 512;
 /// Longest cmdline kept per process, in bytes.
 const MAX_CMDLINE: usize = 512;
+/// Time spent reading processes one by one, at most: past it the rest of `/proc`'s pids are
+/// counted unread. Under a fork bomb each read of a forking process's files can wait on its
+/// memory map for a long while (seconds per answer under TCG), and an answer that comes too
+/// late is no answer.
+const PROCESS_READ_BUDGET: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// Fields of /proc/PID/stat that telemetry uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +245,16 @@ pub fn collect(id: u64, proc: &Path) -> Telemetry {
     pids.sort_unstable();
     let mut processes: Vec<ProcessInfo> = Vec::new();
     let mut process_count = 0u64;
-    for pid in pids {
+    let started = std::time::Instant::now();
+    let mut out_of_time = false;
+    for (i, pid) in pids.iter().enumerate() {
+        if started.elapsed() > PROCESS_READ_BUDGET {
+            out_of_time = true;
+            // Kernel threads come first (low pids, started at boot): the rest are user
+            // processes as far as a count goes.
+            process_count += (pids.len() - i) as u64;
+            break;
+        }
         let dir = proc.join(pid.to_string());
         let Some(stat) = user_stat(&dir) else {
             continue;
@@ -260,7 +274,8 @@ pub fn collect(id: u64, proc: &Path) -> Telemetry {
     let read = |name: &str| fs::read_to_string(proc.join(name)).unwrap_or_default();
     let (mem_total_kib, mem_available_kib) = parse_meminfo(&read("meminfo"));
     let (tcp_active_opens, tcp_attempt_fails) = parse_tcp_counters(&read("net/snmp"));
-    let truncated = processes.len() > MAX_ENTRIES
+    let truncated = out_of_time
+        || processes.len() > MAX_ENTRIES
         || listeners.len() > MAX_ENTRIES
         || connections.len() > MAX_ENTRIES;
     processes.truncate(MAX_ENTRIES);

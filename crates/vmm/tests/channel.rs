@@ -269,3 +269,74 @@ fn telemetry_lists_processes_and_sockets_and_host_stats_see_the_vmm() {
         "{s:?}"
     );
 }
+
+/// Everything the guest agent starts runs in the workloads' cgroup, and an unbounded fork bomb
+/// there stops at its pid limit while the agent keeps answering (telemetry included).
+#[test]
+fn workloads_run_in_their_cgroup_and_a_fork_bomb_leaves_the_agent_answering() {
+    let _s = serial();
+    let root = tempfile::tempdir().unwrap();
+    let (rt, _g) = boot(&root, "bomb", None);
+    let path = sock(&root, "bomb");
+    let out = with_channel(&path, |c| {
+        c.exec(
+            &sh("cat /proc/self/cgroup /sys/fs/cgroup/workloads/pids.max \
+                 /sys/fs/cgroup/workloads/cpu.weight; grep -c . /sys/fs/cgroup/cgroup.procs"),
+            TIMEOUT,
+            None,
+        )
+        .unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.get(..3),
+        Some(&["0::/workloads", "1024", "10"][..]),
+        "{text}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        console_text(&rt, "bomb")
+    );
+
+    // The classic bomb, unbounded but for the cgroup: it churns at the limit for good.
+    with_channel(&path, |c| {
+        c.exec(
+            &sh(
+                "(setsid sh -c 'b() { b & b & sleep 600; }; b' </dev/null >/dev/null 2>&1 &); true",
+            ),
+            TIMEOUT,
+            None,
+        )
+        .unwrap()
+    });
+    let started = Instant::now();
+    let (mut answers, mut most) = (0, 0);
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(30) {
+        let asked = Instant::now();
+        let t = rt.telemetry("bomb").unwrap_or_else(|e| {
+            panic!(
+                "the agent stopped answering {:?} into the bomb: {e}",
+                started.elapsed()
+            )
+        });
+        slowest = slowest.max(asked.elapsed());
+        answers += 1;
+        most = most.max(t.process_count);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "{answers} telemetry answers in 30 s of fork bomb, slowest {slowest:?}, \
+         at most {most} processes"
+    );
+    assert!(
+        most > 900,
+        "the bomb reached its limit: {most} processes at most"
+    );
+    // The workloads' limit plus the agent; past its read budget the guest counts pids unread,
+    // kernel workers started since boot among them, hence the margin.
+    assert!(
+        most <= 1024 + 128,
+        "{most} processes: the pid limit did not hold"
+    );
+    assert!(answers >= 10, "{answers} answers in 30 s");
+}
