@@ -10,8 +10,13 @@ use crate::AgentConfig;
 const HOST_RESERVE_MIB: u64 = 512;
 
 /// Gathers the facts, including the accelerator probe (a real probe boot, cached by the vmm
-/// crate per host). Blocking.
-pub fn gather_facts(config: &AgentConfig, runtime: &QemuRuntime) -> NodeFacts {
+/// crate per host) and the host's security posture; `metadata_egress_blocked`: the node
+/// network, whose ruleset drops guests' traffic to the metadata address, is up. Blocking.
+pub fn gather_facts(
+    config: &AgentConfig,
+    runtime: &QemuRuntime,
+    metadata_egress_blocked: bool,
+) -> NodeFacts {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -21,6 +26,12 @@ pub fn gather_facts(config: &AgentConfig, runtime: &QemuRuntime) -> NodeFacts {
         memory_mib: mem_mib.saturating_sub(HOST_RESERVE_MIB),
     });
     let (accel, accel_probe) = probe(config, runtime);
+    let isolation = runtime.sandbox().map(|sb| sb.facts());
+    let posture = crate::posture::gather_posture(
+        std::path::Path::new("/"),
+        isolation.as_ref(),
+        metadata_egress_blocked,
+    );
     NodeFacts {
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_owned())
@@ -36,14 +47,14 @@ pub fn gather_facts(config: &AgentConfig, runtime: &QemuRuntime) -> NodeFacts {
             .unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         network: None, // filled in by the caller, which owns the node network
-        isolation: runtime.sandbox().map(|sb| sb.facts()),
+        isolation,
         power: Some(config.power_override.clone().unwrap_or_else(|| {
             power_facts(
                 std::path::Path::new("/sys/class/power_supply"),
                 std::path::Path::new("/sys/class/powercap"),
             )
         })),
-        posture: None, // filled in by crate::posture (issue 7)
+        posture: Some(posture),
     }
 }
 

@@ -19,6 +19,7 @@ mod invoke;
 mod migrate;
 pub mod network;
 mod ops;
+mod posture;
 mod reconcile;
 pub mod runtimes;
 mod telemetry;
@@ -137,7 +138,8 @@ pub async fn run(
     let mut facts = {
         let cfg = config.clone();
         let rt = runtime.clone();
-        tokio::task::spawn_blocking(move || gather_facts(&cfg, &rt))
+        let metadata_blocked = net.metadata_egress_blocked();
+        tokio::task::spawn_blocking(move || gather_facts(&cfg, &rt, metadata_blocked))
             .await
             .map_err(|e| AgentError::Identity(format!("fact gathering panicked: {e}")))?
     };
@@ -153,6 +155,16 @@ pub async fn run(
         tracing::warn!(%why, "firecracker is not offered");
     }
     facts.runtimes = runtimes.names();
+    if runtimes.firecracker().is_some() {
+        let jailed = config
+            .firecracker
+            .as_ref()
+            .is_some_and(|fc| fc.jailer.is_some());
+        facts.posture = facts
+            .posture
+            .take()
+            .map(|p| posture::with_firecracker(p, jailed));
+    }
     if let Some(v) = &runtimes.firecracker_version {
         facts.vmm_version = format!("{}; {v}", facts.vmm_version);
     }

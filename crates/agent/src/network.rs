@@ -77,6 +77,15 @@ impl<H: Host> Network<H> {
         })
     }
 
+    /// Whether guests' traffic to the cloud metadata address (169.254.169.254) is dropped: the
+    /// ruleset that [`NodeNetwork::ensure_with`] installed (see
+    /// [`firefleet_vmm::net::rules`]) drops it from every TAP of the bridge, forwarded and
+    /// delivered to the host, so this holds exactly when the network is up. A node without a
+    /// network has no guest NICs and no rules.
+    pub fn metadata_egress_blocked(&self) -> bool {
+        self.net.is_some()
+    }
+
     /// Attaches `vm` as `req` asks (idempotent). `None`: the VM runs without a NIC (it asked
     /// for none, or this node has no network).
     pub fn attach(&self, vm: &str, req: &NetRequest) -> Result<Option<NetAttachment>, NetError> {
@@ -178,21 +187,31 @@ mod tests {
 
     use super::*;
 
-    /// Keeps the links that `ip` creates and deletes; refuses everything when `broken`.
+    /// Keeps the links that `ip` creates and deletes and the last script given to `nft`;
+    /// refuses everything when `broken`.
     #[derive(Debug, Clone, Default)]
     struct FakeHost {
         links: Arc<Mutex<BTreeSet<String>>>,
+        nft: Arc<Mutex<String>>,
         broken: bool,
     }
 
     impl Host for FakeHost {
-        fn run(&self, program: &str, args: &[String], _: Option<&str>) -> Result<String, NetError> {
+        fn run(
+            &self,
+            program: &str,
+            args: &[String],
+            stdin: Option<&str>,
+        ) -> Result<String, NetError> {
             if self.broken {
                 return Err(NetError::Command {
                     command: program.into(),
                     status: "exit status: 2".into(),
                     stderr: "Operation not permitted".into(),
                 });
+            }
+            if program == "nft" {
+                *self.nft.lock().unwrap() = stdin.unwrap_or_default().to_owned();
             }
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             let mut links = self.links.lock().unwrap();
@@ -245,8 +264,28 @@ mod tests {
                 gateway: "10.213.7.1".into(),
             })
         );
+        assert!(net.metadata_egress_blocked());
         assert_eq!(net.attach("off", &req("a", false)).unwrap(), None);
         let a = net.attach("vm1", &req("a", true)).unwrap().unwrap();
+        // Every guest's traffic to the metadata address is dropped, bridged and routed, before
+        // any accept: the fact reported above is the rule installed.
+        let rules = host.nft.lock().unwrap().clone();
+        assert!(rules.contains(&a.tap), "{rules}");
+        let bridge_drop = "iifname @taps ether type ip ip daddr 169.254.169.254 drop";
+        assert_eq!(
+            rules.matches(bridge_drop).count(),
+            2,
+            "forward and input: {rules}"
+        );
+        let first_accept = rules.find(" accept\n").unwrap();
+        assert!(rules.find(bridge_drop).unwrap() < first_accept, "{rules}");
+        assert_eq!(
+            rules
+                .matches("iifname \"ffagtest\" ip daddr 169.254.169.254 drop")
+                .count(),
+            2,
+            "inet input and forward: {rules}"
+        );
         assert_eq!(a.guest_ip, Ipv4Addr::new(10, 213, 7, 2));
         assert!(host.link_exists(&a.tap));
         assert_eq!(net.ip("vm1"), Some(a.guest_ip));
@@ -278,6 +317,7 @@ mod tests {
         };
         let net = Network::start_with(&cfg, host);
         assert_eq!(net.facts(), None);
+        assert!(!net.metadata_egress_blocked());
         assert_eq!(net.attach("vm1", &req("a", true)).unwrap(), None);
         net.detach("vm1").unwrap();
         assert!(net.allocated().is_empty());

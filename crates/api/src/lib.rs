@@ -573,6 +573,10 @@ pub struct ErrorDetail {
     /// The request field at fault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Why admission refused the object: one message per violated rule, prefixed with its
+    /// policy (`admission/resource_limits: ...`); code `policy_denied`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 /// `GET /healthz`.
@@ -979,4 +983,173 @@ pub struct AuditVerifyResponse {
     /// The first bad entry, if any.
     #[serde(default)]
     pub first_bad: Option<FirstBad>,
+}
+
+/// The header carrying admission warnings (policies in `warn` mode) on a create's response: one
+/// header per warning, `299 - "<policy>: <message>"` (RFC 7234's miscellaneous persistent
+/// warning, as Kubernetes does).
+pub const WARNING_HEADER: &str = "warning";
+
+/// A policy as the control plane keeps it (`GET /v1/policies`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyRecord {
+    /// Its name (`admission/resource_limits`, or any name a user applied it under).
+    pub name: String,
+    /// `admission` or `host`.
+    pub kind: String,
+    /// Its Rego package (`firefleet.admission.resource_limits`).
+    pub package: String,
+    /// Enforcement: `deny`, `warn` or `audit`.
+    pub mode: String,
+    /// This policy's version: 1 when first applied, one more on each apply.
+    pub version: u64,
+    /// The policy set's version this apply made.
+    pub set_version: u64,
+    /// The Rego source.
+    pub source: String,
+    /// From the built-in bundle (`policies/`), installed by the server.
+    pub builtin: bool,
+    /// Its Rego tests (`test_` rules).
+    #[serde(default)]
+    pub tests: Vec<String>,
+    /// When it was applied.
+    pub applied_ms: UnixMillis,
+}
+
+/// `POST /v1/policies`: adds or replaces a policy (admin).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyPolicyRequest {
+    /// The name (replaces the policy of that name; a built-in's name replaces the built-in).
+    pub name: String,
+    /// The Rego source.
+    pub source: String,
+    /// `deny`, `warn` or `audit`; none: the policy's `enforcement` rule, else deny.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// `GET /v1/policies`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PolicyList {
+    /// The policy set's version: one more on every apply or removal.
+    pub version: u64,
+    /// The policies, by name.
+    pub policies: Vec<PolicyRecord>,
+}
+
+/// A tenant's attributes the policies see as `input.tenant` (`PUT /v1/tenants/{id}`, admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRecord {
+    /// The tenant.
+    pub id: String,
+    /// Its class (`standard` when never set; e.g. `restricted`, `gpu`).
+    pub class: String,
+    /// Data residency: the regions its VMs' data must stay in (empty: anywhere).
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+/// `GET /v1/tenants`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantList {
+    /// The tenants with attributes set, by id.
+    pub tenants: Vec<TenantRecord>,
+}
+
+/// One violated rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyViolation {
+    /// The policy.
+    pub policy: String,
+    /// Its enforcement mode.
+    pub mode: String,
+    /// The policy's message.
+    pub message: String,
+}
+
+/// One control of a policy, as evaluated for a subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ComplianceControl {
+    /// The policy.
+    pub policy: String,
+    /// The control's id within it.
+    pub id: String,
+    /// Its name, for people.
+    pub name: String,
+    /// Whether the subject passes it.
+    pub passed: bool,
+    /// What was looked at.
+    #[schema(value_type = Object)]
+    pub evidence: serde_json::Value,
+}
+
+/// A VM's or a node's evaluation at a policy set version (`/v1/compliance`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ComplianceRecord {
+    /// `vm` or `node`.
+    pub kind: String,
+    /// The VM's id or the node's name.
+    pub subject: String,
+    /// The VM's name or the node's name.
+    pub name: String,
+    /// The VM's tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The policy set version it was evaluated at.
+    pub policy_version: u64,
+    /// No policy in `deny` mode is violated (warn and audit violations are listed but pass).
+    pub passed: bool,
+    /// Every violated rule, whatever its mode.
+    #[serde(default)]
+    pub violations: Vec<PolicyViolation>,
+    /// Every control evaluated.
+    #[serde(default)]
+    pub controls: Vec<ComplianceControl>,
+    /// When.
+    pub evaluated_ms: UnixMillis,
+    /// What was done about a failure (`stopped`, `migrating to NODE`, `tainted`, `warned`).
+    #[serde(default)]
+    pub remediation: Option<String>,
+}
+
+/// `GET /v1/compliance`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ComplianceList {
+    /// The policy set's current version.
+    pub policy_version: u64,
+    /// The records (a tenant sees only its VMs' records).
+    pub records: Vec<ComplianceRecord>,
+}
+
+/// Passes and failures of one control over every subject of a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ControlSummary {
+    /// The policy.
+    pub policy: String,
+    /// The control's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Subjects that pass it.
+    pub passed: u64,
+    /// Subjects that fail it.
+    pub failed: u64,
+}
+
+/// `GET /v1/compliance/report[?tenant=T]`: pass/fail per control with the evidence per subject.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ComplianceReport {
+    /// When it was made.
+    pub generated_ms: UnixMillis,
+    /// The policy set version.
+    pub policy_version: u64,
+    /// The tenant it is limited to, if any.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Per control, over every subject.
+    pub controls: Vec<ControlSummary>,
+    /// Every subject's record (nodes only for admins).
+    pub records: Vec<ComplianceRecord>,
 }

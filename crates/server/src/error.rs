@@ -29,6 +29,9 @@ pub enum ApiError {
     /// Valid credentials without the right to do this.
     #[error("{0}")]
     Forbidden(String),
+    /// Admission refused the object: the policies in `deny` mode it violates.
+    #[error("refused by policy: {}", .0.join("; "))]
+    PolicyDenied(Vec<String>),
     /// The object does not exist (or the caller may not see it).
     #[error("{kind} {name:?} not found")]
     NotFound {
@@ -67,6 +70,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::PolicyDenied(_) => "policy_denied",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout(_) => "timeout",

@@ -141,7 +141,7 @@ impl IntoResponse for ApiError {
             ApiError::Validation(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::PolicyDenied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -158,6 +158,10 @@ impl IntoResponse for ApiError {
                 code: self.code().to_owned(),
                 message,
                 field: self.field().map(str::to_owned),
+                reasons: match &self {
+                    ApiError::PolicyDenied(reasons) => reasons.clone(),
+                    _ => Vec::new(),
+                },
             },
         };
         (status, Json(body)).into_response()
