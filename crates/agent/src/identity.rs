@@ -88,7 +88,7 @@ pub async fn load_or_enroll(config: &AgentConfig) -> Result<Identity, AgentError
     })
     .map_err(|source| AgentError::Api {
         what: "building the enrollment client".into(),
-        source,
+        source: Box::new(source),
     })?;
     let resp = client
         .enroll(&EnrollRequest {
@@ -100,7 +100,7 @@ pub async fn load_or_enroll(config: &AgentConfig) -> Result<Identity, AgentError
         .await
         .map_err(|source| AgentError::Api {
             what: "enrolling".into(),
-            source,
+            source: Box::new(source),
         })?;
     write_private(&key, &key_pem)?;
     write_private(&ca, &resp.ca_pem)?;

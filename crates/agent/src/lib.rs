@@ -92,9 +92,9 @@ pub enum AgentError {
     Api {
         /// What was being done.
         what: String,
-        /// Cause.
+        /// Cause (boxed: an API error is large).
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
     /// The VMM runtime failed to start.
     #[error("vmm")]
@@ -118,7 +118,7 @@ pub async fn run(
     })
     .map_err(|source| AgentError::Api {
         what: "building the mTLS client".into(),
-        source,
+        source: Box::new(source),
     })?;
     // VMMs run sandboxed wherever the host allows it (root: own uid, seccomp, cgroups, jail);
     // the node facts say what is in force.

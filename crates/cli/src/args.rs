@@ -91,6 +91,15 @@ pub enum Command {
     /// Offline evaluations of the decision engines on recorded traces.
     #[command(subcommand)]
     Eval(crate::cmd_eval::EvalCommand),
+    /// Compliance as code: Rego admission and host policies (apply, list, test locally).
+    #[command(subcommand)]
+    Policy(crate::cmd_policy::PolicyCommand),
+    /// Tenant attributes the policies see (class, data-residency regions).
+    #[command(subcommand)]
+    Tenant(crate::cmd_policy::TenantCommand),
+    /// Every VM's and node's evaluation against the policies, and reports of it.
+    #[command(subcommand)]
+    Compliance(crate::cmd_policy::ComplianceCommand),
 }
 
 #[derive(Debug, Args)]

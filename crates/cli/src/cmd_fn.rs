@@ -247,7 +247,10 @@ async fn deploy(g: &Global, c: &firefleet_client::Client, a: FnDeployArgs) -> an
         runtime: a.runtime.parse()?,
         public: a.public,
     };
-    let mut v = c.deploy_function(&req).await?;
+    let (mut v, warnings) = c.deploy_function_with_warnings(&req).await?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     if !a.no_wait {
         let bar = spinner(g.output);
         bar.set_message(format!(

@@ -415,7 +415,10 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
             compliant_host: a.compliant_host,
         },
     };
-    let vm = c.vm_create(&req).await?;
+    let (vm, warnings) = c.vm_create_with_warnings(&req).await?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let vm = if a.wait {
         let v = wait_for(
             c,

@@ -1,6 +1,6 @@
 //! `firefleet`: the one binary. Parses the command line into a command enum and dispatches
-//! (`up`, `server`, `agent`, `vm`, `node`, `token`, `join-token`, `image`). Thin glue over the
-//! library crates; `anyhow` lives only here.
+//! (`up`, `server`, `agent`, `vm`, `node`, `token`, `join-token`, `image`, `policy`, ...).
+//! Thin glue over the library crates; `anyhow` lives only here.
 
 mod args;
 mod cmd_audit;
@@ -9,6 +9,7 @@ mod cmd_eval;
 mod cmd_fn;
 mod cmd_guard;
 mod cmd_image;
+mod cmd_policy;
 mod cmd_run;
 mod cmd_vm;
 mod output;
@@ -111,5 +112,8 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Threat(c) => cmd_guard::threat(&g, c).await,
         Command::Audit(c) => cmd_audit::run(&g, c).await,
         Command::Eval(c) => cmd_eval::run(&g, c),
+        Command::Policy(c) => cmd_policy::policy(&g, c).await,
+        Command::Tenant(c) => cmd_policy::tenant(&g, c).await,
+        Command::Compliance(c) => cmd_policy::compliance(&g, c).await,
     }
 }

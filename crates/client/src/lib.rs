@@ -2,6 +2,8 @@
 //! cluster CA, authenticates with a bearer token (people, scripts) or a client certificate
 //! (agents), and turns error bodies into [`ClientError::Api`] carrying the server's message.
 
+mod policy;
+
 use std::time::Duration;
 
 use firefleet_api::*;
@@ -26,6 +28,9 @@ pub enum ClientError {
         message: String,
         /// The field at fault.
         field: Option<String>,
+        /// Why admission refused the object (code `policy_denied`): one message per violated
+        /// rule, prefixed with its policy; empty otherwise.
+        reasons: Vec<String>,
     },
     /// The TLS configuration could not be built.
     #[error("TLS setup failed")]
@@ -120,6 +125,17 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<Option<T>, ClientError> {
+        let (url, req) = self.request(method, path, body);
+        self.finish(url, req).await
+    }
+
+    /// A request to `path` with the token and the JSON body; returns its URL too.
+    fn request<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> (String, reqwest::RequestBuilder) {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -128,7 +144,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        self.finish(url, req).await
+        (url, req)
     }
 
     async fn finish<T: DeserializeOwned>(
@@ -136,11 +152,21 @@ impl Client {
         url: String,
         req: reqwest::RequestBuilder,
     ) -> Result<Option<T>, ClientError> {
+        self.finish_with_headers(url, req).await.map(|(t, _)| t)
+    }
+
+    /// Like `finish`, also returning the response's headers.
+    async fn finish_with_headers<T: DeserializeOwned>(
+        &self,
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(Option<T>, reqwest::header::HeaderMap), ClientError> {
         let resp = req.send().await.map_err(|source| ClientError::Transport {
             url: url.clone(),
             source,
         })?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp
             .bytes()
             .await
@@ -149,26 +175,13 @@ impl Client {
                 source,
             })?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.error.code,
-                    message: e.error.message,
-                    field: e.error.field,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".to_owned(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                    field: None,
-                },
-            });
+            return Err(api_error(status.as_u16(), &bytes));
         }
         if status == StatusCode::NO_CONTENT || bytes.is_empty() {
-            return Ok(None);
+            return Ok((None, headers));
         }
         serde_json::from_slice(&bytes)
-            .map(Some)
+            .map(|t| (Some(t), headers))
             .map_err(|e| ClientError::Decode {
                 url,
                 detail: e.to_string(),
@@ -577,13 +590,8 @@ impl Client {
             .map_err(transport)?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Api {
-                status,
-                code: "http".to_owned(),
-                message: body.chars().take(300).collect(),
-                field: None,
-            });
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &body));
         }
         let mut n = 0u64;
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
@@ -827,6 +835,27 @@ impl Client {
     pub async fn audit_verify(&self) -> Result<firefleet_api::AuditVerifyResponse, ClientError> {
         self.must::<(), _>(Method::GET, "/v1/audit/verify", None)
             .await
+    }
+}
+
+/// The error a failed call's body describes (the API's error body, else its first 300
+/// characters).
+fn api_error(status: u16, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => ClientError::Api {
+            status,
+            code: e.error.code,
+            message: e.error.message,
+            field: e.error.field,
+            reasons: e.error.reasons,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "http".to_owned(),
+            message: String::from_utf8_lossy(body).chars().take(300).collect(),
+            field: None,
+            reasons: Vec::new(),
+        },
     }
 }
 

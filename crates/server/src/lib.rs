@@ -17,6 +17,7 @@ mod functions;
 mod guard;
 pub mod http;
 mod metrics;
+mod policy;
 mod repo;
 mod tls;
 
@@ -112,6 +113,8 @@ pub(crate) struct AppState {
     pub guard: Arc<guard::Guard>,
     /// The audit log's signing key and appender.
     pub audit: Arc<audit::Auditor>,
+    /// The compiled policy set in force.
+    pub policies: policy::Shared,
 }
 
 /// Errors starting the server.
@@ -197,8 +200,12 @@ impl Server {
                     source,
                 }
             })?),
+            policies: Arc::default(),
         };
         bootstrap_admin(&state, dir)
+            .await
+            .map_err(StartError::Bootstrap)?;
+        policy::install_builtin(&state)
             .await
             .map_err(StartError::Bootstrap)?;
 

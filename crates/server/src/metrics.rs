@@ -8,6 +8,10 @@ use std::{collections::BTreeMap, sync::Mutex};
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     placements: Mutex<(u64, u64)>,
+    /// Admission evaluations, and the time they took in total (nanoseconds).
+    pub admissions: std::sync::atomic::AtomicU64,
+    /// See `admissions`.
+    pub admission_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {

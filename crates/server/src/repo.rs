@@ -129,8 +129,20 @@ fn random_secret(prefix: &str) -> String {
 
 /// Creates a VM record (phase Pending), unique by (tenant, name).
 pub async fn create_vm(state: &AppState, spec: VmSpec) -> Result<Vm, ApiError> {
+    create_vm_admitted(state, spec).await.map(|(vm, _)| vm)
+}
+
+/// Creates a VM record after admission: refused (`PolicyDenied`) when a policy in `deny` mode
+/// refuses its spec; otherwise stored with its compliance record (one transaction); returns
+/// the VM and the admission warnings.
+pub async fn create_vm_admitted(
+    state: &AppState,
+    spec: VmSpec,
+) -> Result<(Vm, Vec<String>), ApiError> {
     crate::guard::check_quarantine(state, &spec.image).await?;
+    let mut admission = crate::policy::admit_vm(state, &spec).await?;
     let id: VmId = VmId::parse("id", &uuid::Uuid::new_v4().to_string())?;
+    admission.record.record.subject = id.to_string();
     let vm = Vm {
         id: id.clone(),
         generation: firefleet_types::Generation(1),
@@ -154,6 +166,10 @@ pub async fn create_vm(state: &AppState, spec: VmSpec) -> Result<Vm, ApiError> {
                     key: name_key,
                     value: id.as_str().as_bytes().to_vec(),
                 },
+                Op::Put {
+                    key: format!("{}{id}", crate::policy::VM_RECORDS),
+                    value: encode(&admission.record)?,
+                },
             ],
             vec![],
         )
@@ -164,7 +180,7 @@ pub async fn create_vm(state: &AppState, spec: VmSpec) -> Result<Vm, ApiError> {
             vm.spec.name, vm.spec.tenant
         )));
     }
-    Ok(vm)
+    Ok((vm, admission.warnings))
 }
 
 /// Reads a VM.

@@ -133,7 +133,7 @@ fn engine_config(cfg: &FunctionsConfig) -> EngineConfig {
 
 /// The spec of one of a function's VMs: its template (`template` None, booted) or an instance
 /// (restored from `template`), in `regions` (empty: anywhere).
-fn function_vm_spec(
+pub(crate) fn function_vm_spec(
     f: &Function,
     name: String,
     regions: Vec<String>,

@@ -4,6 +4,7 @@
 //! run sees the same state and finishes the work.
 
 mod compaction;
+pub(crate) mod compliance;
 pub(crate) mod functions;
 mod healing;
 mod nodes;
@@ -32,6 +33,13 @@ pub(crate) fn spawn_all(state: AppState, shutdown: watch::Receiver<bool>) -> Vec
             shutdown.clone(),
             Duration::from_secs(2),
             nodes::reconcile,
+        ),
+        spawn_loop(
+            "compliance",
+            state.clone(),
+            shutdown.clone(),
+            Duration::from_secs(2),
+            compliance::reconcile,
         ),
         spawn_loop(
             "healing",

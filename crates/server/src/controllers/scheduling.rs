@@ -14,6 +14,16 @@ use crate::{now_ms, repo, ApiError, AppState};
 /// its tenants, and prices, spot flag and edge power budget from the topology file.
 pub async fn cluster_view(state: &AppState, vms: &[Vm]) -> Result<ClusterView, ApiError> {
     let (nodes, _) = repo::list_json::<NodeInfo>(state, "/nodes/").await?;
+    // Host posture: compliant when its record at the current policy version passes (a node
+    // not evaluated yet at this version is not, until the compliance controller gets to it).
+    let version = crate::policy::version(state).await?;
+    let compliant: std::collections::HashSet<String> =
+        crate::policy::records(state, crate::policy::NODE_RECORDS)
+            .await?
+            .into_iter()
+            .filter(|r| r.record.passed && r.record.policy_version == version)
+            .map(|r| r.record.subject)
+            .collect();
     let mut allocated: BTreeMap<NodeId, Resources> = BTreeMap::new();
     let mut tenants: BTreeMap<NodeId, BTreeMap<String, u32>> = BTreeMap::new();
     for vm in vms
@@ -39,6 +49,7 @@ pub async fn cluster_view(state: &AppState, vms: &[Vm]) -> Result<ClusterView, A
                 // A node that has not reported facts yet is not ready for placements.
                 view.ready = n.status.readiness == NodeReadiness::Ready && n.status.facts.is_some();
                 view.tenants = tenants.get(&n.id).cloned().unwrap_or_default();
+                view.compliant = compliant.contains(n.id.as_str());
                 // Price, spot and edge power budget from the operator's topology file.
                 if let Some((vcpu, gib)) = state.topology.hourly_price(&n.labels) {
                     (view.price_vcpu_hour, view.price_gib_hour) = (vcpu, gib);
@@ -84,12 +95,23 @@ pub fn request_for(vm: &Vm) -> PlacementRequest {
 pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     // Prepare.
     let (vms, revision) = repo::list_vms(&state).await?;
+    // Only VMs with a passing compliance record at the current policy version are placed (the
+    // compliance controller evaluates the others, and stops those that fail).
+    let version = crate::policy::version(&state).await?;
+    let admitted: std::collections::HashSet<String> =
+        crate::policy::records(&state, crate::policy::VM_RECORDS)
+            .await?
+            .into_iter()
+            .filter(|r| r.record.passed && r.record.policy_version == version)
+            .map(|r| r.record.subject)
+            .collect();
     let pending: Vec<_> = vms
         .iter()
         .filter(|vm| {
             vm.status.phase == VmPhase::Pending
                 && vm.spec.desired == DesiredState::Running
                 && !vm.deleting
+                && admitted.contains(vm.id.as_str())
         })
         .collect();
     if pending.is_empty() {

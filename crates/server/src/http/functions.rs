@@ -143,12 +143,13 @@ fn view(state: &AppState, f: Function, vms: &[Vm], nodes: &[NodeInfo]) -> Functi
 /// one are replaced as they go idle).
 #[utoipa::path(post, path = "/v1/functions", request_body = DeployFunctionRequest, security(("bearer" = [])),
     responses((status = 201, body = FunctionView), (status = 200, body = FunctionView),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody, description = "refused by policy (code policy_denied, with reasons)")))]
 pub async fn deploy(
     State(state): State<AppState>,
     caller: Caller,
     ValidJson(req): ValidJson<DeployFunctionRequest>,
-) -> Result<(StatusCode, Json<FunctionView>), ApiError> {
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<FunctionView>), ApiError> {
     let tenant = match req.tenant {
         Some(t) if t != caller.tenant => {
             caller.require_admin()?;
@@ -176,6 +177,25 @@ pub async fn deploy(
         public: req.public,
     };
     spec.validate()?;
+    let admission = {
+        let probe = Function {
+            spec: spec.clone(),
+            generation: Generation(1),
+            status: FunctionStatus {
+                phase: FunctionPhase::Deploying,
+                message: None,
+                template: None,
+            },
+            created_ms: now_ms(),
+        };
+        let instance = crate::controllers::functions::function_vm_spec(
+            &probe,
+            format!("{}-admission", spec.name),
+            spec.regions.clone(),
+            None,
+        );
+        crate::policy::admit_function(&state, &spec, &instance).await?
+    };
     let (func, created) = loop {
         match repo::get_function(&state, &spec.tenant, &spec.name).await? {
             None => {
@@ -235,7 +255,11 @@ pub async fn deploy(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view(&state, func, &vms, &nodes))))
+    Ok((
+        status,
+        super::warning_headers(&admission.warnings),
+        Json(view(&state, func, &vms, &nodes)),
+    ))
 }
 
 /// List the caller's functions (an admin sees all).

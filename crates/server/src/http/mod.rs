@@ -8,6 +8,7 @@ pub(crate) mod functions;
 mod meta;
 pub(crate) mod migrations;
 pub(crate) mod plan;
+mod policy;
 mod threats;
 mod vm_ops;
 mod vms;
@@ -85,6 +86,15 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/agent/vms/{vm}/stats", put(agent::report_stats))
         .route("/v1/agent/telemetry", post(threats::telemetry))
+        .route("/v1/policies", get(policy::list).post(policy::apply))
+        .route(
+            "/v1/policies/{*name}",
+            get(policy::get).delete(policy::remove),
+        )
+        .route("/v1/tenants", get(policy::tenants))
+        .route("/v1/tenants/{id}", put(policy::put_tenant))
+        .route("/v1/compliance", get(policy::records))
+        .route("/v1/compliance/report", get(policy::report))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/threats", get(threats::list))
@@ -166,6 +176,32 @@ impl IntoResponse for ApiError {
         };
         (status, Json(body)).into_response()
     }
+}
+
+/// One `warning` header per admission warning (`299 - "<text>"`, quotes and backslashes
+/// escaped, non-ASCII replaced).
+pub(crate) fn warning_headers(warnings: &[String]) -> axum::http::HeaderMap {
+    let mut headers = axum::http::HeaderMap::new();
+    for w in warnings {
+        let text: String = w
+            .chars()
+            .map(|c| {
+                if c.is_ascii() && !c.is_ascii_control() {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        let value = format!(
+            "299 - \"{}\"",
+            text.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            headers.append(firefleet_api::WARNING_HEADER, v);
+        }
+    }
+    headers
 }
 
 /// A JSON body, size-limited, deserialised with the path of the failing field in the error.
@@ -294,6 +330,14 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         agent::snapshot_data_get,
         agent::report_exec,
         agent::report_stats,
+        policy::list,
+        policy::apply,
+        policy::get,
+        policy::remove,
+        policy::tenants,
+        policy::put_tenant,
+        policy::records,
+        policy::report,
         threats::telemetry,
         threats::list,
         threats::get,

@@ -43,12 +43,13 @@ pub(crate) async fn find_vm(state: &AppState, caller: &Caller, key: &str) -> Res
 /// Create a VM.
 #[utoipa::path(post, path = "/v1/vms", request_body = CreateVmRequest, security(("bearer" = [])),
     responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody, description = "refused by policy (code policy_denied, with reasons)"),
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     ValidJson(req): ValidJson<CreateVmRequest>,
-) -> Result<(StatusCode, Json<Vm>), ApiError> {
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<Vm>), ApiError> {
     let tenant = match req.tenant {
         Some(t) if t != caller.tenant => {
             caller.require_admin()?;
@@ -73,9 +74,13 @@ pub async fn create(
         function: None,
     };
     spec.validate()?;
-    let vm = repo::create_vm(&state, spec).await?;
+    let (vm, warnings) = repo::create_vm_admitted(&state, spec).await?;
     state.kick.notify_waiters();
-    Ok((StatusCode::CREATED, Json(vm)))
+    Ok((
+        StatusCode::CREATED,
+        super::warning_headers(&warnings),
+        Json(vm),
+    ))
 }
 
 /// List the caller's VMs (an admin sees all).

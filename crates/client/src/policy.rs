@@ -1,0 +1,174 @@
+//! Policies, tenants' attributes, compliance, and the admission warnings of creates.
+
+use firefleet_api::{
+    ApplyPolicyRequest, ComplianceList, ComplianceReport, CreateVmRequest, DeployFunctionRequest,
+    FunctionView, PolicyList, PolicyRecord, TenantList, TenantRecord, WARNING_HEADER,
+};
+use firefleet_types::Vm;
+use reqwest::Method;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{enc, Client, ClientError};
+
+impl Client {
+    /// Creates a VM; also returns the warnings of policies in `warn` mode it violates.
+    pub async fn vm_create_with_warnings(
+        &self,
+        req: &CreateVmRequest,
+    ) -> Result<(Vm, Vec<String>), ClientError> {
+        self.must_with_warnings("/v1/vms", req).await
+    }
+
+    /// `POST /v1/functions`; also returns the warnings of policies in `warn` mode it violates.
+    pub async fn deploy_function_with_warnings(
+        &self,
+        req: &DeployFunctionRequest,
+    ) -> Result<(FunctionView, Vec<String>), ClientError> {
+        self.must_with_warnings("/v1/functions", req).await
+    }
+
+    /// `GET /v1/policies`.
+    pub async fn policy_list(&self) -> Result<PolicyList, ClientError> {
+        self.must::<(), _>(Method::GET, "/v1/policies", None).await
+    }
+
+    /// `POST /v1/policies`: adds or replaces a policy (admin).
+    pub async fn policy_apply(
+        &self,
+        req: &ApplyPolicyRequest,
+    ) -> Result<PolicyRecord, ClientError> {
+        self.must(Method::POST, "/v1/policies", Some(req)).await
+    }
+
+    /// `GET /v1/policies/{name}` (names such as `admission/resource_limits`).
+    pub async fn policy_get(&self, name: &str) -> Result<PolicyRecord, ClientError> {
+        self.must::<(), _>(Method::GET, &policy_path(name), None)
+            .await
+    }
+
+    /// `DELETE /v1/policies/{name}` (admin).
+    pub async fn policy_delete(&self, name: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(Method::DELETE, &policy_path(name), None)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/tenants`: the tenants with attributes set.
+    pub async fn tenant_list(&self) -> Result<TenantList, ClientError> {
+        self.must::<(), _>(Method::GET, "/v1/tenants", None).await
+    }
+
+    /// `PUT /v1/tenants/{id}`: sets a tenant's class and regions (admin).
+    pub async fn tenant_put(&self, tenant: &TenantRecord) -> Result<TenantRecord, ClientError> {
+        self.must(
+            Method::PUT,
+            &format!("/v1/tenants/{}", enc(&tenant.id)),
+            Some(tenant),
+        )
+        .await
+    }
+
+    /// `GET /v1/compliance`: every VM's and node's latest evaluation.
+    pub async fn compliance_list(&self) -> Result<ComplianceList, ClientError> {
+        self.must::<(), _>(Method::GET, "/v1/compliance", None)
+            .await
+    }
+
+    /// `GET /v1/compliance/report[?tenant=T]`.
+    pub async fn compliance_report(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<ComplianceReport, ClientError> {
+        let path = match tenant {
+            Some(t) => format!("/v1/compliance/report?tenant={}", enc(t)),
+            None => "/v1/compliance/report".to_owned(),
+        };
+        self.must::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `POST path` with `body`: the response and the warnings in its `warning` headers.
+    async fn must_with_warnings<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(T, Vec<String>), ClientError> {
+        let (url, req) = self.request(Method::POST, path, Some(body));
+        let (value, headers) = self.finish_with_headers(url.clone(), req).await?;
+        let value = value.ok_or_else(|| ClientError::Decode {
+            url,
+            detail: "empty body".to_owned(),
+        })?;
+        let warnings = headers
+            .get_all(WARNING_HEADER)
+            .iter()
+            .map(|v| warning_text(&String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        Ok((value, warnings))
+    }
+}
+
+/// `/v1/policies/<name>`, each `/`-separated part of the name encoded, the slashes kept.
+fn policy_path(name: &str) -> String {
+    let parts: Vec<String> = name.split('/').map(enc).collect();
+    format!("/v1/policies/{}", parts.join("/"))
+}
+
+/// The text of a `warning` header value `299 - "<text>"` (RFC 7234: code, agent, quoted text,
+/// optional date); a value not in that form is returned as it is.
+fn warning_text(value: &str) -> String {
+    let value = value.trim();
+    let quoted = value
+        .split_once(' ')
+        .filter(|(code, _)| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|(_, rest)| rest.trim_start().split_once(' '))
+        .map(|(_agent, rest)| rest.trim_start())
+        .and_then(|rest| rest.strip_prefix('"'));
+    let Some(quoted) = quoted else {
+        return value.to_owned();
+    };
+    let mut text = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return text,
+            '\\' => match chars.next() {
+                Some(escaped) => text.push(escaped),
+                None => break,
+            },
+            c => text.push(c),
+        }
+    }
+    // No closing quote: not the form we know.
+    value.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warning_headers_give_their_text() {
+        assert_eq!(
+            warning_text(r#"299 - "admission/egress_limited: no egress limit""#),
+            "admission/egress_limited: no egress limit"
+        );
+        assert_eq!(
+            warning_text(r#"299 - "a \"quoted\" word" "Sat, 01 Jan 2000 00:00:00 GMT""#),
+            r#"a "quoted" word"#
+        );
+        assert_eq!(warning_text("just text"), "just text");
+        assert_eq!(
+            warning_text(r#"299 - "unterminated"#),
+            r#"299 - "unterminated"#
+        );
+    }
+
+    #[test]
+    fn policy_names_keep_their_slash() {
+        assert_eq!(
+            policy_path("admission/resource_limits"),
+            "/v1/policies/admission/resource_limits"
+        );
+        assert_eq!(policy_path("host/a b"), "/v1/policies/host/a%20b");
+    }
+}

@@ -1,0 +1,316 @@
+//! Continuous compliance: whenever the policy set, a node's facts or a VM's spec changes, the
+//! affected nodes and VMs are evaluated again and their records rewritten at the current
+//! policy version; what fails is remediated.
+//!
+//! - A node failing a host policy in `deny` mode is tainted: its record fails, and the
+//!   scheduler places no VM that asks for a compliant host on it (`cluster_view`).
+//! - A VM failing an admission policy in `deny` mode is stopped (`desired: stopped`, with the
+//!   reasons as its message). A VM that asks for a compliant host and sits on a tainted node is
+//!   migrated to a compliant one, or stopped when there is none.
+//! - Violations in `warn` and `audit` mode are recorded (and audited), nothing more.
+//!
+//! Together with admission (a VM is created with a record) and the scheduler (a Pending VM is
+//! only placed with a passing record at the current version), this keeps the invariant: no VM
+//! runs without a passing record at the current policy version, but for the time between a
+//! policy change and this controller's next pass (it is kicked by the change).
+
+use std::collections::{BTreeMap, HashMap};
+
+use firefleet_types::{DesiredState, MigrationMode, NodeId, NodeInfo, Vm, VmPhase};
+
+use crate::policy::{self, StoredRecord};
+use crate::{now_ms, repo, ApiError, AppState};
+
+/// What to do about a VM after its evaluation (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remedy {
+    /// Compliant, or already at rest.
+    Nothing,
+    /// Stop it: its spec breaks a policy in deny mode (or it needs a compliant host and none
+    /// is left).
+    Stop,
+    /// Move it off its tainted node.
+    Migrate,
+}
+
+/// The remedy for a VM that wants to run (`wants_to_run`: desired running or paused, not
+/// deleting), from its record's verdict and, for a VM that needs a compliant host, its node's.
+pub fn remedy(
+    wants_to_run: bool,
+    passed: bool,
+    needs_compliant_host: bool,
+    on_compliant_host: Option<bool>,
+) -> Remedy {
+    if !wants_to_run {
+        Remedy::Nothing
+    } else if !passed {
+        Remedy::Stop
+    } else if needs_compliant_host && on_compliant_host == Some(false) {
+        Remedy::Migrate
+    } else {
+        Remedy::Nothing
+    }
+}
+
+/// Whether a stored record is the verdict on `digest` at `version`.
+pub fn is_current(r: &StoredRecord, version: u64, digest: &str) -> bool {
+    r.record.policy_version == version && r.input_digest == digest
+}
+
+fn wants_to_run(vm: &Vm) -> bool {
+    !vm.deleting && vm.spec.desired != DesiredState::Stopped && !vm.status.phase.is_terminal()
+}
+
+pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
+    let (version, set) = policy::current(&state).await?;
+
+    // Nodes.
+    let (nodes, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
+    let mut node_records: HashMap<String, StoredRecord> =
+        policy::records(&state, policy::NODE_RECORDS)
+            .await?
+            .into_iter()
+            .map(|r| (r.record.subject.clone(), r))
+            .collect();
+    for node in nodes.iter().filter(|n| n.status.facts.is_some()) {
+        let digest = policy::digest(&policy::node_input(node));
+        let old = node_records.get(node.id.as_str());
+        if old.is_some_and(|r| is_current(r, version, &digest)) {
+            continue;
+        }
+        let mut fresh = policy::evaluate_node(&set, version, node);
+        if !fresh.record.passed {
+            fresh.record.remediation =
+                Some("tainted: no new VM that needs a compliant host".to_owned());
+        }
+        let changed = old.map(|r| r.record.passed) != Some(fresh.record.passed);
+        if changed {
+            let event = firefleet_audit::Event::new(
+                now_ms(),
+                "controller:compliance",
+                if fresh.record.passed {
+                    "compliance.node_compliant"
+                } else {
+                    "compliance.node_tainted"
+                },
+                format!("node/{}", node.id),
+                "ok",
+            )
+            .with("policy_version", version.to_string())
+            .with("violations", violations_text(&fresh));
+            state.audit.record(&state, event).await;
+            tracing::info!(node = %node.id, passed = fresh.record.passed, version, "node posture evaluated");
+        }
+        policy::put_record(
+            &state,
+            format!("{}{}", policy::NODE_RECORDS, node.id),
+            &fresh,
+        )
+        .await?;
+        node_records.insert(node.id.to_string(), fresh);
+    }
+    let host_ok = |node: &NodeId| {
+        node_records
+            .get(node.as_str())
+            .map(|r| r.record.passed && r.record.policy_version == version)
+    };
+
+    // VMs.
+    let (vms, _) = repo::list_vms(&state).await?;
+    let vm_records: HashMap<String, StoredRecord> = policy::records(&state, policy::VM_RECORDS)
+        .await?
+        .into_iter()
+        .map(|r| (r.record.subject.clone(), r))
+        .collect();
+    let mut tenants = BTreeMap::new();
+    let mut to_migrate = Vec::new();
+    for vm in &vms {
+        if vm.deleting {
+            continue;
+        }
+        let tenant = match tenants.get(&vm.spec.tenant) {
+            Some(t) => t,
+            None => {
+                let t = policy::tenant(&state, &vm.spec.tenant).await?;
+                tenants.entry(vm.spec.tenant.clone()).or_insert(t)
+            }
+        };
+        let input = serde_json::json!({ "vm": vm.spec, "tenant": tenant });
+        let digest = policy::digest(&input);
+        let key = format!("{}{}", policy::VM_RECORDS, vm.id);
+        let mut record = match vm_records.get(vm.id.as_str()) {
+            Some(r) if is_current(r, version, &digest) => r.clone(),
+            old => {
+                let mut fresh =
+                    policy::evaluate_vm(&set, version, vm.id.as_str(), &vm.spec, &input);
+                // Still failing: what was done about it stands (the stop changed the spec).
+                if !fresh.record.record.passed {
+                    fresh.record.record.remediation =
+                        old.and_then(|r| r.record.remediation.clone());
+                }
+                policy::put_record(&state, key.clone(), &fresh.record).await?;
+                fresh.record
+            }
+        };
+        let node_ok = vm.status.node.as_ref().and_then(host_ok);
+        match remedy(
+            wants_to_run(vm),
+            record.record.passed,
+            vm.spec.placement.compliant_host,
+            node_ok,
+        ) {
+            Remedy::Nothing => {}
+            Remedy::Stop => {
+                let reasons: Vec<String> = record
+                    .record
+                    .violations
+                    .iter()
+                    .filter(|v| v.mode == "deny")
+                    .map(|v| format!("{}: {}", v.policy, v.message))
+                    .collect();
+                stop(&state, vm, &reasons, version).await?;
+                record.record.remediation = Some("stopped".to_owned());
+                policy::put_record(&state, key, &record).await?;
+            }
+            Remedy::Migrate => to_migrate.push(vm.clone()),
+        }
+    }
+    if !to_migrate.is_empty() {
+        migrate(&state, &vms, &to_migrate, version).await?;
+    }
+    Ok(())
+}
+
+fn violations_text(r: &StoredRecord) -> String {
+    r.record
+        .violations
+        .iter()
+        .map(|v| format!("{} ({}): {}", v.policy, v.mode, v.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn stop(state: &AppState, vm: &Vm, reasons: &[String], version: u64) -> Result<(), ApiError> {
+    let message = format!(
+        "stopped by compliance (policy version {version}): {}",
+        reasons.join("; ")
+    );
+    let stopped = repo::update_vm(state, &vm.id, |v| {
+        if v.spec.desired == DesiredState::Stopped || v.deleting {
+            return Ok(false);
+        }
+        v.spec.desired = DesiredState::Stopped;
+        v.generation = v.generation.next();
+        v.status.message = Some(message.clone());
+        Ok(true)
+    })
+    .await?;
+    tracing::warn!(vm = %vm.id, %message, "non-compliant VM stopped");
+    let mut event = firefleet_audit::Event::new(
+        now_ms(),
+        "controller:compliance",
+        "compliance.stop",
+        format!("vm/{}", vm.id),
+        "ok",
+    )
+    .with("policy_version", version.to_string())
+    .with("name", vm.spec.name.clone())
+    .with("tenant", vm.spec.tenant.to_string());
+    for (i, r) in reasons.iter().enumerate() {
+        event = event.with(format!("violation.{i}"), r.clone());
+    }
+    state.audit.record(state, event).await;
+    let _ = stopped;
+    state.kick.notify_waiters();
+    Ok(())
+}
+
+/// Moves VMs off tainted nodes to nodes the scheduler picks among the compliant ones (one
+/// batch); those with nowhere to go are stopped.
+async fn migrate(
+    state: &AppState,
+    vms: &[Vm],
+    movers: &[Vm],
+    version: u64,
+) -> Result<(), ApiError> {
+    use firefleet_scheduler::{place, Placement, Weights};
+    use rand::SeedableRng;
+    let view = super::scheduling::cluster_view(state, vms).await?;
+    let requests: Vec<_> = movers.iter().map(super::scheduling::request_for).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(version);
+    for p in place(&view, &requests, &Weights::default(), &mut rng) {
+        let Some(vm) = movers.iter().find(|v| match &p {
+            Placement::Placed { vm, .. } | Placement::Unschedulable { vm, .. } => *vm == v.id,
+        }) else {
+            continue;
+        };
+        let Some(from) = vm.status.node.clone() else {
+            continue;
+        };
+        if repo::get_json::<firefleet_types::Migration>(state, &repo::migration_key(&vm.id))
+            .await?
+            .is_some_and(|(m, _)| !m.phase.is_terminal())
+        {
+            continue; // already on its way
+        }
+        match p {
+            Placement::Placed { node, .. }
+                if node != from && vm.status.phase == VmPhase::Running =>
+            {
+                let mode = if vm.spec.runtime == firefleet_types::VmRuntime::Qemu {
+                    MigrationMode::Live
+                } else {
+                    MigrationMode::Snapshot
+                };
+                crate::http::migrations::start(state, vm, from.clone(), node.clone(), mode).await?;
+                let event = firefleet_audit::Event::new(
+                    now_ms(),
+                    "controller:compliance",
+                    "compliance.migrate",
+                    format!("vm/{}", vm.id),
+                    "ok",
+                )
+                .with("policy_version", version.to_string())
+                .with("from", from.to_string())
+                .with("to", node.to_string());
+                state.audit.record(state, event).await;
+                let key = format!("{}{}", policy::VM_RECORDS, vm.id);
+                if let Some((mut r, _)) = repo::get_json::<StoredRecord>(state, &key).await? {
+                    r.record.remediation =
+                        Some(format!("migrating to {node}: node {from} is tainted"));
+                    policy::put_record(state, key, &r).await?;
+                }
+            }
+            Placement::Placed { .. } => {} // not running yet, or nowhere else: wait
+            Placement::Unschedulable { reasons, .. } => {
+                let why = format!(
+                    "its node {from} is tainted and no compliant node can take it ({})",
+                    reasons
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+                stop(state, vm, &[why], version).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remedies() {
+        assert_eq!(remedy(true, true, false, None), Remedy::Nothing);
+        assert_eq!(remedy(true, false, false, Some(true)), Remedy::Stop);
+        assert_eq!(remedy(false, false, false, None), Remedy::Nothing);
+        assert_eq!(remedy(true, true, true, Some(false)), Remedy::Migrate);
+        assert_eq!(remedy(true, true, true, Some(true)), Remedy::Nothing);
+        assert_eq!(remedy(true, true, false, Some(false)), Remedy::Nothing);
+        // A spec that breaks a policy is stopped whatever its host.
+        assert_eq!(remedy(true, false, true, Some(false)), Remedy::Stop);
+    }
+}
