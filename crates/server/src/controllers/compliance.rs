@@ -57,6 +57,34 @@ pub fn is_current(r: &StoredRecord, version: u64, digest: &str) -> bool {
     r.record.policy_version == version && r.input_digest == digest
 }
 
+/// A VM's verdict at `version` (pure): its stored record when that is current for this input,
+/// else a fresh evaluation (`true`: to be stored). A fresh verdict that still fails keeps what
+/// was done about the old one (stopping the VM changed its spec, not the verdict).
+pub fn vm_verdict(
+    set: &firefleet_policy::PolicySet,
+    version: u64,
+    vm: &Vm,
+    input: &serde_json::Value,
+    old: Option<&StoredRecord>,
+) -> (StoredRecord, bool) {
+    let digest = policy::digest(input);
+    match old {
+        Some(r) if is_current(r, version, &digest) => (r.clone(), false),
+        old => {
+            let mut fresh = policy::evaluate_vm(set, version, vm.id.as_str(), &vm.spec, input);
+            if !fresh.record.record.passed {
+                fresh.record.record.remediation = old.and_then(|r| r.record.remediation.clone());
+            }
+            (fresh.record, true)
+        }
+    }
+}
+
+/// Whether the scheduler may place a VM with this record: it passes at the current version.
+pub fn placeable(record: Option<&StoredRecord>, version: u64) -> bool {
+    record.is_some_and(|r| r.record.passed && r.record.policy_version == version)
+}
+
 fn wants_to_run(vm: &Vm) -> bool {
     !vm.deleting && vm.spec.desired != DesiredState::Stopped && !vm.status.phase.is_terminal()
 }
@@ -136,22 +164,12 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             }
         };
         let input = serde_json::json!({ "vm": vm.spec, "tenant": tenant });
-        let digest = policy::digest(&input);
         let key = format!("{}{}", policy::VM_RECORDS, vm.id);
-        let mut record = match vm_records.get(vm.id.as_str()) {
-            Some(r) if is_current(r, version, &digest) => r.clone(),
-            old => {
-                let mut fresh =
-                    policy::evaluate_vm(&set, version, vm.id.as_str(), &vm.spec, &input);
-                // Still failing: what was done about it stands (the stop changed the spec).
-                if !fresh.record.record.passed {
-                    fresh.record.record.remediation =
-                        old.and_then(|r| r.record.remediation.clone());
-                }
-                policy::put_record(&state, key.clone(), &fresh.record).await?;
-                fresh.record
-            }
-        };
+        let (mut record, changed) =
+            vm_verdict(&set, version, vm, &input, vm_records.get(vm.id.as_str()));
+        if changed {
+            policy::put_record(&state, key.clone(), &record).await?;
+        }
         let node_ok = vm.status.node.as_ref().and_then(host_ok);
         match remedy(
             wants_to_run(vm),
@@ -301,6 +319,132 @@ async fn migrate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firefleet_policy::{PolicyDoc, PolicySet};
+    use firefleet_types::{Generation, VmId, VmSpec, VmStatus};
+    use proptest::prelude::*;
+
+    /// What happens to the fleet, in any order.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A user creates a VM of this much memory (admission first).
+        Create(u64),
+        /// An admin applies a memory limit (a new policy set version).
+        Limit(u64),
+        /// The admin removes the limit (a new version).
+        Unlimit,
+        /// The scheduler places what it may (and the agent starts it).
+        Schedule,
+        /// The compliance controller's pass.
+        Comply,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (128u64..2048).prop_map(Step::Create),
+            (128u64..2048).prop_map(Step::Limit),
+            Just(Step::Unlimit),
+            Just(Step::Schedule),
+            Just(Step::Comply),
+        ]
+    }
+
+    fn set(limit: Option<u64>) -> PolicySet {
+        let mut docs = firefleet_policy::builtin();
+        if let Some(l) = limit {
+            docs.push(PolicyDoc {
+                name: "admission/limit".into(),
+                source: format!(
+                    "package firefleet.admission.limit\nimport rego.v1\n\
+                     deny contains \"too big\" if input.vm.resources.memory_mib > {l}\n"
+                ),
+                mode: None,
+            });
+        }
+        PolicySet::compile(&docs).unwrap()
+    }
+
+    struct Sim {
+        vm: Vm,
+        running: bool,
+        record: StoredRecord,
+    }
+
+    fn vm(n: usize, memory_mib: u64) -> Vm {
+        let spec: VmSpec = serde_json::from_value(serde_json::json!({
+            "name": format!("vm{n}"), "tenant": "acme",
+            "image": format!("sha256:{}", "a".repeat(64)),
+            "resources": {"vcpus": 1, "memory_mib": memory_mib}, "desired": "running",
+        }))
+        .unwrap();
+        Vm {
+            id: VmId::parse("id", &format!("00000000-0000-4000-8000-{n:012}")).unwrap(),
+            generation: Generation(1),
+            spec,
+            status: VmStatus::new(0),
+            deleting: false,
+        }
+    }
+
+    fn input(vm: &Vm) -> serde_json::Value {
+        serde_json::json!({"vm": vm.spec, "tenant": {"id": "acme", "class": "standard", "regions": []}})
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Compliance(vm) => Running: the scheduler starts no VM without a passing record at
+        /// the current version, admission refuses what breaks the policies, and after each
+        /// compliance pass every running VM has a passing record at the current version.
+        #[test]
+        fn no_vm_runs_without_a_passing_record_at_the_current_version(
+            steps in proptest::collection::vec(step(), 1..40)
+        ) {
+            let (mut version, mut current) = (1u64, set(None));
+            let mut fleet: Vec<Sim> = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Create(mem) => {
+                        let v = vm(fleet.len(), mem);
+                        let adm = policy::evaluate_vm(&current, version, v.id.as_str(), &v.spec, &input(&v));
+                        if adm.denied.is_empty() {
+                            prop_assert!(adm.record.record.passed);
+                            fleet.push(Sim { vm: v, running: false, record: adm.record });
+                        } else {
+                            prop_assert!(!adm.record.record.passed);
+                        }
+                    }
+                    Step::Limit(l) => { version += 1; current = set(Some(l)); }
+                    Step::Unlimit => { version += 1; current = set(None); }
+                    Step::Schedule => {
+                        for f in fleet.iter_mut().filter(|f| !f.running && wants_to_run(&f.vm)) {
+                            if placeable(Some(&f.record), version) {
+                                f.running = true;
+                            }
+                        }
+                    }
+                    Step::Comply => {
+                        for f in &mut fleet {
+                            let (r, _) = vm_verdict(&current, version, &f.vm, &input(&f.vm), Some(&f.record));
+                            f.record = r;
+                            if remedy(wants_to_run(&f.vm), f.record.record.passed, false, None) == Remedy::Stop {
+                                f.vm.spec.desired = DesiredState::Stopped;
+                                f.running = false;
+                            }
+                        }
+                        for f in fleet.iter().filter(|f| f.running) {
+                            prop_assert!(f.record.record.passed && f.record.record.policy_version == version,
+                                "{} runs with {:?}", f.vm.spec.name, f.record.record);
+                        }
+                    }
+                }
+                // Whatever runs passed at some version, and nothing runs that a policy in
+                // force at its record's version refused.
+                for f in fleet.iter().filter(|f| f.running) {
+                    prop_assert!(f.record.record.passed);
+                }
+            }
+        }
+    }
 
     #[test]
     fn remedies() {

@@ -98,12 +98,11 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     // Only VMs with a passing compliance record at the current policy version are placed (the
     // compliance controller evaluates the others, and stops those that fail).
     let version = crate::policy::version(&state).await?;
-    let admitted: std::collections::HashSet<String> =
+    let records: std::collections::HashMap<String, crate::policy::StoredRecord> =
         crate::policy::records(&state, crate::policy::VM_RECORDS)
             .await?
             .into_iter()
-            .filter(|r| r.record.passed && r.record.policy_version == version)
-            .map(|r| r.record.subject)
+            .map(|r| (r.record.subject.clone(), r))
             .collect();
     let pending: Vec<_> = vms
         .iter()
@@ -111,7 +110,7 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             vm.status.phase == VmPhase::Pending
                 && vm.spec.desired == DesiredState::Running
                 && !vm.deleting
-                && admitted.contains(vm.id.as_str())
+                && super::compliance::placeable(records.get(vm.id.as_str()), version)
         })
         .collect();
     if pending.is_empty() {
