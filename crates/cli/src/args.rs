@@ -141,6 +141,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 128)]
         memory: u64,
     },
+    /// Admission latency with the built-in policy bundle: the engine alone, and (with
+    /// `--api`) the API's round trip for a create the policies refuse.
+    Admission {
+        /// Samples of each.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Also measure through the server (`--server`, `--token`).
+        #[arg(long)]
+        api: bool,
+    },
     /// Cold boot to ready vs restore from a snapshot to running, on this host (no server).
     Restore {
         /// Samples of each.

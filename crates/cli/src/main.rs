@@ -5,6 +5,7 @@
 mod args;
 mod cmd_audit;
 mod cmd_bench;
+mod cmd_bench_admission;
 mod cmd_eval;
 mod cmd_fn;
 mod cmd_guard;
@@ -104,6 +105,9 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
             warm,
             memory,
         }) => cmd_bench::function(&g, count, warm, memory).await,
+        Command::Bench(args::BenchCommand::Admission { count, api }) => {
+            cmd_bench_admission::admission(&g, count, api).await
+        }
         Command::Bench(args::BenchCommand::Restore { count, state_dir }) => {
             cmd_bench::restore(&g, count, state_dir).await
         }
