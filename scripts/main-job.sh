@@ -4,8 +4,8 @@
 # restore a VM whose counter goes on, a second node joins and VMs are placed across the labelled
 # nodes, the counter VM migrates to the other node, run a VM on a disk image built from a
 # directory, deploy a function (a cold start from its snapshot template, warm calls, scale to
-# zero), a reverse shell in a guest detected and contained by the guard, stop and delete
-# everything, tear down, exit 0.
+# zero), a reverse shell in a guest detected and contained by the guard, a VM refused by a
+# policy and the compliance report, stop and delete everything, tear down, exit 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -195,6 +195,18 @@ done
 rm -rf "$FIREFLEET_IMAGE_DIR/disks/$disk_image"
 "$ff" vm ls
 
+step "compliance: the policies in force, a VM the built-in policies refuse, the compliance report"
+"$ff" policy ls
+if "$ff" vm run --name greedy --vcpus 12 2> "$data/refused.txt"; then
+  echo "a VM with 12 vCPUs was admitted" >&2; exit 1
+fi
+cat "$data/refused.txt"
+grep -q "refused by policy" "$data/refused.txt"
+"$ff" compliance ls
+"$ff" compliance report --format html --out "$data/compliance.html"
+grep -c "<tr" "$data/compliance.html"
+"$ff" compliance report --format json > "$data/compliance.json"
+head -n 30 "$data/compliance.json"
 
 step "tearing down"
 kill "$agent2"

@@ -161,7 +161,8 @@ impl Evaluation {
         self.results.iter().all(|r| r.violations.is_empty())
     }
 
-    fn messages(&self, mode: Mode) -> Vec<String> {
+    /// The messages of the policies in `mode` that are violated, each prefixed with its policy.
+    pub fn messages(&self, mode: Mode) -> Vec<String> {
         self.results
             .iter()
             .filter(|r| r.mode == mode)

@@ -416,25 +416,14 @@ pub fn evaluate_vm(
         version,
         &eval,
     );
-    let by_mode = |mode: Mode| {
-        eval.results
-            .iter()
-            .filter(|r| r.mode == mode)
-            .flat_map(|r| {
-                r.violations
-                    .iter()
-                    .map(move |v| format!("{}: {v}", r.policy))
-            })
-            .collect::<Vec<_>>()
-    };
     Admission {
         record: StoredRecord {
             record,
             input_digest: digest(input),
         },
-        denied: by_mode(Mode::Deny),
-        warnings: by_mode(Mode::Warn),
-        audited: by_mode(Mode::Audit),
+        denied: eval.messages(Mode::Deny),
+        warnings: eval.messages(Mode::Warn),
+        audited: eval.messages(Mode::Audit),
     }
 }
 

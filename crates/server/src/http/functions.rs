@@ -177,38 +177,28 @@ pub async fn deploy(
         public: req.public,
     };
     spec.validate()?;
-    let admission = {
-        let probe = Function {
-            spec: spec.clone(),
-            generation: Generation(1),
-            status: FunctionStatus {
-                phase: FunctionPhase::Deploying,
-                message: None,
-                template: None,
-            },
-            created_ms: now_ms(),
-        };
-        let instance = crate::controllers::functions::function_vm_spec(
-            &probe,
-            format!("{}-admission", spec.name),
-            spec.regions.clone(),
-            None,
-        );
-        crate::policy::admit_function(&state, &spec, &instance).await?
+    let fresh = Function {
+        spec: spec.clone(),
+        generation: Generation(1),
+        status: FunctionStatus {
+            phase: FunctionPhase::Deploying,
+            message: None,
+            template: None,
+        },
+        created_ms: now_ms(),
     };
+    // Admitted as a function and as one of its instances (so VM policies hold for it too).
+    let instance = crate::controllers::functions::function_vm_spec(
+        &fresh,
+        format!("{}-admission", spec.name),
+        spec.regions.clone(),
+        None,
+    );
+    let admission = crate::policy::admit_function(&state, &spec, &instance).await?;
     let (func, created) = loop {
         match repo::get_function(&state, &spec.tenant, &spec.name).await? {
             None => {
-                let f = Function {
-                    spec: spec.clone(),
-                    generation: Generation(1),
-                    status: FunctionStatus {
-                        phase: FunctionPhase::Deploying,
-                        message: None,
-                        template: None,
-                    },
-                    created_ms: now_ms(),
-                };
+                let f = fresh.clone();
                 if repo::put_function(&state, &f, None).await? {
                     break (f, true);
                 }
