@@ -26,6 +26,10 @@ mod telemetry;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+/// How often the host posture is read again (and reported with the next heartbeat if it
+/// changed).
+const POSTURE_REFRESH: Duration = Duration::from_secs(30);
+
 use firefleet_client::{Client, ClientError, Connection};
 use firefleet_types::{Labels, NodeId, Resources};
 use firefleet_vmm::QemuRuntime;
@@ -155,11 +159,14 @@ pub async fn run(
         tracing::warn!(%why, "firecracker is not offered");
     }
     facts.runtimes = runtimes.names();
-    if runtimes.firecracker().is_some() {
-        let jailed = config
+    // Firecracker offered: whether its VMMs run under the jailer (it weighs on the posture).
+    let firecracker_jailed = runtimes.firecracker().is_some().then(|| {
+        config
             .firecracker
             .as_ref()
-            .is_some_and(|fc| fc.jailer.is_some());
+            .is_some_and(|fc| fc.jailer.is_some())
+    });
+    if let Some(jailed) = firecracker_jailed {
         facts.posture = facts
             .posture
             .take()
@@ -183,11 +190,41 @@ pub async fn run(
         let period = config.heartbeat;
         let labels = config.labels.clone();
         tokio::spawn(async move {
-            let req = firefleet_api::HeartbeatRequest {
+            let mut req = firefleet_api::HeartbeatRequest {
                 facts,
                 labels: Some(labels),
             };
+            let mut posture_read = std::time::Instant::now();
             loop {
+                // The posture is read again now and then: KSM switched on, swap added, a
+                // microcode update change what the host policies see (and the node's taint).
+                if posture_read.elapsed() >= POSTURE_REFRESH {
+                    posture_read = std::time::Instant::now();
+                    let f = &req.facts;
+                    let metadata = f
+                        .posture
+                        .as_ref()
+                        .is_some_and(|p| p.metadata_egress_blocked);
+                    let isolation = f.isolation.clone();
+                    if let Ok(p) = tokio::task::spawn_blocking(move || {
+                        posture::gather_posture(
+                            std::path::Path::new("/"),
+                            isolation.as_ref(),
+                            metadata,
+                        )
+                    })
+                    .await
+                    {
+                        let p = match firecracker_jailed {
+                            Some(jailed) => posture::with_firecracker(p, jailed),
+                            None => p,
+                        };
+                        if req.facts.posture.as_ref() != Some(&p) {
+                            tracing::info!("host posture changed");
+                            req.facts.posture = Some(p);
+                        }
+                    }
+                }
                 if let Err(e) = client.heartbeat(&req).await {
                     tracing::warn!(error = %e, "heartbeat failed");
                 }

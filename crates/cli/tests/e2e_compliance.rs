@@ -5,7 +5,8 @@
 //!   the other keeps running, the audit log shows the stop, and every VM still running has a
 //!   passing record at the new policy version (the invariant).
 //! - A host failing its posture is tainted: a VM that needs a compliant host stays pending;
-//!   once the failing host policies are relaxed (warn mode), it is placed and runs.
+//!   once the failing host policies are relaxed (warn mode), it is placed and runs; when its
+//!   node is tainted under it, it is migrated to the other, compliant node.
 //! - The compliance report, as JSON and as HTML.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -33,11 +34,18 @@ test_big_denied if {
 }
 "#;
 
-const TAINT_N1: &str = r#"package firefleet.host.under_test
+const TAINT_ALL: &str = r#"package firefleet.host.under_test
 import rego.v1
 
-deny contains "node n1 is held non-compliant by the test" if input.node.id == "n1"
+deny contains "every node is held non-compliant by the test" if input.node.id
 "#;
+
+fn taint_one(node: &str) -> String {
+    format!(
+        "package firefleet.host.under_test\nimport rego.v1\n\n\
+         deny contains \"node {node} is held non-compliant by the test\" if input.node.id == \"{node}\"\n"
+    )
+}
 
 fn run(c: &Cluster, name: &str, memory: u32, extra: &[&str]) -> std::process::Output {
     let mem = memory.to_string();
@@ -80,7 +88,8 @@ fn admission_remediation_posture_and_report() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start();
     c.start_agent("n1", &[], 8);
-    c.wait_nodes_ready(1);
+    c.start_agent("n2", &[], 8);
+    c.wait_nodes_ready(2);
 
     // The built-in bundle is in force.
     let policies = c.json(&["policy", "ls"]);
@@ -170,14 +179,16 @@ fn admission_remediation_posture_and_report() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("admission/small_vms"));
     eprintln!("policy tightened: remediated in {remediated:?}");
 
-    // Host posture: n1 held non-compliant by a host policy: tainted, and a VM that needs a
-    // compliant host is not placed on it.
+    // Host posture: every node held non-compliant by a host policy: tainted, and a VM that
+    // needs a compliant host is not placed.
     let taint = dir.path().join("under_test.rego");
-    std::fs::write(&taint, TAINT_N1).unwrap();
+    std::fs::write(&taint, TAINT_ALL).unwrap();
     c.json(&["policy", "apply", taint.to_str().unwrap()]);
-    c.wait(REMEDIATION, "n1 tainted", || {
+    c.wait(REMEDIATION, "n1 and n2 tainted", || {
         let (version, recs) = records(&c);
-        record(&recs, "n1").is_some_and(|r| r["passed"] == false && r["policy_version"] == version)
+        ["n1", "n2"].iter().all(|n| {
+            record(&recs, n).is_some_and(|r| r["passed"] == false && r["policy_version"] == version)
+        })
     });
     let out = run(&c, "careful", 128, &["--compliant-host"]);
     assert!(
@@ -198,11 +209,14 @@ fn admission_remediation_posture_and_report() {
     // Relax: the test policy goes, and whatever host policy this machine fails is set to warn.
     c.json(&["policy", "rm", "host/under_test"]);
     let (_, recs) = records(&c);
-    let n1 = record(&recs, "n1").unwrap().clone();
-    let mut failing: Vec<String> = n1["violations"]
-        .as_array()
-        .unwrap()
+    let mut failing: Vec<String> = ["n1", "n2"]
         .iter()
+        .flat_map(|n| {
+            record(&recs, n).unwrap()["violations"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
         .filter(|v| v["mode"] == "deny" && v["policy"] != "host/under_test")
         .map(|v| v["policy"].as_str().unwrap().to_owned())
         .collect();
@@ -224,6 +238,32 @@ fn admission_remediation_posture_and_report() {
         ]);
     }
     c.wait_phase("careful", "running", BOOT);
+    assert_invariant(&c);
+
+    // Its node tainted under it: it moves to the other (compliant) node.
+    let careful = c.vm("careful");
+    let from = careful["status"]["node"].as_str().unwrap().to_owned();
+    let to = if from == "n1" { "n2" } else { "n1" };
+    std::fs::write(&taint, taint_one(&from)).unwrap();
+    c.json(&["policy", "apply", taint.to_str().unwrap()]);
+    let t0 = Instant::now();
+    c.wait(BOOT, "careful migrated off its tainted node", || {
+        let v = c.vm("careful");
+        v["status"]["node"] == to && v["status"]["phase"] == "running"
+    });
+    eprintln!(
+        "node {from} tainted: careful running on {to} after {:?}",
+        t0.elapsed()
+    );
+    let id = careful["id"].as_str().unwrap().to_owned();
+    let audit = c.json(&["audit", "ls", "--limit", "1000"]);
+    assert!(
+        audit["entries"].as_array().unwrap().iter().any(|e| {
+            e["event"]["action"] == "compliance.migrate"
+                && e["event"]["target"] == format!("vm/{id}")
+        }),
+        "the audit log shows the migration: {audit}"
+    );
     assert_invariant(&c);
 
     // The report: per control, with evidence.
