@@ -144,12 +144,14 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     };
 
     // VMs.
-    let (vms, _) = repo::list_vms(&state).await?;
+    // Records first: a VM is created with its record in one txn, so every record listed here
+    // belongs to a VM in the list read after it, or to one that is gone.
     let vm_records: HashMap<String, StoredRecord> = policy::records(&state, policy::VM_RECORDS)
         .await?
         .into_iter()
         .map(|r| (r.record.subject.clone(), r))
         .collect();
+    let (vms, _) = repo::list_vms(&state).await?;
     let mut tenants = BTreeMap::new();
     let mut to_migrate = Vec::new();
     for vm in &vms {
@@ -192,6 +194,14 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             }
             Remedy::Migrate => to_migrate.push(vm.clone()),
         }
+    }
+    // Records of VMs that are gone go with them.
+    let live: std::collections::HashSet<&str> = vms.iter().map(|v| v.id.as_str()).collect();
+    for gone in vm_records.keys().filter(|k| !live.contains(k.as_str())) {
+        state
+            .store
+            .delete(&format!("{}{gone}", policy::VM_RECORDS), None)
+            .await?;
     }
     if !to_migrate.is_empty() {
         migrate(&state, &vms, &to_migrate, version).await?;
