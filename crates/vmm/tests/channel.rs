@@ -291,7 +291,7 @@ fn workloads_run_in_their_cgroup_and_a_fork_bomb_leaves_the_agent_answering() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines.get(..3),
-        Some(&["0::/workloads", "1024", "10"][..]),
+        Some(&["0::/workloads", "1024", "100"][..]),
         "{text}\n{}\n{}",
         String::from_utf8_lossy(&out.stderr),
         console_text(&rt, "bomb")
