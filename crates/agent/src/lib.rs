@@ -26,14 +26,14 @@ mod telemetry;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-/// How often the host posture is read again (and reported with the next heartbeat if it
-/// changed).
-const POSTURE_REFRESH: Duration = Duration::from_secs(30);
-
 use firefleet_client::{Client, ClientError, Connection};
 use firefleet_types::{Labels, NodeId, Resources};
 use firefleet_vmm::QemuRuntime;
 use tokio::sync::watch;
+
+/// How often the host posture is read again (and reported with the next heartbeat if it
+/// changed).
+const POSTURE_REFRESH: Duration = Duration::from_secs(30);
 
 pub use facts::gather_facts;
 pub use runtimes::FirecrackerConfig;

@@ -306,6 +306,8 @@ mod tests {
     fn this_host() {
         let p = gather_posture(Path::new("/"), None, false);
         println!("{}", serde_json::to_string_pretty(&p).unwrap());
+        // Every Linux host has SwapTotal in /proc/meminfo.
+        assert!(p.swap_total_kib.is_some(), "{p:?}");
         assert_eq!(
             p.vulnerable,
             p.vulnerabilities

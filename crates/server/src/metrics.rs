@@ -63,6 +63,25 @@ impl Metrics {
                 p.1
             );
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        out.push_str(
+            "# HELP firefleet_admissions_total Admission evaluations (VMs and functions).\n",
+        );
+        out.push_str("# TYPE firefleet_admissions_total counter\n");
+        let _ = writeln!(
+            out,
+            "firefleet_admissions_total {}",
+            self.admissions.load(Relaxed)
+        );
+        out.push_str(
+            "# HELP firefleet_admission_seconds_total Time spent evaluating admission policies.\n",
+        );
+        out.push_str("# TYPE firefleet_admission_seconds_total counter\n");
+        let _ = writeln!(
+            out,
+            "firefleet_admission_seconds_total {}",
+            self.admission_ns.load(Relaxed) as f64 / 1e9
+        );
     }
 }
 

@@ -72,10 +72,6 @@ fn policy_key(name: &str) -> String {
     format!("{POLICIES}{name}")
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(v).map_err(|e| ApiError::Internal(format!("encoding: {e}")))
-}
-
 fn doc(r: &PolicyRecord) -> Result<PolicyDoc, ApiError> {
     Ok(PolicyDoc {
         name: r.name.clone(),
@@ -108,7 +104,7 @@ pub async fn install_builtin(state: &AppState) -> Result<(), ApiError> {
     let now = now_ms();
     let mut ops = vec![Op::Put {
         key: HEAD.to_owned(),
-        value: encode(&Head { version: 1 })?,
+        value: repo::encode(&Head { version: 1 })?,
     }];
     for info in set.policies() {
         let source = docs
@@ -118,7 +114,7 @@ pub async fn install_builtin(state: &AppState) -> Result<(), ApiError> {
             .unwrap_or_default();
         ops.push(Op::Put {
             key: policy_key(&info.name),
-            value: encode(&PolicyRecord {
+            value: repo::encode(&PolicyRecord {
                 name: info.name.clone(),
                 kind: info.kind.to_string(),
                 package: info.package.clone(),
@@ -148,8 +144,7 @@ pub async fn install_builtin(state: &AppState) -> Result<(), ApiError> {
 /// Every stored policy, by name, and the set version.
 pub async fn list(state: &AppState) -> Result<(u64, Vec<PolicyRecord>), ApiError> {
     let (records, _) = repo::list_json::<PolicyRecord>(state, POLICIES).await?;
-    let version = head(state).await?.map_or(0, |(h, _)| h.version);
-    Ok((version, records))
+    Ok((version(state).await?, records))
 }
 
 /// The policy set's version (0 before the built-in bundle is installed).
@@ -158,26 +153,19 @@ pub async fn version(state: &AppState) -> Result<u64, ApiError> {
 }
 
 async fn head(state: &AppState) -> Result<Option<(Head, firefleet_store::Revision)>, ApiError> {
-    match state.store.get(HEAD).await? {
-        None => Ok(None),
-        Some(kv) => {
-            let h: Head = serde_json::from_slice(&kv.value)
-                .map_err(|e| ApiError::Internal(format!("{HEAD}: {e}")))?;
-            Ok(Some((h, kv.mod_revision)))
-        }
-    }
+    repo::get_json::<Head>(state, HEAD).await
 }
 
 /// The set in force and its version (compiled once per version).
 pub async fn current(state: &AppState) -> Result<(u64, PolicySet), ApiError> {
     for _ in 0..TRIES {
-        let version = head(state).await?.map_or(0, |(h, _)| h.version);
+        let version = version(state).await?;
         if let Some(set) = state.policies.cached(version) {
             return Ok((version, set));
         }
         let (records, _) = repo::list_json::<PolicyRecord>(state, POLICIES).await?;
         // The records must be those of `version`: re-read the head after listing.
-        if head(state).await?.map_or(0, |(h, _)| h.version) != version {
+        if self::version(state).await? != version {
             continue;
         }
         let docs = records.iter().map(doc).collect::<Result<Vec<_>, _>>()?;
@@ -255,7 +243,7 @@ async fn change(
         let version = h.version + 1;
         let mut ops = vec![Op::Put {
             key: HEAD.to_owned(),
-            value: encode(&Head { version })?,
+            value: repo::encode(&Head { version })?,
         }];
         let record = new.as_ref().map(|(d, info)| PolicyRecord {
             name: name.to_owned(),
@@ -272,7 +260,7 @@ async fn change(
         match &record {
             Some(r) => ops.push(Op::Put {
                 key: policy_key(name),
-                value: encode(r)?,
+                value: repo::encode(r)?,
             }),
             None => ops.push(Op::Delete {
                 key: policy_key(name),
@@ -322,7 +310,7 @@ pub async fn put_tenant(state: &AppState, t: &TenantRecord) -> Result<(), ApiErr
     }
     state
         .store
-        .put(&format!("{TENANTS}{id}"), encode(t)?)
+        .put(&format!("{TENANTS}{id}"), repo::encode(t)?)
         .await?;
     state.kick.notify_waiters();
     Ok(())
@@ -513,10 +501,14 @@ pub fn node_input(node: &NodeInfo) -> serde_json::Value {
     }})
 }
 
-/// Evaluates a node against the host policies.
-pub fn evaluate_node(set: &PolicySet, version: u64, node: &NodeInfo) -> StoredRecord {
-    let input = node_input(node);
-    let eval = set.check_host(&input);
+/// Evaluates a node (`input`: its [`node_input`]) against the host policies.
+pub fn evaluate_node(
+    set: &PolicySet,
+    version: u64,
+    node: &NodeInfo,
+    input: &serde_json::Value,
+) -> StoredRecord {
+    let eval = set.check_host(input);
     StoredRecord {
         record: record_from(
             "node",
@@ -526,7 +518,7 @@ pub fn evaluate_node(set: &PolicySet, version: u64, node: &NodeInfo) -> StoredRe
             version,
             &eval,
         ),
-        input_digest: digest(&input),
+        input_digest: digest(input),
     }
 }
 
@@ -537,7 +529,7 @@ pub async fn records(state: &AppState, prefix: &str) -> Result<Vec<StoredRecord>
 
 /// Stores a record.
 pub async fn put_record(state: &AppState, key: String, r: &StoredRecord) -> Result<(), ApiError> {
-    state.store.put(&key, encode(r)?).await?;
+    state.store.put(&key, repo::encode(r)?).await?;
     Ok(())
 }
 

@@ -96,7 +96,7 @@ fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, ApiError> {
         .map_err(|e| ApiError::Internal(format!("corrupt record at {}: {e}", kv.key)))
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(v).map_err(|e| ApiError::Internal(format!("encoding a record: {e}")))
 }
 

@@ -4,10 +4,11 @@
 //!
 //! - A node failing a host policy in `deny` mode is tainted: its record fails, and the
 //!   scheduler places no VM that asks for a compliant host on it (`cluster_view`).
-//! - A VM failing an admission policy in `deny` mode is stopped (`desired: stopped`, with the
-//!   reasons as its message). A VM that asks for a compliant host and sits on a tainted node is
-//!   migrated to a compliant one, or stopped when there is none.
-//! - Violations in `warn` and `audit` mode are recorded (and audited), nothing more.
+//! - A VM failing an admission policy in `deny` mode is stopped (`desired: stopped`; the
+//!   reasons are in its record and in the audit log's `compliance.stop`). A VM that asks for a
+//!   compliant host and sits on a tainted node is migrated to a compliant one (live where it
+//!   can be, as `vm migrate` would), or stopped when there is none.
+//! - Violations in `warn` and `audit` mode are only recorded.
 //!
 //! Together with admission (a VM is created with a record) and the scheduler (a Pending VM is
 //! only placed with a passing record at the current version), this keeps the invariant: no VM
@@ -16,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use firefleet_types::{DesiredState, MigrationMode, NodeId, NodeInfo, Vm, VmPhase};
+use firefleet_types::{DesiredState, NodeId, NodeInfo, Vm, VmPhase};
 
 use crate::policy::{self, StoredRecord};
 use crate::{now_ms, repo, ApiError, AppState};
@@ -101,12 +102,12 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             .map(|r| (r.record.subject.clone(), r))
             .collect();
     for node in nodes.iter().filter(|n| n.status.facts.is_some()) {
-        let digest = policy::digest(&policy::node_input(node));
+        let input = policy::node_input(node);
         let old = node_records.get(node.id.as_str());
-        if old.is_some_and(|r| is_current(r, version, &digest)) {
+        if old.is_some_and(|r| is_current(r, version, &policy::digest(&input))) {
             continue;
         }
-        let mut fresh = policy::evaluate_node(&set, version, node);
+        let mut fresh = policy::evaluate_node(&set, version, node, &input);
         if !fresh.record.passed {
             fresh.record.remediation =
                 Some("tainted: no new VM that needs a compliant host".to_owned());
@@ -223,7 +224,7 @@ async fn stop(state: &AppState, vm: &Vm, reasons: &[String], version: u64) -> Re
         "stopped by compliance (policy version {version}): {}",
         reasons.join("; ")
     );
-    let stopped = repo::update_vm(state, &vm.id, |v| {
+    repo::update_vm(state, &vm.id, |v| {
         if v.spec.desired == DesiredState::Stopped || v.deleting {
             return Ok(false);
         }
@@ -248,7 +249,6 @@ async fn stop(state: &AppState, vm: &Vm, reasons: &[String], version: u64) -> Re
         event = event.with(format!("violation.{i}"), r.clone());
     }
     state.audit.record(state, event).await;
-    let _ = stopped;
     state.kick.notify_waiters();
     Ok(())
 }
@@ -285,11 +285,7 @@ async fn migrate(
             Placement::Placed { node, .. }
                 if node != from && vm.status.phase == VmPhase::Running =>
             {
-                let mode = if vm.spec.runtime == firefleet_types::VmRuntime::Qemu {
-                    MigrationMode::Live
-                } else {
-                    MigrationMode::Snapshot
-                };
+                let mode = crate::http::plan::mode_for(vm);
                 crate::http::migrations::start(state, vm, from.clone(), node.clone(), mode).await?;
                 let event = firefleet_audit::Event::new(
                     now_ms(),

@@ -95,24 +95,28 @@ pub fn request_for(vm: &Vm) -> PlacementRequest {
 pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     // Prepare.
     let (vms, revision) = repo::list_vms(&state).await?;
-    // Only VMs with a passing compliance record at the current policy version are placed (the
-    // compliance controller evaluates the others, and stops those that fail).
-    let version = crate::policy::version(&state).await?;
-    let records: std::collections::HashMap<String, crate::policy::StoredRecord> =
-        crate::policy::records(&state, crate::policy::VM_RECORDS)
-            .await?
-            .into_iter()
-            .map(|r| (r.record.subject.clone(), r))
-            .collect();
-    let pending: Vec<_> = vms
+    let waiting: Vec<_> = vms
         .iter()
         .filter(|vm| {
             vm.status.phase == VmPhase::Pending
                 && vm.spec.desired == DesiredState::Running
                 && !vm.deleting
-                && super::compliance::placeable(records.get(vm.id.as_str()), version)
         })
         .collect();
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    // Only VMs with a passing compliance record at the current policy version are placed (the
+    // compliance controller evaluates the others, and stops those that fail).
+    let version = crate::policy::version(&state).await?;
+    let mut pending = Vec::with_capacity(waiting.len());
+    for vm in waiting {
+        let key = format!("{}{}", crate::policy::VM_RECORDS, vm.id);
+        let record = repo::get_json::<crate::policy::StoredRecord>(&state, &key).await?;
+        if super::compliance::placeable(record.as_ref().map(|(r, _)| r), version) {
+            pending.push(vm);
+        }
+    }
     if pending.is_empty() {
         return Ok(());
     }

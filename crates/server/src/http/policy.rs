@@ -147,7 +147,7 @@ pub async fn records(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ComplianceList>, ApiError> {
-    let (policy_version, _) = policy::list(&state).await?;
+    let policy_version = policy::version(&state).await?;
     Ok(Json(ComplianceList {
         policy_version,
         records: visible(&state, &caller, None).await?,
@@ -171,7 +171,7 @@ pub async fn report(
     caller: Caller,
     ValidQuery(q): ValidQuery<ReportQuery>,
 ) -> Result<Json<ComplianceReport>, ApiError> {
-    let (policy_version, _) = policy::list(&state).await?;
+    let policy_version = policy::version(&state).await?;
     let mut records = visible(&state, &caller, q.tenant.as_deref()).await?;
     if q.tenant.is_some() {
         records.retain(|r| r.kind == "vm");
