@@ -52,13 +52,22 @@ fn vm_as(c: &Cluster, token: &str, vm: &str) -> serde_json::Value {
 }
 
 fn wait_running(c: &Cluster, token: &str, vm: &str) -> serde_json::Value {
-    let mut v = serde_json::Value::Null;
-    c.wait(BOOT, &format!("{vm} running"), || {
-        v = vm_as(c, token, vm);
+    let start = std::time::Instant::now();
+    loop {
+        let v = vm_as(c, token, vm);
         assert_ne!(v["status"]["phase"], "failed", "{v}");
-        v["status"]["phase"] == "running"
-    });
-    v
+        if v["status"]["phase"] == "running" {
+            return v;
+        }
+        // A VM that never reports Running (seen once in CI): its console says why.
+        assert!(
+            start.elapsed() < BOOT,
+            "{vm} not running after {BOOT:?}: {v}\nconsole:\n{}\n{}",
+            String::from_utf8_lossy(&c.cli_as(token, &["vm", "logs", vm]).stdout),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Waits for the VM's address to show in its status.
