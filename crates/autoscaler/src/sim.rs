@@ -283,6 +283,48 @@ impl Simulation {
     }
 }
 
+/// One point of [`hindsight_envelope`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EnvelopePoint {
+    /// Price of a cold start (GiB·s) the choice minimised idle memory plus.
+    pub cold_start_price_gib_s: f64,
+    /// Cold starts of the per-function choices.
+    pub cold_starts: u64,
+    /// Idle memory of the per-function choices (GiB·s).
+    pub idle_gib_s: f64,
+}
+
+/// A bound no policy made of these replays can beat: for each price, every function takes,
+/// in hindsight, whichever replay gave it the least idle memory plus `price` per cold start.
+/// `replays` are the per-function results of replays of the same trace and window (functions
+/// in the same order). Not a policy (it knows the future); it shows how far a per-function choice among
+/// the replayed policies could go.
+pub fn hindsight_envelope(replays: &[&[FunctionResult]], prices: &[f64]) -> Vec<EnvelopePoint> {
+    let n = replays.iter().map(|r| r.len()).min().unwrap_or(0);
+    prices
+        .iter()
+        .map(|&price| {
+            let mut point = EnvelopePoint {
+                cold_start_price_gib_s: price,
+                cold_starts: 0,
+                idle_gib_s: 0.0,
+            };
+            for i in 0..n {
+                let best = replays.iter().map(|r| r[i]).min_by(|a, b| {
+                    let ca = a.idle_gib_s + price * a.cold_starts as f64;
+                    let cb = b.idle_gib_s + price * b.cold_starts as f64;
+                    ca.total_cmp(&cb)
+                });
+                if let Some(b) = best {
+                    point.cold_starts += b.cold_starts;
+                    point.idle_gib_s += b.idle_gib_s;
+                }
+            }
+            point
+        })
+        .collect()
+}
+
 /// GiB·s of an idle interval, clipped to the measured window.
 /// Records `f`'s instances as the engine will see them at `at` (none: the function is left out).
 fn refresh_instances(instances: &mut Instances, f: &SimFn, at: u64) {
@@ -525,6 +567,23 @@ mod tests {
             "{} vs {expect}",
             r.idle_gib_s
         );
+    }
+
+    #[test]
+    fn hindsight_envelope_takes_each_function_s_best_replay() {
+        let fr = |c: u64, idle: f64| FunctionResult {
+            invocations: 10,
+            cold_starts: c,
+            idle_gib_s: idle,
+        };
+        // a: cheap and cold; b: warm and costly; function 1 is better under b at any price
+        let a = [fr(5, 10.0), fr(4, 100.0)];
+        let b = [fr(0, 600.0), fr(0, 50.0)];
+        let pts = hindsight_envelope(&[&a, &b], &[1.0, 1000.0]);
+        assert_eq!(pts[0].cold_starts, 5);
+        assert!((pts[0].idle_gib_s - 60.0).abs() < 1e-9);
+        assert_eq!(pts[1].cold_starts, 0);
+        assert!((pts[1].idle_gib_s - 650.0).abs() < 1e-9);
     }
 
     #[test]

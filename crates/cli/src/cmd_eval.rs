@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use firefleet_autoscaler::sim::{SimConfig, SimReport, Simulation};
+use firefleet_autoscaler::sim::{
+    hindsight_envelope, EnvelopePoint, FunctionResult, SimConfig, SimReport, Simulation,
+};
 use firefleet_autoscaler::trace::{file_kind, Trace, TraceBuilder};
 use firefleet_autoscaler::{EngineConfig, FireFleetParams, PolicyKind};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -48,6 +50,11 @@ pub struct AutoscaleArgs {
     /// minutes train/2..train), print the grid, and evaluate with the best.
     #[arg(long)]
     pub tune: bool,
+    /// Also print a bound: every function takes, in hindsight, whichever of the replayed
+    /// policies served it best at a price per cold start (run it with many policies, e.g. a
+    /// ladder of fixed keep-alives; it is not a policy, it knows the future).
+    #[arg(long)]
+    pub envelope: bool,
 }
 
 pub fn run(g: &Global, cmd: EvalCommand) -> anyhow::Result<()> {
@@ -100,6 +107,9 @@ pub struct PolicyResult {
     /// Sorted per-function cold-start rates (for the CDF).
     #[serde(skip)]
     pub fn_rates: Vec<f64>,
+    /// Per-function results, in trace order (for the envelope).
+    #[serde(skip)]
+    pub per_function: Vec<FunctionResult>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -177,6 +187,7 @@ fn summarise(policy: String, r: &SimReport, ticks: u64, total_s: f64, max_s: f64
         },
         tick_max_ms: max_s * 1000.0,
         fn_rates: rates,
+        per_function: r.per_function.clone(),
     }
 }
 
@@ -195,6 +206,8 @@ struct Report {
     firefleet: FireFleetParams,
     tuning: Vec<TuneRow>,
     results: Vec<PolicyResult>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    envelope: Vec<EnvelopePoint>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -275,6 +288,13 @@ fn autoscale(g: &Global, a: AutoscaleArgs) -> anyhow::Result<()> {
         seed: a.seed,
         firefleet: ff,
         tuning,
+        envelope: if a.envelope {
+            let replays: Vec<&[FunctionResult]> =
+                results.iter().map(|r| r.per_function.as_slice()).collect();
+            hindsight_envelope(&replays, &ENVELOPE_PRICES)
+        } else {
+            Vec::new()
+        },
         results,
     };
     match g.output {
@@ -344,10 +364,42 @@ fn autoscale(g: &Global, a: AutoscaleArgs) -> anyhow::Result<()> {
                     &rows
                 )
             );
+            if !report.envelope.is_empty() {
+                let total = report.results.first().map_or(0, |r| r.invocations).max(1);
+                let rows: Vec<Vec<String>> = report
+                    .envelope
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            format!("{:.0}", e.cold_start_price_gib_s),
+                            pct(e.cold_starts as f64 / total as f64),
+                            e.cold_starts.to_string(),
+                            format!("{:.0}", e.idle_gib_s),
+                        ]
+                    })
+                    .collect();
+                println!();
+                println!(
+                    "hindsight envelope (each function's best of these {} replays; a bound, not a policy):",
+                    report.results.len()
+                );
+                print!(
+                    "{}",
+                    crate::output::table(
+                        &["price GiB*s", "cold starts", "count", "idle GiB*s"],
+                        &rows
+                    )
+                );
+            }
         }
     }
     Ok(())
 }
+
+/// Prices of a cold start (GiB*s) at which `--envelope` makes its hindsight choice.
+const ENVELOPE_PRICES: [f64; 10] = [
+    100.0, 200.0, 300.0, 500.0, 800.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0,
+];
 
 /// The grid searched by `--tune`: the price of a cold start (GiB*s) and the pool window.
 fn grid() -> Vec<FireFleetParams> {
