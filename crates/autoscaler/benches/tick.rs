@@ -52,6 +52,7 @@ fn bench(c: &mut Criterion) {
                 start_minute: 0,
                 measure_from_minute: 0,
                 end_minute: 960,
+                concurrency: 1,
             },
         );
         let mut eng = sim.engine(cfg.clone());

@@ -11,8 +11,9 @@
 //!   `minute_start + (i + phase) / n * 60 s`;
 //! - each runs for a duration drawn from the function's duration percentiles (piecewise linear
 //!   inverse CDF), seeded; the trace's median average duration where the function has none;
-//! - an instance serves one invocation at a time (concurrency 1, as Azure Functions in the
-//!   trace's time); an invocation that finds no idle warm instance is a cold start and starts a
+//! - an instance serves up to [`SimConfig::concurrency`] invocations at once (1 for the
+//!   published results); an invocation goes to the fullest busy instance with room, else the
+//!   most recently idle one; one that finds no instance with room is a cold start and starts a
 //!   new instance, which serves it (the start-up latency is not modelled: it delays no other
 //!   invocation);
 //! - idle memory is GiB·s of warm instances serving nothing (the app's average allocated memory
@@ -45,6 +46,8 @@ pub struct SimConfig {
     pub measure_from_minute: usize,
     /// Minute at which the replay ends (exclusive).
     pub end_minute: usize,
+    /// Invocations one instance serves at once (at least 1; the engine is told the same).
+    pub concurrency: u32,
 }
 
 /// Per-function result.
@@ -76,10 +79,18 @@ pub struct SimReport {
 #[derive(Debug, Clone)]
 struct Inst {
     id: String,
-    busy_from: u64,
-    /// End of the current or last invocation (<= now: idle since then).
+    /// Invocations `(start, end)` still running at the start of the current tick or started
+    /// since.
+    running: Vec<(u64, u64)>,
+    /// End of the last invocation to finish (<= now: idle since then).
     busy_until: u64,
     deadline: Option<u64>,
+}
+
+impl Inst {
+    fn in_flight(&self, at: u64) -> u32 {
+        self.running.iter().filter(|r| r.1 > at).count() as u32
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +187,7 @@ impl Simulation {
                 &f.name,
                 FunctionParams {
                     memory_mib: (f.mem_gib * 1024.0).round() as u32,
+                    concurrency: self.cfg.concurrency.max(1),
                     ..FunctionParams::default()
                 },
             );
@@ -205,8 +217,9 @@ impl Simulation {
         self.samples.clear();
         let seed = self.cfg.seed;
         let measure = self.measure_ms;
+        let conc = self.cfg.concurrency.max(1);
         for f in &mut self.fns {
-            let starts = step_function(f, t0, t1, seed, measure, &mut self.samples);
+            let starts = step_function(f, (t0, t1), seed, measure, conc, &mut self.samples);
             self.instance_starts += starts;
             let dirty = starts > 0
                 || f.insts.iter().any(|i| i.busy_until >= t0)
@@ -245,7 +258,7 @@ impl Simulation {
                 f.next_id += 1;
                 f.insts.push(Inst {
                     id,
-                    busy_from: now,
+                    running: Vec::new(),
                     busy_until: now,
                     deadline: None,
                 });
@@ -338,7 +351,7 @@ fn refresh_instances(instances: &mut Instances, f: &SimFn, at: u64) {
         .map(|i| InstanceInfo {
             id: i.id.clone(),
             region: String::new(),
-            in_flight: u32::from(i.busy_until > at),
+            in_flight: i.in_flight(at),
             idle_since_ms: (i.busy_until <= at).then_some(i.busy_until),
             ready: true,
         })
@@ -390,19 +403,23 @@ fn load_minute(f: &mut SimFn, minute: usize, seed: u64) {
     }
 }
 
-/// Runs one function over `[t0, t1)`; returns the instances started.
+/// Runs one function over `[t0, t1)` with instances serving `conc` invocations at once;
+/// returns the instances started.
 fn step_function(
     f: &mut SimFn,
-    t0: u64,
-    t1: u64,
+    (t0, t1): (u64, u64),
     seed: u64,
     measure: u64,
+    conc: u32,
     samples: &mut Vec<Sample>,
 ) -> u64 {
     let mut starts = 0;
     let mut invocations = 0u64;
     let mut cold = 0u64;
     let mut peak = 0u32;
+    for i in &mut f.insts {
+        i.running.retain(|r| r.1 > t0);
+    }
     let mut t = t0;
     loop {
         let minute = (t / MINUTE_MS) as usize;
@@ -418,20 +435,32 @@ fn step_function(
                 continue;
             }
             expire(f, at, measure);
-            // Most recently idle instance first.
-            let mut best: Option<usize> = None;
+            // A busy instance with room first (the fullest: packing keeps the others free to
+            // be stopped), then the most recently idle one.
+            let mut best: Option<(usize, (bool, u64))> = None;
             for (k, i) in f.insts.iter().enumerate() {
-                if i.busy_until <= at && best.is_none_or(|b| f.insts[b].busy_until < i.busy_until) {
-                    best = Some(k);
+                let n = i.in_flight(at);
+                if n >= conc {
+                    continue;
+                }
+                let key = if n > 0 {
+                    (true, u64::from(n))
+                } else {
+                    (false, i.busy_until)
+                };
+                if best.is_none_or(|(_, b)| key > b) {
+                    best = Some((k, key));
                 }
             }
             let measured = at >= measure;
             match best {
-                Some(k) => {
+                Some((k, _)) => {
                     let i = &mut f.insts[k];
-                    f.result.idle_gib_s += idle_gib_s(f.mem_gib, i.busy_until, at, measure);
-                    i.busy_from = at;
-                    i.busy_until = at + dur;
+                    if i.busy_until <= at {
+                        f.result.idle_gib_s += idle_gib_s(f.mem_gib, i.busy_until, at, measure);
+                    }
+                    i.running.push((at, at + dur));
+                    i.busy_until = i.busy_until.max(at + dur);
                     i.deadline = None;
                 }
                 None => {
@@ -439,7 +468,7 @@ fn step_function(
                     f.next_id += 1;
                     f.insts.push(Inst {
                         id,
-                        busy_from: at,
+                        running: vec![(at, at + dur)],
                         busy_until: at + dur,
                         deadline: None,
                     });
@@ -454,8 +483,8 @@ fn step_function(
             if measured {
                 f.result.invocations += 1;
             }
-            let busy = f.insts.iter().filter(|i| i.busy_until > at).count() as u32;
-            peak = peak.max(busy);
+            let in_flight: u32 = f.insts.iter().map(|i| i.in_flight(at)).sum();
+            peak = peak.max(in_flight);
         }
         let next_minute_start = (minute as u64 + 1) * MINUTE_MS;
         if next_minute_start >= t1 {
@@ -468,22 +497,17 @@ fn step_function(
         return starts;
     }
     let mut in_flight_ms = 0;
-    for i in &f.insts {
-        let a = i.busy_from.max(t0);
-        let b = i.busy_until.min(t1);
-        if b > a {
-            in_flight_ms += b - a;
+    // Peak also counts invocations still running from earlier ticks.
+    let mut running_at_t0 = 0u32;
+    for (a, b) in f.insts.iter().flat_map(|i| i.running.iter()) {
+        let (a, b) = (*a, *b);
+        if b.min(t1) > a.max(t0) {
+            in_flight_ms += b.min(t1) - a.max(t0);
         }
-        if i.busy_from < t0 && i.busy_until > t0 {
-            peak = peak.max(1);
+        if a < t0 && b > t0 {
+            running_at_t0 += 1;
         }
     }
-    // Peak also counts invocations still running from earlier ticks.
-    let running_at_t0 = f
-        .insts
-        .iter()
-        .filter(|i| i.busy_from < t0 && i.busy_until > t0)
-        .count() as u32;
     peak = peak.max(running_at_t0);
     if invocations > 0 || in_flight_ms > 0 {
         samples.push(Sample {
@@ -525,6 +549,10 @@ mod tests {
     }
 
     fn run(t: &Trace, policy: PolicyKind) -> SimReport {
+        run_with(t, policy, 1)
+    }
+
+    fn run_with(t: &Trace, policy: PolicyKind, concurrency: u32) -> SimReport {
         let cfg = EngineConfig::new(policy);
         let mut eng = Autoscaler::new(cfg.clone());
         let mut sim = Simulation::new(
@@ -535,6 +563,7 @@ mod tests {
                 start_minute: 0,
                 measure_from_minute: 0,
                 end_minute: t.minutes,
+                concurrency,
             },
         );
         let names: Vec<String> = sim.function_names().map(str::to_owned).collect();
@@ -584,6 +613,24 @@ mod tests {
         assert!((pts[0].idle_gib_s - 60.0).abs() < 1e-9);
         assert_eq!(pts[1].cold_starts, 0);
         assert!((pts[1].idle_gib_s - 650.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn instances_serve_up_to_their_concurrency() {
+        // 6 invocations of 30 s in the first minute, 10 s apart: 3 overlap at a time.
+        let mut row = vec![0u32; 20];
+        row[0] = 6;
+        let mut t = trace(&[&row]);
+        t.default_duration_ms = 30_000.0;
+        let one = run_with(&t, PolicyKind::FIXED_10M, 1);
+        let three = run_with(&t, PolicyKind::FIXED_10M, 3);
+        let two = run_with(&t, PolicyKind::FIXED_10M, 2);
+        assert_eq!(one.invocations, 6);
+        assert_eq!(three.invocations, 6);
+        assert_eq!(one.cold_starts, 3, "one instance per invocation in flight");
+        assert_eq!(two.cold_starts, 2);
+        assert_eq!(three.cold_starts, 1, "one instance serves all three");
+        assert!(three.idle_gib_s < one.idle_gib_s);
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub struct AutoscaleArgs {
     /// Seed of the arrival phases and durations.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Invocations one instance serves at once (1 to 1000). 1 (FireFleet's default) is the
+    /// model of the published results; a large value approaches the ATC'20 paper's, where one
+    /// loaded image per application serves every invocation.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrency: u32,
     /// Grid-search the FireFleet parameters on the training minutes only (measured on
     /// minutes train/2..train), print the grid, and evaluate with the best.
     #[arg(long)]
@@ -125,7 +130,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn replay(
     trace: &Trace,
     cfg: &EngineConfig,
-    seed: u64,
+    (seed, concurrency): (u64, u32),
     measure_from: usize,
     end: usize,
     bar: Option<&ProgressBar>,
@@ -138,6 +143,7 @@ fn replay(
             start_minute: 0,
             measure_from_minute: measure_from,
             end_minute: end,
+            concurrency,
         },
     );
     let mut eng = sim.engine(cfg.clone());
@@ -203,6 +209,7 @@ struct Report {
     train_minutes: usize,
     tick_ms: u64,
     seed: u64,
+    concurrency: u32,
     firefleet: FireFleetParams,
     tuning: Vec<TuneRow>,
     results: Vec<PolicyResult>,
@@ -269,7 +276,14 @@ fn autoscale(g: &Global, a: AutoscaleArgs) -> anyhow::Result<()> {
         cfg.firefleet = ff.clone();
         let ticks = (end as u64 * 60_000) / a.tick_ms.max(1);
         let bar = new_bar(ticks, p.to_string());
-        let r = replay(&trace, &cfg, a.seed, a.train_minutes, end, bar.as_ref());
+        let r = replay(
+            &trace,
+            &cfg,
+            (a.seed, a.concurrency),
+            a.train_minutes,
+            end,
+            bar.as_ref(),
+        );
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -286,6 +300,7 @@ fn autoscale(g: &Global, a: AutoscaleArgs) -> anyhow::Result<()> {
         train_minutes: a.train_minutes,
         tick_ms: a.tick_ms,
         seed: a.seed,
+        concurrency: a.concurrency,
         firefleet: ff,
         tuning,
         envelope: if a.envelope {
@@ -329,8 +344,8 @@ fn autoscale(g: &Global, a: AutoscaleArgs) -> anyhow::Result<()> {
                 println!();
             }
             println!(
-                "{} functions, minutes {}..{} measured (histories warmed on 0..{}), tick {} ms",
-                report.functions, a.train_minutes, end, a.train_minutes, a.tick_ms
+                "{} functions, minutes {}..{} measured (histories warmed on 0..{}), tick {} ms, {} invocation(s) per instance at once",
+                report.functions, a.train_minutes, end, a.train_minutes, a.tick_ms, a.concurrency
             );
             let rows: Vec<Vec<String>> = report
                 .results
@@ -441,7 +456,7 @@ fn tune(
     let ticks = (end as u64 * 60_000) / a.tick_ms.max(1);
     let run = |cfg: &EngineConfig, label: String| {
         let bar = new_bar(ticks, label);
-        let r = replay(trace, cfg, a.seed, from, end, bar.as_ref());
+        let r = replay(trace, cfg, (a.seed, a.concurrency), from, end, bar.as_ref());
         if let Some(b) = bar {
             b.finish_and_clear();
         }
