@@ -57,8 +57,13 @@ pub struct FunctionResult {
     pub invocations: u64,
     /// Cold starts among them.
     pub cold_starts: u64,
+    /// Cold starts that found no instance at all (the others found every instance busy).
+    pub cold_from_zero: u64,
     /// Idle memory (GiB·s).
     pub idle_gib_s: f64,
+    /// The part of it held by instances that never served again (stopped idle, or still idle
+    /// at the end); the rest was waiting for an invocation that came.
+    pub wasted_gib_s: f64,
 }
 
 /// Totals over the measured window.
@@ -68,10 +73,14 @@ pub struct SimReport {
     pub invocations: u64,
     /// Cold starts.
     pub cold_starts: u64,
+    /// Cold starts that found no instance of the function at all.
+    pub cold_from_zero: u64,
     /// Instances started (on demand and pre-warmed).
     pub instance_starts: u64,
     /// GiB·s held by warm instances that served nothing.
     pub idle_gib_s: f64,
+    /// The part of `idle_gib_s` held by instances that never served again.
+    pub wasted_gib_s: f64,
     /// Per function, in trace order.
     pub per_function: Vec<FunctionResult>,
 }
@@ -284,12 +293,16 @@ impl Simulation {
         for f in &mut self.fns {
             for i in &f.insts {
                 if i.busy_until < end {
-                    f.result.idle_gib_s += idle_gib_s(f.mem_gib, i.busy_until, end, measure);
+                    let idle = idle_gib_s(f.mem_gib, i.busy_until, end, measure);
+                    f.result.idle_gib_s += idle;
+                    f.result.wasted_gib_s += idle;
                 }
             }
             r.invocations += f.result.invocations;
             r.cold_starts += f.result.cold_starts;
+            r.cold_from_zero += f.result.cold_from_zero;
             r.idle_gib_s += f.result.idle_gib_s;
+            r.wasted_gib_s += f.result.wasted_gib_s;
             r.per_function.push(f.result);
         }
         r
@@ -379,6 +392,7 @@ fn expire(f: &mut SimFn, t: u64, measure: u64) {
         _ => true,
     });
     f.result.idle_gib_s += idle;
+    f.result.wasted_gib_s += idle;
 }
 
 fn load_minute(f: &mut SimFn, minute: usize, seed: u64) {
@@ -464,6 +478,9 @@ fn step_function(
                     i.deadline = None;
                 }
                 None => {
+                    if measured && f.insts.is_empty() {
+                        f.result.cold_from_zero += 1;
+                    }
                     let id = format!("{}#{}", f.name.get(..8).unwrap_or(&f.name), f.next_id);
                     f.next_id += 1;
                     f.insts.push(Inst {
@@ -588,7 +605,15 @@ mod tests {
         let r = run(&t, PolicyKind::FIXED_10M);
         assert_eq!(r.invocations, 4);
         assert_eq!(r.cold_starts, 2);
+        assert_eq!(r.cold_from_zero, 2, "both after the instance was stopped");
         assert_eq!(r.instance_starts, 2);
+        // the two 10-minute waits that ended in a stop are wasted, the 5-minute ones served
+        let wasted = 0.125 * 20.0 * 60.0;
+        assert!(
+            (r.wasted_gib_s - wasted).abs() < 0.125 * 60.0,
+            "{} vs {wasted}",
+            r.wasted_gib_s
+        );
         // idle: ~5 min + 10 min + ~5 min + 10 min (ends at minute ~35 < 40), 128 MiB default
         let expect = 0.125 * 30.0 * 60.0;
         assert!(
@@ -604,6 +629,7 @@ mod tests {
             invocations: 10,
             cold_starts: c,
             idle_gib_s: idle,
+            ..FunctionResult::default()
         };
         // a: cheap and cold; b: warm and costly; function 1 is better under b at any price
         let a = [fr(5, 10.0), fr(4, 100.0)];
@@ -628,6 +654,7 @@ mod tests {
         assert_eq!(one.invocations, 6);
         assert_eq!(three.invocations, 6);
         assert_eq!(one.cold_starts, 3, "one instance per invocation in flight");
+        assert_eq!(one.cold_from_zero, 1, "the others found the first one busy");
         assert_eq!(two.cold_starts, 2);
         assert_eq!(three.cold_starts, 1, "one instance serves all three");
         assert!(three.idle_gib_s < one.idle_gib_s);

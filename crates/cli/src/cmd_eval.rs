@@ -104,7 +104,11 @@ pub struct PolicyResult {
     pub fn_cold_rate_p50: f64,
     pub fn_cold_rate_p75: f64,
     pub fn_cold_rate_p90: f64,
+    /// Cold starts that found no instance at all (the rest found every instance busy).
+    pub cold_from_zero: u64,
     pub idle_gib_s: f64,
+    /// Idle memory of instances that never served again.
+    pub wasted_gib_s: f64,
     pub instance_starts: u64,
     pub ticks: u64,
     pub tick_mean_ms: f64,
@@ -183,7 +187,9 @@ fn summarise(policy: String, r: &SimReport, ticks: u64, total_s: f64, max_s: f64
         fn_cold_rate_p50: percentile(&rates, 50.0),
         fn_cold_rate_p75: percentile(&rates, 75.0),
         fn_cold_rate_p90: percentile(&rates, 90.0),
+        cold_from_zero: r.cold_from_zero,
         idle_gib_s: r.idle_gib_s,
+        wasted_gib_s: r.wasted_gib_s,
         instance_starts: r.instance_starts,
         ticks,
         tick_mean_ms: if ticks > 0 {
@@ -357,7 +363,9 @@ fn autoscale(g: &Global, a: AutoscaleArgs) -> anyhow::Result<()> {
                         pct(r.fn_cold_rate_p50),
                         pct(r.fn_cold_rate_p75),
                         pct(r.fn_cold_rate_p90),
+                        format!("{}/{}", r.cold_from_zero, r.cold_starts),
                         format!("{:.0}", r.idle_gib_s),
+                        format!("{:.0}", r.wasted_gib_s),
                         r.instance_starts.to_string(),
                         format!("{:.3} / {:.2}", r.tick_mean_ms, r.tick_max_ms),
                     ]
@@ -372,7 +380,9 @@ fn autoscale(g: &Global, a: AutoscaleArgs) -> anyhow::Result<()> {
                         "fn p50",
                         "fn p75",
                         "fn p90",
+                        "cold from zero",
                         "idle GiB*s",
+                        "of it wasted",
                         "instance starts",
                         "tick mean/max ms",
                     ],
