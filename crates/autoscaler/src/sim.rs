@@ -46,7 +46,7 @@ pub struct SimConfig {
     pub measure_from_minute: usize,
     /// Minute at which the replay ends (exclusive).
     pub end_minute: usize,
-    /// Invocations one instance serves at once (at least 1; the engine is told the same).
+    /// Invocations one instance serves at once (0 is taken as 1; the engine is told the same).
     pub concurrency: u32,
 }
 
@@ -148,7 +148,8 @@ fn unit(state: &mut u64) -> f64 {
 
 impl Simulation {
     /// A replay of `trace` (functions in trace order, named by [`crate::trace::TraceFunction::name`]).
-    pub fn new(trace: &Trace, cfg: SimConfig) -> Self {
+    pub fn new(trace: &Trace, mut cfg: SimConfig) -> Self {
+        cfg.concurrency = cfg.concurrency.max(1);
         let mut index = HashMap::new();
         let fns: Vec<SimFn> = trace
             .functions
@@ -196,7 +197,7 @@ impl Simulation {
                 &f.name,
                 FunctionParams {
                     memory_mib: (f.mem_gib * 1024.0).round() as u32,
-                    concurrency: self.cfg.concurrency.max(1),
+                    concurrency: self.cfg.concurrency,
                     ..FunctionParams::default()
                 },
             );
@@ -226,7 +227,7 @@ impl Simulation {
         self.samples.clear();
         let seed = self.cfg.seed;
         let measure = self.measure_ms;
-        let conc = self.cfg.concurrency.max(1);
+        let conc = self.cfg.concurrency;
         for f in &mut self.fns {
             let starts = step_function(f, (t0, t1), seed, measure, conc, &mut self.samples);
             self.instance_starts += starts;
@@ -323,8 +324,8 @@ pub struct EnvelopePoint {
 /// A bound no policy made of these replays can beat: for each price, every function takes,
 /// in hindsight, whichever replay gave it the least idle memory plus `price` per cold start.
 /// `replays` are the per-function results of replays of the same trace and window (functions
-/// in the same order). Not a policy (it knows the future); it shows how far a per-function choice among
-/// the replayed policies could go.
+/// in the same order). Not a policy (it knows the future); it shows how far a per-function
+/// choice among the replayed policies could go.
 pub fn hindsight_envelope(replays: &[&[FunctionResult]], prices: &[f64]) -> Vec<EnvelopePoint> {
     let n = replays.iter().map(|r| r.len()).min().unwrap_or(0);
     prices

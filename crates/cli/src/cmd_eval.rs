@@ -168,10 +168,10 @@ fn replay(
         }
     }
     let r = sim.finish();
-    summarise(cfg.policy.to_string(), &r, ticks, total_s, max_s)
+    summarise(cfg.policy.to_string(), r, ticks, total_s, max_s)
 }
 
-fn summarise(policy: String, r: &SimReport, ticks: u64, total_s: f64, max_s: f64) -> PolicyResult {
+fn summarise(policy: String, r: SimReport, ticks: u64, total_s: f64, max_s: f64) -> PolicyResult {
     let mut rates: Vec<f64> = r
         .per_function
         .iter()
@@ -199,7 +199,7 @@ fn summarise(policy: String, r: &SimReport, ticks: u64, total_s: f64, max_s: f64
         },
         tick_max_ms: max_s * 1000.0,
         fn_rates: rates,
-        per_function: r.per_function.clone(),
+        per_function: r.per_function,
     }
 }
 
