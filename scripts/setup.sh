@@ -10,17 +10,54 @@ cd "$(dirname "$0")/.."
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-pkgs=(gcc libc6-dev qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio xz-utils zstd ca-certificates nftables iproute2)
+# Every Debian package the project needs, and every command it runs from them. The test suite's
+# extra parts (curl, promtool, python3 for the API fuzzer) are in the same list: one transaction.
+pkgs=(gcc libc6-dev qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio xz-utils zstd
+  ca-certificates nftables iproute2 procps tar dpkg curl prometheus python3 python3-venv)
+cmds=(cc qemu-system-x86_64 qemu-img mkfs.ext4 nft tc ip cpio xz zstd tar dpkg-deb apt-get
+  pgrep curl promtool python3)
+
+# `verify`: every command on the PATH and busybox statically linked at FIREFLEET_BUSYBOX (or
+# /bin/busybox); stops at the first missing one, naming it and the package that brings it.
+verify() {
+  local c
+  for c in "${cmds[@]}"; do
+    command -v "$c" >/dev/null 2>&1 || { say "missing command: $c (run scripts/setup.sh as root to install it)"; return 1; }
+  done
+  local bb="${FIREFLEET_BUSYBOX:-/bin/busybox}"
+  [ -x "$bb" ] || { say "missing command: busybox at $bb (Debian package busybox-static)"; return 1; }
+  # A qemu-img that cannot run (a half-removed package) is as missing as an absent one.
+  qemu-img --version >/dev/null 2>&1 || { say "missing command: qemu-img does not run"; return 1; }
+  qemu-system-x86_64 --version >/dev/null 2>&1 || { say "missing command: qemu-system-x86_64 does not run"; return 1; }
+}
+if [ "${1:-}" = --verify ]; then
+  verify
+  exit
+fi
+
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
+if [ ${#missing[@]} -gt 0 ] || ! verify 2>/dev/null; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  say "installing Debian packages: ${missing[*]}"
+  say "installing Debian packages (missing: ${missing[*]:-none})"
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # The whole list in one transaction, so that apt solves it as one: installing only what was
+  # missing let apt remove a preinstalled newer qemu-utils (from backports) to satisfy
+  # qemu-system-x86. The QEMU packages are one source package: pin them to the version that
+  # qemu-system-x86 would get, downgrading a mismatched qemu-utils rather than removing it.
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  want=()
+  for p in "${pkgs[@]}"; do
+    case "$p" in
+      qemu-system-x86|qemu-utils) [ -n "$qemu_version" ] && [ "$qemu_version" != "(none)" ] && p="$p=$qemu_version" ;;
+    esac
+    want+=("$p")
+  done
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends --allow-downgrades "${want[@]}"
 fi
+verify
 if ! command -v cargo >/dev/null; then
   say "cargo not found: install a Rust toolchain (https://rustup.rs) and run this again"
   exit 1
