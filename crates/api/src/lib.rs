@@ -85,19 +85,38 @@ pub struct ConsoleChunk {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Everything.
+    /// Everything. Admin tokens act for the reserved tenant [`ADMIN_TENANT`].
     Admin,
     /// Its own tenant's objects.
     Tenant,
+    /// Reads `/metrics` and nothing else (a scraper's token).
+    Metrics,
 }
+
+/// The tenant name of admin tokens; no tenant or metrics token can be made for it.
+pub const ADMIN_TENANT: &str = "admin";
+
+/// Longest token validity a `ttl_secs` may ask for (10 years); none: no expiry.
+pub const MAX_TOKEN_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// `POST /v1/tokens` (admin).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
-    /// The tenant the token acts for.
-    #[schema(value_type = String)]
+    /// The tenant the token acts for (`admin` only with role `admin`).
+    #[schema(value_type = String, min_length = 1, max_length = 63, pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")]
     pub tenant: TenantId,
+    /// Its role (default `tenant`).
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Seconds until it expires (default: never; at most ten years).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000)]
+    pub ttl_secs: Option<u64>,
+    /// A note saying what it is for (shown by `token ls`).
+    #[serde(default)]
+    #[schema(max_length = 128)]
+    pub note: Option<String>,
 }
 
 /// A new token; the secret is shown once.
@@ -105,11 +124,45 @@ pub struct CreateTokenRequest {
 pub struct TokenResponse {
     /// The bearer token.
     pub token: String,
+    /// Its id (what `token ls` shows and `token revoke` takes; not a secret).
+    pub id: String,
     /// Its tenant.
     #[schema(value_type = String)]
     pub tenant: TenantId,
     /// Its role.
     pub role: Role,
+    /// When it expires (none: never).
+    #[serde(default)]
+    pub expires_ms: Option<UnixMillis>,
+}
+
+/// A token as `GET /v1/tokens` shows it (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    /// Its id.
+    pub id: String,
+    /// Its tenant.
+    #[schema(value_type = String)]
+    pub tenant: TenantId,
+    /// Its role.
+    pub role: Role,
+    /// When it was made.
+    pub created_ms: UnixMillis,
+    /// When it expires (none: never).
+    #[serde(default)]
+    pub expires_ms: Option<UnixMillis>,
+    /// Whether it has expired (it is refused).
+    pub expired: bool,
+    /// What it is for.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// `GET /v1/tokens` (admin).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    /// The tokens, by id.
+    pub items: Vec<TokenInfo>,
 }
 
 /// `POST /v1/join-tokens` (admin).

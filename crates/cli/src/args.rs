@@ -198,6 +198,8 @@ pub struct UpArgs {
     pub functions: FunctionArgs,
     #[command(flatten)]
     pub guard: GuardArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// The local agent's telemetry interval, milliseconds (see `agent --telemetry-interval-ms`).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub telemetry_interval_ms: u64,
@@ -230,6 +232,64 @@ pub struct ServerArgs {
     pub functions: FunctionArgs,
     #[command(flatten)]
     pub guard: GuardArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What callers may hold (defaults in `firefleet_server::Limits`).
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Open connections in all.
+    #[arg(long, default_value_t = firefleet_server::Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    #[arg(long, default_value_t = firefleet_server::Limits::default().max_connections_per_client)]
+    pub max_connections_per_client: usize,
+    /// Seconds a TLS handshake and each request's headers may take.
+    #[arg(long, default_value_t = firefleet_server::Limits::default().header_timeout.as_secs())]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, default_value_t = firefleet_server::Limits::default().idle_timeout.as_secs())]
+    pub idle_timeout_secs: u64,
+    /// Requests per second per token (and per anonymous client address); past the burst, 429.
+    #[arg(long, default_value_t = firefleet_server::Limits::default().requests_per_sec)]
+    pub rate_limit: f64,
+    /// Requests a token may make at once after a quiet spell.
+    #[arg(long, default_value_t = firefleet_server::Limits::default().burst)]
+    pub rate_burst: f64,
+}
+
+impl LimitArgs {
+    /// The server's settings; zero or negative values are refused, naming the flag.
+    pub fn limits(&self) -> anyhow::Result<firefleet_server::Limits> {
+        for (flag, ok) in [
+            ("--max-connections", self.max_connections > 0),
+            (
+                "--max-connections-per-client",
+                self.max_connections_per_client > 0,
+            ),
+            ("--header-timeout-secs", self.header_timeout_secs > 0),
+            ("--idle-timeout-secs", self.idle_timeout_secs > 0),
+            (
+                "--rate-limit",
+                self.rate_limit.is_finite() && self.rate_limit > 0.0,
+            ),
+            (
+                "--rate-burst",
+                self.rate_burst.is_finite() && self.rate_burst >= 1.0,
+            ),
+        ] {
+            anyhow::ensure!(ok, "{flag} must be positive (at least 1 for --rate-burst)");
+        }
+        Ok(firefleet_server::Limits {
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+            requests_per_sec: self.rate_limit,
+            burst: self.rate_burst,
+        })
+    }
 }
 
 /// The guard's rules and responses.
@@ -706,12 +766,44 @@ pub enum NodeCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a token for a tenant (admin).
+    /// Create a token (admin): a tenant's, a metrics scraper's (`--role metrics`: reads
+    /// /metrics only) or another admin's. The secret is printed once.
     Create {
-        /// Tenant.
+        /// Tenant the token acts for (admin tokens: `admin`, the default for them).
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
+        /// Role.
+        #[arg(long, value_enum, default_value_t = TokenRole::Tenant)]
+        role: TokenRole,
+        /// Seconds until it expires (default: never).
+        #[arg(long = "ttl")]
+        ttl_secs: Option<u64>,
+        /// What it is for (shown by `token ls`).
+        #[arg(long)]
+        note: Option<String>,
     },
+    /// List tokens (admin): ids, tenants, roles, expiry; never the secrets.
+    Ls {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token by id (admin): refused from the next request on.
+    Revoke {
+        /// Token id (from `token ls`).
+        id: String,
+    },
+}
+
+/// A token's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenRole {
+    /// A tenant's own objects.
+    Tenant,
+    /// Reads /metrics only.
+    Metrics,
+    /// Everything.
+    Admin,
 }
 
 #[derive(Debug, Subcommand)]

@@ -135,15 +135,6 @@ fn playbooks_test(g: &Global, file: &Path) -> anyhow::Result<()> {
     print(g.output, &json, &["TENANT", "SEVERITY", "ACTIONS"], rows)
 }
 
-fn ago(now: u64, at: u64) -> String {
-    let s = now.saturating_sub(at) / 1000;
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        _ => format!("{}h", s / 3600),
-    }
-}
-
 fn actions_summary(t: &firefleet_api::Threat) -> String {
     if t.actions.is_empty() {
         return "-".to_owned();
@@ -181,7 +172,7 @@ pub async fn threat(g: &Global, cmd: ThreatCommand) -> anyhow::Result<()> {
                         t.finding.rule.clone(),
                         t.vm_name.clone(),
                         t.tenant.clone(),
-                        ago(now, t.detected_ms),
+                        crate::output::ago(now, t.detected_ms),
                         actions_summary(t),
                         if t.ack.is_some() { "acked" } else { "open" }.to_owned(),
                     ]
@@ -220,9 +211,9 @@ pub async fn threat(g: &Global, cmd: ThreatCommand) -> anyhow::Result<()> {
             println!(
                 "seen       {} samples, first {} ago, last {} ago; recorded {} ago",
                 t.finding.count,
-                ago(now, t.finding.first_ms),
-                ago(now, t.finding.last_ms),
-                ago(now, t.detected_ms)
+                crate::output::ago(now, t.finding.first_ms),
+                crate::output::ago(now, t.finding.last_ms),
+                crate::output::ago(now, t.detected_ms)
             );
             for (k, v) in &t.finding.evidence {
                 println!("evidence   {k} = {v}");
@@ -258,7 +249,7 @@ pub async fn threat(g: &Global, cmd: ThreatCommand) -> anyhow::Result<()> {
                 Some(a) => println!(
                     "ack        by {} {} ago{}",
                     a.by,
-                    ago(now, a.at_ms),
+                    crate::output::ago(now, a.at_ms),
                     a.note
                         .as_ref()
                         .map(|n| format!(": {n}"))
@@ -272,7 +263,13 @@ pub async fn threat(g: &Global, cmd: ThreatCommand) -> anyhow::Result<()> {
             let images = client.quarantined_images().await?;
             let rows = images
                 .iter()
-                .map(|q| vec![q.image.clone(), q.threat.clone(), ago(now, q.at_ms)])
+                .map(|q| {
+                    vec![
+                        q.image.clone(),
+                        q.threat.clone(),
+                        crate::output::ago(now, q.at_ms),
+                    ]
+                })
                 .collect();
             print(g.output, &images, &["IMAGE", "THREAT", "AGE"], rows)
         }

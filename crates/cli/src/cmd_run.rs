@@ -77,6 +77,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
             .then(|| Duration::from_secs(a.rebalance_every_secs)),
         functions: a.functions.config(),
         guard: a.guard.config()?,
+        limits: a.limits.limits()?,
     })
     .await
     .context("starting the server")?;
@@ -145,6 +146,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             .then(|| Duration::from_secs(a.rebalance_every_secs)),
         functions: a.functions.config(),
         guard: a.guard.config()?,
+        limits: a.limits.limits()?,
     })
     .await
     .context("starting the server")?;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use firefleet_api::{CreateJoinTokenRequest, CreateTokenRequest, CreateVmRequest, ExecRequest};
+use firefleet_api::{CreateJoinTokenRequest, CreateVmRequest, ExecRequest};
 use firefleet_client::{Client, Connection};
 use firefleet_types::{
     topology::parse_label, DiskSpec, Labels, Migration, MigrationPhase, NetworkSpec, PlacementSpec,
@@ -699,19 +699,6 @@ pub async fn node_ls(g: &Global) -> anyhow::Result<()> {
         &["NAME", "READINESS", "ACCEL", "CAPACITY", "LABELS"],
         rows,
     )
-}
-
-pub async fn token_create(g: &Global, tenant: &str) -> anyhow::Result<()> {
-    let t = client(g)?
-        .token_create(&CreateTokenRequest {
-            tenant: tenant.parse()?,
-        })
-        .await?;
-    match g.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),
-        Output::Table => println!("{}", t.token),
-    }
-    Ok(())
 }
 
 pub async fn join_token_create(g: &Global, ttl_secs: Option<u64>) -> anyhow::Result<()> {

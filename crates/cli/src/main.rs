@@ -12,6 +12,7 @@ mod cmd_guard;
 mod cmd_image;
 mod cmd_policy;
 mod cmd_run;
+mod cmd_token;
 mod cmd_vm;
 mod output;
 
@@ -90,9 +91,7 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Node(args::NodeCommand::Drain { node, wait }) => {
             cmd_vm::node_drain(&g, &node, wait).await
         }
-        Command::Token(args::TokenCommand::Create { tenant }) => {
-            cmd_vm::token_create(&g, &tenant).await
-        }
+        Command::Token(c) => cmd_token::token(&g, c).await,
         Command::JoinToken(args::JoinTokenCommand::Create { ttl_secs }) => {
             cmd_vm::join_token_create(&g, ttl_secs).await
         }

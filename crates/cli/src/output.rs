@@ -60,6 +60,30 @@ pub fn wire<T: Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
+/// How long ago `at` was, at `now` (both ms since the epoch): `42s`, `5m`, `3h`.
+pub fn ago(now: u64, at: u64) -> String {
+    span(now.saturating_sub(at))
+}
+
+/// A span of milliseconds, short: `42s`, `5m`, `3h`, `12d`.
+pub fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

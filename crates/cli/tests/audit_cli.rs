@@ -38,18 +38,9 @@ async fn audit_ls_verify_export_and_an_edited_export() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let server = Server::start(ServerConfig {
-        functions: Default::default(),
-        data_dir: dir.clone(),
-        listen,
-        dns_names: vec![],
-        node_timers: Default::default(),
-        topology: Default::default(),
-        rebalance_every: None,
-        guard: Default::default(),
-    })
-    .await
-    .unwrap();
+    let server = Server::start(ServerConfig::new(dir.clone(), listen))
+        .await
+        .unwrap();
 
     for tenant in ["acme", "globex", "initech"] {
         let out = cli(&dir, &server, &["token", "create", "--tenant", tenant]).await;

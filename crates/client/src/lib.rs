@@ -308,12 +308,27 @@ impl Client {
             .await
     }
 
-    /// Creates a tenant token.
+    /// Creates a token.
     pub async fn token_create(
         &self,
         req: &CreateTokenRequest,
     ) -> Result<TokenResponse, ClientError> {
         self.must(Method::POST, "/v1/tokens", Some(req)).await
+    }
+
+    /// Lists tokens (one tenant's with `tenant`).
+    pub async fn token_list(&self, tenant: Option<&str>) -> Result<TokenList, ClientError> {
+        let path = match tenant {
+            Some(t) => format!("/v1/tokens?tenant={}", enc(t)),
+            None => "/v1/tokens".to_owned(),
+        };
+        self.must::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// Revokes a token by id.
+    pub async fn token_revoke(&self, id: &str) -> Result<TokenInfo, ClientError> {
+        self.must::<(), _>(Method::DELETE, &format!("/v1/tokens/{}", enc(id)), None)
+            .await
     }
 
     /// Creates a join token.

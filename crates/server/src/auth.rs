@@ -5,7 +5,7 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use firefleet_api::Role;
 use firefleet_types::{NodeId, TenantId, Vm};
 
-use crate::{repo, ApiError, AppState};
+use crate::{repo, tokens, ApiError, AppState};
 
 /// The node name from a verified client certificate, put into each request's extensions by the
 /// TLS layer (None when the client presented no certificate).
@@ -19,6 +19,8 @@ pub struct Caller {
     pub tenant: TenantId,
     /// Role.
     pub role: Role,
+    /// The token's id (never its secret).
+    pub token_id: String,
 }
 
 impl Caller {
@@ -35,6 +37,41 @@ impl Caller {
             Err(ApiError::Forbidden("this needs an admin token".to_owned()))
         }
     }
+
+    /// Who this is in the audit log: `admin` or `tenant:<name>` (the role and token id go in
+    /// the entry's detail).
+    pub fn actor(&self) -> String {
+        match self.role {
+            Role::Admin => "admin".to_owned(),
+            Role::Tenant => format!("tenant:{}", self.tenant),
+            Role::Metrics => format!("metrics:{}", self.tenant),
+        }
+    }
+}
+
+/// What the authentication layer ([`authenticate`]) found in a request's `Authorization`
+/// header; every request carries one in its extensions.
+#[derive(Debug, Clone)]
+pub enum Authn {
+    /// No header.
+    Anonymous,
+    /// A valid token.
+    Valid(Caller),
+    /// A header that is malformed or names no valid token: why.
+    Invalid(&'static str),
+}
+
+impl Authn {
+    /// The caller, or the 401 that a handler needing one answers.
+    pub fn caller(&self) -> Result<&Caller, ApiError> {
+        match self {
+            Authn::Valid(c) => Ok(c),
+            Authn::Invalid(why) => Err(ApiError::Unauthorized((*why).to_owned())),
+            Authn::Anonymous => Err(ApiError::Unauthorized(
+                "missing bearer token (Authorization header)".to_owned(),
+            )),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -42,40 +79,49 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        _state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        caller_from_headers(state, &parts.headers).await
+        let caller = parts
+            .extensions
+            .get::<Authn>()
+            .unwrap_or(&Authn::Anonymous)
+            .caller()?;
+        if caller.role == Role::Metrics {
+            return Err(ApiError::Forbidden(
+                "a metrics token only reads /metrics".to_owned(),
+            ));
+        }
+        Ok(caller.clone())
     }
 }
 
-/// The caller a request's `Authorization: Bearer` header names.
-pub async fn caller_from_headers(
+/// Resolves a request's `Authorization: Bearer` header (once per request, by the
+/// authentication layer).
+pub async fn authenticate(
     state: &AppState,
     headers: &axum::http::HeaderMap,
-) -> Result<Caller, ApiError> {
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::Unauthorized("missing bearer token (Authorization header)".to_owned())
-        })?;
-    let value = header
-        .to_str()
-        .map_err(|_| ApiError::Unauthorized("Authorization header is not text".to_owned()))?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| {
-            ApiError::Unauthorized("Authorization header must be `Bearer <token>`".to_owned())
-        })?
-        .trim();
+) -> Result<Authn, ApiError> {
+    let Some(header) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(Authn::Anonymous);
+    };
+    let Ok(value) = header.to_str() else {
+        return Ok(Authn::Invalid("Authorization header is not text"));
+    };
+    let Some(token) = value.strip_prefix("Bearer ").map(str::trim) else {
+        return Ok(Authn::Invalid(
+            "Authorization header must be `Bearer <token>`",
+        ));
+    };
     if token.is_empty() || token.len() > 256 {
-        return Err(ApiError::Unauthorized("invalid token".to_owned()));
+        return Ok(Authn::Invalid("invalid token"));
     }
-    let rec = repo::lookup_token(state, token)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("invalid token".to_owned()))?;
-    Ok(Caller {
-        tenant: rec.tenant,
-        role: rec.role,
+    Ok(match tokens::lookup(state, token).await? {
+        Some(t) => Authn::Valid(Caller {
+            tenant: t.record.tenant,
+            role: t.record.role,
+            token_id: t.id,
+        }),
+        None => Authn::Invalid("invalid token"),
     })
 }
 

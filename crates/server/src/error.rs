@@ -23,6 +23,9 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// The body is not of a type the endpoint accepts (its `Content-Type`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// No (valid) credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -46,6 +49,18 @@ pub enum ApiError {
     /// The operation did not complete in time.
     #[error("{0}")]
     Timeout(String),
+    /// The caller made too many requests; it may retry after this many seconds.
+    #[error("too many requests: retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a request would be taken.
+        retry_after_secs: u64,
+    },
+    /// A quota of the caller's tenant would be exceeded.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The server is at a limit it keeps for everyone (queue full); retry later.
+    #[error("{0}")]
+    Unavailable(String),
     /// The store failed.
     #[error("store error")]
     Store(#[from] firefleet_store::StoreError),
@@ -68,12 +83,16 @@ impl ApiError {
         match self {
             ApiError::Validation(_) | ApiError::BadRequest { .. } => "invalid_request",
             ApiError::TooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::PolicyDenied(_) => "policy_denied",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout(_) => "timeout",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }
     }

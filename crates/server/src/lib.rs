@@ -16,10 +16,12 @@ mod error;
 mod functions;
 mod guard;
 pub mod http;
+mod limits;
 mod metrics;
 mod policy;
 mod repo;
 mod tls;
+mod tokens;
 
 use std::{
     net::SocketAddr,
@@ -37,6 +39,7 @@ pub use error::ApiError;
 pub use firefleet_autoscaler::PolicyKind;
 pub use guard::GuardConfig;
 pub use http::openapi_json;
+pub use limits::Limits;
 
 /// Heartbeats older than this mark a node NotReady (default of [`NodeTimers::grace`]).
 pub const NODE_GRACE: Duration = Duration::from_secs(15);
@@ -83,6 +86,26 @@ pub struct ServerConfig {
     pub functions: FunctionsConfig,
     /// The guard's rules and response playbooks.
     pub guard: GuardConfig,
+    /// What callers may hold: connections, time, request rate.
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// A server keeping its state in `data_dir`, listening on `listen`, with every other
+    /// setting at its default.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            dns_names: Vec::new(),
+            node_timers: NodeTimers::default(),
+            topology: Default::default(),
+            rebalance_every: None,
+            functions: FunctionsConfig::default(),
+            guard: GuardConfig::default(),
+            limits: Limits::default(),
+        }
+    }
 }
 
 /// Shared state of every handler and controller.
@@ -115,6 +138,10 @@ pub(crate) struct AppState {
     pub audit: Arc<audit::Auditor>,
     /// The compiled policy set in force.
     pub policies: policy::Shared,
+    /// Request rate per token and per anonymous client address.
+    pub rate: Arc<limits::RateLimiter>,
+    /// Refused calls waiting to be written to the audit log, aggregated.
+    pub refusals: Arc<http::audit::Refusals>,
 }
 
 /// Errors starting the server.
@@ -165,12 +192,20 @@ impl Server {
     /// `admin.token` and `ca.pem`), binds, and starts serving and the controllers.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| StartError::DataDir {
+        make_private_dir(dir).map_err(|source| StartError::DataDir {
             path: dir.clone(),
             source,
         })?;
         let store: Arc<dyn KvStore> =
             Arc::new(SqliteStore::open(&dir.join("store.db")).map_err(StartError::Store)?);
+        // The store holds every secret's hash and every tenant's objects: owner only, like the
+        // directory (SQLite creates its files with the umask's mode).
+        for f in ["store.db", "store.db-wal", "store.db-shm"] {
+            make_private_file(&dir.join(f)).map_err(|source| StartError::DataDir {
+                path: dir.join(f),
+                source,
+            })?;
+        }
         let ca = Ca::load_or_create(dir).map_err(StartError::Pki)?;
         let ca_pem = ca.cert_pem().to_owned();
         let mut dns = config.dns_names.clone();
@@ -201,6 +236,8 @@ impl Server {
                 }
             })?),
             policies: Arc::default(),
+            rate: Arc::new(limits::RateLimiter::new(&config.limits)),
+            refusals: Arc::default(),
         };
         bootstrap_admin(&state, dir)
             .await
@@ -226,6 +263,7 @@ impl Server {
             listener,
             Arc::new(tls),
             router,
+            config.limits.clone(),
             shutdown_rx.clone(),
         ))];
         if let Some(period) = config.rebalance_every {
@@ -242,6 +280,10 @@ impl Server {
         tasks.push(guard::spawn(
             state.clone(),
             config.guard.clone(),
+            shutdown_rx.clone(),
+        ));
+        tasks.push(http::audit::spawn_refusal_flush(
+            state.clone(),
             shutdown_rx.clone(),
         ));
         tasks.extend(controllers::spawn_all(state.clone(), shutdown_rx));
@@ -276,17 +318,39 @@ async fn bootstrap_admin(state: &AppState, dir: &Path) -> Result<(), ApiError> {
     let path = dir.join("admin.token");
     // If the token file was lost (it is only written once), make a new admin token rather than
     // lock the operator out; the old one stays valid.
-    if path.exists() && repo::admin_exists(state).await? {
+    if path.exists() && tokens::admin_exists(state).await? {
         return Ok(());
     }
-    let token = repo::create_token(
+    let token = tokens::create(
         state,
-        &"admin".parse().map_err(ApiError::Validation)?,
-        firefleet_api::Role::Admin,
+        tokens::NewToken {
+            tenant: firefleet_api::ADMIN_TENANT
+                .parse()
+                .map_err(ApiError::Validation)?,
+            role: firefleet_api::Role::Admin,
+            ttl_secs: None,
+            note: Some("made at first start".to_owned()),
+        },
     )
     .await?;
     write_private_file(&path, token.token.as_bytes())
         .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
+}
+
+/// Creates `dir` (and its parents) if missing, and makes it owner-only (0700).
+pub(crate) fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Makes an existing file owner-only (0600); a missing file is left missing.
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
 }
 
 /// Writes a file atomically with mode 0600.

@@ -15,10 +15,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts one HTTP request.
-    pub fn request(&self, method: &str, route: &str, status: u16) {
+    /// Counts one HTTP request. Every label comes from a closed set, whatever the caller
+    /// sends: the method is one of the standard ones or `other`, the route is a route template
+    /// (or `unmatched`), the status is a number below 600.
+    pub fn request(&self, method: &axum::http::Method, route: Option<&str>, status: u16) {
+        let method = method_label(method);
+        let route = route.unwrap_or("unmatched");
         if let Ok(mut m) = self.requests.lock() {
-            *m.entry((method.to_owned(), route.to_owned(), status))
+            *m.entry((method.to_owned(), route.to_owned(), status.min(599)))
                 .or_default() += 1;
         }
     }
@@ -82,6 +86,21 @@ impl Metrics {
             "firefleet_admission_seconds_total {}",
             self.admission_ns.load(Relaxed) as f64 / 1e9
         );
+    }
+}
+
+/// The metrics label of a request method: the standard methods by name, anything else `other`.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 

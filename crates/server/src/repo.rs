@@ -5,7 +5,7 @@
 //! | `/vms/<id>` | [`Vm`] JSON |
 //! | `/vmnames/<tenant>/<name>` | the VM id (name uniqueness per tenant) |
 //! | `/nodes/<id>` | [`NodeInfo`] JSON |
-//! | `/tokens/<sha256 of token>` | [`TokenRecord`] JSON (secrets are never stored) |
+//! | `/tokens/<sha256 of token>` | [`crate::tokens::TokenRecord`] JSON (secrets are never stored) |
 //! | `/jointokens/<sha256 of token>` | [`JoinTokenRecord`] JSON |
 //! | `/console/<vm id>` | the VM's console (last [`CONSOLE_KEEP`] bytes) |
 //! | `/snapshots/<vm id>/<name>` | [`firefleet_types::Snapshot`] JSON |
@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use firefleet_api::{JoinTokenResponse, Role, TokenResponse};
+use firefleet_api::JoinTokenResponse;
 use firefleet_store::{Compare, KeyValue, Op, Revision, StoreError};
 use firefleet_types::{
     DesiredState, Function, NodeId, NodeInfo, TenantId, Vm, VmId, VmSpec, VmStatus,
@@ -28,17 +28,6 @@ use crate::{now_ms, ApiError, AppState};
 
 /// Bytes of console kept per VM.
 pub const CONSOLE_KEEP: usize = 256 * 1024;
-
-/// A stored token (the secret itself is not stored, only its hash as the key).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenRecord {
-    /// Tenant.
-    pub tenant: TenantId,
-    /// Role.
-    pub role: Role,
-    /// Created.
-    pub created_ms: u64,
-}
 
 /// A stored join token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,7 +76,7 @@ pub fn node_key(id: &NodeId) -> String {
 fn console_key(id: &VmId) -> String {
     format!("/console/{id}")
 }
-fn hash_secret(token: &str) -> String {
+pub(crate) fn hash_secret(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
@@ -121,7 +110,7 @@ pub async fn list_json<T: DeserializeOwned>(
     Ok((items, rev))
 }
 
-fn random_secret(prefix: &str) -> String {
+pub(crate) fn random_secret(prefix: &str) -> String {
     let mut b = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut b);
     format!("{prefix}_{}", hex::encode(b))
@@ -325,48 +314,6 @@ pub async fn append_console(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Whether an admin token exists.
-pub async fn admin_exists(state: &AppState) -> Result<bool, ApiError> {
-    let (tokens, _) = list_json::<TokenRecord>(state, "/tokens/").await?;
-    Ok(tokens.iter().any(|t| t.role == Role::Admin))
-}
-
-/// Creates a bearer token.
-pub async fn create_token(
-    state: &AppState,
-    tenant: &TenantId,
-    role: Role,
-) -> Result<TokenResponse, ApiError> {
-    let token = random_secret("fft");
-    let rec = TokenRecord {
-        tenant: tenant.clone(),
-        role,
-        created_ms: now_ms(),
-    };
-    state
-        .store
-        .compare_and_swap(
-            &format!("/tokens/{}", hash_secret(&token)),
-            0,
-            encode(&rec)?,
-        )
-        .await?;
-    Ok(TokenResponse {
-        token,
-        tenant: tenant.clone(),
-        role,
-    })
-}
-
-/// Looks a bearer token up.
-pub async fn lookup_token(state: &AppState, token: &str) -> Result<Option<TokenRecord>, ApiError> {
-    Ok(
-        get_json::<TokenRecord>(state, &format!("/tokens/{}", hash_secret(token)))
-            .await?
-            .map(|(t, _)| t),
-    )
 }
 
 /// Creates a one-time join token.

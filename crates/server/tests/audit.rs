@@ -25,18 +25,9 @@ struct Running {
 impl Running {
     async fn start(dir: &Path) -> Running {
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let server = Server::start(ServerConfig {
-            functions: Default::default(),
-            data_dir: dir.to_owned(),
-            listen,
-            dns_names: vec![],
-            node_timers: Default::default(),
-            topology: Default::default(),
-            rebalance_every: None,
-            guard: Default::default(),
-        })
-        .await
-        .unwrap();
+        let server = Server::start(ServerConfig::new(dir.to_owned(), listen))
+            .await
+            .unwrap();
         let admin = std::fs::read_to_string(dir.join("admin.token"))
             .unwrap()
             .trim()

@@ -100,9 +100,23 @@ impl FnState {
     }
 }
 
+/// The most invocations of one function that may wait for an instance at once; past it, new
+/// ones are refused at once (503) instead of held.
+pub(crate) const MAX_WAITING: u32 = 1024;
+
+/// The most distinct regions counted per function and tick; invocations naming further
+/// regions are counted as naming none (the region comes from the caller).
+const MAX_REGIONS: usize = 64;
+
 /// Why an invocation was not answered by the function.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum InvokeError {
+    /// Too many invocations are already waiting for an instance.
+    #[error(
+        "{waiting} invocations of function {function} are already waiting for an instance; \
+         try again later"
+    )]
+    Busy { function: String, waiting: u32 },
     /// No instance had room before the hold deadline.
     #[error(
         "no instance of function {function} was free within {waited_ms} ms \
@@ -281,7 +295,7 @@ impl Gateway {
     ) -> Result<Invoked, InvokeError> {
         let start = Instant::now();
         let arrived_ms = now_ms();
-        let region = region.unwrap_or("").to_owned();
+        let mut region = region.unwrap_or("").to_owned();
         let mut slot = Slot {
             gw: self,
             key,
@@ -294,6 +308,11 @@ impl Gateway {
                 let mut fns = self.lock();
                 let st = fns.entry(key.clone()).or_default();
                 if !counted {
+                    if st.tick.arrivals.len() >= MAX_REGIONS
+                        && !st.tick.arrivals.contains_key(&region)
+                    {
+                        region.clear();
+                    }
                     *st.tick.arrivals.entry(region.clone()).or_default() += 1;
                     counted = true;
                 }
@@ -315,6 +334,14 @@ impl Gateway {
                     break picked;
                 }
                 if slot.waiting.is_none() {
+                    let waiting: u32 = st.waiting.values().sum();
+                    if waiting >= MAX_WAITING {
+                        st.counters.errors += 1;
+                        return Err(InvokeError::Busy {
+                            function: spec.name.clone(),
+                            waiting,
+                        });
+                    }
                     *st.waiting.entry(region.clone()).or_default() += 1;
                     slot.waiting = Some(region.clone());
                     st.counters.waiting = st.waiting.values().map(|&n| u64::from(n)).sum();

@@ -9,12 +9,12 @@ use axum::{
 };
 use firefleet_api::{
     CreateJoinTokenRequest, CreateTokenRequest, ErrorBody, JoinTokenResponse, NodeList, Role,
-    TokenResponse,
+    TokenInfo, TokenList, TokenResponse,
 };
 use firefleet_types::{NodeId, NodeInfo};
 
-use super::ValidJson;
-use crate::{auth::Admin, repo, ApiError, AppState};
+use super::{ValidJson, ValidQuery};
+use crate::{auth::Admin, repo, tokens, ApiError, AppState};
 
 /// Longest join-token validity.
 const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -86,7 +86,7 @@ async fn set_cordon(
     Ok(Json(n))
 }
 
-/// Create a tenant token (admin).
+/// Create a token (admin): a tenant's (the default), a metrics scraper's, or another admin's.
 #[utoipa::path(post, path = "/v1/tokens", request_body = CreateTokenRequest, security(("bearer" = [])),
     responses((status = 201, body = TokenResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_token(
@@ -94,8 +94,51 @@ pub async fn create_token(
     _admin: Admin,
     ValidJson(req): ValidJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    let t = repo::create_token(&state, &req.tenant, Role::Tenant).await?;
+    let t = tokens::create(
+        &state,
+        tokens::NewToken {
+            tenant: req.tenant,
+            role: req.role.unwrap_or(Role::Tenant),
+            ttl_secs: req.ttl_secs,
+            note: req.note,
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(t)))
+}
+
+/// Query of `GET /v1/tokens`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TokenQuery {
+    /// Only this tenant's tokens.
+    #[param(value_type = Option<String>)]
+    pub tenant: Option<firefleet_types::TenantId>,
+}
+
+/// List tokens (admin): ids, tenants, roles, expiry; never the secrets.
+#[utoipa::path(get, path = "/v1/tokens", params(TokenQuery), security(("bearer" = [])),
+    responses((status = 200, body = TokenList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ValidQuery(q): ValidQuery<TokenQuery>,
+) -> Result<Json<TokenList>, ApiError> {
+    Ok(Json(TokenList {
+        items: tokens::list(&state, q.tenant.as_ref()).await?,
+    }))
+}
+
+/// Revoke a token (admin): it is refused from the next request on.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", security(("bearer" = [])),
+    params(("id" = String, Path, description = "token id (16 hex digits, from token ls)")),
+    responses((status = 200, body = TokenInfo), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    Ok(Json(tokens::revoke(&state, &id).await?))
 }
 
 /// Create a one-time join token for an agent (admin).

@@ -355,6 +355,7 @@ async fn call(
         .invoke(&key, &f.spec, body, region, state.functions.hold)
         .await
         .map_err(|e| match e {
+            e @ InvokeError::Busy { .. } => ApiError::Unavailable(e.to_string()),
             e @ InvokeError::NoInstance { .. } => ApiError::Timeout(e.to_string()),
             e @ InvokeError::Relay { .. } => ApiError::Timeout(firefleet_types::error_chain(&e)),
         })
@@ -394,11 +395,14 @@ pub async fn invoke(
 }
 
 /// The end users' route: `/fn/{tenant}/{name}`, body in, body out, the handler's status as the
-/// HTTP status. A public function needs no token; any other needs one of its tenant.
+/// HTTP status. A public function needs no token; any other needs one of its tenant (or an
+/// admin's). A function the caller may not call is answered exactly as a missing one (404), so
+/// that names cannot be found by probing.
 pub async fn plain(
     State(state): State<AppState>,
     Path((tenant, name)): Path<(String, String)>,
     headers: HeaderMap,
+    axum::Extension(authn): axum::Extension<crate::auth::Authn>,
     ValidQuery(q): ValidQuery<TenantQuery>,
     body: Bytes,
 ) -> Response {
@@ -406,9 +410,12 @@ pub async fn plain(
         let tenant = TenantId::parse("tenant", &tenant)?;
         let f = find(&state, &tenant, &name).await?;
         if !f.spec.public {
-            let caller = crate::auth::caller_from_headers(&state, &headers).await?;
-            if caller.tenant != tenant {
-                caller.require_admin()?;
+            let allowed = authn.caller().is_ok_and(|c| {
+                c.role == firefleet_api::Role::Admin
+                    || (c.role == firefleet_api::Role::Tenant && c.tenant == tenant)
+            });
+            if !allowed {
+                return Err(ApiError::not_found("function", name.as_str()));
             }
         }
         let region = q.region.clone().or_else(|| {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::{extract::State, http::header, response::IntoResponse, Json};
-use firefleet_api::Health;
+use firefleet_api::{ErrorBody, Health, Role};
 use firefleet_types::{node::NodeReadiness, NodeInfo, Vm};
 
 use crate::{repo, ApiError, AppState};
@@ -18,10 +18,21 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiE
     }))
 }
 
-/// Prometheus metrics (text format).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+/// Prometheus metrics (text format). They name tenants, functions and VMs, so they need an
+/// admin token or a metrics token (`firefleet token create --role metrics`).
+#[utoipa::path(get, path = "/metrics", security(("bearer" = [])),
+    responses((status = 200, content_type = "text/plain", body = String),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    axum::Extension(authn): axum::Extension<crate::auth::Authn>,
+) -> Result<impl IntoResponse, ApiError> {
     use std::fmt::Write;
+    if !matches!(authn.caller()?.role, Role::Admin | Role::Metrics) {
+        return Err(ApiError::Forbidden(
+            "/metrics needs an admin or a metrics token".to_owned(),
+        ));
+    }
     let mut out = String::new();
     state.metrics.render(&mut out);
     state.guard.render(&mut out);

@@ -3,7 +3,7 @@
 
 mod admin;
 mod agent;
-mod audit;
+pub(crate) mod audit;
 pub(crate) mod functions;
 mod meta;
 pub(crate) mod migrations;
@@ -68,7 +68,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/nodes/{node}/drain", post(migrations::drain))
         .route("/v1/plan", get(plan::show))
         .route("/v1/plan/apply", post(plan::apply))
-        .route("/v1/tokens", post(admin::create_token))
+        .route(
+            "/v1/tokens",
+            post(admin::create_token).get(admin::list_tokens),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(admin::revoke_token),
+        )
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/agent/enroll", post(agent::enroll))
         .route("/v1/agent/heartbeat", post(agent::heartbeat))
@@ -126,23 +133,60 @@ pub(crate) fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            authenticate_and_limit,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .with_state(state)
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
+    let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map(|p| p.as_str().to_owned());
     let resp = next.run(req).await;
     state
         .metrics
-        .request(&method, &route, resp.status().as_u16());
+        .request(&method, route.as_deref(), resp.status().as_u16());
     resp
+}
+
+/// Middleware: resolves the bearer token once ([`crate::auth::Authn`] in the request's
+/// extensions) and takes the request from its caller's rate bucket: the token's, or for
+/// anonymous callers and bad tokens the client address's. Agents (a verified node certificate
+/// and no token) are not rate-limited: their calls are paced by the agent itself.
+async fn authenticate_and_limit(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let authn = match crate::auth::authenticate(&state, req.headers()).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let node = req
+        .extensions()
+        .get::<crate::auth::PeerIdentity>()
+        .is_some_and(|p| p.0.is_some());
+    let bucket = match &authn {
+        crate::auth::Authn::Valid(c) => Some(format!("token:{}", c.token_id)),
+        crate::auth::Authn::Anonymous if node => None,
+        _ => req
+            .extensions()
+            .get::<crate::tls::ClientAddr>()
+            .map(|a| format!("ip:{}", a.0)),
+    };
+    if let Some(bucket) = bucket {
+        if let Err(retry_after_secs) = state.rate.take(&bucket, std::time::Instant::now()) {
+            return ApiError::RateLimited { retry_after_secs }.into_response();
+        }
+    }
+    req.extensions_mut().insert(authn);
+    next.run(req).await
 }
 
 impl IntoResponse for ApiError {
@@ -150,14 +194,22 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::Validation(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::PolicyDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::PolicyDenied(_) | ApiError::QuotaExceeded(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let message = if status.is_server_error() && status != StatusCode::GATEWAY_TIMEOUT {
+        let message = if status.is_server_error()
+            && status != StatusCode::GATEWAY_TIMEOUT
+            && status != StatusCode::SERVICE_UNAVAILABLE
+        {
             tracing::error!(error = %firefleet_types::error_chain(&self), "request failed");
             "internal error (see the server log)".to_owned()
         } else {
@@ -174,7 +226,14 @@ impl IntoResponse for ApiError {
                 },
             },
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs),
+            );
+        }
+        resp
     }
 }
 
@@ -211,13 +270,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ValidJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        if let Some(ct) = req.headers().get(axum::http::header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("");
-            if !ct.starts_with("application/json") {
-                return Err(ApiError::BadRequest {
-                    message: format!("content-type must be application/json, got {ct:?}"),
-                    field: None,
-                });
+        let ct = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+        match ct.as_deref() {
+            Some(ct) if is_json(ct) => {}
+            Some(ct) => {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "content-type must be application/json, got {ct:?}"
+                )))
+            }
+            None => {
+                return Err(ApiError::UnsupportedMediaType(
+                    "content-type must be application/json (the header is missing)".to_owned(),
+                ))
             }
         }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
@@ -225,8 +292,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ValidJson<T> {
             .map_err(|_| ApiError::TooLarge {
                 limit: MAX_BODY_BYTES,
             })?;
+        // Every request body of this API is an object; serde would take an array for a struct.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::BadRequest {
+                message: "the body must be a JSON object".to_owned(),
+                field: None,
+            });
+        }
         parse_json(&bytes).map(ValidJson)
     }
+}
+
+/// `application/json`, with parameters (`; charset=utf-8`) or not, in any case.
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Parses JSON, naming the failing field.
@@ -319,6 +401,8 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         admin::cordon,
         admin::uncordon,
         admin::create_token,
+        admin::list_tokens,
+        admin::revoke_token,
         admin::create_join_token,
         agent::enroll,
         agent::heartbeat,

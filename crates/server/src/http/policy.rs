@@ -171,18 +171,27 @@ pub async fn report(
     caller: Caller,
     ValidQuery(q): ValidQuery<ReportQuery>,
 ) -> Result<Json<ComplianceReport>, ApiError> {
+    let admin = caller.role == firefleet_api::Role::Admin;
+    // The report is labelled with the tenant whose records it holds: a tenant's own, always.
+    let tenant = match q.tenant {
+        Some(t) if !admin && t != caller.tenant.as_str() => {
+            return Err(ApiError::Forbidden(format!(
+                "a tenant token reads only its own tenant's report, not {t:?}"
+            )))
+        }
+        Some(t) => Some(t),
+        None => (!admin).then(|| caller.tenant.to_string()),
+    };
     let policy_version = policy::version(&state).await?;
-    let mut records = visible(&state, &caller, q.tenant.as_deref()).await?;
-    if q.tenant.is_some() {
+    let mut records = visible(&state, &caller, tenant.as_deref()).await?;
+    if tenant.is_some() {
         records.retain(|r| r.kind == "vm");
     }
     records.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
     Ok(Json(ComplianceReport {
         generated_ms: now_ms(),
         policy_version,
-        tenant: q.tenant.or_else(|| {
-            (caller.role != firefleet_api::Role::Admin).then(|| caller.tenant.to_string())
-        }),
+        tenant,
         controls: summarise(&records),
         records,
     }))

@@ -1,0 +1,114 @@
+//! The server under test: a real server (real TLS, real HTTP, a real SQLite file) in a temporary
+//! directory, and a client that trusts its CA.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use firefleet_server::{Server, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub server: Server,
+    pub admin: String,
+    pub http: reqwest::Client,
+}
+
+impl Fixture {
+    /// A server with its defaults, but a 1 s hold for function invocations.
+    pub async fn start() -> Fixture {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server whose config `edit` changed first.
+    pub async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut config = ServerConfig {
+            functions: firefleet_server::FunctionsConfig {
+                hold: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..ServerConfig::new(dir.path(), listen)
+        };
+        edit(&mut config);
+        let server = Server::start(config).await.unwrap();
+        let admin = std::fs::read_to_string(dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let http = client(&server.ca_pem, None);
+        Fixture {
+            dir,
+            server,
+            admin,
+            http,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.server.addr)
+    }
+
+    pub async fn revision(&self) -> u64 {
+        let v: Value = self
+            .http
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["revision"].as_u64().unwrap()
+    }
+
+    pub async fn post(&self, token: Option<&str>, path: &str, body: String) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn tenant_token(&self, tenant: &str) -> String {
+        let (s, v) = self
+            .post(
+                Some(&self.admin),
+                "/v1/tokens",
+                json!({ "tenant": tenant }).to_string(),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    }
+}
+
+pub fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let tls = firefleet_pki::client_tls_config(ca_pem, identity).unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
