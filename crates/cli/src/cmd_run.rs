@@ -77,6 +77,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
             .then(|| Duration::from_secs(a.rebalance_every_secs)),
         functions: a.functions.config(),
         guard: a.guard.config()?,
+        agent_cert_lifetime: a.agent_certs.lifetime(),
     })
     .await
     .context("starting the server")?;
@@ -145,6 +146,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
             .then(|| Duration::from_secs(a.rebalance_every_secs)),
         functions: a.functions.config(),
         guard: a.guard.config()?,
+        agent_cert_lifetime: a.agent_certs.lifetime(),
     })
     .await
     .context("starting the server")?;
@@ -153,7 +155,11 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     let join = if enrolled {
         None
     } else {
-        Some(server.create_join_token(Duration::from_secs(600)).await?)
+        Some(
+            server
+                .create_join_token(Duration::from_secs(600), a.node_name.parse()?)
+                .await?,
+        )
     };
     let exe = std::env::current_exe().context("finding the firefleet binary")?;
     let image_dir: PathBuf = crate::cmd_image::image_dir(a.image_dir.as_ref());

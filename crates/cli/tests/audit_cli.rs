@@ -47,6 +47,7 @@ async fn audit_ls_verify_export_and_an_edited_export() {
         topology: Default::default(),
         rebalance_every: None,
         guard: Default::default(),
+        agent_cert_lifetime: firefleet_server::AGENT_CERT_LIFETIME,
     })
     .await
     .unwrap();

@@ -1,5 +1,6 @@
-//! The HTTPS accept loop: TLS with optional, CA-verified client certificates; the node name of a
-//! presented certificate is attached to every request of that connection.
+//! The HTTPS accept loop: TLS with optional, CA-verified client certificates; the node name and
+//! serial of a presented certificate are attached to every request of that connection (whether
+//! that certificate is still the node's current one is checked per request, by `AgentNode`).
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::auth::PeerIdentity;
+use crate::auth::{PeerCert, PeerIdentity};
 
 /// Serves `router` on `listener` until `shutdown` turns true.
 pub async fn serve(
@@ -59,8 +60,13 @@ pub async fn serve(
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .and_then(|der| firefleet_pki::node_name_from_cert(der.as_ref()).ok())
-                .and_then(|name| name.parse().ok());
+                .and_then(|der| firefleet_pki::node_cert_info(der.as_ref()).ok())
+                .and_then(|info| {
+                    Some(PeerCert {
+                        node: info.node.parse().ok()?,
+                        serial: info.serial,
+                    })
+                });
             let peer = PeerIdentity(identity);
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {

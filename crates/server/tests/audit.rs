@@ -34,6 +34,7 @@ impl Running {
             topology: Default::default(),
             rebalance_every: None,
             guard: Default::default(),
+            agent_cert_lifetime: firefleet_server::AGENT_CERT_LIFETIME,
         })
         .await
         .unwrap();
