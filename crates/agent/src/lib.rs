@@ -1,7 +1,8 @@
 //! The FireFleet node agent.
 //!
 //! Enrolls once with a one-time join token (its key never leaves the node: it sends a CSR and
-//! gets a certificate signed by the cluster CA), then talks to the server only over mutual TLS
+//! gets a certificate signed by the cluster CA; the certificate is short-lived and renewed over
+//! mutual TLS, see `identity.rs`), then talks to the server only over mutual TLS
 //! and only outbound: heartbeats with the node's facts, a long-poll on the intents for its node,
 //! status reports and console uploads. It reconciles the host to the intents: launches what
 //! should run, stops what should not, removes what was deleted, and reports what is. VMM
@@ -124,6 +125,14 @@ pub async fn run(
         what: "building the mTLS client".into(),
         source: Box::new(source),
     })?;
+    // The certificate is short-lived: renewed over mutual TLS, the client switched to it.
+    let renewer = tokio::spawn(identity::keep_renewed(
+        client.clone(),
+        config.data_dir.clone(),
+        config.node.clone(),
+        identity.cert_pem.clone(),
+        shutdown.clone(),
+    ));
     // VMMs run sandboxed wherever the host allows it (root: own uid, seccomp, cgroups, jail);
     // the node facts say what is in force.
     let runtime = QemuRuntime::new(config.data_dir.join("vms")).map_err(AgentError::Vmm)?;
@@ -300,6 +309,7 @@ pub async fn run(
         }
     }
     poller.abort();
+    renewer.abort();
     uploader.abort();
     invoker.abort();
     hb.abort();

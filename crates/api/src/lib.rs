@@ -172,6 +172,16 @@ pub struct CreateJoinTokenRequest {
     /// Validity in seconds (default 3600, at most one week).
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// Bind the token to this node name: it can enrol only that name, and it is the only kind
+    /// of token that may re-enrol a node that exists (an agent that lost its disk). Without it
+    /// the token enrols any name that is not taken.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub node: Option<NodeId>,
+    /// The cordon the enrolled node gets: `true` cordoned, `false` uncordoned. Unset: a new
+    /// node is uncordoned, a re-enrolled one keeps its cordon.
+    #[serde(default)]
+    pub cordon: Option<bool>,
 }
 
 /// A one-time join token for an agent.
@@ -181,6 +191,10 @@ pub struct JoinTokenResponse {
     pub token: String,
     /// When it expires.
     pub expires_ms: UnixMillis,
+    /// The node it is bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub node: Option<NodeId>,
 }
 
 /// `POST /v1/agent/enroll`: an agent trades a join token and a CSR for a certificate.
@@ -206,6 +220,24 @@ pub struct EnrollResponse {
     pub cert_pem: String,
     /// PEM of the cluster CA.
     pub ca_pem: String,
+}
+
+/// `POST /v1/agent/renew` (mutual TLS): an agent trades a new CSR for a new certificate, which
+/// becomes its node's current one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PEM certificate signing request (a fresh key).
+    pub csr_pem: String,
+}
+
+/// The agent's new certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RenewResponse {
+    /// PEM client certificate for the node, signed by the cluster CA.
+    pub cert_pem: String,
+    /// When it expires.
+    pub not_after_ms: UnixMillis,
 }
 
 /// `POST /v1/agent/heartbeat` (mutual TLS).

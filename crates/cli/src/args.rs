@@ -200,6 +200,8 @@ pub struct UpArgs {
     pub guard: GuardArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub agent_certs: AgentCertArgs,
     /// The local agent's telemetry interval, milliseconds (see `agent --telemetry-interval-ms`).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub telemetry_interval_ms: u64,
@@ -234,6 +236,8 @@ pub struct ServerArgs {
     pub guard: GuardArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub agent_certs: AgentCertArgs,
 }
 
 /// What callers may hold (defaults in `firefleet_server::Limits`).
@@ -289,6 +293,23 @@ impl LimitArgs {
             requests_per_sec: self.rate_limit,
             burst: self.rate_burst,
         })
+    }
+}
+
+/// Agent certificates.
+#[derive(Debug, Clone, Args)]
+pub struct AgentCertArgs {
+    /// How long agent certificates are valid, seconds (agents renew theirs when two thirds
+    /// have passed; an agent offline for longer needs `join-token create --node NAME`).
+    #[arg(long, default_value_t = firefleet_server::AGENT_CERT_LIFETIME.as_secs(),
+          value_parser = clap::value_parser!(u64).range(60..))]
+    pub agent_cert_lifetime_secs: u64,
+}
+
+impl AgentCertArgs {
+    /// The agent certificate lifetime.
+    pub fn lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.agent_cert_lifetime_secs)
     }
 }
 
@@ -753,6 +774,12 @@ pub enum NodeCommand {
         /// Node name.
         node: String,
     },
+    /// Remove a node: its record goes and every certificate it was issued is refused from then
+    /// on. Refused while VMs are placed on it (drain it first).
+    Rm {
+        /// Node name.
+        node: String,
+    },
     /// Cordon a node and migrate its running VMs to the nodes the scheduler picks.
     Drain {
         /// Node name.
@@ -813,6 +840,18 @@ pub enum JoinTokenCommand {
         /// Validity in seconds.
         #[arg(long)]
         ttl_secs: Option<u64>,
+        /// Bind the token to this node name: it enrols only that name, and may enrol it again
+        /// while it exists (an agent that lost its data directory). Without it, a name that is
+        /// taken is refused.
+        #[arg(long)]
+        node: Option<String>,
+        /// The node enrols cordoned (default: a new node uncordoned, a re-enrolled one as it
+        /// was).
+        #[arg(long, conflicts_with = "uncordon")]
+        cordon: bool,
+        /// The node enrols uncordoned.
+        #[arg(long)]
+        uncordon: bool,
     },
 }
 

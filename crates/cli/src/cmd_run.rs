@@ -78,6 +78,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
         functions: a.functions.config(),
         guard: a.guard.config()?,
         limits: a.limits.limits()?,
+        agent_cert_lifetime: a.agent_certs.lifetime(),
     })
     .await
     .context("starting the server")?;
@@ -147,6 +148,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         functions: a.functions.config(),
         guard: a.guard.config()?,
         limits: a.limits.limits()?,
+        agent_cert_lifetime: a.agent_certs.lifetime(),
     })
     .await
     .context("starting the server")?;
@@ -155,7 +157,11 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     let join = if enrolled {
         None
     } else {
-        Some(server.create_join_token(Duration::from_secs(600)).await?)
+        Some(
+            server
+                .create_join_token(Duration::from_secs(600), a.node_name.parse()?)
+                .await?,
+        )
     };
     let exe = std::env::current_exe().context("finding the firefleet binary")?;
     let image_dir: PathBuf = crate::cmd_image::image_dir(a.image_dir.as_ref());

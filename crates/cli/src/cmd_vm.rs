@@ -701,9 +701,27 @@ pub async fn node_ls(g: &Global) -> anyhow::Result<()> {
     )
 }
 
-pub async fn join_token_create(g: &Global, ttl_secs: Option<u64>) -> anyhow::Result<()> {
+pub async fn node_rm(g: &Global, node: &str) -> anyhow::Result<()> {
+    let n = client(g)?.node_remove(node).await?;
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&n)?),
+        Output::Table => println!("node {} removed; its certificates are revoked", n.id),
+    }
+    Ok(())
+}
+
+pub async fn join_token_create(
+    g: &Global,
+    ttl_secs: Option<u64>,
+    node: Option<&str>,
+    cordon: Option<bool>,
+) -> anyhow::Result<()> {
     let t = client(g)?
-        .join_token_create(&CreateJoinTokenRequest { ttl_secs })
+        .join_token_create(&CreateJoinTokenRequest {
+            ttl_secs,
+            node: node.map(str::parse).transpose()?,
+            cordon,
+        })
         .await?;
     match g.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),

@@ -88,12 +88,19 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Node(args::NodeCommand::Uncordon { node }) => {
             cmd_vm::node_cordon(&g, &node, false).await
         }
+        Command::Node(args::NodeCommand::Rm { node }) => cmd_vm::node_rm(&g, &node).await,
         Command::Node(args::NodeCommand::Drain { node, wait }) => {
             cmd_vm::node_drain(&g, &node, wait).await
         }
         Command::Token(c) => cmd_token::token(&g, c).await,
-        Command::JoinToken(args::JoinTokenCommand::Create { ttl_secs }) => {
-            cmd_vm::join_token_create(&g, ttl_secs).await
+        Command::JoinToken(args::JoinTokenCommand::Create {
+            ttl_secs,
+            node,
+            cordon,
+            uncordon,
+        }) => {
+            let cordon = (cordon || uncordon).then_some(cordon);
+            cmd_vm::join_token_create(&g, ttl_secs, node.as_deref(), cordon).await
         }
         Command::Image(c) => cmd_image::image(&g, c).await,
         Command::Bench(args::BenchCommand::VmRun { count, memory }) => {

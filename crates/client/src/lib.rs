@@ -80,12 +80,33 @@ pub struct Connection {
     pub identity: Option<(String, String)>,
 }
 
-/// A FireFleet API client.
+/// A reqwest client trusting only the cluster CA, presenting `identity` if given.
+fn http_client(
+    base: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<reqwest::Client, ClientError> {
+    let tls = firefleet_pki::client_tls_config(ca_pem, identity).map_err(ClientError::Tls)?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|source| ClientError::Transport {
+            url: base.to_owned(),
+            source,
+        })
+}
+
+/// A FireFleet API client. Clones share one connection pool and identity: a new client
+/// certificate ([`Client::set_identity`]) is used by every clone's next request.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: std::sync::Arc<std::sync::RwLock<reqwest::Client>>,
     base: String,
     token: Option<String>,
+    ca_pem: String,
 }
 
 impl Client {
@@ -95,28 +116,30 @@ impl Client {
         if !base.starts_with("https://") {
             return Err(ClientError::BadServer(conn.server.clone()));
         }
-        let tls = firefleet_pki::client_tls_config(
-            &conn.ca_pem,
-            conn.identity
-                .as_ref()
-                .map(|(c, k)| (c.as_str(), k.as_str())),
-        )
-        .map_err(ClientError::Tls)?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|source| ClientError::Transport {
-                url: base.clone(),
-                source,
-            })?;
+        let identity = conn
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_str(), k.as_str()));
+        let http = http_client(&base, &conn.ca_pem, identity)?;
         Ok(Client {
-            http,
+            http: std::sync::Arc::new(std::sync::RwLock::new(http)),
             base,
             token: conn.token.clone(),
+            ca_pem: conn.ca_pem.clone(),
         })
+    }
+
+    /// Presents this client certificate from the next request on (every clone of this client):
+    /// new connections, while requests under way finish on theirs.
+    pub fn set_identity(&self, cert_pem: &str, key_pem: &str) -> Result<(), ClientError> {
+        let http = http_client(&self.base, &self.ca_pem, Some((cert_pem, key_pem)))?;
+        *self.http.write().unwrap_or_else(|e| e.into_inner()) = http;
+        Ok(())
+    }
+
+    /// The HTTP client in use now.
+    fn http(&self) -> reqwest::Client {
+        self.http.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -137,7 +160,7 @@ impl Client {
         body: Option<&B>,
     ) -> (String, reqwest::RequestBuilder) {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
+        let mut req = self.http().request(method, &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -211,7 +234,7 @@ impl Client {
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);
         let resp = self
-            .http
+            .http()
             .get(&url)
             .send()
             .await
@@ -280,6 +303,12 @@ impl Client {
             .await
     }
 
+    /// Removes a node (its certificates are revoked); returns the removed record.
+    pub async fn node_remove(&self, node: &str) -> Result<NodeInfo, ClientError> {
+        self.must::<(), _>(Method::DELETE, &format!("/v1/nodes/{}", enc(node)), None)
+            .await
+    }
+
     /// Drains a node: cordons it and starts a migration per running VM on it.
     pub async fn node_drain(&self, node: &str) -> Result<DrainResponse, ClientError> {
         self.must::<(), _>(
@@ -342,6 +371,11 @@ impl Client {
     /// Agent: enrolls.
     pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
         self.must(Method::POST, "/v1/agent/enroll", Some(req)).await
+    }
+
+    /// Agent: renews its certificate (mutual TLS with the current one).
+    pub async fn renew(&self, req: &RenewRequest) -> Result<RenewResponse, ClientError> {
+        self.must(Method::POST, "/v1/agent/renew", Some(req)).await
     }
 
     /// Agent: heartbeat.
@@ -431,7 +465,7 @@ impl Client {
         // The call lasts as long as the command: give it the command's timeout and some slack.
         let wait =
             Duration::from_millis(req.timeout_ms.unwrap_or(30_000)) + Duration::from_secs(30);
-        let mut r = self.http.post(&url).timeout(wait).json(req);
+        let mut r = self.http().post(&url).timeout(wait).json(req);
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -565,7 +599,7 @@ impl Client {
     {
         let url = format!("{}/v1/agent/migrations/{}/live", self.base, enc(vm));
         let req = self
-            .http
+            .http()
             .put(&url)
             .timeout(TRANSFER_TIMEOUT)
             .header("content-type", "application/octet-stream")
@@ -597,7 +631,7 @@ impl Client {
             source,
         };
         let mut resp = self
-            .http
+            .http()
             .get(&url)
             .timeout(TRANSFER_TIMEOUT)
             .send()
@@ -637,7 +671,7 @@ impl Client {
         let url = format!("{}/v1/agent/migrations/{}/snapshot", self.base, enc(vm));
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
         let req = self
-            .http
+            .http()
             .put(&url)
             .timeout(TRANSFER_TIMEOUT)
             .header("content-type", "application/x-tar")
@@ -673,7 +707,7 @@ impl Client {
         );
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
         let req = self
-            .http
+            .http()
             .put(&url)
             .timeout(TRANSFER_TIMEOUT)
             .header("content-type", "application/x-tar")
@@ -726,7 +760,7 @@ impl Client {
             enc(vm)
         );
         let req = self
-            .http
+            .http()
             .post(&url)
             .header("content-type", "application/octet-stream")
             .body(data);
@@ -792,7 +826,7 @@ impl Client {
             url.push_str(&format!("?region={}", enc(r)));
         }
         let mut req = self
-            .http
+            .http()
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .timeout(Duration::from_secs(20 * 60))

@@ -30,6 +30,8 @@ const SERVER_VALIDITY_DAYS: i64 = 365;
 /// Certificates are valid from a little before "now", so that a peer whose clock is slightly
 /// behind accepts a certificate issued a moment ago.
 const BACKDATE: Duration = Duration::minutes(5);
+/// The shortest agent certificate lifetime [`Ca::sign_agent_csr`] accepts.
+pub const MIN_AGENT_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A certificate and its private key, both PEM.
 #[derive(Clone, PartialEq, Eq)]
@@ -113,7 +115,7 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        set_validity(&mut params, CA_VALIDITY_DAYS);
+        set_validity(&mut params, Duration::days(CA_VALIDITY_DAYS));
         params.serial_number = Some(random_serial());
         let cert = params
             .self_signed(&key)
@@ -197,7 +199,7 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, SERVER_VALIDITY_DAYS);
+        set_validity(&mut params, Duration::days(SERVER_VALIDITY_DAYS));
         params.serial_number = Some(random_serial());
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
@@ -208,7 +210,10 @@ impl Ca {
         })
     }
 
-    /// Signs an agent's CSR for `node_name`, valid for `validity_days`.
+    /// Signs an agent's CSR for `node_name`, valid for `lifetime` (at least
+    /// [`MIN_AGENT_CERT_LIFETIME`]) from now; the certificate is backdated a few minutes for
+    /// clock skew. Returns the certificate and its serial (what the control plane records as
+    /// the node's current certificate).
     ///
     /// Only the CSR's public key is used (after its signature is checked: the agent holds the
     /// key). Subject, SANs and usages are the signer's: subject CN = `node_name`, one DNS SAN
@@ -218,12 +223,15 @@ impl Ca {
         &self,
         csr_pem: &str,
         node_name: &str,
-        validity_days: u32,
-    ) -> Result<String, PkiError> {
+        lifetime: std::time::Duration,
+    ) -> Result<AgentCert, PkiError> {
         check_node_name(node_name)?;
-        if validity_days == 0 {
-            return Err(PkiError::ZeroValidity);
+        if lifetime < MIN_AGENT_CERT_LIFETIME {
+            return Err(PkiError::LifetimeTooShort {
+                secs: lifetime.as_secs(),
+            });
         }
+        let lifetime = Duration::try_from(lifetime).map_err(|_| PkiError::LifetimeTooLong)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(PkiError::cert("parse and verify the agent's CSR"))?;
         let dns = node_dns_name(node_name)
@@ -240,15 +248,31 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, i64::from(validity_days));
+        set_validity(&mut params, lifetime);
         params.serial_number = Some(random_serial());
         let cert = params
             .signed_by(&csr.public_key, &self.cert, &self.key)
             .map_err(PkiError::cert(format!(
                 "sign the certificate of node {node_name:?}"
             )))?;
-        Ok(cert.pem())
+        let info = crate::node::node_cert_info(cert.der())?;
+        Ok(AgentCert {
+            cert_pem: cert.pem(),
+            serial: info.serial,
+            not_after: info.not_after,
+        })
     }
+}
+
+/// An agent certificate as issued by [`Ca::sign_agent_csr`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCert {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its serial number (lowercase hex of the DER integer's bytes).
+    pub serial: String,
+    /// When it expires.
+    pub not_after: std::time::SystemTime,
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {
@@ -258,10 +282,10 @@ fn distinguished_name(common_name: &str) -> DistinguishedName {
     dn
 }
 
-fn set_validity(params: &mut CertificateParams, days: i64) {
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
-    params.not_after = now + Duration::days(days);
+    params.not_after = now + lifetime;
 }
 
 /// A random positive 128-bit serial (rcgen's default derives it from the public key, so two
@@ -445,16 +469,47 @@ mod tests {
         ));
         let (csr, _) = crate::make_agent_csr("node-1").unwrap();
         assert!(matches!(
-            ca.sign_agent_csr(&csr, "node-1", 0),
-            Err(PkiError::ZeroValidity)
+            ca.sign_agent_csr(&csr, "node-1", std::time::Duration::from_secs(59)),
+            Err(PkiError::LifetimeTooShort { secs: 59 })
         ));
         assert!(matches!(
-            ca.sign_agent_csr(&csr, "Node 1", 30),
+            ca.sign_agent_csr(&csr, "Node 1", DAY),
             Err(PkiError::NodeName(_))
         ));
         assert!(matches!(
-            ca.sign_agent_csr("not a csr", "node-1", 30),
+            ca.sign_agent_csr("not a csr", "node-1", DAY),
             Err(PkiError::Cert { .. })
         ));
+    }
+
+    const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn agent_certificate_lives_as_long_as_asked_and_has_a_fresh_serial() {
+        let ca = Ca::generate().unwrap();
+        let (csr, _) = crate::make_agent_csr("node-1").unwrap();
+        let before = std::time::SystemTime::now();
+        let lifetime = std::time::Duration::from_secs(3600);
+        let a = ca.sign_agent_csr(&csr, "node-1", lifetime).unwrap();
+        let after = std::time::SystemTime::now();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(a.cert_pem.as_bytes())
+            .map(|d: rustls::pki_types::CertificateDer<'static>| d)
+            .unwrap();
+        let info = crate::node_cert_info(&der).unwrap();
+        assert_eq!(info.node, "node-1");
+        assert_eq!(info.serial, a.serial);
+        assert_eq!(info.not_after, a.not_after);
+        // Expires `lifetime` from now (X.509 times are whole seconds).
+        let second = std::time::Duration::from_secs(1);
+        assert!(info.not_after + second >= before + lifetime, "{info:?}");
+        assert!(info.not_after <= after + lifetime, "{info:?}");
+        // Valid from a few minutes ago (clock skew), not earlier.
+        let backdate = std::time::Duration::from_secs(5 * 60);
+        assert!(info.not_before + second >= before - backdate, "{info:?}");
+        assert!(info.not_before <= after - backdate, "{info:?}");
+        // The same CSR signed again: another serial.
+        let b = ca.sign_agent_csr(&csr, "node-1", lifetime).unwrap();
+        assert_ne!(a.serial, b.serial);
+        assert_eq!(a.serial.len(), 32, "{}", a.serial);
     }
 }

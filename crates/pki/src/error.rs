@@ -56,9 +56,16 @@ pub enum PkiError {
         #[source]
         source: rcgen::Error,
     },
-    /// A certificate validity of zero days was asked for.
-    #[error("a certificate must be valid for at least one day")]
-    ZeroValidity,
+    /// An agent certificate lifetime shorter than [`crate::MIN_AGENT_CERT_LIFETIME`] was asked
+    /// for.
+    #[error("an agent certificate must be valid for at least 60 s (asked: {secs} s)")]
+    LifetimeTooShort {
+        /// The lifetime asked for, in seconds.
+        secs: u64,
+    },
+    /// An agent certificate lifetime too long to represent was asked for.
+    #[error("the agent certificate lifetime is too long")]
+    LifetimeTooLong,
     /// A DER certificate could not be parsed.
     #[error("could not parse the X.509 certificate in {what}")]
     X509 {

@@ -3,9 +3,11 @@
 //! This crate owns:
 //! - the CA ([`Ca`]): its certificate and key on disk (`ca.pem`, `ca.key` with mode 0600,
 //!   written atomically), server certificates for the control plane, and agent certificates
-//!   signed from a CSR, whose node name is always the one the signer gives;
+//!   signed from a CSR, whose node name is always the one the signer gives and whose lifetime
+//!   the caller chooses (short: agents renew them; see the server's `/v1/agent/renew`);
 //! - the agent side of enrollment ([`make_agent_csr`]);
-//! - reading the node name out of a verified client certificate ([`node_name_from_cert`]);
+//! - reading the node name, serial and validity out of a verified client certificate
+//!   ([`node_cert_info`]);
 //! - rustls configurations for the server ([`server_tls_config`]: client certificates optional,
 //!   verified against the cluster CA when presented) and for clients ([`client_tls_config`]:
 //!   trusting only the cluster CA).
@@ -20,7 +22,10 @@ mod error;
 mod node;
 mod tls;
 
-pub use ca::{Ca, CertifiedKey, CA_CERT_FILE, CA_KEY_FILE};
+pub use ca::{AgentCert, Ca, CertifiedKey, CA_CERT_FILE, CA_KEY_FILE, MIN_AGENT_CERT_LIFETIME};
 pub use error::PkiError;
-pub use node::{make_agent_csr, node_dns_name, node_name_from_cert, NODE_DNS_SUFFIX};
+pub use node::{
+    make_agent_csr, node_cert_info, node_cert_info_pem, node_dns_name, node_name_from_cert,
+    NodeCertInfo, NODE_DNS_SUFFIX,
+};
 pub use tls::{client_tls_config, server_tls_config, ALPN_PROTOCOLS};

@@ -1,6 +1,8 @@
 //! Node identity in certificates: the agent's CSR, and reading the node name back out of a
 //! verified client certificate.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use firefleet_types::NodeId;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use x509_parser::extensions::GeneralName;
@@ -43,13 +45,42 @@ pub fn make_agent_csr(node_name: &str) -> Result<(String, String), PkiError> {
     Ok((csr_pem, key.serialize_pem()))
 }
 
+/// What the control plane and the agent need to know of a node certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCertInfo {
+    /// The node it names.
+    pub node: String,
+    /// Its serial number: lowercase hex of the DER integer's bytes.
+    pub serial: String,
+    /// Valid from.
+    pub not_before: SystemTime,
+    /// Valid until.
+    pub not_after: SystemTime,
+}
+
 /// The node name in a client certificate (DER), as put there by [`crate::Ca::sign_agent_csr`]:
-/// the one DNS SAN `<node>.node.firefleet`, which must agree with the subject CN.
+/// see [`node_cert_info`].
+pub fn node_name_from_cert(der: &[u8]) -> Result<String, PkiError> {
+    node_cert_info(der).map(|info| info.node)
+}
+
+/// [`node_cert_info`] of a PEM certificate (the first one in `pem`).
+pub fn node_cert_info_pem(pem: &str) -> Result<NodeCertInfo, PkiError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|source| PkiError::Pem {
+        what: "cert_pem",
+        source,
+    })?;
+    node_cert_info(&der)
+}
+
+/// The node name, serial and validity of a node certificate (DER). The name is the one DNS SAN
+/// `<node>.node.firefleet`, which must agree with the subject CN.
 ///
 /// This does not verify the certificate: call it on the peer certificate of a TLS session whose
 /// handshake verified it against the cluster CA. A control-plane server certificate (no node
 /// SAN) is refused.
-pub fn node_name_from_cert(der: &[u8]) -> Result<String, PkiError> {
+pub fn node_cert_info(der: &[u8]) -> Result<NodeCertInfo, PkiError> {
     let not_node = |reason: &str| PkiError::NotANodeCert {
         reason: reason.to_owned(),
     };
@@ -85,7 +116,23 @@ pub fn node_name_from_cert(der: &[u8]) -> Result<String, PkiError> {
             reason: format!("subject CN {cn:?} does not match the node DNS name {name:?}"),
         });
     }
-    Ok(name.to_owned())
+    let serial = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let validity = cert.validity();
+    Ok(NodeCertInfo {
+        node: name.to_owned(),
+        serial,
+        not_before: system_time(validity.not_before.timestamp()),
+        not_after: system_time(validity.not_after.timestamp()),
+    })
+}
+
+/// Seconds since the Unix epoch as a `SystemTime` (times before 1970 become the epoch).
+fn system_time(unix_secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(unix_secs).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -95,6 +142,8 @@ mod tests {
     use super::*;
     use crate::Ca;
 
+    const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
     fn der(pem: &str) -> CertificateDer<'static> {
         CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
     }
@@ -103,8 +152,8 @@ mod tests {
     fn signed_csr_carries_the_signers_node_name() {
         let ca = Ca::generate().unwrap();
         let (csr, _key) = make_agent_csr("edge-7").unwrap();
-        let cert = ca.sign_agent_csr(&csr, "edge-7", 30).unwrap();
-        assert_eq!(node_name_from_cert(&der(&cert)).unwrap(), "edge-7");
+        let cert = ca.sign_agent_csr(&csr, "edge-7", DAY).unwrap();
+        assert_eq!(node_name_from_cert(&der(&cert.cert_pem)).unwrap(), "edge-7");
     }
 
     #[test]
@@ -112,7 +161,7 @@ mod tests {
         let ca = Ca::generate().unwrap();
         // The agent asks to be "admin" (CN and SAN); the signer says it is "node-2".
         let (csr, _key) = make_agent_csr("admin").unwrap();
-        let cert = ca.sign_agent_csr(&csr, "node-2", 30).unwrap();
+        let cert = ca.sign_agent_csr(&csr, "node-2", DAY).unwrap().cert_pem;
         assert_eq!(node_name_from_cert(&der(&cert)).unwrap(), "node-2");
         let d = der(&cert);
         let (_, parsed) = x509_parser::parse_x509_certificate(&d).unwrap();

@@ -12,6 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+const WEEK: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// What the server saw: `Ok(node name of the client certificate, if any)` or the handshake error.
 type Seen = Result<Option<String>, String>;
 
@@ -60,7 +62,7 @@ async fn agent_with_a_certificate_from_its_csr_is_accepted_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::load_or_create(dir.path()).unwrap();
     let (csr, key) = make_agent_csr("edge-1").unwrap();
-    let cert = ca.sign_agent_csr(&csr, "edge-1", 7).unwrap();
+    let cert = ca.sign_agent_csr(&csr, "edge-1", WEEK).unwrap().cert_pem;
     let (seen, client) = handshake(&ca, Some((&cert, &key))).await;
     assert_eq!(seen, Ok(Some("edge-1".to_owned())));
     assert_eq!(client, Ok(()));
@@ -79,7 +81,7 @@ async fn client_certificate_from_another_ca_is_refused() {
     let ca = Ca::generate().unwrap();
     let rogue = Ca::generate().unwrap();
     let (csr, key) = make_agent_csr("edge-1").unwrap();
-    let cert = rogue.sign_agent_csr(&csr, "edge-1", 7).unwrap();
+    let cert = rogue.sign_agent_csr(&csr, "edge-1", WEEK).unwrap().cert_pem;
     let (seen, client) = handshake(&ca, Some((&cert, &key))).await;
     let err = seen.unwrap_err();
     assert!(err.contains("UnknownIssuer"), "{err}");
@@ -119,7 +121,10 @@ async fn reloaded_ca_still_verifies_certificates_issued_before() {
     let (cert, key) = {
         let ca = Ca::load_or_create(dir.path()).unwrap();
         let (csr, key) = make_agent_csr("edge-2").unwrap();
-        (ca.sign_agent_csr(&csr, "edge-2", 7).unwrap(), key)
+        (
+            ca.sign_agent_csr(&csr, "edge-2", WEEK).unwrap().cert_pem,
+            key,
+        )
     };
     let reloaded = Ca::load_or_create(dir.path()).unwrap();
     let (seen, client) = handshake(&reloaded, Some((&cert, &key))).await;

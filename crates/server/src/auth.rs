@@ -7,10 +7,20 @@ use firefleet_types::{NodeId, TenantId, Vm};
 
 use crate::{repo, tokens, ApiError, AppState};
 
-/// The node name from a verified client certificate, put into each request's extensions by the
-/// TLS layer (None when the client presented no certificate).
+/// The node certificate a client presented (verified against the cluster CA in the handshake),
+/// put into each request's extensions by the TLS layer (None when the client presented none, or
+/// one that names no node).
 #[derive(Debug, Clone)]
-pub struct PeerIdentity(pub Option<NodeId>);
+pub struct PeerIdentity(pub Option<PeerCert>);
+
+/// A verified node certificate: whose, and which one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// The node it names.
+    pub node: NodeId,
+    /// Its serial (lowercase hex), checked against the node's current certificate.
+    pub serial: String,
+}
 
 /// A caller authenticated by bearer token.
 #[derive(Debug, Clone)]
@@ -125,7 +135,9 @@ pub async fn authenticate(
     })
 }
 
-/// An enrolled agent, authenticated by its client certificate.
+/// An enrolled agent, authenticated by its client certificate, which must be its node's
+/// current one (see `repo::check_node_cert`): a certificate superseded by a re-enrolment or a
+/// renewal, or one of a removed node, is refused.
 #[derive(Debug, Clone)]
 pub struct AgentNode(pub NodeId);
 
@@ -136,20 +148,32 @@ impl FromRequestParts<AppState> for AgentNode {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let node = parts
+        AgentCert::from_request_parts(parts, state)
+            .await
+            .map(|cert| AgentNode(cert.0.node))
+    }
+}
+
+/// Like [`AgentNode`], with the certificate the agent presented (renewal needs its serial).
+#[derive(Debug, Clone)]
+pub struct AgentCert(pub PeerCert);
+
+impl FromRequestParts<AppState> for AgentCert {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let cert = parts
             .extensions
             .get::<PeerIdentity>()
             .and_then(|p| p.0.clone())
             .ok_or_else(|| {
                 ApiError::Unauthorized("agent endpoints need a client certificate".to_owned())
             })?;
-        if repo::get_json::<firefleet_types::NodeInfo>(state, &repo::node_key(&node))
-            .await?
-            .is_none()
-        {
-            return Err(ApiError::Forbidden(format!("node {node} is not enrolled")));
-        }
-        Ok(AgentNode(node))
+        repo::check_node_cert(state, &cert.node, &cert.serial).await?;
+        Ok(AgentCert(cert))
     }
 }
 

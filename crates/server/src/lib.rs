@@ -47,6 +47,10 @@ pub const NODE_GRACE: Duration = Duration::from_secs(15);
 /// [`NodeTimers::evict_after`]).
 pub const EVICT_AFTER: Duration = Duration::from_secs(15);
 
+/// How long agent certificates are valid (default of [`ServerConfig::agent_cert_lifetime`]):
+/// agents renew theirs over mutual TLS when two thirds of it have passed.
+pub const AGENT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// When a silent node is given up on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeTimers {
@@ -88,6 +92,9 @@ pub struct ServerConfig {
     pub guard: GuardConfig,
     /// What callers may hold: connections, time, request rate.
     pub limits: Limits,
+    /// How long the certificates issued to agents (enrolment, renewal) are valid; at least
+    /// [`firefleet_pki::MIN_AGENT_CERT_LIFETIME`]. Default [`AGENT_CERT_LIFETIME`].
+    pub agent_cert_lifetime: Duration,
 }
 
 impl ServerConfig {
@@ -104,6 +111,7 @@ impl ServerConfig {
             functions: FunctionsConfig::default(),
             guard: GuardConfig::default(),
             limits: Limits::default(),
+            agent_cert_lifetime: AGENT_CERT_LIFETIME,
         }
     }
 }
@@ -142,6 +150,8 @@ pub(crate) struct AppState {
     pub rate: Arc<limits::RateLimiter>,
     /// Refused calls waiting to be written to the audit log, aggregated.
     pub refusals: Arc<http::audit::Refusals>,
+    /// How long agent certificates are valid.
+    pub agent_cert_lifetime: Duration,
 }
 
 /// Errors starting the server.
@@ -192,6 +202,11 @@ impl Server {
     /// `admin.token` and `ca.pem`), binds, and starts serving and the controllers.
     pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         let dir = &config.data_dir;
+        if config.agent_cert_lifetime < firefleet_pki::MIN_AGENT_CERT_LIFETIME {
+            return Err(StartError::Pki(firefleet_pki::PkiError::LifetimeTooShort {
+                secs: config.agent_cert_lifetime.as_secs(),
+            }));
+        }
         make_private_dir(dir).map_err(|source| StartError::DataDir {
             path: dir.clone(),
             source,
@@ -238,6 +253,7 @@ impl Server {
             policies: Arc::default(),
             rate: Arc::new(limits::RateLimiter::new(&config.limits)),
             refusals: Arc::default(),
+            agent_cert_lifetime: config.agent_cert_lifetime,
         };
         bootstrap_admin(&state, dir)
             .await
@@ -297,9 +313,14 @@ impl Server {
         })
     }
 
-    /// Creates a one-time join token for an agent (used by `firefleet up` for its local agent).
-    pub async fn create_join_token(&self, ttl: Duration) -> Result<String, ApiError> {
-        repo::create_join_token(&self.state, ttl)
+    /// Creates a one-time join token for node `node` (used by `firefleet up` for its local
+    /// agent; bound to its name, so it also re-enrols an agent whose data directory is gone).
+    pub async fn create_join_token(
+        &self,
+        ttl: Duration,
+        node: firefleet_types::NodeId,
+    ) -> Result<String, ApiError> {
+        repo::create_join_token(&self.state, ttl, Some(node), None)
             .await
             .map(|r| r.token)
     }

@@ -6,16 +6,14 @@
 //! | `/vmnames/<tenant>/<name>` | the VM id (name uniqueness per tenant) |
 //! | `/nodes/<id>` | [`NodeInfo`] JSON |
 //! | `/tokens/<sha256 of token>` | [`crate::tokens::TokenRecord`] JSON (secrets are never stored) |
-//! | `/jointokens/<sha256 of token>` | [`JoinTokenRecord`] JSON |
+//! | `/nodecerts/<id>` | [`nodes::NodeCertRecord`] JSON (which certificates of the node are accepted) |
+//! | `/jointokens/<sha256 of token>` | [`nodes::JoinTokenRecord`] JSON |
 //! | `/console/<vm id>` | the VM's console (last [`CONSOLE_KEEP`] bytes) |
 //! | `/snapshots/<vm id>/<name>` | [`firefleet_types::Snapshot`] JSON |
 //! | `/execs/<vm id>/<exec id>` | a pending exec ([`firefleet_api::ExecRequestRecord`]) |
 //!
 //! Every read-modify-write is a compare-and-swap on the key's revision, retried on conflict.
 
-use std::time::Duration;
-
-use firefleet_api::JoinTokenResponse;
 use firefleet_store::{Compare, KeyValue, Op, Revision, StoreError};
 use firefleet_types::{
     DesiredState, Function, NodeId, NodeInfo, TenantId, Vm, VmId, VmSpec, VmStatus,
@@ -26,15 +24,15 @@ use sha2::{Digest, Sha256};
 
 use crate::{now_ms, ApiError, AppState};
 
+mod nodes;
+
+pub use nodes::{
+    check_node_cert, create_join_token, enroll_node, remove_node, renew_node_cert, Enrolled,
+    Enrolment,
+};
+
 /// Bytes of console kept per VM.
 pub const CONSOLE_KEEP: usize = 256 * 1024;
-
-/// A stored join token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JoinTokenRecord {
-    /// Expiry.
-    pub expires_ms: u64,
-}
 
 /// A VM's console as stored: the bytes kept and the stream offset of the first kept byte.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -314,64 +312,6 @@ pub async fn append_console(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Creates a one-time join token.
-pub async fn create_join_token(
-    state: &AppState,
-    ttl: Duration,
-) -> Result<JoinTokenResponse, ApiError> {
-    let token = random_secret("ffj");
-    let expires_ms = now_ms() + ttl.as_millis() as u64;
-    let rec = JoinTokenRecord { expires_ms };
-    state
-        .store
-        .compare_and_swap(
-            &format!("/jointokens/{}", hash_secret(&token)),
-            0,
-            encode(&rec)?,
-        )
-        .await?;
-    Ok(JoinTokenResponse { token, expires_ms })
-}
-
-/// Consumes a join token (once) and records the node in the same transaction.
-pub async fn enroll_node(
-    state: &AppState,
-    join_token: &str,
-    node: NodeInfo,
-) -> Result<(), ApiError> {
-    let key = format!("/jointokens/{}", hash_secret(join_token));
-    let invalid =
-        || ApiError::Unauthorized("join token is invalid, expired or already used".to_owned());
-    let Some((rec, rev)) = get_json::<JoinTokenRecord>(state, &key).await? else {
-        return Err(invalid());
-    };
-    if rec.expires_ms < now_ms() {
-        let _ = state.store.delete(&key, Some(rev)).await;
-        return Err(invalid());
-    }
-    let resp = state
-        .store
-        .txn(
-            vec![Compare::ModRevision {
-                key: key.clone(),
-                equals: rev,
-            }],
-            vec![
-                Op::Delete { key },
-                Op::Put {
-                    key: node_key(&node.id),
-                    value: encode(&node)?,
-                },
-            ],
-            vec![],
-        )
-        .await?;
-    if !resp.succeeded {
-        return Err(invalid());
-    }
-    Ok(())
 }
 
 /// Applies `f` to a node with compare-and-swap.

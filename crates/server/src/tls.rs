@@ -1,5 +1,6 @@
-//! The HTTPS accept loop: TLS with optional, CA-verified client certificates; the node name of a
-//! presented certificate is attached to every request of that connection.
+//! The HTTPS accept loop: TLS with optional, CA-verified client certificates; the node name and
+//! serial of a presented certificate are attached to every request of that connection (whether
+//! that certificate is still the node's current one is checked per request, by `AgentNode`).
 //!
 //! Every connection is bounded ([`Limits`]): it needs a place among `max_connections` and its
 //! client's `max_connections_per_client` (else it is closed before the handshake), the
@@ -27,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::{
-    auth::PeerIdentity,
+    auth::{PeerCert, PeerIdentity},
     limits::{Connections, Limits},
 };
 
@@ -120,8 +121,13 @@ pub async fn serve(
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .and_then(|der| firefleet_pki::node_name_from_cert(der.as_ref()).ok())
-                .and_then(|name| name.parse().ok());
+                .and_then(|der| firefleet_pki::node_cert_info(der.as_ref()).ok())
+                .and_then(|info| {
+                    Some(PeerCert {
+                        node: info.node.parse().ok()?,
+                        serial: info.serial,
+                    })
+                });
             let peer = PeerIdentity(identity);
             let client = ClientAddr(peer_addr.ip());
             let activity = Arc::new(Activity {

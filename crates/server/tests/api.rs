@@ -284,7 +284,10 @@ async fn agents_need_a_client_certificate_and_join_tokens_work_once() {
     let other_dir = tempfile::tempdir().unwrap();
     let other = firefleet_pki::Ca::load_or_create(other_dir.path()).unwrap();
     let (csr_x, key_x) = firefleet_pki::make_agent_csr("node-a").unwrap();
-    let forged = other.sign_agent_csr(&csr_x, "node-a", 1).unwrap();
+    let forged = other
+        .sign_agent_csr(&csr_x, "node-a", Duration::from_secs(3600))
+        .unwrap()
+        .cert_pem;
     let intruder = client(&f.server.ca_pem, Some((&forged, &key_x)));
     assert!(
         intruder

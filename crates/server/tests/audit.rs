@@ -227,12 +227,12 @@ async fn tampering_with_the_stored_log_is_named() {
     assert_eq!(
         got,
         [
-            (1, "tenant:admin", "POST /v1/tokens", "201"),
+            (1, "admin", "POST /v1/tokens", "201"),
             (2, "tenant:acme", "POST /v1/vms", "201"),
             (3, "tenant:acme", "POST /v1/vms", "201"),
             // Never placed: deleted at once.
             (4, "tenant:acme", "DELETE /v1/vms/{vm}", "204"),
-            (5, "tenant:admin", "POST /v1/tokens", "201"),
+            (5, "admin", "POST /v1/tokens", "201"),
         ],
         "{list}"
     );

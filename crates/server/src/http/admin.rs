@@ -141,9 +141,10 @@ pub async fn revoke_token(
     Ok(Json(tokens::revoke(&state, &id).await?))
 }
 
-/// Create a one-time join token for an agent (admin).
+/// Create a one-time join token for an agent (admin); with `node`, it enrols only that name
+/// and may re-enrol it while it exists.
 #[utoipa::path(post, path = "/v1/join-tokens", request_body = CreateJoinTokenRequest, security(("bearer" = [])),
-    responses((status = 201, body = JoinTokenResponse), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = JoinTokenResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create_join_token(
     State(state): State<AppState>,
     _admin: Admin,
@@ -158,6 +159,25 @@ pub async fn create_join_token(
     }
     Ok((
         StatusCode::CREATED,
-        Json(repo::create_join_token(&state, ttl).await?),
+        Json(repo::create_join_token(&state, ttl, req.node, req.cordon).await?),
     ))
+}
+
+/// Remove a node (admin): its record goes, and every certificate it was issued is refused from
+/// then on (its agent is locked out; the name can be enrolled again with any join token).
+/// Refused (409) while VMs are placed on it or a migration involves it: drain it first.
+#[utoipa::path(delete, path = "/v1/nodes/{node}", security(("bearer" = [])),
+    params(("node" = String, Path, description = "node name")),
+    responses((status = 200, body = NodeInfo, description = "the removed node"), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove_node(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(node): Path<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let id: NodeId = NodeId::parse("node", &node)?;
+    let removed = repo::remove_node(&state, &id).await?;
+    tracing::info!(node = %id, "node removed; its certificates are revoked");
+    state.kick.notify_waiters();
+    Ok(Json(removed))
 }

@@ -6,60 +6,108 @@ use std::time::Duration;
 use axum::{
     body::Bytes,
     extract::{Path, State},
-    Json,
+    Extension, Json,
 };
 use firefleet_api::{
     ConsoleOffset, EnrollRequest, EnrollResponse, ErrorBody, ExecRequestRecord, ExecResult,
-    HeartbeatRequest, IntentsResponse, MigrationIntent, SnapshotReport, VmIntent, VmStats,
-    VmStatusReport, MAX_CONSOLE_CHUNK,
+    HeartbeatRequest, IntentsResponse, MigrationIntent, RenewRequest, RenewResponse,
+    SnapshotReport, VmIntent, VmStats, VmStatusReport, MAX_CONSOLE_CHUNK,
 };
 use firefleet_types::{
     node::{NodeReadiness, NodeStatus},
     topology::validate_labels,
-    Migration, NodeId, NodeInfo, Snapshot, SnapshotPhase, Vm, VmId, VmPhase,
+    Migration, NodeId, Snapshot, SnapshotPhase, Vm, VmId, VmPhase,
 };
 use serde::Deserialize;
 
+use super::audit::AuditActor;
 use super::{ValidJson, ValidQuery};
-use crate::{auth::AgentNode, now_ms, repo, ApiError, AppState};
+use crate::{
+    auth::{AgentCert, AgentNode},
+    now_ms, repo, ApiError, AppState,
+};
 
 /// Longest an intents long-poll waits.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
-/// Enroll a node: trade a one-time join token and a CSR for a client certificate.
+/// Enroll a node: trade a one-time join token and a CSR for a client certificate. A name that
+/// is enrolled is refused (409) unless the join token was made for it (re-enrolment: the
+/// node's older certificates are revoked, its cordon kept unless the token sets it).
 #[utoipa::path(post, path = "/v1/agent/enroll", request_body = EnrollRequest,
-    responses((status = 200, body = EnrollResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = EnrollResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn enroll(
     State(state): State<AppState>,
     ValidJson(req): ValidJson<EnrollRequest>,
-) -> Result<Json<EnrollResponse>, ApiError> {
+) -> Result<(Extension<AuditActor>, Json<EnrollResponse>), ApiError> {
     validate_labels("labels", &req.labels)?;
-    // Sign first (pure), so a bad CSR does not burn the join token.
-    let cert_pem = state
-        .ca
-        .sign_agent_csr(&req.csr_pem, req.node.as_str(), 365)
-        .map_err(|e| ApiError::BadRequest {
-            message: format!("csr_pem: {e}"),
-            field: Some("csr_pem".to_owned()),
-        })?;
-    let now = now_ms();
-    let node = NodeInfo {
-        id: req.node.clone(),
+    // Sign first (pure), so a bad CSR does not burn the join token; the certificate is
+    // accepted only once the enrolment is stored.
+    let cert = sign_agent_csr(&state, &req.csr_pem, &req.node)?;
+    let enrolment = repo::Enrolment {
+        node: req.node.clone(),
         labels: req.labels,
-        cordoned: false,
-        enrolled_ms: now,
-        status: NodeStatus {
-            readiness: NodeReadiness::NotReady,
-            last_heartbeat_ms: 0,
-            facts: None,
-        },
+        serial: cert.serial,
+        not_after_ms: unix_ms(cert.not_after),
     };
-    repo::enroll_node(&state, &req.join_token, node).await?;
-    tracing::info!(node = %req.node, "node enrolled");
-    Ok(Json(EnrollResponse {
-        cert_pem,
-        ca_pem: state.ca.cert_pem().to_owned(),
+    let enrolled = repo::enroll_node(&state, &req.join_token, &enrolment).await?;
+    tracing::info!(node = %req.node, again = enrolled == repo::Enrolled::Again, "node enrolled");
+    Ok((
+        Extension(AuditActor(format!("node:{}", req.node))),
+        Json(EnrollResponse {
+            cert_pem: cert.cert_pem,
+            ca_pem: state.ca.cert_pem().to_owned(),
+        }),
+    ))
+}
+
+/// Renew the calling agent's certificate: a new CSR (fresh key) for a new certificate, which
+/// becomes the node's current one. The certificate presented stays accepted until the new one
+/// is first used (an agent that crashed before saving the new one comes back with it), then
+/// is revoked.
+#[utoipa::path(post, path = "/v1/agent/renew", request_body = RenewRequest, security(("mtls" = [])),
+    responses((status = 200, body = RenewResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn renew(
+    State(state): State<AppState>,
+    AgentCert(presented): AgentCert,
+    ValidJson(req): ValidJson<RenewRequest>,
+) -> Result<Json<RenewResponse>, ApiError> {
+    let cert = sign_agent_csr(&state, &req.csr_pem, &presented.node)?;
+    let not_after_ms = unix_ms(cert.not_after);
+    repo::renew_node_cert(
+        &state,
+        &presented.node,
+        &presented.serial,
+        &cert.serial,
+        not_after_ms,
+    )
+    .await?;
+    tracing::info!(node = %presented.node, serial = %cert.serial, "node certificate renewed");
+    Ok(Json(RenewResponse {
+        cert_pem: cert.cert_pem,
+        not_after_ms,
     }))
+}
+
+/// Signs an agent's CSR for `node` with the configured lifetime; a bad CSR is the caller's
+/// fault (400 naming `csr_pem`).
+fn sign_agent_csr(
+    state: &AppState,
+    csr_pem: &str,
+    node: &NodeId,
+) -> Result<firefleet_pki::AgentCert, ApiError> {
+    state
+        .ca
+        .sign_agent_csr(csr_pem, node.as_str(), state.agent_cert_lifetime)
+        .map_err(|e| ApiError::BadRequest {
+            message: format!("csr_pem: {}", firefleet_types::error_chain(&e)),
+            field: Some("csr_pem".to_owned()),
+        })
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Heartbeat with the node's facts.

@@ -46,6 +46,11 @@ const NOT_RECORDED: &[&str] = &[
     "/v1/agent/invocations/{id}",
 ];
 
+/// Set as a response extension by a handler, the actor recorded for its call (e.g.
+/// `node:<name>` for an enrolment, which carries neither a token nor a client certificate).
+#[derive(Debug, Clone)]
+pub(crate) struct AuditActor(pub String);
+
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -100,7 +105,7 @@ pub(crate) async fn record_calls(
     let node = req
         .extensions()
         .get::<PeerIdentity>()
-        .and_then(|p| p.0.clone());
+        .and_then(|p| p.0.as_ref().map(|c| c.node.clone()));
     let authn = req.extensions().get::<Authn>().cloned();
     let (actor, detail) = match &authn {
         Some(Authn::Valid(c)) => (
@@ -141,6 +146,11 @@ pub(crate) async fn record_calls(
     {
         return resp;
     }
+    // A handler that knows the actor better (enrolment: no token, no certificate yet) says so.
+    let actor = resp
+        .extensions()
+        .get::<AuditActor>()
+        .map_or(actor, |a| a.0.clone());
     let mut event = Event::new(
         0,
         actor,

@@ -62,7 +62,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/agent/invocations", get(functions::agent_take))
         .route("/v1/agent/invocations/{id}", post(functions::agent_result))
         .route("/v1/nodes", get(admin::list_nodes))
-        .route("/v1/nodes/{node}", get(admin::get_node))
+        .route(
+            "/v1/nodes/{node}",
+            get(admin::get_node).delete(admin::remove_node),
+        )
         .route("/v1/nodes/{node}/cordon", post(admin::cordon))
         .route("/v1/nodes/{node}/uncordon", post(admin::uncordon))
         .route("/v1/nodes/{node}/drain", post(migrations::drain))
@@ -78,6 +81,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/agent/enroll", post(agent::enroll))
+        .route("/v1/agent/renew", post(agent::renew))
         .route("/v1/agent/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/intents", get(agent::intents))
         .route("/v1/agent/vms/{vm}/status", put(agent::report_status))
@@ -398,6 +402,7 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         functions::agent_result,
         admin::list_nodes,
         admin::get_node,
+        admin::remove_node,
         admin::cordon,
         admin::uncordon,
         admin::create_token,
@@ -405,6 +410,7 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         admin::revoke_token,
         admin::create_join_token,
         agent::enroll,
+        agent::renew,
         agent::heartbeat,
         agent::intents,
         agent::report_status,
