@@ -195,7 +195,8 @@ async fn tampering_with_the_stored_log_is_named() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
-    // A refused call changes nothing and is not recorded.
+    // A refused call changes nothing; it is recorded aggregated, when the server flushes its
+    // refusals (here at shutdown: entries 6 and 7).
     let (s, _) = r
         .call(
             Method::POST,
@@ -248,6 +249,30 @@ async fn tampering_with_the_stored_log_is_named() {
     assert_eq!(v["ok"], json!(true), "{v}");
     assert_eq!(v["entries"], json!(5), "{v}");
     r.server.shutdown().await;
+    {
+        let db = Db::open(&data);
+        let refused: Vec<(String, String, String)> = [6, 7]
+            .map(|seq| {
+                let e = db.entry(seq).event;
+                (e.actor, e.action, e.outcome)
+            })
+            .into();
+        assert_eq!(
+            refused,
+            [
+                (
+                    "tenant:acme".into(),
+                    "refused GET /v1/audit".into(),
+                    "403".into()
+                ),
+                (
+                    "tenant:acme".into(),
+                    "refused POST /v1/tokens".into(),
+                    "403".into()
+                ),
+            ]
+        );
+    }
 
     // The key files: the secret one private.
     use std::os::unix::fs::PermissionsExt;
@@ -296,8 +321,8 @@ async fn tampering_with_the_stored_log_is_named() {
     assert_first_bad(&v, 4, "bad_signature");
 
     // (e) The last entry deleted: seen against the head.
-    let v = tampered(&data, "truncate", |db| db.delete(&key(5))).await;
-    assert_first_bad(&v, 5, "truncated");
+    let v = tampered(&data, "truncate", |db| db.delete(&key(7))).await;
+    assert_first_bad(&v, 7, "truncated");
 
     // Garbage in place of an entry.
     let v = tampered(&data, "garbage", |db| db.set(&key(2), b"{not json")).await;
@@ -316,7 +341,7 @@ async fn tampering_with_the_stored_log_is_named() {
     assert_eq!(s, StatusCode::CREATED);
     let v = r.verify().await;
     assert_eq!(v["ok"], json!(true), "{v}");
-    assert_eq!(v["entries"], json!(6), "{v}");
+    assert_eq!(v["entries"], json!(8), "{v}");
     r.server.shutdown().await;
 }
 
