@@ -717,7 +717,7 @@ pub struct VmRunArgs {
     /// No network interface.
     #[arg(long, conflicts_with_all = ["egress_mbit", "ingress_mbit"])]
     pub no_network: bool,
-    /// Bandwidth limit for traffic from the guest, Mbit/s.
+    /// Bandwidth limit for traffic from the guest, Mbit/s (default 1000).
     #[arg(long)]
     pub egress_mbit: Option<u32>,
     /// Bandwidth limit for traffic to the guest, Mbit/s.

@@ -385,7 +385,9 @@ async fn run(g: &Global, c: &Client, a: VmRunArgs) -> anyhow::Result<()> {
         tenant: a.tenant.as_deref().map(str::parse).transpose()?,
         network: NetworkSpec {
             enabled: !a.no_network,
-            egress_mbit: a.egress_mbit,
+            egress_mbit: a
+                .egress_mbit
+                .or(Some(firefleet_types::vm::DEFAULT_EGRESS_MBIT)),
             ingress_mbit: a.ingress_mbit,
             isolated: false,
         },

@@ -19,7 +19,7 @@ mod set;
 pub use builtin::builtin;
 pub use error::PolicyError;
 pub use model::{Control, Evaluation, Kind, Mode, PolicyDoc, PolicyInfo, PolicyResult, TestResult};
-pub use set::{inspect, PolicySet};
+pub use set::{inspect, PolicySet, EVAL_BUDGET};
 
 #[cfg(test)]
 mod tests;

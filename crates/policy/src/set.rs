@@ -8,6 +8,10 @@ use regorus::Engine;
 use crate::eval::{self, Compiled};
 use crate::{Evaluation, Kind, Mode, PolicyDoc, PolicyError, PolicyInfo, TestResult};
 
+/// The longest one rule's evaluation may take (wall clock, checked by the Rego interpreter
+/// every 256 steps); past it the policy fails closed with a violation that says so.
+pub const EVAL_BUDGET: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A compiled, immutable set of policies; cheap to clone and share between threads.
 #[derive(Clone)]
 pub struct PolicySet {
@@ -32,7 +36,7 @@ impl std::fmt::Debug for PolicySet {
 /// Parses and compiles one policy alone: its package, kind, mode and tests, or why it is
 /// refused.
 pub fn inspect(doc: &PolicyDoc) -> Result<PolicyInfo, PolicyError> {
-    let mut engine = Engine::new();
+    let mut engine = budgeted_engine();
     let compiled = load(&mut engine, doc)?;
     Ok(compiled.info)
 }
@@ -50,7 +54,7 @@ impl PolicySet {
                     policy: doc.name.clone(),
                 });
             }
-            let c = load(&mut Engine::new(), doc)?;
+            let c = load(&mut budgeted_engine(), doc)?;
             if let Some(other) = packages.get(&c.info.package) {
                 return Err(PolicyError::DuplicatePackage {
                     policy: doc.name.clone(),
@@ -61,7 +65,7 @@ impl PolicySet {
             packages.insert(c.info.package.clone(), doc.name.clone());
             compiled.push(c);
         }
-        let mut engine = Engine::new();
+        let mut engine = budgeted_engine();
         for doc in docs {
             add(&mut engine, doc)?;
         }
@@ -123,6 +127,18 @@ impl PolicySet {
         let results = eval::evaluate(&mut engine, &self.inner.compiled, kind, input);
         Evaluation { results }
     }
+}
+
+/// An engine whose every evaluation (and every clone's) stops at [`EVAL_BUDGET`]: a policy
+/// that loops fails closed (or, when that happens while it is compiled, is refused) instead of
+/// holding a thread.
+fn budgeted_engine() -> Engine {
+    let mut engine = Engine::new();
+    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        limit: EVAL_BUDGET,
+        check_interval: std::num::NonZeroU32::MIN.saturating_add(255),
+    });
+    engine
 }
 
 fn invalid(policy: &str, e: &impl std::fmt::Display) -> PolicyError {

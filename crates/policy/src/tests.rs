@@ -25,7 +25,7 @@ fn default_vm() -> Value {
         "restart_policy": "never",
         "desired": "running",
         "restore": null,
-        "network": {"enabled": true, "egress_mbit": null, "ingress_mbit": null},
+        "network": {"enabled": true, "egress_mbit": 1000, "ingress_mbit": null},
         "runtime": "qemu",
         "disks": [],
         "placement": {
@@ -143,10 +143,22 @@ fn builtin_policies_have_their_kinds_and_modes() {
 }
 
 #[test]
-fn default_vm_passes_with_only_the_egress_warning() {
+fn default_vm_passes_every_policy() {
     let eval = bundle().admit(&admission(default_vm(), tenant()));
+    assert!(eval.passed(), "{:?}", eval.results);
+    assert!(eval.warnings().is_empty());
+    assert_eq!(eval.results.len(), 6);
+    // A policy without controls reports one control named after it.
+    let image = &eval.results[3];
+    assert_eq!(image.controls.len(), 1);
+    assert_eq!(image.controls[0].id, "image_pinned");
+    assert_eq!(image.controls[0].name, "admission/image_pinned");
+    assert!(image.controls[0].passed);
+    // Unlimited egress, asked for: only the egress warning.
+    let mut vm = default_vm();
+    vm["network"]["egress_mbit"] = json!(null);
+    let eval = bundle().admit(&admission(vm, tenant()));
     assert!(!eval.denied(), "{:?}", eval.deny_reasons());
-    assert!(eval.deny_reasons().is_empty());
     assert_eq!(
         eval.warnings(),
         [
@@ -155,17 +167,53 @@ fn default_vm_passes_with_only_the_egress_warning() {
         ]
     );
     assert!(!eval.passed());
-    assert_eq!(eval.results.len(), 6);
-    // A policy without controls reports one control named after it.
-    let image = &eval.results[3];
-    assert_eq!(image.controls.len(), 1);
-    assert_eq!(image.controls[0].id, "image_pinned");
-    assert_eq!(image.controls[0].name, "admission/image_pinned");
-    assert!(image.controls[0].passed);
-    // With an egress limit, nothing is left.
-    let mut vm = default_vm();
-    vm["network"]["egress_mbit"] = json!(100);
-    assert!(bundle().admit(&admission(vm, tenant())).passed());
+}
+
+#[test]
+fn a_policy_past_its_time_budget_fails_closed() {
+    let slow = doc(
+        "admission/slow",
+        r#"package firefleet.admission.slow
+import rego.v1
+deny contains msg if {
+    input.vm
+    some i in numbers.range(1, 5000)
+    some j in numbers.range(1, 5000)
+    i * j == -1
+    msg := "never"
+}
+"#,
+    );
+    let mut docs = builtin();
+    docs.push(slow);
+    let set = PolicySet::compile(&docs).unwrap();
+    let eval = set.admit(&admission(default_vm(), tenant()));
+    assert!(eval.denied(), "a policy that ran out of time let the VM in");
+    let reasons = eval.deny_reasons().join("; ");
+    assert!(
+        reasons.contains("admission/slow") && reasons.contains("could not be evaluated"),
+        "{reasons}"
+    );
+    // The other policies were evaluated as usual.
+    assert_eq!(eval.results.len(), 7);
+}
+
+#[test]
+fn a_policy_that_runs_out_of_time_when_compiled_is_refused() {
+    let slow = doc(
+        "admission/slow",
+        r#"package firefleet.admission.slow
+import rego.v1
+deny contains msg if {
+    some i in numbers.range(1, 5000)
+    some j in numbers.range(1, 5000)
+    i * j == -1
+    msg := "never"
+}
+"#,
+    );
+    let err = PolicySet::compile(&[slow]).unwrap_err().to_string();
+    assert!(err.contains("admission/slow"), "{err}");
 }
 
 #[test]
@@ -256,7 +304,10 @@ fn egress_denies_when_applied_in_mode_deny() {
         }
     }
     let set = PolicySet::compile(&docs).expect("compiles");
-    let eval = set.admit(&admission(default_vm(), tenant()));
+    assert!(!set.admit(&admission(default_vm(), tenant())).denied());
+    let mut vm = default_vm();
+    vm["network"]["egress_mbit"] = json!(null);
+    let eval = set.admit(&admission(vm, tenant()));
     assert!(eval.denied());
     assert!(eval.deny_reasons()[0].contains("network.egress_mbit"));
     assert!(eval.warnings().is_empty());

@@ -169,7 +169,8 @@ pub async fn current(state: &AppState) -> Result<(u64, PolicySet), ApiError> {
             continue;
         }
         let docs = records.iter().map(doc).collect::<Result<Vec<_>, _>>()?;
-        let set = PolicySet::compile(&docs)
+        let set = off_async(move || PolicySet::compile(&docs))
+            .await?
             .map_err(|e| ApiError::Internal(format!("the stored policy set: {e}")))?;
         state.policies.store(version, &set);
         return Ok((version, set));
@@ -239,7 +240,9 @@ async fn change(
         if let Some((d, _)) = &new {
             docs.push(d.clone());
         }
-        PolicySet::compile(&docs).map_err(policy_error)?;
+        off_async(move || PolicySet::compile(&docs).map(drop))
+            .await?
+            .map_err(policy_error)?;
         let version = h.version + 1;
         let mut ops = vec![Op::Put {
             key: HEAD.to_owned(),
@@ -446,7 +449,10 @@ async fn admit(
         );
     }
     let started = std::time::Instant::now();
-    let admission = evaluate_vm(&set, version, "", spec, &input);
+    let admission = {
+        let spec = spec.clone();
+        off_async(move || evaluate_vm(&set, version, "", &spec, &input)).await?
+    };
     state.metrics.admission_ns.fetch_add(
         started.elapsed().as_nanos() as u64,
         std::sync::atomic::Ordering::Relaxed,
@@ -531,6 +537,17 @@ pub async fn records(state: &AppState, prefix: &str) -> Result<Vec<StoredRecord>
 pub async fn put_record(state: &AppState, key: String, r: &StoredRecord) -> Result<(), ApiError> {
     state.store.put(&key, repo::encode(r)?).await?;
     Ok(())
+}
+
+/// Runs a Rego compilation or evaluation on the blocking pool: each is bounded by the policy
+/// crate's budget, and none holds an async worker (so `/healthz` and other calls are answered
+/// while an admin's slow policy is evaluated).
+pub async fn off_async<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("policy evaluation: {e}")))
 }
 
 /// Shared handle type kept in the app state.

@@ -526,3 +526,41 @@ async fn an_early_refusal_over_http2_is_a_clean_answer() {
         assert_eq!(v["error"]["code"], "unauthorized");
     }
 }
+
+#[tokio::test]
+async fn a_vm_with_default_settings_satisfies_the_built_in_policies() {
+    let f = Fixture::start().await;
+    let acme = f.tenant_token("acme").await;
+    let create = |body: Value| {
+        f.http
+            .post(f.url("/v1/vms"))
+            .bearer_auth(&acme)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let image = format!("sha256:{}", "a".repeat(64));
+    let resp = create(
+        json!({"name": "plain", "image": image, "resources": {"vcpus": 1, "memory_mib": 128}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(
+        resp.headers().get("warning").is_none(),
+        "a default VM drew an admission warning: {:?}",
+        resp.headers().get("warning")
+    );
+    let vm: Value = resp.json().await.unwrap();
+    assert_eq!(vm["spec"]["network"]["egress_mbit"], 1000);
+    // Unlimited egress, asked for explicitly, is admitted with the policy's warning.
+    let resp = create(
+        json!({"name": "open", "image": image, "resources": {"vcpus": 1, "memory_mib": 128},
+        "network": {"egress_mbit": null}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let warning = resp.headers().get("warning").unwrap().to_str().unwrap();
+    assert!(warning.contains("egress_limited"), "{warning}");
+}

@@ -274,6 +274,11 @@ impl DiskSpec {
 /// The largest bandwidth limit accepted, in Mbit/s.
 pub const MAX_NET_MBIT: u32 = 100_000;
 
+/// The egress limit of a VM whose spec names none, in Mbit/s: every VM's sending is bounded
+/// unless its owner says otherwise (`"egress_mbit": null`), which the built-in admission policy
+/// `egress_limited` then flags.
+pub const DEFAULT_EGRESS_MBIT: u32 = 1000;
+
 /// A VM's network interface: on the node's bridge, with an address from the node's subnet,
 /// reachable by the host and by the tenant's other VMs on the node.
 #[derive(
@@ -285,8 +290,10 @@ pub struct NetworkSpec {
     /// without one.
     #[serde(default = "enabled_default")]
     pub enabled: bool,
-    /// Bandwidth limit for traffic from the guest, Mbit/s (1..=100000; none: unlimited).
-    #[serde(default)]
+    /// Bandwidth limit for traffic from the guest, Mbit/s (1..=100000; default 1000;
+    /// null: unlimited).
+    #[serde(default = "egress_default")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub egress_mbit: Option<u32>,
     /// Bandwidth limit for traffic to the guest, Mbit/s (1..=100000; none: unlimited).
     #[serde(default)]
@@ -301,11 +308,15 @@ fn enabled_default() -> bool {
     true
 }
 
+fn egress_default() -> Option<u32> {
+    Some(DEFAULT_EGRESS_MBIT)
+}
+
 impl Default for NetworkSpec {
     fn default() -> Self {
         Self {
             enabled: true,
-            egress_mbit: None,
+            egress_mbit: egress_default(),
             ingress_mbit: None,
             isolated: false,
         }

@@ -107,7 +107,10 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
         if old.is_some_and(|r| is_current(r, version, &policy::digest(&input))) {
             continue;
         }
-        let mut fresh = policy::evaluate_node(&set, version, node, &input);
+        let mut fresh = {
+            let (set, node) = (set.clone(), node.clone());
+            policy::off_async(move || policy::evaluate_node(&set, version, &node, &input)).await?
+        };
         if !fresh.record.passed {
             fresh.record.remediation =
                 Some("tainted: no new VM that needs a compliant host".to_owned());
@@ -168,8 +171,14 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
         };
         let input = serde_json::json!({ "vm": vm.spec, "tenant": tenant });
         let key = format!("{}{}", policy::VM_RECORDS, vm.id);
-        let (mut record, changed) =
-            vm_verdict(&set, version, vm, &input, vm_records.get(vm.id.as_str()));
+        let (mut record, changed) = {
+            let (set, vm, old) = (
+                set.clone(),
+                vm.clone(),
+                vm_records.get(vm.id.as_str()).cloned(),
+            );
+            policy::off_async(move || vm_verdict(&set, version, &vm, &input, old.as_ref())).await?
+        };
         if changed {
             policy::put_record(&state, key.clone(), &record).await?;
         }
