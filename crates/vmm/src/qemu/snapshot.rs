@@ -15,6 +15,12 @@
 //! [`verify_snapshot`] and so by restore. Stale `.tmp-*` directories (their pid is gone) are
 //! removed by the next snapshot or launch of the VM.
 //!
+//! # Snapshots from elsewhere
+//! A snapshot directory may come from another node (unpacked by [`crate::archive`]), so
+//! [`verify_snapshot`] trusts nothing in it: the manifest is read only if it is a regular file
+//! of at most [`MAX_MANIFEST_BYTES`], every file it lists must be one of [`is_snapshot_file`]'s
+//! plain names and a regular file (never a link), and restore opens them with `O_NOFOLLOW`.
+//!
 //! # Saving and loading
 //! The migration stream goes through a file descriptor we open and hand to QEMU with QMP
 //! `getfd` (`fd:` URI), never `exec:`, which a `-sandbox spawn=deny` QEMU cannot run. Restore
@@ -27,6 +33,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use crate::archive::MAX_MANIFEST_BYTES;
+use crate::archive::{self, LocalFileError};
 use crate::disk::{backing_file, detect_format, DiskFormat};
 use crate::runtime::{LaunchConfig, SnapshotInfo, VmProcessInfo, VmmError};
 
@@ -47,6 +55,27 @@ const MAX_BANDWIDTH: u64 = 100 << 30;
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 const FD_NAME: &str = "firefleet-snapshot";
+
+/// Whether `name` is a file a QEMU snapshot holds: [`MANIFEST_FILE`], [`VMSTATE_FILE`] or a
+/// disk copy `disk-<N>.raw` / `disk-<N>.qcow2`. Pure.
+pub fn is_snapshot_file(name: &str) -> bool {
+    name == MANIFEST_FILE || is_data_file(name)
+}
+
+/// A file the manifest lists: the state or a disk copy.
+fn is_data_file(name: &str) -> bool {
+    name == VMSTATE_FILE
+        || name
+            .strip_prefix("disk-")
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(i, format)| {
+                (1..=2).contains(&i.len())
+                    && i.bytes().all(|b| b.is_ascii_digit())
+                    && [DiskFormat::Raw, DiskFormat::Qcow2]
+                        .iter()
+                        .any(|f| f.as_str() == format)
+            })
+}
 
 /// One file of a snapshot and its size.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -149,15 +178,16 @@ pub fn verify_snapshot(dir: &Path) -> Result<SnapshotManifest, VmmError> {
         return Err(invalid(dir, "no such directory"));
     }
     let manifest_path = dir.join(MANIFEST_FILE);
-    let bytes = match fs::read(&manifest_path) {
+    let bytes = match archive::read_small(&manifest_path, MAX_MANIFEST_BYTES) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        Err(LocalFileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
             return Err(invalid(
                 dir,
                 format!("no {MANIFEST_FILE}: the snapshot is incomplete"),
             ))
         }
-        Err(e) => return Err(state_err(&manifest_path)(e)),
+        Err(LocalFileError::Io(e)) => return Err(state_err(&manifest_path)(e)),
+        Err(e) => return Err(invalid(dir, format!("{MANIFEST_FILE}: {e}"))),
     };
     let m: SnapshotManifest = serde_json::from_slice(&bytes)
         .map_err(|e| invalid(dir, format!("{MANIFEST_FILE} is corrupt: {e}")))?;
@@ -174,11 +204,11 @@ pub fn verify_snapshot(dir: &Path) -> Result<SnapshotManifest, VmmError> {
         ));
     }
     for f in &m.files {
-        if f.name.contains('/') || f.name.starts_with('.') {
+        if !is_data_file(&f.name) {
             return Err(invalid(dir, format!("bad file name {:?}", f.name)));
         }
         let path = dir.join(&f.name);
-        match fs::metadata(&path) {
+        match archive::open_regular(&path).and_then(|file| Ok(file.metadata()?)) {
             Ok(md) if md.len() == f.size => {}
             Ok(md) => {
                 return Err(invalid(
@@ -191,10 +221,11 @@ pub fn verify_snapshot(dir: &Path) -> Result<SnapshotManifest, VmmError> {
                     ),
                 ))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(LocalFileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(invalid(dir, format!("{} is missing", f.name)))
             }
-            Err(e) => return Err(state_err(&path)(e)),
+            Err(LocalFileError::Io(e)) => return Err(state_err(&path)(e)),
+            Err(e) => return Err(invalid(dir, format!("{}: {e}", f.name))),
         }
     }
     for d in &m.disks {
@@ -596,7 +627,11 @@ impl QemuRuntime {
                     fs::create_dir_all(parent).map_err(state_err(parent))?;
                 }
                 let part = target.path.with_extension("restore-tmp");
-                copy_synced(&snapshot.join(copy), &part)?;
+                let from = snapshot.join(copy);
+                archive::copy_regular(&from, &part).map_err(|e| match e {
+                    LocalFileError::Io(e) => state_err(&from)(e),
+                    e => invalid(snapshot, format!("{copy}: {e}")),
+                })?;
                 fs::rename(&part, &target.path).map_err(state_err(&target.path))?;
             }
         }
@@ -627,7 +662,10 @@ impl QemuRuntime {
     /// `migrate-incoming` from the snapshot's state file, then `cont`.
     fn load_state(&self, id: &str, snapshot: &Path) -> Result<(), VmmError> {
         let state_path = snapshot.join(VMSTATE_FILE);
-        let state_file = File::open(&state_path).map_err(state_err(&state_path))?;
+        let state_file = archive::open_regular(&state_path).map_err(|e| match e {
+            LocalFileError::Io(e) => state_err(&state_path)(e),
+            e => invalid(snapshot, format!("{VMSTATE_FILE}: {e}")),
+        })?;
         let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
         qmp.send_fd(FD_NAME, state_file.as_fd())
             .map_err(|source| VmmError::Qmp {
@@ -896,5 +934,97 @@ mod tests {
         assert!(!snaps.join(&mine_current).exists());
         assert!(snaps.join(&mine_other).exists(), "maybe in progress");
         assert!(snaps.join("done").exists());
+    }
+
+    /// A snapshot directory with a good manifest listing `vmstate.bin` (10 bytes).
+    fn good_snapshot(root: &Path) -> PathBuf {
+        let snap = root.join("s");
+        fs::create_dir(&snap).unwrap();
+        fs::write(snap.join(VMSTATE_FILE), [0u8; 10]).unwrap();
+        let m = manifest(vec![SnapshotFile {
+            name: VMSTATE_FILE.into(),
+            size: 10,
+        }]);
+        fs::write(snap.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+        verify_snapshot(&snap).unwrap();
+        snap
+    }
+
+    #[test]
+    fn a_state_file_that_is_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = good_snapshot(tmp.path());
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::write(&elsewhere, [1u8; 10]).unwrap();
+        fs::remove_file(snap.join(VMSTATE_FILE)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, snap.join(VMSTATE_FILE)).unwrap();
+        let err = verify_snapshot(&snap).unwrap_err().to_string();
+        assert!(err.contains("vmstate.bin: a symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_listing_names_outside_the_format_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = good_snapshot(tmp.path());
+        let up = "../".repeat(snap.components().count() + 2);
+        fs::write(snap.join("authorized_keys"), [0u8; 3]).unwrap();
+        for name in [
+            format!("{up}etc/passwd"),
+            "/etc/passwd".into(),
+            "..".into(),
+            "authorized_keys".into(),
+            "disk-0.vmdk".into(),
+        ] {
+            let size = fs::metadata(snap.join(&name)).map_or(0, |m| m.len());
+            let m = manifest(vec![
+                SnapshotFile {
+                    name: VMSTATE_FILE.into(),
+                    size: 10,
+                },
+                SnapshotFile {
+                    name: name.clone(),
+                    size,
+                },
+            ]);
+            fs::write(snap.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+            let err = verify_snapshot(&snap).unwrap_err().to_string();
+            assert!(err.contains("bad file name"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = good_snapshot(tmp.path());
+        File::options()
+            .write(true)
+            .open(snap.join(MANIFEST_FILE))
+            .unwrap()
+            .set_len(MAX_MANIFEST_BYTES + 1)
+            .unwrap();
+        let err = verify_snapshot(&snap).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn snapshot_file_names_are_the_formats() {
+        for ok in [
+            "manifest.json",
+            "vmstate.bin",
+            "disk-0.raw",
+            "disk-12.qcow2",
+        ] {
+            assert!(is_snapshot_file(ok), "{ok}");
+        }
+        for bad in [
+            "disk-.raw",
+            "disk-123.raw",
+            "disk-1.img",
+            "../vmstate.bin",
+            "memory",
+            "",
+        ] {
+            assert!(!is_snapshot_file(bad), "{bad}");
+        }
     }
 }
