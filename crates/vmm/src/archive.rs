@@ -184,7 +184,8 @@ fn kind_name(t: EntryType) -> &'static str {
         EntryType::GNUSparse => "sparse file",
         EntryType::GNULongName | EntryType::GNULongLink => "GNU long-name header",
         EntryType::XHeader | EntryType::XGlobalHeader => "PAX extension header",
-        _ => "entry of an unknown type",
+        EntryType::Regular => "file without a name",
+        _ => "file of an unknown type",
     }
 }
 

@@ -238,6 +238,32 @@ pub fn verify_snapshot(dir: &Path) -> Result<SnapshotManifest, VmmError> {
     Ok(m)
 }
 
+/// The disk copies a restore with `cfg` writes back, `(file in the snapshot, disk path)`: one
+/// for each writable disk of `cfg`, none for a read-only one, whatever the manifest says (it
+/// cannot make a restore overwrite a shared image). Pure.
+pub fn disk_copies(
+    m: &SnapshotManifest,
+    cfg: &LaunchConfig,
+) -> Result<Vec<(String, PathBuf)>, String> {
+    if m.disks.len() != cfg.disks.len() {
+        return Err(format!(
+            "it holds {} disks, the VM has {}",
+            m.disks.len(),
+            cfg.disks.len()
+        ));
+    }
+    let mut copies = Vec::new();
+    for (i, (d, target)) in m.disks.iter().zip(&cfg.disks).enumerate() {
+        match (&d.copy, target.read_only) {
+            (Some(copy), false) => copies.push((copy.clone(), target.path.clone())),
+            (None, true) => {}
+            (Some(_), true) => return Err(format!("it holds a copy of read-only disk {i}")),
+            (None, false) => return Err(format!("it holds no copy of writable disk {i}")),
+        }
+    }
+    Ok(copies)
+}
+
 /// Removes `snapshots/.tmp-*` directories of `vm_dir` left by snapshots that never finished:
 /// those whose process is gone, and the one of `current` (a snapshot name this process is about
 /// to write) if it is ours. Best effort.
@@ -621,19 +647,17 @@ impl QemuRuntime {
             });
         }
         // Writable disks go back to their state at the snapshot.
-        for (d, target) in m.disks.iter().zip(&cfg.disks) {
-            if let Some(copy) = &d.copy {
-                if let Some(parent) = target.path.parent() {
-                    fs::create_dir_all(parent).map_err(state_err(parent))?;
-                }
-                let part = target.path.with_extension("restore-tmp");
-                let from = snapshot.join(copy);
-                archive::copy_regular(&from, &part).map_err(|e| match e {
-                    LocalFileError::Io(e) => state_err(&from)(e),
-                    e => invalid(snapshot, format!("{copy}: {e}")),
-                })?;
-                fs::rename(&part, &target.path).map_err(state_err(&target.path))?;
+        for (copy, target) in disk_copies(&m, cfg).map_err(misfit)? {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(state_err(parent))?;
             }
+            let part = target.with_extension("restore-tmp");
+            let from = snapshot.join(&copy);
+            archive::copy_regular(&from, &part).map_err(|e| match e {
+                LocalFileError::Io(e) => state_err(&from)(e),
+                e => invalid(snapshot, format!("{copy}: {e}")),
+            })?;
+            fs::rename(&part, &target).map_err(state_err(&target))?;
         }
         self.check_disks(cfg)?;
         let dir = self.prepare_dir(cfg)?;
@@ -1025,6 +1049,48 @@ mod tests {
             "",
         ] {
             assert!(!is_snapshot_file(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_restore_writes_disk_copies_only_to_the_vms_writable_disks() {
+        let disk = |path: &str, read_only| crate::DiskConfig {
+            path: path.into(),
+            role: crate::DiskRole::Data,
+            read_only,
+            vmm_path: None,
+            vmm_backing: None,
+        };
+        let kept = |index, copy: Option<&str>| SnapshotDisk {
+            index,
+            source: "/old".into(),
+            format: DiskFormat::Raw,
+            read_only: copy.is_none(),
+            copy: copy.map(str::to_owned),
+            backing: None,
+        };
+        let mut cfg = manifest(Vec::new()).config;
+        cfg.disks = vec![disk("/images/shared", true), disk("/d/data", false)];
+        let with = |disks| SnapshotManifest {
+            disks,
+            ..manifest(Vec::new())
+        };
+        let good = with(vec![kept(0, None), kept(1, Some("disk-1.raw"))]);
+        assert_eq!(
+            disk_copies(&good, &cfg).unwrap(),
+            vec![("disk-1.raw".to_string(), PathBuf::from("/d/data"))]
+        );
+        // A copy over the shared read-only image, a writable disk left as it is, a count that
+        // differs: refused.
+        for hostile in [
+            vec![kept(0, Some("disk-0.raw")), kept(1, Some("disk-1.raw"))],
+            vec![kept(0, None), kept(1, None)],
+            vec![kept(0, None)],
+        ] {
+            assert!(
+                disk_copies(&with(hostile.clone()), &cfg).is_err(),
+                "{hostile:?}"
+            );
         }
     }
 }
