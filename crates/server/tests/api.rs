@@ -18,7 +18,10 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
+        Fixture::start_in(tempfile::tempdir().unwrap()).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir) -> Fixture {
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let server = Server::start(ServerConfig {
             functions: firefleet_server::FunctionsConfig {
@@ -128,6 +131,19 @@ async fn settle(f: &Fixture, id: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("vm {id} never got its unschedulable message");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
 }
 
 fn vm_body() -> Value {
@@ -632,4 +648,102 @@ async fn functions_refuse_bad_specs_and_bodies_and_stay_per_tenant() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the function's template VM was not removed");
+}
+
+#[tokio::test]
+async fn an_oversized_snapshot_upload_is_refused_with_413_and_not_kept() {
+    use firefleet_store::KvStore;
+    let f = Fixture::start().await;
+    let (_, jt) = f
+        .post(Some(&f.admin), "/v1/join-tokens", "{}".to_owned())
+        .await;
+    let (csr, key) = firefleet_pki::make_agent_csr("node-a").unwrap();
+    let enroll = json!({ "join_token": jt["token"], "node": "node-a", "csr_pem": csr });
+    let (s, cert) = f.post(None, "/v1/agent/enroll", enroll.to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{cert}");
+    let agent = client(
+        &f.server.ca_pem,
+        Some((cert["cert_pem"].as_str().unwrap(), &key)),
+    );
+    // A heartbeat, so that node-a is not taken for lost after the restart below.
+    let facts = json!({ "hostname": "a", "capacity": { "vcpus": 4, "memory_mib": 4096 },
+        "accel": "tcg", "accel_probe": "", "runtimes": ["qemu"], "vmm_version": "",
+        "kernel": "", "agent_version": "" });
+    let resp = agent
+        .post(f.url("/v1/agent/heartbeat"))
+        .json(&json!({ "facts": facts }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let (s, vm) = f
+        .post(Some(&f.admin), "/v1/vms", vm_body().to_string())
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+
+    // The VM runs on node-a and has a snapshot there (written into the store while the
+    // server is down: no agent in this test runs VMs).
+    let (_, mut vm) = f.get(&f.admin, &format!("/v1/vms/{id}")).await;
+    vm["status"]["node"] = json!("node-a");
+    vm["status"]["phase"] = json!("running");
+    let snapshot = json!({ "vm": id, "name": "s1", "node": "node-a", "phase": "ready",
+        "requested_ms": 1, "ready_ms": 1, "bytes": 1, "pause_ms": 1, "message": null });
+    f.server.shutdown().await;
+    // A copy of its data: connections of the stopped server may still hold the store open.
+    let moved = tempfile::tempdir().unwrap();
+    let data = moved.path().to_owned();
+    copy_dir(f._dir.path(), &data);
+    {
+        let store = firefleet_store::SqliteStore::open(&data.join("store.db")).unwrap();
+        store
+            .put(&format!("/vms/{id}"), vm.to_string().into_bytes())
+            .await
+            .unwrap();
+        store
+            .put(
+                &format!("/snapshots/{id}/s1"),
+                snapshot.to_string().into_bytes(),
+            )
+            .await
+            .unwrap();
+    }
+    let f = Fixture::start_in(moved).await;
+    // 256 MiB of memory and no disks: at most 512 MiB. A body announcing 1 GiB is refused
+    // before the server reads it.
+    let limit = firefleet_api::max_snapshot_bytes(256, &[]);
+    // (It sends 4 KiB and then nothing: the answer must come without reading the rest.)
+    let body = futures::StreamExt::chain(
+        futures::stream::once(async { Ok::<_, std::io::Error>(vec![0u8; 4096]) }),
+        futures::stream::pending(),
+    );
+    let resp = agent
+        .put(f.url(&format!("/v1/agent/vms/{id}/snapshots/s1/data")))
+        .header("content-type", "application/x-tar")
+        .header("content-length", (limit + 1).to_string())
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(v["error"]["code"], json!("payload_too_large"), "{v}");
+    let copies = data.join("snapshots").join(&id);
+    assert!(
+        !copies.join("s1.tar").exists() && !copies.join("s1.part").exists(),
+        "nothing kept"
+    );
+
+    // Within the limit it is stored.
+    let resp = agent
+        .put(f.url(&format!("/v1/agent/vms/{id}/snapshots/s1/data")))
+        .header("content-type", "application/x-tar")
+        .body(vec![1u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(std::fs::read(copies.join("s1.tar")).unwrap().len(), 4096);
+    f.server.shutdown().await;
 }
