@@ -422,11 +422,16 @@ pub fn read_small(path: &Path, max: u64) -> Result<Vec<u8>, LocalFileError> {
     Ok(bytes)
 }
 
-/// Copies the regular file `from` (not through a link) over `to` (created or truncated) and
-/// fsyncs the copy. Returns the bytes copied.
+/// Copies the regular file `from` (not through a link) over `to` (created 0600, or truncated)
+/// and fsyncs the copy. Returns the bytes copied.
 pub fn copy_regular(from: &Path, to: &Path) -> Result<u64, LocalFileError> {
     let mut src = open_regular(from)?;
-    let mut dst = File::create(to)?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(to)?;
     let n = io::copy(&mut src, &mut dst)?;
     dst.sync_all()?;
     Ok(n)

@@ -309,6 +309,9 @@ fn local_reads_do_not_follow_links_and_are_bounded() {
         copy_regular(&link, &tmp.path().join("c")),
         Err(LocalFileError::NotRegular(_))
     ));
+    let copy = tmp.path().join("c");
+    assert_eq!(copy_regular(&real, &copy).unwrap(), 10);
+    assert_eq!(fs::metadata(&copy).unwrap().mode() & 0o777, 0o600);
     assert!(matches!(
         open_regular(tmp.path()),
         Err(LocalFileError::NotRegular("directory"))
