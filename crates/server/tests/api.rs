@@ -651,7 +651,7 @@ async fn functions_refuse_bad_specs_and_bodies_and_stay_per_tenant() {
 }
 
 #[tokio::test]
-async fn an_oversized_snapshot_upload_is_refused_with_413_and_not_kept() {
+async fn oversized_snapshot_uploads_are_refused_with_413_and_not_kept() {
     use firefleet_store::KvStore;
     let f = Fixture::start().await;
     let (_, jt) = f
@@ -707,33 +707,56 @@ async fn an_oversized_snapshot_upload_is_refused_with_413_and_not_kept() {
             )
             .await
             .unwrap();
+        let migration = json!({ "vm": id, "from": "node-a", "to": "node-b", "generation": 1,
+            "snapshot": "m1", "phase": "transferring", "requested_ms": 1 });
+        store
+            .put(
+                &format!("/migrations/{id}"),
+                migration.to_string().into_bytes(),
+            )
+            .await
+            .unwrap();
     }
     let f = Fixture::start_in(moved).await;
     // 256 MiB of memory and no disks: at most 512 MiB. A body announcing 1 GiB is refused
     // before the server reads it.
     let limit = firefleet_api::max_snapshot_bytes(256, &[]);
-    // (It sends 4 KiB and then nothing: the answer must come without reading the rest.)
-    let body = futures::StreamExt::chain(
-        futures::stream::once(async { Ok::<_, std::io::Error>(vec![0u8; 4096]) }),
-        futures::stream::pending(),
-    );
-    let resp = agent
-        .put(f.url(&format!("/v1/agent/vms/{id}/snapshots/s1/data")))
-        .header("content-type", "application/x-tar")
-        .header("content-length", (limit + 1).to_string())
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
-    assert_eq!(v["error"]["code"], json!("payload_too_large"), "{v}");
+    let oversized = |path: String| {
+        // It sends 4 KiB and then nothing: the answer must come without reading the rest.
+        let body = futures::StreamExt::chain(
+            futures::stream::once(async { Ok::<_, std::io::Error>(vec![0u8; 4096]) }),
+            futures::stream::pending(),
+        );
+        agent
+            .put(f.url(&path))
+            .header("content-type", "application/x-tar")
+            .header("content-length", (limit + 1).to_string())
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+    };
+    for path in [
+        format!("/v1/agent/vms/{id}/snapshots/s1/data"),
+        format!("/v1/agent/migrations/{id}/snapshot"),
+    ] {
+        let resp = oversized(path.clone()).await.unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {v}");
+        assert_eq!(v["error"]["code"], json!("payload_too_large"), "{v}");
+    }
     let copies = data.join("snapshots").join(&id);
-    assert!(
-        !copies.join("s1.tar").exists() && !copies.join("s1.part").exists(),
-        "nothing kept"
-    );
+    let transfers = data.join("transfers");
+    for kept in [
+        copies.join("s1.tar"),
+        copies.join("s1.part"),
+        transfers.join(format!("{id}-m1.tar")),
+        transfers.join(format!("{id}-m1.part")),
+    ] {
+        assert!(!kept.exists(), "{} kept", kept.display());
+    }
+    // The migration waits for its snapshot still.
+    let (_, m) = f.get(&f.admin, &format!("/v1/vms/{id}/migration")).await;
+    assert_eq!(m["phase"], json!("transferring"), "{m}");
 
     // Within the limit it is stored.
     let resp = agent
