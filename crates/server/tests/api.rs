@@ -28,6 +28,19 @@ async fn settle(f: &Fixture, id: &str) {
     panic!("vm {id} never got its unschedulable message");
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
 fn vm_body() -> Value {
     json!({ "name": "web", "image": format!("sha256:{}", "a".repeat(64)), "resources": { "vcpus": 1, "memory_mib": 256 } })
 }
@@ -534,4 +547,125 @@ async fn functions_refuse_bad_specs_and_bodies_and_stay_per_tenant() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the function's template VM was not removed");
+}
+
+#[tokio::test]
+async fn oversized_snapshot_uploads_are_refused_with_413_and_not_kept() {
+    use firefleet_store::KvStore;
+    let f = Fixture::start().await;
+    let (_, jt) = f
+        .post(Some(&f.admin), "/v1/join-tokens", "{}".to_owned())
+        .await;
+    let (csr, key) = firefleet_pki::make_agent_csr("node-a").unwrap();
+    let enroll = json!({ "join_token": jt["token"], "node": "node-a", "csr_pem": csr });
+    let (s, cert) = f.post(None, "/v1/agent/enroll", enroll.to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{cert}");
+    let agent = client(
+        &f.server.ca_pem,
+        Some((cert["cert_pem"].as_str().unwrap(), &key)),
+    );
+    // A heartbeat, so that node-a is not taken for lost after the restart below.
+    let facts = json!({ "hostname": "a", "capacity": { "vcpus": 4, "memory_mib": 4096 },
+        "accel": "tcg", "accel_probe": "", "runtimes": ["qemu"], "vmm_version": "",
+        "kernel": "", "agent_version": "" });
+    let resp = agent
+        .post(f.url("/v1/agent/heartbeat"))
+        .json(&json!({ "facts": facts }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let (s, vm) = f
+        .post(Some(&f.admin), "/v1/vms", vm_body().to_string())
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+
+    // The VM runs on node-a and has a snapshot there (written into the store while the
+    // server is down: no agent in this test runs VMs).
+    let (_, mut vm) = f.get(&f.admin, &format!("/v1/vms/{id}")).await;
+    vm["status"]["node"] = json!("node-a");
+    vm["status"]["phase"] = json!("running");
+    let snapshot = json!({ "vm": id, "name": "s1", "node": "node-a", "phase": "ready",
+        "requested_ms": 1, "ready_ms": 1, "bytes": 1, "pause_ms": 1, "message": null });
+    f.server.shutdown().await;
+    // A copy of its data: connections of the stopped server may still hold the store open.
+    let moved = tempfile::tempdir().unwrap();
+    let data = moved.path().to_owned();
+    copy_dir(f.dir.path(), &data);
+    {
+        let store = firefleet_store::SqliteStore::open(&data.join("store.db")).unwrap();
+        store
+            .put(&format!("/vms/{id}"), vm.to_string().into_bytes())
+            .await
+            .unwrap();
+        store
+            .put(
+                &format!("/snapshots/{id}/s1"),
+                snapshot.to_string().into_bytes(),
+            )
+            .await
+            .unwrap();
+        let migration = json!({ "vm": id, "from": "node-a", "to": "node-b", "generation": 1,
+            "snapshot": "m1", "phase": "transferring", "requested_ms": 1 });
+        store
+            .put(
+                &format!("/migrations/{id}"),
+                migration.to_string().into_bytes(),
+            )
+            .await
+            .unwrap();
+    }
+    let f = Fixture::start_in(moved).await;
+    // 256 MiB of memory and no disks: at most 512 MiB. A body announcing 1 GiB is refused
+    // before the server reads it.
+    let limit = firefleet_api::max_snapshot_bytes(256, &[]);
+    let oversized = |path: String| {
+        // It sends 4 KiB and then nothing: the answer must come without reading the rest.
+        let body = futures::StreamExt::chain(
+            futures::stream::once(async { Ok::<_, std::io::Error>(vec![0u8; 4096]) }),
+            futures::stream::pending(),
+        );
+        agent
+            .put(f.url(&path))
+            .header("content-type", "application/x-tar")
+            .header("content-length", (limit + 1).to_string())
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+    };
+    for path in [
+        format!("/v1/agent/vms/{id}/snapshots/s1/data"),
+        format!("/v1/agent/migrations/{id}/snapshot"),
+    ] {
+        let resp = oversized(path.clone()).await.unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {v}");
+        assert_eq!(v["error"]["code"], json!("payload_too_large"), "{v}");
+    }
+    let copies = data.join("snapshots").join(&id);
+    let transfers = data.join("transfers");
+    for kept in [
+        copies.join("s1.tar"),
+        copies.join("s1.part"),
+        transfers.join(format!("{id}-m1.tar")),
+        transfers.join(format!("{id}-m1.part")),
+    ] {
+        assert!(!kept.exists(), "{} kept", kept.display());
+    }
+    // The migration waits for its snapshot still.
+    let (_, m) = f.get(&f.admin, &format!("/v1/vms/{id}/migration")).await;
+    assert_eq!(m["phase"], json!("transferring"), "{m}");
+
+    // Within the limit it is stored.
+    let resp = agent
+        .put(f.url(&format!("/v1/agent/vms/{id}/snapshots/s1/data")))
+        .header("content-type", "application/x-tar")
+        .body(vec![1u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(std::fs::read(copies.join("s1.tar")).unwrap().len(), 4096);
+    f.server.shutdown().await;
 }

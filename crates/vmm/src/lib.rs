@@ -34,6 +34,7 @@
 //! `QemuRuntime::new(state_root)?.launch(&LaunchConfig { .. })`, then `observe`, `console`,
 //! `stop`, `remove`. Choose `accel` with [`probe_accel`] (cached per host).
 
+pub mod archive;
 pub mod bench;
 pub mod channel;
 pub mod disk;
@@ -68,6 +69,12 @@ pub struct SnapshotSummary {
     pub bytes: u64,
     /// How long the VM was paused for it, in milliseconds.
     pub pause_ms: u64,
+}
+
+/// Whether `name` is a file a snapshot directory of either backend holds (the allow-list for
+/// unpacking a snapshot archive from another node). Pure.
+pub fn is_snapshot_file(name: &str) -> bool {
+    qemu::snapshot::is_snapshot_file(name) || firecracker::snapshot::is_snapshot_file(name)
 }
 
 /// The summary of `dir` if it is a complete snapshot of either backend (checked as that backend

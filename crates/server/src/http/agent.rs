@@ -410,18 +410,18 @@ pub(crate) fn replica_path(state: &AppState, vm: &VmId, name: &str) -> std::path
 
 /// Keep a copy of a snapshot (a tar of its directory) on the control plane, so that the VM can
 /// be restored from it on another node.
+///
+/// At most `max_snapshot_bytes` of the VM's spec: 413 past that, and nothing is kept.
 #[utoipa::path(put, path = "/v1/agent/vms/{vm}/snapshots/{name}/data", security(("mtls" = [])),
     params(("vm" = String, Path, description = "VM id"), ("name" = String, Path, description = "snapshot name")),
     request_body(content = String, content_type = "application/x-tar"),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn snapshot_data_put(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
     Path((vm, name)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    use futures::StreamExt;
-    use tokio::io::AsyncWriteExt;
     let vm = vm_on_node(&state, &node, &vm).await?;
     firefleet_types::snapshot::validate_snapshot_name(&name)?;
     if repo::get_json::<Snapshot>(&state, &repo::snapshot_key(&vm.id, &name))
@@ -431,20 +431,8 @@ pub async fn snapshot_data_put(
         return Err(ApiError::not_found("snapshot", name));
     }
     let path = replica_path(&state, &vm.id, &name);
-    let io = |e: std::io::Error| ApiError::Internal(format!("storing the snapshot: {e}"));
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(io)?;
-    }
-    let part = path.with_extension("part");
-    let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::Internal(format!("reading the upload: {e}")))?;
-        file.write_all(&chunk).await.map_err(io)?;
-    }
-    file.sync_all().await.map_err(io)?;
-    drop(file);
-    tokio::fs::rename(&part, &path).await.map_err(io)?;
+    let limit = firefleet_api::max_snapshot_bytes(vm.spec.resources.memory_mib, &vm.spec.disks);
+    super::upload::store_bounded(body, &path, limit).await?;
     repo::update_snapshot(&state, &vm.id, &name, |s| {
         let changed = !s.replicated;
         s.replicated = true;

@@ -20,9 +20,7 @@ use firefleet_types::{
     node::NodeReadiness, Migration, MigrationMode, MigrationPhase, NodeId, NodeInfo, Vm, VmId,
     VmPhase,
 };
-use futures::StreamExt;
 use rand::SeedableRng;
-use tokio::io::AsyncWriteExt;
 
 use super::{vms::find_vm, ValidJson};
 use crate::{
@@ -260,10 +258,12 @@ async fn migration_for(state: &AppState, vm: &str) -> Result<Migration, ApiError
 }
 
 /// The source agent uploads the snapshot (a tar of its directory).
+///
+/// At most `max_snapshot_bytes` of the VM's spec: 413 past that, and nothing is kept.
 #[utoipa::path(put, path = "/v1/agent/migrations/{vm}/snapshot", security(("mtls" = [])),
     params(("vm" = String, Path, description = "VM id")),
     request_body(content = String, content_type = "application/x-tar"),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
@@ -275,23 +275,12 @@ pub async fn upload(
         // Uploaded before (an agent retrying after a lost answer): nothing to do.
         return Ok(StatusCode::NO_CONTENT);
     }
+    let vm = repo::get_vm(&state, &m.vm)
+        .await?
+        .ok_or_else(|| ApiError::not_found("vm", m.vm.as_str()))?;
+    let limit = firefleet_api::max_snapshot_bytes(vm.spec.resources.memory_mib, &vm.spec.disks);
     let path = transfer_path(&state, &m);
-    let io = |e: std::io::Error| ApiError::Internal(format!("storing the snapshot: {e}"));
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(io)?;
-    }
-    let part = path.with_extension("part");
-    let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
-    let mut stream = body.into_data_stream();
-    let mut bytes = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::Internal(format!("reading the upload: {e}")))?;
-        bytes += chunk.len() as u64;
-        file.write_all(&chunk).await.map_err(io)?;
-    }
-    file.sync_all().await.map_err(io)?;
-    drop(file);
-    tokio::fs::rename(&part, &path).await.map_err(io)?;
+    let bytes = super::upload::store_bounded(body, &path, limit).await?;
     let now = now_ms();
     repo::update_migration(&state, &m.vm, |m| {
         if m.phase != MigrationPhase::Transferring {
@@ -445,11 +434,19 @@ pub(crate) struct LiveRelay {
         std::sync::Mutex<std::collections::HashMap<VmId, tokio::sync::oneshot::Sender<LiveStream>>>,
 }
 
-/// Signals when the stream it wraps has been read to its end or dropped.
+/// A live stream may carry this many times a snapshot's bound
+/// ([`firefleet_api::max_snapshot_bytes`]): pre-copy sends pages the guest dirties again, but a
+/// stream that never ends is cut (the guest goes on running on its source).
+const LIVE_STREAM_FACTOR: u64 = 8;
+
+/// Signals when the stream it wraps has been read to its end or dropped; ends it with an error
+/// past `limit` bytes (and sets `over`).
 struct Watched {
     inner: LiveStream,
     done: Option<tokio::sync::oneshot::Sender<()>>,
     bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    limit: u64,
+    over: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl futures::Stream for Watched {
@@ -458,10 +455,19 @@ impl futures::Stream for Watched {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        if self.over.load(std::sync::atomic::Ordering::Relaxed) {
+            return std::task::Poll::Ready(None);
+        }
         let r = self.inner.as_mut().poll_next(cx);
         if let std::task::Poll::Ready(Some(Ok(chunk))) = &r {
-            self.bytes
+            let before = self
+                .bytes
                 .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if before.saturating_add(chunk.len() as u64) > self.limit {
+                self.over.store(true, std::sync::atomic::Ordering::Relaxed);
+                let why = format!("the live stream passed {} bytes", self.limit);
+                return std::task::Poll::Ready(Some(Err(axum::Error::new(why))));
+            }
         }
         if let std::task::Poll::Ready(None) = r {
             if let Some(d) = self.done.take() {
@@ -508,10 +514,12 @@ pub async fn live_receive(
 
 /// Live migration, source: the VMM's migration stream, forwarded to the waiting destination.
 /// Answers once the destination has read all of it.
+///
+/// A stream past 8 times the VM's `max_snapshot_bytes` is cut (413).
 #[utoipa::path(put, path = "/v1/agent/migrations/{vm}/live", security(("mtls" = [])),
     params(("vm" = String, Path, description = "VM id")),
     request_body(content = String, content_type = "application/octet-stream"),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn live_send(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
@@ -524,6 +532,13 @@ pub async fn live_send(
             "no live migration of vm {vm} from node {node}"
         )));
     }
+    let limit = repo::get_vm(&state, &m.vm)
+        .await?
+        .map(|vm| {
+            firefleet_api::max_snapshot_bytes(vm.spec.resources.memory_mib, &vm.spec.disks)
+                .saturating_mul(LIVE_STREAM_FACTOR)
+        })
+        .ok_or_else(|| ApiError::not_found("vm", m.vm.as_str()))?;
     let deadline = tokio::time::Instant::now() + LIVE_RENDEZVOUS;
     let tx = loop {
         let waiting = state
@@ -545,10 +560,13 @@ pub async fn live_send(
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watched = Watched {
         inner: Box::pin(body.into_data_stream()),
         done: Some(done_tx),
         bytes: bytes.clone(),
+        limit,
+        over: over.clone(),
     };
     if tx.send(Box::pin(watched)).is_err() {
         return Err(ApiError::Conflict(format!(
@@ -557,6 +575,11 @@ pub async fn live_send(
     }
     // Ends when the destination has read the stream to its end (or dropped it).
     let _ = done_rx.await;
+    if over.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::TooLarge {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        });
+    }
     let now = now_ms();
     let moved = bytes.load(std::sync::atomic::Ordering::Relaxed);
     repo::update_migration(&state, &m.vm, |m| {

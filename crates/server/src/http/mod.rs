@@ -10,6 +10,7 @@ pub(crate) mod migrations;
 pub(crate) mod plan;
 mod policy;
 mod threats;
+mod upload;
 mod vm_ops;
 mod vms;
 

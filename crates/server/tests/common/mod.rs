@@ -24,7 +24,18 @@ impl Fixture {
 
     /// A server whose config `edit` changed first.
     pub async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in_with(tempfile::tempdir().unwrap(), edit).await
+    }
+
+    /// A server on the data directory `dir` (a copy of another's, say).
+    pub async fn start_in(dir: tempfile::TempDir) -> Fixture {
+        Self::start_in_with(dir, |_| {}).await
+    }
+
+    async fn start_in_with(
+        dir: tempfile::TempDir,
+        edit: impl FnOnce(&mut ServerConfig),
+    ) -> Fixture {
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut config = ServerConfig {
             functions: firefleet_server::FunctionsConfig {

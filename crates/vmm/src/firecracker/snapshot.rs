@@ -11,6 +11,13 @@
 //! Firecracker does not snapshot disks, and cannot relocate drives on load (it reopens the
 //! `path_on_host` recorded in the state file), so the writable disks are copied into the
 //! snapshot while the VM is paused, and a restore writes them back to the same paths.
+//!
+//! # Snapshots from elsewhere
+//! A snapshot directory may come from another node (unpacked by [`crate::archive`]), so
+//! [`read_manifest`] trusts nothing in it: the manifest is read only if it is a regular file of
+//! at most [`MAX_MANIFEST_BYTES`], every file it names must be one of [`is_snapshot_file`]'s
+//! plain names and a regular file (never a link), and a restore writes disk copies back only to
+//! the VM's own writable disks ([`disk_copies`]), never to a path the manifest names.
 
 use std::fs::{self, File};
 use std::io;
@@ -19,6 +26,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::config::{self, SnapshotCreate, VmState, SNAPSHOTS_DIR};
 use super::{api_failed, kill_and_reap, valid_name, validate_id, write_atomic, FirecrackerRuntime};
+pub use crate::archive::MAX_MANIFEST_BYTES;
+use crate::archive::{self, LocalFileError};
 use crate::runtime::{LaunchConfig, SnapshotInfo, VmProcessInfo, VmmError};
 
 /// The device and vCPU state file.
@@ -27,6 +36,41 @@ pub const VMSTATE_FILE: &str = "vmstate";
 pub const MEMORY_FILE: &str = "memory";
 /// The manifest, written last.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Whether `name` is a file a Firecracker snapshot holds: [`VMSTATE_FILE`], [`MEMORY_FILE`],
+/// [`MANIFEST_FILE`] or a disk copy `disk<N>`. Pure.
+pub fn is_snapshot_file(name: &str) -> bool {
+    matches!(name, VMSTATE_FILE | MEMORY_FILE | MANIFEST_FILE) || is_disk_copy(name)
+}
+
+/// `disk<N>`, N the disk's index (at most two digits).
+fn is_disk_copy(name: &str) -> bool {
+    name.strip_prefix("disk")
+        .is_some_and(|i| (1..=2).contains(&i.len()) && i.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The disk copies a restore with `cfg` writes back, `(file in the snapshot, disk path)`: one
+/// `disk<i>` per writable disk `i` of `cfg`, and the manifest must list exactly those (a
+/// manifest cannot choose where a restore writes). Pure.
+pub fn disk_copies(
+    m: &SnapshotManifest,
+    cfg: &LaunchConfig,
+) -> Result<Vec<(String, PathBuf)>, String> {
+    let wanted: Vec<(String, PathBuf)> = cfg
+        .disks
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.read_only)
+        .map(|(i, d)| (format!("disk{i}"), d.path.clone()))
+        .collect();
+    if m.disks != wanted {
+        return Err(format!(
+            "the manifest's disk copies {:?} are not the VM's writable disks {wanted:?}",
+            m.disks
+        ));
+    }
+    Ok(wanted)
+}
 
 /// What `manifest.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,24 +125,34 @@ pub fn read_manifest(dir: &Path) -> Result<SnapshotManifest, VmmError> {
         what,
     };
     let path = dir.join(MANIFEST_FILE);
-    let bytes = match fs::read(&path) {
+    let bytes = match archive::read_small(&path, MAX_MANIFEST_BYTES) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        Err(LocalFileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
             return Err(invalid("no manifest.json (incomplete snapshot)".into()))
         }
-        Err(e) => return Err(VmmError::State { path, source: e }),
+        Err(LocalFileError::Io(e)) => return Err(VmmError::State { path, source: e }),
+        Err(e) => return Err(invalid(format!("{MANIFEST_FILE}: {e}"))),
     };
     let m: SnapshotManifest =
         serde_json::from_slice(&bytes).map_err(|source| VmmError::CorruptState { path, source })?;
     if m.backend != "firecracker" {
         return Err(invalid(format!("taken by backend {:?}", m.backend)));
     }
+    if let Some((f, _)) = m.disks.iter().find(|(f, _)| !is_disk_copy(f)) {
+        return Err(invalid(format!(
+            "the manifest names {f:?}, not a disk copy of the format"
+        )));
+    }
     for f in [VMSTATE_FILE, MEMORY_FILE]
         .into_iter()
         .chain(m.disks.iter().map(|(f, _)| f.as_str()))
     {
-        if !dir.join(f).is_file() {
-            return Err(invalid(format!("{f} missing")));
+        match archive::open_regular(&dir.join(f)) {
+            Ok(_) => {}
+            Err(LocalFileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(invalid(format!("{f} missing")))
+            }
+            Err(e) => return Err(invalid(format!("{f}: {e}"))),
         }
     }
     Ok(m)
@@ -276,8 +330,12 @@ impl FirecrackerRuntime {
                 what: "the VM is running on this host".into(),
             });
         }
-        for (f, path) in &m.disks {
-            fs::copy(snapshot.join(f), path).map_err(err(path))?;
+        for (f, path) in disk_copies(&m, cfg).map_err(invalid)? {
+            let from = snapshot.join(&f);
+            archive::copy_regular(&from, &path).map_err(|e| match e {
+                LocalFileError::Io(source) => VmmError::State { path, source },
+                e => invalid(format!("{f}: {e}")),
+            })?;
         }
         self.channels.close(&cfg.id);
         let dir = self.prepare_dir(cfg, false)?;
@@ -330,5 +388,122 @@ mod tests {
         fs::create_dir_all(&tmp).unwrap();
         remove_stale_tmp(dir.path());
         assert!(!tmp.exists() && snap.exists());
+    }
+
+    fn launch_config(disks: Vec<crate::DiskConfig>) -> LaunchConfig {
+        LaunchConfig {
+            id: "vm".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            image: crate::image::Image {
+                digest: "sha256:00".into(),
+                kernel: "/k".into(),
+                initrd: "/i".into(),
+                vmlinux: None,
+            },
+            cmd: None,
+            accel: firefleet_types::Accel::Tcg,
+            net: None,
+            disks,
+        }
+    }
+
+    fn disk(path: &str, read_only: bool) -> crate::DiskConfig {
+        crate::DiskConfig {
+            path: path.into(),
+            role: crate::DiskRole::Data,
+            read_only,
+            vmm_path: None,
+            vmm_backing: None,
+        }
+    }
+
+    /// A complete snapshot directory (as a restore finds it) whose manifest lists `disks`.
+    fn snapshot_dir(root: &Path, disks: Vec<(String, PathBuf)>) -> PathBuf {
+        let snap = root.join(SNAPSHOTS_DIR).join("s1");
+        fs::create_dir_all(&snap).unwrap();
+        fs::write(snap.join(VMSTATE_FILE), b"state").unwrap();
+        fs::write(snap.join(MEMORY_FILE), b"memory").unwrap();
+        let m = SnapshotManifest {
+            backend: "firecracker".into(),
+            info: SnapshotInfo {
+                name: "s1".into(),
+                dir: snap.clone(),
+                bytes: 11,
+                created_unix_ms: 1,
+                pause_ms: 1,
+            },
+            config: launch_config(Vec::new()),
+            vmm_version: None,
+            disks,
+        };
+        fs::write(snap.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+        snap
+    }
+
+    #[test]
+    fn a_manifest_naming_files_outside_the_snapshot_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = "../".repeat(dir.path().components().count() + 3);
+        for name in [
+            format!("{up}etc/passwd"),
+            "/etc/passwd".into(),
+            "memory".into(),
+        ] {
+            let snap = snapshot_dir(dir.path(), vec![(name.clone(), "/tmp/x".into())]);
+            let e = read_manifest(&snap).unwrap_err().to_string();
+            assert!(e.contains("not a disk copy"), "{name}: {e}");
+            fs::remove_dir_all(&snap).unwrap();
+        }
+        let snap = snapshot_dir(dir.path(), Vec::new());
+        assert!(read_manifest(&snap).is_ok());
+    }
+
+    #[test]
+    fn a_memory_file_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = snapshot_dir(dir.path(), Vec::new());
+        let elsewhere = dir.path().join("elsewhere");
+        fs::write(&elsewhere, b"someone else's memory").unwrap();
+        fs::remove_file(snap.join(MEMORY_FILE)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, snap.join(MEMORY_FILE)).unwrap();
+        let e = read_manifest(&snap).unwrap_err().to_string();
+        assert!(e.contains("memory: a symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = snapshot_dir(dir.path(), Vec::new());
+        let f = File::options()
+            .write(true)
+            .open(snap.join(MANIFEST_FILE))
+            .unwrap();
+        f.set_len(MAX_MANIFEST_BYTES + 1).unwrap();
+        let e = read_manifest(&snap).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn a_restore_writes_disk_copies_only_to_the_vms_writable_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = launch_config(vec![disk("/d/root", true), disk("/d/data", false)]);
+        let wanted = vec![("disk1".to_string(), PathBuf::from("/d/data"))];
+        let snap = snapshot_dir(dir.path(), wanted.clone());
+        fs::write(snap.join("disk1"), b"blocks").unwrap();
+        let m = read_manifest(&snap).unwrap();
+        assert_eq!(disk_copies(&m, &cfg).unwrap(), wanted);
+
+        for hostile in [
+            vec![("disk1".to_string(), PathBuf::from("/etc/shadow"))],
+            vec![("disk0".to_string(), PathBuf::from("/d/root"))],
+            Vec::new(),
+        ] {
+            let m = SnapshotManifest {
+                disks: hostile.clone(),
+                ..m.clone()
+            };
+            assert!(disk_copies(&m, &cfg).is_err(), "{hostile:?}");
+        }
     }
 }

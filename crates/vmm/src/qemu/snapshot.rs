@@ -15,6 +15,12 @@
 //! [`verify_snapshot`] and so by restore. Stale `.tmp-*` directories (their pid is gone) are
 //! removed by the next snapshot or launch of the VM.
 //!
+//! # Snapshots from elsewhere
+//! A snapshot directory may come from another node (unpacked by [`crate::archive`]), so
+//! [`verify_snapshot`] trusts nothing in it: the manifest is read only if it is a regular file
+//! of at most [`MAX_MANIFEST_BYTES`], every file it lists must be one of [`is_snapshot_file`]'s
+//! plain names and a regular file (never a link), and restore opens them with `O_NOFOLLOW`.
+//!
 //! # Saving and loading
 //! The migration stream goes through a file descriptor we open and hand to QEMU with QMP
 //! `getfd` (`fd:` URI), never `exec:`, which a `-sandbox spawn=deny` QEMU cannot run. Restore
@@ -27,6 +33,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use crate::archive::MAX_MANIFEST_BYTES;
+use crate::archive::{self, LocalFileError};
 use crate::disk::{backing_file, detect_format, DiskFormat};
 use crate::runtime::{LaunchConfig, SnapshotInfo, VmProcessInfo, VmmError};
 
@@ -47,6 +55,27 @@ const MAX_BANDWIDTH: u64 = 100 << 30;
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 const FD_NAME: &str = "firefleet-snapshot";
+
+/// Whether `name` is a file a QEMU snapshot holds: [`MANIFEST_FILE`], [`VMSTATE_FILE`] or a
+/// disk copy `disk-<N>.raw` / `disk-<N>.qcow2`. Pure.
+pub fn is_snapshot_file(name: &str) -> bool {
+    name == MANIFEST_FILE || is_data_file(name)
+}
+
+/// A file the manifest lists: the state or a disk copy.
+fn is_data_file(name: &str) -> bool {
+    name == VMSTATE_FILE
+        || name
+            .strip_prefix("disk-")
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(i, format)| {
+                (1..=2).contains(&i.len())
+                    && i.bytes().all(|b| b.is_ascii_digit())
+                    && [DiskFormat::Raw, DiskFormat::Qcow2]
+                        .iter()
+                        .any(|f| f.as_str() == format)
+            })
+}
 
 /// One file of a snapshot and its size.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -149,15 +178,16 @@ pub fn verify_snapshot(dir: &Path) -> Result<SnapshotManifest, VmmError> {
         return Err(invalid(dir, "no such directory"));
     }
     let manifest_path = dir.join(MANIFEST_FILE);
-    let bytes = match fs::read(&manifest_path) {
+    let bytes = match archive::read_small(&manifest_path, MAX_MANIFEST_BYTES) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        Err(LocalFileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
             return Err(invalid(
                 dir,
                 format!("no {MANIFEST_FILE}: the snapshot is incomplete"),
             ))
         }
-        Err(e) => return Err(state_err(&manifest_path)(e)),
+        Err(LocalFileError::Io(e)) => return Err(state_err(&manifest_path)(e)),
+        Err(e) => return Err(invalid(dir, format!("{MANIFEST_FILE}: {e}"))),
     };
     let m: SnapshotManifest = serde_json::from_slice(&bytes)
         .map_err(|e| invalid(dir, format!("{MANIFEST_FILE} is corrupt: {e}")))?;
@@ -174,11 +204,11 @@ pub fn verify_snapshot(dir: &Path) -> Result<SnapshotManifest, VmmError> {
         ));
     }
     for f in &m.files {
-        if f.name.contains('/') || f.name.starts_with('.') {
+        if !is_data_file(&f.name) {
             return Err(invalid(dir, format!("bad file name {:?}", f.name)));
         }
         let path = dir.join(&f.name);
-        match fs::metadata(&path) {
+        match archive::open_regular(&path).and_then(|file| Ok(file.metadata()?)) {
             Ok(md) if md.len() == f.size => {}
             Ok(md) => {
                 return Err(invalid(
@@ -191,10 +221,11 @@ pub fn verify_snapshot(dir: &Path) -> Result<SnapshotManifest, VmmError> {
                     ),
                 ))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(LocalFileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(invalid(dir, format!("{} is missing", f.name)))
             }
-            Err(e) => return Err(state_err(&path)(e)),
+            Err(LocalFileError::Io(e)) => return Err(state_err(&path)(e)),
+            Err(e) => return Err(invalid(dir, format!("{}: {e}", f.name))),
         }
     }
     for d in &m.disks {
@@ -205,6 +236,32 @@ pub fn verify_snapshot(dir: &Path) -> Result<SnapshotManifest, VmmError> {
         }
     }
     Ok(m)
+}
+
+/// The disk copies a restore with `cfg` writes back, `(file in the snapshot, disk path)`: one
+/// for each writable disk of `cfg`, none for a read-only one, whatever the manifest says (it
+/// cannot make a restore overwrite a shared image). Pure.
+pub fn disk_copies(
+    m: &SnapshotManifest,
+    cfg: &LaunchConfig,
+) -> Result<Vec<(String, PathBuf)>, String> {
+    if m.disks.len() != cfg.disks.len() {
+        return Err(format!(
+            "it holds {} disks, the VM has {}",
+            m.disks.len(),
+            cfg.disks.len()
+        ));
+    }
+    let mut copies = Vec::new();
+    for (i, (d, target)) in m.disks.iter().zip(&cfg.disks).enumerate() {
+        match (&d.copy, target.read_only) {
+            (Some(copy), false) => copies.push((copy.clone(), target.path.clone())),
+            (None, true) => {}
+            (Some(_), true) => return Err(format!("it holds a copy of read-only disk {i}")),
+            (None, false) => return Err(format!("it holds no copy of writable disk {i}")),
+        }
+    }
+    Ok(copies)
 }
 
 /// Removes `snapshots/.tmp-*` directories of `vm_dir` left by snapshots that never finished:
@@ -590,15 +647,17 @@ impl QemuRuntime {
             });
         }
         // Writable disks go back to their state at the snapshot.
-        for (d, target) in m.disks.iter().zip(&cfg.disks) {
-            if let Some(copy) = &d.copy {
-                if let Some(parent) = target.path.parent() {
-                    fs::create_dir_all(parent).map_err(state_err(parent))?;
-                }
-                let part = target.path.with_extension("restore-tmp");
-                copy_synced(&snapshot.join(copy), &part)?;
-                fs::rename(&part, &target.path).map_err(state_err(&target.path))?;
+        for (copy, target) in disk_copies(&m, cfg).map_err(misfit)? {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(state_err(parent))?;
             }
+            let part = target.with_extension("restore-tmp");
+            let from = snapshot.join(&copy);
+            archive::copy_regular(&from, &part).map_err(|e| match e {
+                LocalFileError::Io(e) => state_err(&from)(e),
+                e => invalid(snapshot, format!("{copy}: {e}")),
+            })?;
+            fs::rename(&part, &target).map_err(state_err(&target))?;
         }
         self.check_disks(cfg)?;
         let dir = self.prepare_dir(cfg)?;
@@ -627,7 +686,10 @@ impl QemuRuntime {
     /// `migrate-incoming` from the snapshot's state file, then `cont`.
     fn load_state(&self, id: &str, snapshot: &Path) -> Result<(), VmmError> {
         let state_path = snapshot.join(VMSTATE_FILE);
-        let state_file = File::open(&state_path).map_err(state_err(&state_path))?;
+        let state_file = archive::open_regular(&state_path).map_err(|e| match e {
+            LocalFileError::Io(e) => state_err(&state_path)(e),
+            e => invalid(snapshot, format!("{VMSTATE_FILE}: {e}")),
+        })?;
         let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
         qmp.send_fd(FD_NAME, state_file.as_fd())
             .map_err(|source| VmmError::Qmp {
@@ -647,254 +709,8 @@ impl QemuRuntime {
     }
 }
 
-/// What a live migration out reported (QMP `query-migrate` when it completed).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct LiveStats {
-    /// Total time of the migration, ms.
-    pub total_ms: u64,
-    /// How long the guest was stopped at the end, ms (QEMU's measure).
-    pub downtime_ms: u64,
-    /// RAM bytes sent.
-    pub ram_bytes: u64,
-}
-
-const LIVE_FD: &str = "firefleet-live";
-
-impl QemuRuntime {
-    /// The VM's launch config, from its state directory.
-    fn load_config(&self, id: &str) -> Result<LaunchConfig, VmmError> {
-        let path = self.vm_dir(id).join(CONFIG_FILE);
-        serde_json::from_slice(&fs::read(&path).map_err(state_err(&path))?)
-            .map_err(|source| VmmError::CorruptState { path, source })
-    }
-
-    /// Live (pre-copy) migration out of a running VM: QEMU streams its state into `out` (one end
-    /// of a stream whose other end the caller forwards to the destination) while the guest runs,
-    /// stopping it only for the final round. Returns when QEMU reports the migration complete;
-    /// the VM is then stopped here (postmigrate). VMs with writable disks are refused (their
-    /// blocks would have to move too: use a snapshot migration).
-    pub fn live_send(
-        &self,
-        id: &str,
-        out: &std::os::unix::net::UnixStream,
-    ) -> Result<LiveStats, VmmError> {
-        self.require_running(id)?;
-        let cfg = self.load_config(id)?;
-        if cfg.disks.iter().any(|d| !d.read_only) {
-            return Err(VmmError::Unsupported {
-                backend: "qemu",
-                op: "live migration of a VM with writable disks",
-                id: id.to_string(),
-            });
-        }
-        let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
-        qmp.send_fd(LIVE_FD, out.as_fd())
-            .map_err(|source| VmmError::Qmp {
-                id: id.to_string(),
-                command: "getfd".into(),
-                source,
-            })?;
-        Self::qmp_run(
-            &mut qmp,
-            id,
-            "migrate",
-            Some(serde_json::json!({ "uri": format!("fd:{LIVE_FD}") })),
-        )?;
-        wait_migration(&mut qmp, id)?;
-        let v = Self::qmp_run(&mut qmp, id, "query-migrate", None)?;
-        let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        Ok(LiveStats {
-            total_ms: num(&v["total-time"]),
-            downtime_ms: num(&v["downtime"]),
-            ram_bytes: num(&v["ram"]["transferred"]),
-        })
-    }
-
-    /// The kernel command line VM `id` was booted with (a live migration's destination must
-    /// pass the same).
-    pub fn booted_kernel_cmdline(&self, id: &str) -> Result<String, VmmError> {
-        let cfg = self.load_config(id)?;
-        Ok(self.kernel_cmdline_of(&cfg))
-    }
-
-    /// The destination of a live migration: starts a VMM for `cfg` waiting for incoming state
-    /// on `input` (the caller feeds it the source's stream), booted with the source's
-    /// `kernel_cmdline`. Returns once QEMU is reading; [`QemuRuntime::live_finish`] waits for
-    /// the guest to run.
-    pub fn live_receive(
-        &self,
-        cfg: &LaunchConfig,
-        kernel_cmdline: &str,
-        input: &std::os::unix::net::UnixStream,
-    ) -> Result<VmProcessInfo, VmmError> {
-        validate_id(&cfg.id)?;
-        if let Some(p) = self.live_process(&cfg.id)? {
-            return Err(VmmError::InvalidConfig {
-                id: cfg.id.clone(),
-                what: format!("the VM is running here already (pid {})", p.pid),
-            });
-        }
-        self.check_disks(cfg)?;
-        let dir = self.prepare_dir(cfg)?;
-        let opts = ArgOptions {
-            kernel_cmdline: Some(kernel_cmdline.to_string()),
-            incoming: true,
-            append_console: true,
-            // Stopped once loaded: the caller puts the source's console in place first.
-            start_paused: true,
-        };
-        let p = self.spawn(cfg, &dir, &opts)?;
-        self.wait_for_qmp(cfg, p)?;
-        let started = (|| {
-            let mut qmp = self.qmp_session(&cfg.id, QMP_TIMEOUT)?;
-            qmp.send_fd(LIVE_FD, input.as_fd())
-                .map_err(|source| VmmError::Qmp {
-                    id: cfg.id.clone(),
-                    command: "getfd".into(),
-                    source,
-                })?;
-            Self::qmp_run(
-                &mut qmp,
-                &cfg.id,
-                "migrate-incoming",
-                Some(serde_json::json!({ "uri": format!("fd:{LIVE_FD}") })),
-            )
-        })();
-        if let Err(e) = started {
-            p.signal(libc::SIGKILL);
-            Self::wait_gone(p, Duration::from_secs(5));
-            return Err(e);
-        }
-        Ok(VmProcessInfo {
-            id: cfg.id.clone(),
-            pid: p.pid,
-            start_time: p.start_time,
-            state_dir: dir,
-            already_running: false,
-        })
-    }
-
-    /// Waits until an incoming live migration has loaded all the state (the VM stays stopped:
-    /// [`Runtime::resume`] runs it), up to `timeout`.
-    pub fn live_wait_incoming(&self, id: &str, timeout: Duration) -> Result<(), VmmError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.live_process(id)?.is_none() {
-                return Err(VmmError::Migration {
-                    id: id.to_string(),
-                    what: "the destination VMM exited during the migration".into(),
-                });
-            }
-            let status = self
-                .qmp_session(id, Duration::from_secs(2))
-                .and_then(|mut q| Self::qmp_run(&mut q, id, "query-migrate", None));
-            if let Ok(v) = status {
-                match v.get("status").and_then(|s| s.as_str()) {
-                    Some("completed") => return Ok(()),
-                    Some(s @ ("failed" | "cancelled")) => {
-                        return Err(VmmError::Migration {
-                            id: id.to_string(),
-                            what: format!("incoming migration {s}"),
-                        })
-                    }
-                    _ => {}
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(VmmError::Migration {
-                    id: id.to_string(),
-                    what: format!("incoming state not complete after {} s", timeout.as_secs()),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
+mod live;
+pub use live::LiveStats;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn manifest(files: Vec<SnapshotFile>) -> SnapshotManifest {
-        SnapshotManifest {
-            format: MANIFEST_FORMAT,
-            name: "s".into(),
-            vm_id: "vm".into(),
-            config: LaunchConfig {
-                id: "vm".into(),
-                vcpus: 1,
-                memory_mib: 128,
-                image: crate::image::Image {
-                    digest: "sha256:00".into(),
-                    kernel: "/k".into(),
-                    initrd: "/i".into(),
-                    vmlinux: None,
-                },
-                cmd: None,
-                accel: firefleet_types::Accel::Tcg,
-                net: None,
-                disks: Vec::new(),
-            },
-            kernel_cmdline: "console=ttyS0".into(),
-            qemu_version: "QEMU 7.2".into(),
-            created_unix_ms: 1,
-            pause_ms: 1,
-            files,
-            disks: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn verification_refuses_incomplete_snapshots() {
-        let tmp = tempfile::tempdir().unwrap();
-        let snap = tmp.path().join("s");
-        fs::create_dir(&snap).unwrap();
-        fs::write(snap.join(VMSTATE_FILE), [0u8; 10]).unwrap();
-        let err = verify_snapshot(&snap).unwrap_err().to_string();
-        assert!(err.contains("no manifest.json"), "{err}");
-
-        let write = |m: &SnapshotManifest| {
-            fs::write(snap.join(MANIFEST_FILE), serde_json::to_vec(m).unwrap()).unwrap()
-        };
-        write(&manifest(vec![SnapshotFile {
-            name: VMSTATE_FILE.into(),
-            size: 11,
-        }]));
-        let err = verify_snapshot(&snap).unwrap_err().to_string();
-        assert!(err.contains("has 10 bytes, the manifest says 11"), "{err}");
-
-        let good = manifest(vec![SnapshotFile {
-            name: VMSTATE_FILE.into(),
-            size: 10,
-        }]);
-        write(&good);
-        assert_eq!(verify_snapshot(&snap).unwrap(), good);
-
-        fs::write(snap.join(MANIFEST_FILE), b"{\"format\":1").unwrap();
-        let err = verify_snapshot(&snap).unwrap_err().to_string();
-        assert!(err.contains("corrupt"), "{err}");
-
-        let dot = tmp.path().join(".tmp-s-1");
-        fs::create_dir(&dot).unwrap();
-        let err = verify_snapshot(&dot).unwrap_err().to_string();
-        assert!(err.contains("unfinished snapshot"), "{err}");
-    }
-
-    #[test]
-    fn stale_temporary_directories_are_removed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let snaps = tmp.path().join(SNAPSHOTS_DIR);
-        let me = std::process::id();
-        let dead = format!("{TMP_PREFIX}a-b-{}", i32::MAX);
-        let mine_other = format!("{TMP_PREFIX}other-{me}");
-        let mine_current = format!("{TMP_PREFIX}cur-{me}");
-        for d in [&dead, &mine_other, &mine_current, &"done".to_string()] {
-            fs::create_dir_all(snaps.join(d)).unwrap();
-        }
-        remove_stale_tmp(tmp.path(), Some("cur"));
-        assert!(!snaps.join(&dead).exists());
-        assert!(!snaps.join(&mine_current).exists());
-        assert!(snaps.join(&mine_other).exists(), "maybe in progress");
-        assert!(snaps.join("done").exists());
-    }
-}
+mod tests;
