@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The body is not of a type the endpoint accepts (its `Content-Type`).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request did not arrive in time (a body sent too slowly).
+    #[error("{0}")]
+    SlowRequest(String),
     /// No (valid) credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::BadRequest { .. } => "invalid_request",
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::SlowRequest(_) => "request_timeout",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::PolicyDenied(_) => "policy_denied",

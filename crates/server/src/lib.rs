@@ -148,6 +148,8 @@ pub(crate) struct AppState {
     pub policies: policy::Shared,
     /// Request rate per token and per anonymous client address.
     pub rate: Arc<limits::RateLimiter>,
+    /// What callers may hold (connections, time, rate).
+    pub limits: Limits,
     /// Refused calls waiting to be written to the audit log, aggregated.
     pub refusals: Arc<http::audit::Refusals>,
     /// How long agent certificates are valid.
@@ -252,6 +254,7 @@ impl Server {
             })?),
             policies: Arc::default(),
             rate: Arc::new(limits::RateLimiter::new(&config.limits)),
+            limits: config.limits.clone(),
             refusals: Arc::default(),
             agent_cert_lifetime: config.agent_cert_lifetime,
         };

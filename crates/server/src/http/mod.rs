@@ -142,6 +142,10 @@ pub(crate) fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            read_small_bodies,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .with_state(state)
@@ -158,6 +162,104 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
         .metrics
         .request(&method, route.as_deref(), resp.status().as_u16());
     resp
+}
+
+/// Middleware: a refusal never leaves the client's body half-sent. Over HTTP/2, answering
+/// before the body was read made the server reset the stream, and curl reported a framing
+/// error instead of the 401; over HTTP/1.1 the connection had to be closed. So a small body (a
+/// `Content-Length` of at most [`MAX_BODY_BYTES`]) is read before anything answers, within the
+/// header timeout (else 408: this also bounds how slowly a small body may come), and a larger
+/// one that the handler drops unread is drained in the background, up to [`DRAIN_LIMIT`]
+/// bytes within the header timeout.
+async fn read_small_bodies(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let small = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > 0 && n <= MAX_BODY_BYTES);
+    let limit = state.limits.header_timeout;
+    if !small {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::Body::new(DrainOnDrop {
+            inner: Some(body),
+            limit,
+        });
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => ApiError::BadRequest {
+            message: "the request body could not be read (shorter or longer than its \
+                      Content-Length?)"
+                .to_owned(),
+            field: None,
+        }
+        .into_response(),
+        Err(_) => ApiError::SlowRequest(format!(
+            "the request body did not arrive within {} s",
+            limit.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
+/// The most bytes of an unread request body drained after its answer.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// A request body that, dropped before its end, hands the rest to a task that reads it (to
+/// [`DRAIN_LIMIT`] bytes, within `limit`) so that the stream ends cleanly.
+struct DrainOnDrop {
+    inner: Option<axum::body::Body>,
+    limit: std::time::Duration,
+}
+
+impl axum::body::HttpBody for DrainOnDrop {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.inner.as_mut() {
+            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(axum::body::HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(axum::body::HttpBody::size_hint)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if axum::body::HttpBody::is_end_stream(&body) {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let limit = self.limit;
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(limit, axum::body::to_bytes(body, DRAIN_LIMIT)).await;
+            });
+        }
+    }
 }
 
 /// Middleware: resolves the bearer token once ([`crate::auth::Authn`] in the request's
@@ -200,6 +302,7 @@ impl IntoResponse for ApiError {
             ApiError::Validation(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::SlowRequest(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::PolicyDenied(_) | ApiError::QuotaExceeded(_) => {
                 StatusCode::FORBIDDEN
