@@ -123,6 +123,19 @@ impl Cluster {
             .to_owned()
     }
 
+    /// `GET /metrics` with the admin token (curl, trusting the cluster CA).
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--cacert"])
+            .arg(self.ca())
+            .args(["-H", &format!("Authorization: Bearer {}", self.admin_token())])
+            .arg(format!("{}/metrics", self.server_url()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "/metrics: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs a CLI command with the admin token (or `token`) and returns its output.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
         Command::new(BIN)

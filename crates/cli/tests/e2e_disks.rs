@@ -147,7 +147,7 @@ fn disks_from_images_and_blank_disks_through_the_api() {
                 .any(|d| d["write_bytes"].as_u64().unwrap_or(0) >= 4 << 20)
         })
     });
-    let metrics = metrics(&c);
+    let metrics = c.metrics();
     assert!(
         metrics.contains("firefleet_vm_disk_write_bytes_total{vm="),
         "{metrics}"
@@ -168,20 +168,6 @@ fn disks_from_images_and_blank_disks_through_the_api() {
 
 fn vm_id(c: &Cluster, name: &str) -> String {
     c.vm(name)["id"].as_str().unwrap().to_owned()
-}
-
-/// `GET /metrics` over HTTPS, trusting the cluster CA.
-fn metrics(c: &Cluster) -> String {
-    let ca = reqwest::Certificate::from_pem(&fs::read(c.ca()).unwrap()).unwrap();
-    let http = reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
-    let url = format!("{}/metrics", c.server_url());
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async { http.get(url).send().await?.text().await })
-        .unwrap()
 }
 
 #[test]

@@ -430,7 +430,7 @@ fn attacks_in_guests_are_detected_and_contained_and_benign_work_is_not() {
         assert!(bad.is_empty(), "benign VM {vm} raised {bad:#?}");
     }
     // Findings and actions are in /metrics.
-    let metrics = reqwest_metrics(&c);
+    let metrics = c.metrics();
     assert!(
         metrics
             .contains("firefleet_guard_findings_total{rule=\"miner-process\",severity=\"high\"} 1"),
@@ -497,13 +497,3 @@ fn a_fork_bomb_is_detected_and_replaced() {
     );
 }
 
-/// `/metrics` over the server's TLS (curl, with the cluster's CA).
-fn reqwest_metrics(c: &Cluster) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--cacert"])
-        .arg(c.ca())
-        .arg(format!("{}/metrics", c.server_url()))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
