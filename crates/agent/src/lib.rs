@@ -75,6 +75,9 @@ pub struct AgentConfig {
     pub telemetry_interval: Duration,
     /// Most telemetry samples held while the server cannot be reached (oldest dropped first).
     pub telemetry_buffer: usize,
+    /// Stop every local VMM when the agent is stopped (`firefleet up`: stop what it started);
+    /// otherwise they keep running and the next agent adopts them.
+    pub stop_vms_on_exit: bool,
 }
 
 /// Why the agent could not run.
@@ -109,7 +112,8 @@ pub enum AgentError {
     NetConfig(#[source] firefleet_vmm::net::NetError),
 }
 
-/// Runs the agent until `shutdown` turns true. VMs keep running when it returns.
+/// Runs the agent until `shutdown` turns true. VMs keep running when it returns, unless
+/// `config.stop_vms_on_exit`.
 pub async fn run(
     config: AgentConfig,
     mut shutdown: watch::Receiver<bool>,
@@ -247,7 +251,7 @@ pub async fn run(
 
     let mut rec = reconcile::Reconciler::new(
         client.clone(),
-        runtimes,
+        runtimes.clone(),
         net,
         config.data_dir.clone(),
         config.image_dir.clone(),
@@ -313,6 +317,32 @@ pub async fn run(
     uploader.abort();
     invoker.abort();
     hb.abort();
-    tracing::info!("agent stopped; VMs keep running");
+    if config.stop_vms_on_exit {
+        let stopped = tokio::task::spawn_blocking(move || stop_all(&runtimes))
+            .await
+            .unwrap_or_default();
+        tracing::info!(stopped, "agent stopped with its VMs");
+    } else {
+        tracing::info!("agent stopped; VMs keep running");
+    }
     Ok(())
+}
+
+/// Stops every VMM with a state directory here (a graceful shutdown first); returns how many.
+fn stop_all(runtimes: &runtimes::Runtimes) -> usize {
+    let ids = match runtimes.list() {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the local VMs to stop them");
+            return 0;
+        }
+    };
+    let mut stopped = 0;
+    for id in ids {
+        match runtimes.for_vm(&id, None).stop(&id, Duration::from_secs(5)) {
+            Ok(()) => stopped += 1,
+            Err(e) => tracing::warn!(vm = %id, error = %e, "stopping a VM on exit"),
+        }
+    }
+    stopped
 }

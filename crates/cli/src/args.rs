@@ -176,6 +176,10 @@ pub struct UpArgs {
     /// Name of the local node.
     #[arg(long, default_value = "local")]
     pub node_name: String,
+    /// Leave the local VMMs running when `up` is stopped (the next `up` on the same data
+    /// directory adopts them); by default `up` stops what it started.
+    #[arg(long)]
+    pub keep_vms: bool,
     /// Local image store.
     #[arg(long, env = "FIREFLEET_IMAGE_DIR")]
     pub image_dir: Option<PathBuf>,
@@ -459,6 +463,10 @@ pub struct AgentArgs {
     /// Most telemetry samples kept while the server cannot be reached (the oldest go first).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub telemetry_buffer: u64,
+    /// Stop this node's VMMs when the agent is stopped (SIGTERM, Ctrl-C). By default they keep
+    /// running and a restarted agent adopts them again.
+    #[arg(long)]
+    pub stop_vms_on_exit: bool,
 }
 
 /// Offering Firecracker on a node.

@@ -121,6 +121,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout_secs),
         telemetry_interval: Duration::from_millis(a.telemetry_interval_ms),
         telemetry_buffer: usize::try_from(a.telemetry_buffer).unwrap_or(usize::MAX),
+        stop_vms_on_exit: a.stop_vms_on_exit,
     };
     let (tx, rx) = watch::channel(false);
     let run = tokio::spawn(firefleet_agent::run(config, rx));
@@ -197,6 +198,9 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     if let Some(j) = &join {
         cmd.env("FIREFLEET_JOIN_TOKEN", j);
     }
+    if !a.keep_vms {
+        cmd.arg("--stop-vms-on-exit");
+    }
     let mut child = cmd.spawn().context("starting the local agent")?;
     eprintln!(
         "firefleet up: server on https://{}, local agent {:?} {:?}\n  export FIREFLEET_SERVER=https://{} FIREFLEET_CA={} FIREFLEET_TOKEN=@{}",
@@ -218,8 +222,20 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        // The agent stops its VMMs (each gets a graceful shutdown first) before it exits.
+        let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
         let _ = child.kill().await;
+        if a.keep_vms {
+            eprintln!(
+                "firefleet up: stopped; the local VMMs keep running (their state is in {}): \
+                 `firefleet up --data-dir {}` adopts them again, and without --keep-vms stops \
+                 them when it is stopped",
+                agent_dir.display(),
+                data_dir.display()
+            );
+        } else {
+            eprintln!("firefleet up: stopped, with the local VMMs");
+        }
     }
     server.shutdown().await;
     match status {

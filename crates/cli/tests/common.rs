@@ -262,6 +262,20 @@ impl Cluster {
         }
     }
 
+    /// Stops an agent as `firefleet up` and service managers do (SIGTERM), and waits for it.
+    pub fn term_agent(&mut self, name: &str) -> std::process::ExitStatus {
+        let i = self
+            .agents
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("a running agent");
+        let (_, mut c) = self.agents.remove(i);
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().unwrap()
+    }
+
     pub fn wait_nodes_ready(&self, n: usize) {
         wait_until(Duration::from_secs(90), "nodes ready", || {
             let nodes = self.json(&["node", "ls"]);

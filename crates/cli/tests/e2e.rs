@@ -187,6 +187,25 @@ fn two_agents_run_vms_on_both_nodes_and_leave_nothing_behind() {
     }
 }
 
+/// `firefleet up` starts its agent with `--stop-vms-on-exit`: stopping `up` stops its VMMs.
+#[test]
+fn an_agent_asked_to_stop_its_vms_on_exit_leaves_none_running() {
+    let mut c = Cluster::start();
+    c.agent_args = vec!["--stop-vms-on-exit".to_owned()];
+    c.start_agent("solo", &[], 2);
+    c.wait_nodes_ready(1);
+    c.json(&["vm", "run", "--name", "short"]);
+    c.wait_phase("short", "running", BOOT);
+    assert_eq!(c.vmm_pids().len(), 1);
+    let status = c.term_agent("solo");
+    assert!(status.success(), "{status}\n{}", c.logs());
+    assert!(
+        c.vmm_pids().is_empty(),
+        "the agent exited leaving its VMM running\n{}",
+        c.logs()
+    );
+}
+
 #[test]
 fn restarted_agent_readopts_its_running_vm() {
     let mut c = Cluster::start();
