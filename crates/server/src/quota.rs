@@ -207,11 +207,11 @@ pub async fn usage(state: &AppState, tenant: &TenantId) -> Result<QuotaUsage, Ap
 }
 
 /// What a create adds, checked against the tenant's quota under its lock.
-pub enum Adding {
+pub enum Adding<'a> {
     /// A VM with these resources.
     Vm(firefleet_types::Resources),
-    /// A function.
-    Function,
+    /// A function of this name (nothing when it exists: a deploy then changes it).
+    Function(&'a str),
     /// A snapshot.
     Snapshot,
 }
@@ -221,7 +221,7 @@ pub enum Adding {
 pub async fn admit(
     state: &AppState,
     tenant: &TenantId,
-    adding: Adding,
+    adding: Adding<'_>,
 ) -> Result<OwnedMutexGuard<()>, ApiError> {
     let guard = state.quota_locks.lock(tenant).await;
     let Some(quota) = limits(state, tenant).await? else {
@@ -237,7 +237,10 @@ pub async fn admit(
                 ..QuotaUsage::default()
             },
         ),
-        Adding::Function => (
+        Adding::Function(name) if repo::get_function(state, tenant, name).await?.is_some() => {
+            return Ok(guard)
+        }
+        Adding::Function(_) => (
             QuotaUsage {
                 functions: count_functions(state, tenant).await?,
                 ..QuotaUsage::default()

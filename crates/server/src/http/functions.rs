@@ -204,12 +204,12 @@ pub async fn deploy(
     );
     let admission = crate::policy::admit_function(&state, &spec, &instance).await?;
     // A new function counts against the tenant's quota; counted and written under its lock.
-    let quota = match repo::get_function(&state, &spec.tenant, &spec.name).await? {
-        Some(_) => None,
-        None => {
-            Some(crate::quota::admit(&state, &spec.tenant, crate::quota::Adding::Function).await?)
-        }
-    };
+    let quota = crate::quota::admit(
+        &state,
+        &spec.tenant,
+        crate::quota::Adding::Function(&spec.name),
+    )
+    .await?;
     let (func, created) = loop {
         match repo::get_function(&state, &spec.tenant, &spec.name).await? {
             None => {
