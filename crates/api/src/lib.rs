@@ -87,12 +87,20 @@ pub struct CreateVmRequest {
     pub placement: PlacementSpec,
 }
 
-/// A list of VMs.
+/// A page of VMs (`GET /v1/vms?limit=&after=`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VmList {
-    /// The VMs, by name.
+    /// The VMs, by tenant and name.
     pub items: Vec<Vm>,
+    /// The cursor of the next page (`after=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
+
+/// Items a list page holds unless `limit=` says otherwise.
+pub const DEFAULT_PAGE_LIMIT: usize = 500;
+/// The largest `limit=` a list accepts.
+pub const MAX_PAGE_LIMIT: usize = 1000;
 
 /// A list of nodes.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -832,6 +840,9 @@ pub struct FunctionView {
 pub struct FunctionList {
     /// Functions, by tenant and name.
     pub items: Vec<FunctionView>,
+    /// The cursor of the next page (`after=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// The outcome of an invocation through the API.
@@ -1167,6 +1178,47 @@ pub struct TenantRecord {
     /// Data residency: the regions its VMs' data must stay in (empty: anywhere).
     #[serde(default)]
     pub regions: Vec<String>,
+    /// What it may hold; absent: the server's default quota (`admin` is never limited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<TenantQuota>,
+}
+
+/// A tenant's quota: each limit absent is unlimited. VMs, vCPUs and memory count the tenant's
+/// own VMs (not its functions' template and instances, which each function's `max` bounds);
+/// snapshots count those of its own VMs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuota {
+    /// VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vms: Option<u64>,
+    /// vCPUs of its VMs, together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u64>,
+    /// Memory of its VMs together, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Functions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<u64>,
+    /// Snapshots of its VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<u64>,
+}
+
+/// What a tenant holds, counted as its quota counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QuotaUsage {
+    /// VMs.
+    pub vms: u64,
+    /// vCPUs.
+    pub vcpus: u64,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Functions.
+    pub functions: u64,
+    /// Snapshots.
+    pub snapshots: u64,
 }
 
 /// `GET /v1/tenants`.
@@ -1174,6 +1226,12 @@ pub struct TenantRecord {
 pub struct TenantList {
     /// The tenants with attributes set, by id.
     pub tenants: Vec<TenantRecord>,
+    /// The quota of tenants whose record has none.
+    #[serde(default)]
+    pub default_quota: TenantQuota,
+    /// What each listed tenant holds, by id.
+    #[serde(default)]
+    pub usage: std::collections::BTreeMap<String, QuotaUsage>,
 }
 
 /// One violated rule.

@@ -96,7 +96,7 @@ pub enum Command {
     Policy(crate::cmd_policy::PolicyCommand),
     /// Tenant attributes the policies see (class, data-residency regions).
     #[command(subcommand)]
-    Tenant(crate::cmd_policy::TenantCommand),
+    Tenant(crate::cmd_tenant::TenantCommand),
     /// Every VM's and node's evaluation against the policies, and reports of it.
     #[command(subcommand)]
     Compliance(crate::cmd_policy::ComplianceCommand),
@@ -205,6 +205,8 @@ pub struct UpArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
+    pub quota: QuotaArgs,
+    #[command(flatten)]
     pub agent_certs: AgentCertArgs,
     /// The local agent's telemetry interval, milliseconds (see `agent --telemetry-interval-ms`).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
@@ -241,7 +243,47 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
+    pub quota: QuotaArgs,
+    #[command(flatten)]
     pub agent_certs: AgentCertArgs,
+}
+
+/// The quota of tenants whose record sets none (`tenant set --quota`); 0: unlimited.
+#[derive(Debug, Clone, Args)]
+pub struct QuotaArgs {
+    /// VMs per tenant.
+    #[arg(long, default_value_t = default_quota(firefleet_server::DEFAULT_QUOTA.vms))]
+    pub quota_vms: u64,
+    /// vCPUs per tenant, its VMs together.
+    #[arg(long, default_value_t = default_quota(firefleet_server::DEFAULT_QUOTA.vcpus))]
+    pub quota_vcpus: u64,
+    /// Memory per tenant, its VMs together, MiB.
+    #[arg(long, default_value_t = default_quota(firefleet_server::DEFAULT_QUOTA.memory_mib))]
+    pub quota_memory_mib: u64,
+    /// Functions per tenant.
+    #[arg(long, default_value_t = default_quota(firefleet_server::DEFAULT_QUOTA.functions))]
+    pub quota_functions: u64,
+    /// Snapshots per tenant, of its VMs together.
+    #[arg(long, default_value_t = default_quota(firefleet_server::DEFAULT_QUOTA.snapshots))]
+    pub quota_snapshots: u64,
+}
+
+fn default_quota(limit: Option<u64>) -> u64 {
+    limit.unwrap_or(0)
+}
+
+impl QuotaArgs {
+    /// The server's default quota (0 for unlimited).
+    pub fn quota(&self) -> firefleet_api::TenantQuota {
+        let limit = |v: u64| (v > 0).then_some(v);
+        firefleet_api::TenantQuota {
+            vms: limit(self.quota_vms),
+            vcpus: limit(self.quota_vcpus),
+            memory_mib: limit(self.quota_memory_mib),
+            functions: limit(self.quota_functions),
+            snapshots: limit(self.quota_snapshots),
+        }
+    }
 }
 
 /// What callers may hold (defaults in `firefleet_server::Limits`).

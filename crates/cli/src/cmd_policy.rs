@@ -9,7 +9,6 @@ use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
 use firefleet_api::{
     ApplyPolicyRequest, ComplianceList, ComplianceRecord, ComplianceReport, PolicyRecord,
-    TenantRecord,
 };
 use firefleet_policy::{inspect, Mode, PolicyDoc, PolicyError, PolicySet};
 
@@ -57,25 +56,6 @@ pub enum PolicyCommand {
         #[arg(long)]
         builtin: bool,
     },
-}
-
-/// `firefleet tenant`.
-#[derive(Debug, Subcommand)]
-pub enum TenantCommand {
-    /// Set a tenant's class and data-residency regions (admin; policies see them as
-    /// `input.tenant`).
-    Set {
-        /// The tenant.
-        id: String,
-        /// Its class (e.g. `standard`, `restricted`, `gpu`).
-        #[arg(long)]
-        class: String,
-        /// A region its VMs' data must stay in (repeatable; none: anywhere).
-        #[arg(long = "region")]
-        regions: Vec<String>,
-    },
-    /// List the tenants with attributes set.
-    Ls,
 }
 
 /// `firefleet compliance`.
@@ -319,30 +299,6 @@ fn test(output: Output, files: &[PathBuf], builtin: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Runs `firefleet tenant ...`.
-pub async fn tenant(g: &Global, cmd: TenantCommand) -> anyhow::Result<()> {
-    let client = crate::cmd_vm::client(g)?;
-    match cmd {
-        TenantCommand::Set { id, class, regions } => {
-            let t = client
-                .tenant_put(&TenantRecord { id, class, regions })
-                .await?;
-            print(g.output, &t, TENANT_HEADERS, vec![tenant_row(&t)])
-        }
-        TenantCommand::Ls => {
-            let list = client.tenant_list().await?;
-            let rows = list.tenants.iter().map(tenant_row).collect();
-            print(g.output, &list, TENANT_HEADERS, rows)
-        }
-    }
-}
-
-const TENANT_HEADERS: &[&str] = &["ID", "CLASS", "REGIONS"];
-
-fn tenant_row(t: &TenantRecord) -> Vec<String> {
-    vec![t.id.clone(), t.class.clone(), list_or_dash(&t.regions)]
-}
-
 /// Runs `firefleet compliance ...`.
 pub async fn compliance(g: &Global, cmd: ComplianceCommand) -> anyhow::Result<()> {
     let client = crate::cmd_vm::client(g)?;
@@ -442,7 +398,7 @@ fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_owned()
 }
 
-fn list_or_dash(items: &[String]) -> String {
+pub(crate) fn list_or_dash(items: &[String]) -> String {
     if items.is_empty() {
         "-".to_owned()
     } else {

@@ -78,6 +78,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
         functions: a.functions.config(),
         guard: a.guard.config()?,
         limits: a.limits.limits()?,
+        default_quota: a.quota.quota(),
         agent_cert_lifetime: a.agent_certs.lifetime(),
     })
     .await
@@ -149,6 +150,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
         functions: a.functions.config(),
         guard: a.guard.config()?,
         limits: a.limits.limits()?,
+        default_quota: a.quota.quota(),
         agent_cert_lifetime: a.agent_certs.lifetime(),
     })
     .await

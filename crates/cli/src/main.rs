@@ -12,6 +12,7 @@ mod cmd_guard;
 mod cmd_image;
 mod cmd_policy;
 mod cmd_run;
+mod cmd_tenant;
 mod cmd_token;
 mod cmd_vm;
 mod output;
@@ -123,7 +124,7 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Audit(c) => cmd_audit::run(&g, c).await,
         Command::Eval(c) => cmd_eval::run(&g, c),
         Command::Policy(c) => cmd_policy::policy(&g, c).await,
-        Command::Tenant(c) => cmd_policy::tenant(&g, c).await,
+        Command::Tenant(c) => cmd_tenant::tenant(&g, c).await,
         Command::Compliance(c) => cmd_policy::compliance(&g, c).await,
     }
 }

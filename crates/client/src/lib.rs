@@ -252,12 +252,29 @@ impl Client {
         self.must(Method::POST, "/v1/vms", Some(req)).await
     }
 
-    /// Lists VMs.
+    /// Lists VMs: every page, following `next`.
     pub async fn vm_list(&self) -> Result<Vec<Vm>, ClientError> {
-        Ok(self
-            .must::<(), VmList>(Method::GET, "/v1/vms", None)
-            .await?
-            .items)
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.vm_list_page(None, after.as_deref()).await?;
+            items.extend(page.items);
+            match page.next {
+                // A cursor that does not move would loop forever: stop there.
+                Some(n) if after.as_deref() != Some(n.as_str()) => after = Some(n),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// One page of VMs: up to `limit` (server default without) after the cursor `after`.
+    pub async fn vm_list_page(
+        &self,
+        limit: Option<usize>,
+        after: Option<&str>,
+    ) -> Result<VmList, ClientError> {
+        self.must::<(), VmList>(Method::GET, &page_path("/v1/vms", limit, after), None)
+            .await
     }
 
     /// Gets a VM by id or name.
@@ -781,9 +798,22 @@ impl Client {
         self.must(Method::POST, "/v1/functions", Some(req)).await
     }
 
-    /// `GET /v1/functions`.
+    /// `GET /v1/functions`: every page, following `next`.
     pub async fn list_functions(&self) -> Result<FunctionList, ClientError> {
-        self.must::<(), _>(Method::GET, "/v1/functions", None).await
+        let mut all = FunctionList {
+            items: Vec::new(),
+            next: None,
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let path = page_path("/v1/functions", None, after.as_deref());
+            let page: FunctionList = self.must::<(), _>(Method::GET, &path, None).await?;
+            all.items.extend(page.items);
+            match page.next {
+                Some(n) if after.as_deref() != Some(n.as_str()) => after = Some(n),
+                _ => return Ok(all),
+            }
+        }
     }
 
     /// `GET /v1/functions/{name}`.
@@ -909,6 +939,22 @@ fn api_error(status: u16, body: &[u8]) -> ClientError {
 }
 
 /// Percent-encodes a path segment (ids and names are `[a-z0-9-]`, but input is input).
+/// A list's path with its paging query.
+fn page_path(path: &str, limit: Option<usize>, after: Option<&str>) -> String {
+    let mut query = Vec::new();
+    if let Some(l) = limit {
+        query.push(format!("limit={l}"));
+    }
+    if let Some(a) = after {
+        query.push(format!("after={}", enc(a)));
+    }
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
 fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

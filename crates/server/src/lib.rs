@@ -19,6 +19,7 @@ pub mod http;
 mod limits;
 mod metrics;
 mod policy;
+mod quota;
 mod repo;
 mod tls;
 mod tokens;
@@ -40,6 +41,7 @@ pub use firefleet_autoscaler::PolicyKind;
 pub use guard::GuardConfig;
 pub use http::openapi_json;
 pub use limits::Limits;
+pub use quota::DEFAULT_QUOTA;
 
 /// Heartbeats older than this mark a node NotReady (default of [`NodeTimers::grace`]).
 pub const NODE_GRACE: Duration = Duration::from_secs(15);
@@ -95,6 +97,8 @@ pub struct ServerConfig {
     /// How long the certificates issued to agents (enrolment, renewal) are valid; at least
     /// [`firefleet_pki::MIN_AGENT_CERT_LIFETIME`]. Default [`AGENT_CERT_LIFETIME`].
     pub agent_cert_lifetime: Duration,
+    /// The quota of tenants whose record sets none. Default [`DEFAULT_QUOTA`].
+    pub default_quota: firefleet_api::TenantQuota,
 }
 
 impl ServerConfig {
@@ -112,6 +116,7 @@ impl ServerConfig {
             guard: GuardConfig::default(),
             limits: Limits::default(),
             agent_cert_lifetime: AGENT_CERT_LIFETIME,
+            default_quota: DEFAULT_QUOTA,
         }
     }
 }
@@ -154,6 +159,10 @@ pub(crate) struct AppState {
     pub refusals: Arc<http::audit::Refusals>,
     /// How long agent certificates are valid.
     pub agent_cert_lifetime: Duration,
+    /// The quota of tenants whose record sets none.
+    pub default_quota: firefleet_api::TenantQuota,
+    /// Per-tenant create locks (quota checks).
+    pub quota_locks: Arc<quota::QuotaLocks>,
 }
 
 /// Errors starting the server.
@@ -257,6 +266,8 @@ impl Server {
             limits: config.limits.clone(),
             refusals: Arc::default(),
             agent_cert_lifetime: config.agent_cert_lifetime,
+            default_quota: config.default_quota,
+            quota_locks: Arc::default(),
         };
         bootstrap_admin(&state, dir)
             .await

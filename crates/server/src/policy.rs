@@ -300,6 +300,7 @@ pub async fn tenant(state: &AppState, id: &TenantId) -> Result<TenantRecord, Api
                 id: id.to_string(),
                 class: "standard".to_owned(),
                 regions: Vec::new(),
+                quota: None,
             }),
     )
 }

@@ -77,9 +77,17 @@ pub(crate) fn function_vms<'a>(vms: &'a [Vm], f: &'a FunctionSpec) -> impl Itera
     })
 }
 
-/// The VMs and nodes a function's view is made from (read once per request).
-async fn fleet(state: &AppState) -> Result<(Vec<Vm>, Vec<NodeInfo>), ApiError> {
-    let (vms, _) = repo::list_vms(state).await?;
+/// The VMs and nodes a function's view is made from (read once per request): the VMs of the
+/// functions' tenants, each read through its names' keys (never every VM in the store).
+async fn fleet<'a>(
+    state: &AppState,
+    tenants: impl IntoIterator<Item = &'a TenantId>,
+) -> Result<(Vec<Vm>, Vec<NodeInfo>), ApiError> {
+    let tenants: std::collections::BTreeSet<&TenantId> = tenants.into_iter().collect();
+    let mut vms = Vec::new();
+    for t in tenants {
+        vms.extend(crate::quota::tenant_vms(state, t).await?);
+    }
     let (nodes, _) = repo::list_json::<NodeInfo>(state, "/nodes/").await?;
     Ok((vms, nodes))
 }
@@ -144,7 +152,7 @@ fn view(state: &AppState, f: Function, vms: &[Vm], nodes: &[NodeInfo]) -> Functi
 #[utoipa::path(post, path = "/v1/functions", request_body = DeployFunctionRequest, security(("bearer" = [])),
     responses((status = 201, body = FunctionView), (status = 200, body = FunctionView),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody, description = "refused by policy (code policy_denied, with reasons)")))]
+              (status = 403, body = ErrorBody, description = "refused by policy (code policy_denied, with reasons) or by the tenant's function quota (code quota_exceeded)")))]
 pub async fn deploy(
     State(state): State<AppState>,
     caller: Caller,
@@ -195,6 +203,13 @@ pub async fn deploy(
         None,
     );
     let admission = crate::policy::admit_function(&state, &spec, &instance).await?;
+    // A new function counts against the tenant's quota; counted and written under its lock.
+    let quota = crate::quota::admit(
+        &state,
+        &spec.tenant,
+        crate::quota::Adding::Function(&spec.name),
+    )
+    .await?;
     let (func, created) = loop {
         match repo::get_function(&state, &spec.tenant, &spec.name).await? {
             None => {
@@ -238,8 +253,9 @@ pub async fn deploy(
             }
         }
     };
+    drop(quota);
     state.gateway.demand.notify_one();
-    let (vms, nodes) = fleet(&state).await?;
+    let (vms, nodes) = fleet(&state, [&func.spec.tenant]).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -252,21 +268,37 @@ pub async fn deploy(
     ))
 }
 
-/// List the caller's functions (an admin sees all).
-#[utoipa::path(get, path = "/v1/functions", security(("bearer" = [])),
-    responses((status = 200, body = FunctionList), (status = 401, body = ErrorBody)))]
+/// List the caller's functions (an admin sees all, or one tenant's with `tenant=`), a page at
+/// a time by tenant and name.
+#[utoipa::path(get, path = "/v1/functions", security(("bearer" = [])), params(super::vms::ListQuery),
+    responses((status = 200, body = FunctionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
+    ValidQuery(q): ValidQuery<super::vms::ListQuery>,
 ) -> Result<Json<FunctionList>, ApiError> {
-    let (vms, nodes) = fleet(&state).await?;
-    let items = repo::list_functions(&state)
-        .await?
+    let page = super::paging::Page::parse(q.limit.as_deref(), q.after)?;
+    let tenant = super::paging::scope(&caller, q.tenant.as_deref())?;
+    let prefix = match &tenant {
+        Some(t) => format!("/functions/{t}/"),
+        None => "/functions/".to_owned(),
+    };
+    let (kvs, _) = state.store.list(&prefix).await?;
+    let (keys, next) = page.select(&kvs, &prefix);
+    let functions = keys
         .into_iter()
-        .filter(|f| caller.role == firefleet_api::Role::Admin || f.spec.tenant == caller.tenant)
+        .map(|kv| {
+            serde_json::from_slice::<Function>(&kv.value)
+                .map_err(|e| ApiError::Internal(format!("corrupt record at {}: {e}", kv.key)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (vms, nodes) = fleet(&state, functions.iter().map(|f| &f.spec.tenant)).await?;
+    let items = functions
+        .into_iter()
         .map(|f| view(&state, f, &vms, &nodes))
         .collect();
-    Ok(Json(FunctionList { items }))
+    Ok(Json(FunctionList { items, next }))
 }
 
 /// Get a function with its instances and counters.
@@ -280,7 +312,7 @@ pub async fn get(
     ValidQuery(q): ValidQuery<TenantQuery>,
 ) -> Result<Json<FunctionView>, ApiError> {
     let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
-    let (vms, nodes) = fleet(&state).await?;
+    let (vms, nodes) = fleet(&state, [&f.spec.tenant]).await?;
     Ok(Json(view(&state, f, &vms, &nodes)))
 }
 
@@ -298,8 +330,8 @@ pub async fn remove(
     let tenant = tenant_of(&caller, &q)?;
     let f = find(&state, &tenant, &name).await?;
     repo::delete_function(&state, &tenant, &name).await?;
+    let vms = crate::quota::tenant_vms(&state, &tenant).await?;
     state.gateway.forget(&(tenant, name));
-    let (vms, _) = repo::list_vms(&state).await?;
     for vm in function_vms(&vms, &f.spec) {
         repo::remove_vm(&state, vm).await?;
     }
@@ -318,7 +350,7 @@ pub async fn logs(
     ValidQuery(q): ValidQuery<TenantQuery>,
 ) -> Result<Json<FunctionLogs>, ApiError> {
     let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
-    let (vms, _) = repo::list_vms(&state).await?;
+    let vms = crate::quota::tenant_vms(&state, &f.spec.tenant).await?;
     let mut items = Vec::new();
     for vm in function_vms(&vms, &f.spec) {
         let rec = repo::get_console(&state, &vm.id).await?;

@@ -7,6 +7,7 @@ pub(crate) mod audit;
 pub(crate) mod functions;
 mod meta;
 pub(crate) mod migrations;
+mod paging;
 pub(crate) mod plan;
 mod policy;
 mod threats;

@@ -77,7 +77,7 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// List tenants' attributes (admin).
+/// List tenants' attributes (admin), the default quota, and what each listed tenant holds.
 #[utoipa::path(get, path = "/v1/tenants", security(("bearer" = [])),
     responses((status = 200, body = TenantList), (status = 403, body = ErrorBody)))]
 pub async fn tenants(
@@ -85,12 +85,21 @@ pub async fn tenants(
     caller: Caller,
 ) -> Result<Json<TenantList>, ApiError> {
     caller.require_admin()?;
+    let tenants = policy::tenants(&state).await?;
+    let mut usage = BTreeMap::new();
+    for t in &tenants {
+        let id: firefleet_types::TenantId = t.id.parse().map_err(ApiError::Validation)?;
+        usage.insert(t.id.clone(), crate::quota::usage(&state, &id).await?);
+    }
     Ok(Json(TenantList {
-        tenants: policy::tenants(&state).await?,
+        tenants,
+        default_quota: state.default_quota,
+        usage,
     }))
 }
 
-/// Set a tenant's attributes (admin): what the policies see as `input.tenant`.
+/// Set a tenant's attributes (admin): what the policies see as `input.tenant`, and its quota
+/// (lowering it below what the tenant holds refuses only new creates).
 #[utoipa::path(put, path = "/v1/tenants/{id}", request_body = TenantRecord, security(("bearer" = [])),
     params(("id" = String, Path, description = "tenant")),
     responses((status = 200, body = TenantRecord), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]

@@ -75,7 +75,9 @@ async fn set_desired(
 /// Take a snapshot of a running or paused VM (memory, device state, disks), kept on its node.
 #[utoipa::path(post, path = "/v1/vms/{vm}/snapshots", request_body = CreateSnapshotRequest, security(("bearer" = [])),
     params(("vm" = String, Path, description = "VM id or name")),
-    responses((status = 202, body = Snapshot), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Snapshot), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody, description = "the tenant's snapshot quota is used up (code quota_exceeded)"),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_snapshot(
     State(state): State<AppState>,
     caller: Caller,
@@ -94,7 +96,10 @@ pub async fn create_snapshot(
         }
     };
     let snap = Snapshot::requested(vm.id.clone(), req.name, node, now_ms());
+    let quota =
+        crate::quota::admit(&state, &vm.spec.tenant, crate::quota::Adding::Snapshot).await?;
     repo::create_snapshot(&state, &snap).await?;
+    drop(quota);
     Ok((StatusCode::ACCEPTED, Json(snap)))
 }
 

@@ -43,7 +43,7 @@ pub(crate) async fn find_vm(state: &AppState, caller: &Caller, key: &str) -> Res
 /// Create a VM.
 #[utoipa::path(post, path = "/v1/vms", request_body = CreateVmRequest, security(("bearer" = [])),
     responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody, description = "refused by policy (code policy_denied, with reasons)"),
+              (status = 403, body = ErrorBody, description = "refused by policy (code policy_denied, with reasons) or by the tenant's quota (code quota_exceeded)"),
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -74,7 +74,15 @@ pub async fn create(
         function: None,
     };
     spec.validate()?;
+    // Counted and written under the tenant's lock: concurrent creates cannot overshoot.
+    let quota = crate::quota::admit(
+        &state,
+        &spec.tenant,
+        crate::quota::Adding::Vm(spec.resources),
+    )
+    .await?;
     let (vm, warnings) = repo::create_vm_admitted(&state, spec).await?;
+    drop(quota);
     state.kick.notify_waiters();
     Ok((
         StatusCode::CREATED,
@@ -83,14 +91,48 @@ pub async fn create(
     ))
 }
 
-/// List the caller's VMs (an admin sees all).
-#[utoipa::path(get, path = "/v1/vms", security(("bearer" = [])),
-    responses((status = 200, body = VmList), (status = 401, body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<VmList>, ApiError> {
-    let (vms, _) = repo::list_vms(&state).await?;
-    let mut items: Vec<Vm> = vms.into_iter().filter(|vm| caller.owns(vm)).collect();
-    items.sort_by(|a, b| (&a.spec.tenant, &a.spec.name).cmp(&(&b.spec.tenant, &b.spec.name)));
-    Ok(Json(VmList { items }))
+/// Query of `GET /v1/vms`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Items per page (default 500, at most 1000).
+    #[param(value_type = Option<u32>)]
+    pub limit: Option<String>,
+    /// The cursor the previous page gave as `next`.
+    pub after: Option<String>,
+    /// Only this tenant's VMs (admins; a tenant sees only its own anyway).
+    pub tenant: Option<String>,
+}
+
+/// List the caller's VMs (an admin sees all, or one tenant's with `tenant=`), a page at a time
+/// by tenant and name: each page reads the names' keys and only the page's VMs.
+#[utoipa::path(get, path = "/v1/vms", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, body = VmList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ValidQuery(q): ValidQuery<ListQuery>,
+) -> Result<Json<VmList>, ApiError> {
+    let page = super::paging::Page::parse(q.limit.as_deref(), q.after)?;
+    let tenant = super::paging::scope(&caller, q.tenant.as_deref())?;
+    let prefix = match &tenant {
+        Some(t) => format!("/vmnames/{t}/"),
+        None => "/vmnames/".to_owned(),
+    };
+    let (kvs, _) = state.store.list(&prefix).await?;
+    let (keys, next) = page.select(&kvs, &prefix);
+    let mut items = Vec::with_capacity(keys.len());
+    for kv in keys {
+        let id = String::from_utf8_lossy(&kv.value)
+            .parse::<VmId>()
+            .map_err(ApiError::Validation)?;
+        // Gone since the names were read: left out.
+        if let Some(vm) = repo::get_vm(&state, &id).await? {
+            items.push(vm);
+        }
+    }
+    Ok(Json(VmList { items, next }))
 }
 
 /// Get a VM by id or name.
