@@ -128,7 +128,10 @@ impl Cluster {
         let out = Command::new("curl")
             .args(["-sS", "--fail-with-body", "--cacert"])
             .arg(self.ca())
-            .args(["-H", &format!("Authorization: Bearer {}", self.admin_token())])
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {}", self.admin_token()),
+            ])
             .arg(format!("{}/metrics", self.server_url()))
             .output()
             .unwrap();

@@ -496,4 +496,3 @@ fn a_fork_bomb_is_detected_and_replaced() {
         t["finding"]["rule"]
     );
 }
-

@@ -7,12 +7,23 @@
 use std::{os::unix::fs::symlink, path::Path, process::Command};
 
 fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
 }
 
 /// A directory of links to every program on this machine's PATH but those in `without`.
 fn path_without(dir: &Path, without: &[&str]) {
-    for p in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+    for p in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
         let Ok(entries) = std::fs::read_dir(p) else {
             continue;
         };
@@ -55,7 +66,10 @@ fn a_missing_qemu_img_stops_the_set_up_naming_it() {
     let dir = tempfile_dir("no-qemu-img");
     path_without(&dir, &["qemu-img"]);
     let out = verify(&dir, None);
-    assert!(!out.status.success(), "verification passed without qemu-img");
+    assert!(
+        !out.status.success(),
+        "verification passed without qemu-img"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing command: qemu-img"), "{err}");
 }
