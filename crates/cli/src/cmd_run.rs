@@ -125,11 +125,16 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         stop_vms_on_exit: a.stop_vms_on_exit,
     };
     let (tx, rx) = watch::channel(false);
-    let run = tokio::spawn(firefleet_agent::run(config, rx));
+    let mut run = tokio::spawn(firefleet_agent::run(config, rx));
     tokio::select! {
-        r = run => r.context("agent task")?.context("agent")?,
+        r = &mut run => r.context("agent task")?.context("agent")?,
         _ = terminated() => {
             let _ = tx.send(true);
+            // The agent winds down (and with --stop-vms-on-exit stops its VMMs) before we exit.
+            match tokio::time::timeout(Duration::from_secs(60), run).await {
+                Ok(r) => r.context("agent task")?.context("agent")?,
+                Err(_) => anyhow::bail!("the agent did not stop within 60 s"),
+            }
         }
     }
     Ok(())
