@@ -362,6 +362,7 @@ pub struct DrainResponse {
 
 /// `GET /v1/plan` and `POST /v1/plan/apply` query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PlanQuery {
     /// Consider every VM for cost, latency and availability (not only triggered ones).

@@ -109,6 +109,7 @@ pub async fn create_token(
 
 /// Query of `GET /v1/tokens`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TokenQuery {
     /// Only this tenant's tokens.

@@ -7,6 +7,7 @@ pub(crate) mod audit;
 pub(crate) mod functions;
 mod meta;
 pub(crate) mod migrations;
+mod openapi;
 pub(crate) mod plan;
 mod policy;
 mod threats;
@@ -25,6 +26,8 @@ use axum::{
 use firefleet_api::{ErrorBody, ErrorDetail, MAX_BODY_BYTES};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
+
+use self::openapi::CommonAnswers;
 
 use crate::{ApiError, AppState};
 
@@ -438,7 +441,7 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         audit::list,
         audit::verify,
     ),
-    modifiers(&SecuritySchemes)
+    modifiers(&SecuritySchemes, &CommonAnswers)
 )]
 struct ApiDoc;
 

@@ -156,6 +156,7 @@ pub async fn records(
 
 /// Query of the compliance report.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReportQuery {
     /// Only this tenant's VMs (and no nodes).
