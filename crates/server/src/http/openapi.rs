@@ -12,14 +12,14 @@
 //! | a JSON request body             | 400 (`invalid_request`), 413, 415                 |
 //! | another request body            | 413                                               |
 //! | query parameters                | 400 (`invalid_request`)                           |
-//! | path parameters                 | 404                                               |
+//! | path parameters                 | 404 (and 400 where the parameter has a pattern)   |
 //!
 //! An answer the handler documents itself (with its own description) is kept.
 
 use utoipa::openapi::{
     header::HeaderBuilder,
     path::{Operation, ParameterIn},
-    ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type,
+    ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Schema, Type,
 };
 
 /// Adds the common error answers (an `ErrorBody` each) to every operation.
@@ -55,9 +55,20 @@ fn common_answers(op: &Operation) -> Vec<u16> {
     if params.iter().any(|p| p.parameter_in == ParameterIn::Path) {
         codes.push(404);
     }
+    if params
+        .iter()
+        .any(|p| p.parameter_in == ParameterIn::Path && has_pattern(p))
+    {
+        codes.push(400);
+    }
     codes.sort_unstable();
     codes.dedup();
     codes
+}
+
+/// Whether a parameter's schema restricts its form (a malformed value is then a 400).
+fn has_pattern(p: &utoipa::openapi::path::Parameter) -> bool {
+    matches!(&p.schema, Some(RefOr::T(Schema::Object(o))) if o.pattern.is_some())
 }
 
 fn auth_of(op: &Operation) -> Auth {
@@ -142,6 +153,26 @@ impl utoipa::Modify for CommonAnswers {
     }
 }
 
+/// The rules between fields that the server checks and a derive cannot say: a function's
+/// `http_path` only with its `http_port` (`FunctionSpec::validate`).
+pub(crate) struct CrossFieldRules;
+
+impl utoipa::Modify for CrossFieldRules {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::Object(o))) =
+            components.schemas.get_mut("DeployFunctionRequest")
+        {
+            o.extensions.get_or_insert_with(Default::default).insert(
+                "dependentRequired".to_owned(),
+                serde_json::json!({ "http_path": ["http_port"] }),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -179,6 +210,12 @@ mod tests {
                 }
                 if params.iter().any(|p| p["in"] == "path") {
                     want.push("404");
+                }
+                if params
+                    .iter()
+                    .any(|p| p["in"] == "path" && !p["schema"]["pattern"].is_null())
+                {
+                    want.push("400");
                 }
                 for code in want {
                     let answer = &op["responses"][code];
