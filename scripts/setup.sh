@@ -4,7 +4,10 @@
 #   - the workspace (debug profile) and the static firefleet-guest binary
 #   - the default guest image (Debian's cloud kernel + firefleet-guest), rebuilt only when the
 #     guest binary changed
-# Environment: CARGO_TARGET_DIR (default ./target), FIREFLEET_IMAGE_DIR (default ~/.cache/firefleet/images).
+#   - schemathesis (the API fuzzer of crates/server/tests/fuzz.rs, from PyPI, version pinned) in
+#     a virtual environment of its own, made once per version
+# Environment: CARGO_TARGET_DIR (default ./target), FIREFLEET_IMAGE_DIR (default ~/.cache/firefleet/images),
+# FIREFLEET_CACHE (default ~/.cache/firefleet: the fuzzer's virtual environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +64,21 @@ verify
 if ! command -v cargo >/dev/null; then
   say "cargo not found: install a Rust toolchain (https://rustup.rs) and run this again"
   exit 1
+fi
+
+# The API fuzzer: one virtual environment per pinned version (the version is in its path, as
+# in crates/server/tests/fuzz.rs). `.installed` is written last, so an interrupted install is
+# made again rather than taken for a finished one.
+schemathesis_version=4.32.5
+fuzz_venv="${FIREFLEET_CACHE:-$HOME/.cache/firefleet}/schemathesis-$schemathesis_version"
+if [ ! -f "$fuzz_venv/.installed" ] || [ ! -x "$fuzz_venv/bin/st" ]; then
+  say "installing schemathesis $schemathesis_version (the API fuzzer) into $fuzz_venv"
+  rm -rf "$fuzz_venv"
+  mkdir -p "$(dirname "$fuzz_venv")"
+  python3 -m venv "$fuzz_venv"
+  "$fuzz_venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$schemathesis_version"
+  "$fuzz_venv/bin/st" --version >/dev/null
+  touch "$fuzz_venv/.installed"
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"

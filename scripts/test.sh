@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export FIREFLEET_IMAGE_DIR="${FIREFLEET_IMAGE_DIR:-$HOME/.cache/firefleet/images}"
 export FIREFLEET_GUEST_BIN="$CARGO_TARGET_DIR/debug/firefleet-guest"
+# The API fuzzer scripts/setup.sh installs (crates/server/tests/fuzz.rs runs it).
+export FIREFLEET_SCHEMATHESIS="${FIREFLEET_CACHE:-$HOME/.cache/firefleet}/schemathesis-$(sed -n 's/^schemathesis_version=//p' scripts/setup.sh)/bin/st"
 
 scripts/setup.sh
 echo "==> cargo fmt --check" >&2

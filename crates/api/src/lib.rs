@@ -10,6 +10,10 @@ use firefleet_types::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use firefleet_types::schema::{
+    CommandRequest, LabelRequest, NameRequest, ResourceRequest, DIGEST_PATTERN, NAME_PATTERN,
+};
+
 /// Largest request body the server reads (bytes). Console uploads have their own limit.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest console chunk an agent uploads at once (bytes).
@@ -55,23 +59,33 @@ pub const AUTHORIZATION: &str = "authorization";
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     /// Name, unique within the tenant (`[a-z0-9-]`, at most 63).
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Image digest, `sha256:<64 hex>`.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     pub image: String,
     /// Resources.
+    #[schema(value_type = ResourceRequest)]
     pub resources: Resources,
     /// Labels.
     #[serde(default)]
+    #[schema(value_type = LabelRequest)]
     pub labels: Labels,
-    /// Command the guest runs; the VM stops when it exits.
+    /// Command the guest runs; the VM stops when it exits (1..=64 arguments, at most 1024
+    /// bytes in all, no NUL).
     #[serde(default)]
+    #[schema(value_type = Option<CommandRequest>)]
     pub cmd: Option<Vec<String>>,
     /// Restart policy.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
     /// Owner; only an admin may set it (a tenant's VMs are its own).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)]
     pub tenant: Option<TenantId>,
     /// Network interface and bandwidth limits (default: a NIC, no limits).
     #[serde(default)]
@@ -79,8 +93,9 @@ pub struct CreateVmRequest {
     /// The VMM: `qemu` (default) or `firecracker`.
     #[serde(default)]
     pub runtime: VmRuntime,
-    /// Block devices, in attachment order.
+    /// Block devices, in attachment order (at most 8).
     #[serde(default)]
+    #[schema(max_items = 8)]
     pub disks: Vec<DiskSpec>,
     /// Placement constraints and preferences.
     #[serde(default)]
@@ -351,6 +366,11 @@ pub struct MigrationIntent {
 #[serde(deny_unknown_fields)]
 pub struct MigrateRequest {
     /// The destination node.
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub to: String,
     /// Move it by snapshot even where a live migration is possible.
     #[serde(default)]
@@ -370,6 +390,7 @@ pub struct DrainResponse {
 
 /// `GET /v1/plan` and `POST /v1/plan/apply` query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PlanQuery {
     /// Consider every VM for cost, latency and availability (not only triggered ones).
@@ -377,6 +398,7 @@ pub struct PlanQuery {
     pub rebalance: bool,
     /// Utilisation above which a node is overloaded (0 < x <= 1; default 0.9).
     #[serde(default)]
+    #[param(exclusive_minimum = 0.0, maximum = 1.0)]
     pub imbalance: Option<f64>,
     /// Battery charge, percent, under which a node's VMs should leave (default 30).
     #[serde(default)]
@@ -470,6 +492,11 @@ pub struct MigrationReport {
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshotRequest {
     /// Name, unique per VM.
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
 }
 
@@ -485,6 +512,11 @@ pub struct SnapshotList {
 #[serde(deny_unknown_fields)]
 pub struct RestoreVmRequest {
     /// The snapshot to restore from (it must be ready).
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub snapshot: String,
 }
 
@@ -728,40 +760,57 @@ pub const MAX_INVOKE_BYTES: usize = 32 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct DeployFunctionRequest {
     /// Name, unique per tenant.
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Owner (admins only; default: the caller's tenant).
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)]
     pub tenant: Option<firefleet_types::TenantId>,
     /// Image digest.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     pub image: String,
-    /// Handler command (stdin -> stdout), or the workload serving HTTP on `http_port`.
+    /// Handler command (stdin -> stdout), or the workload serving HTTP on `http_port`
+    /// (1..=64 arguments, at most 1024 bytes in all, no NUL).
+    #[schema(value_type = CommandRequest)]
     pub cmd: Vec<String>,
     /// HTTP mode: the port the workload listens on in the guest.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65535)]
     pub http_port: Option<u16>,
-    /// HTTP mode: the path requests are POSTed to (default `/`).
+    /// HTTP mode: the path requests are POSTed to (default `/`; only with `http_port`).
     #[serde(default)]
+    #[schema(pattern = "^/[!-~]*$", max_length = 256)]
     pub http_path: Option<String>,
     /// Resources per instance.
+    #[schema(value_type = ResourceRequest)]
     pub resources: firefleet_types::Resources,
     /// Invocations in flight per instance at most (default 1).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub concurrency: u32,
-    /// Warm instances at least (default 0: scale to zero).
+    /// Warm instances at least (default 0: scale to zero; at most `max`).
     #[serde(default)]
+    #[schema(maximum = 1000)]
     pub min: u32,
     /// Instances at most (default 10).
     #[serde(default = "ten")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max: u32,
     /// Regions or edge sites for its instances (empty: anywhere).
     #[serde(default)]
+    #[schema(value_type = Vec<NameRequest>)]
     pub regions: Vec<String>,
     /// Invocation timeout, ms (default 30000).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 900000)]
     pub timeout_ms: Option<u64>,
     /// Keep idle instances at least this long (seconds); none: the autoscaler decides.
     #[serde(default)]
+    #[schema(maximum = 86400)]
     pub keep_alive_secs: Option<u64>,
     /// VMM of its instances.
     #[serde(default)]

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod migration;
 pub mod node;
 pub mod resources;
+pub mod schema;
 pub mod snapshot;
 pub mod topology;
 pub mod validate;

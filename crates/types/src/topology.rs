@@ -22,10 +22,10 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), ValidationErr
     for (k, v) in labels {
         let key_part = k.rsplit('/').next().unwrap_or(k);
         check_name(&format!("{field}.{k}"), key_part)?;
-        if v.len() > 63 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if v.len() > 63 || !v.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ValidationError::new(
                 format!("{field}.{k}"),
-                "value must be at most 63 characters without whitespace",
+                "value must be at most 63 printable ASCII characters without whitespace",
             ));
         }
     }

@@ -105,22 +105,40 @@ pub struct VmSpec {
 pub struct PlacementSpec {
     /// Only nodes with these labels (all of them).
     #[serde(default)]
+    #[schema(value_type = crate::schema::LabelRequest)]
     pub node_selector: Labels,
     /// Only nodes in these clouds (data residency; empty: any).
     #[serde(default)]
+    #[schema(value_type = Vec<crate::schema::NameRequest>)]
     pub allowed_clouds: Vec<String>,
     /// Only nodes in these regions or edge sites (data residency; empty: any).
     #[serde(default)]
+    #[schema(value_type = Vec<crate::schema::NameRequest>)]
     pub allowed_regions: Vec<String>,
     /// Replicas of one group are spread over nodes, zones, regions and clouds.
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub group: Option<String>,
     /// Workload class: selects the placement weights (e.g. `latency`, `batch`).
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub class: Option<String>,
     /// Where its users are (a region or user region of the topology): latency is scored from
     /// there.
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub user_region: Option<String>,
     /// Only on nodes whose host posture passes the host policies (a tainted node gets none).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -218,9 +236,11 @@ pub struct DiskSpec {
     /// the VM gets its own copy-on-write layer over the shared image (or the image itself,
     /// when read-only). None: a blank ext4 disk of `size_mib`.
     #[serde(default)]
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     pub image: Option<String>,
     /// Size of a blank disk, MiB (1..=1048576). Only without `image`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1048576)]
     pub size_mib: Option<u64>,
     /// Attach it read-only (the guest cannot write it; an image is then shared, not copied).
     #[serde(default)]
@@ -297,6 +317,7 @@ pub struct NetworkSpec {
     pub egress_mbit: Option<u32>,
     /// Bandwidth limit for traffic to the guest, Mbit/s (1..=100000; none: unlimited).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
     pub ingress_mbit: Option<u32>,
     /// Drop all traffic to and from the VM (the guard's `isolate`; the guest channel, which
     /// is not a network, still works).

@@ -109,10 +109,11 @@ pub async fn create_token(
 
 /// Query of `GET /v1/tokens`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TokenQuery {
     /// Only this tenant's tokens.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)]
     pub tenant: Option<firefleet_types::TenantId>,
 }
 

@@ -53,6 +53,7 @@ pub(crate) struct AuditActor(pub String);
 
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only entries with a larger seq (default 0: from the start).

@@ -303,7 +303,7 @@ pub async fn list(
 
 /// Get a function with its instances and counters.
 #[utoipa::path(get, path = "/v1/functions/{name}", security(("bearer" = [])),
-    params(("name" = String, Path, description = "function name"), ("tenant" = Option<String>, Query, description = "tenant (admins)")),
+    params(("name" = String, Path, description = "function name", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63), ("tenant" = Option<String>, Query, description = "tenant (admins)", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)),
     responses((status = 200, body = FunctionView), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -319,7 +319,7 @@ pub async fn get(
 /// Remove a function: its record at once; its template and instances are stopped and removed
 /// (the controller removes any VM of a function that no longer exists).
 #[utoipa::path(delete, path = "/v1/functions/{name}", security(("bearer" = [])),
-    params(("name" = String, Path, description = "function name"), ("tenant" = Option<String>, Query, description = "tenant (admins)")),
+    params(("name" = String, Path, description = "function name", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63), ("tenant" = Option<String>, Query, description = "tenant (admins)", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
@@ -341,7 +341,7 @@ pub async fn remove(
 
 /// The consoles of a function's template and instances.
 #[utoipa::path(get, path = "/v1/functions/{name}/logs", security(("bearer" = [])),
-    params(("name" = String, Path, description = "function name"), ("tenant" = Option<String>, Query, description = "tenant (admins)")),
+    params(("name" = String, Path, description = "function name", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63), ("tenant" = Option<String>, Query, description = "tenant (admins)", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)),
     responses((status = 200, body = FunctionLogs), (status = 404, body = ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
@@ -397,7 +397,7 @@ async fn call(
 /// (status, body, cold start, latency).
 #[utoipa::path(post, path = "/v1/functions/{name}/invoke", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "function name"), ("tenant" = Option<String>, Query, description = "tenant (admins)"),
+    params(("name" = String, Path, description = "function name", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63), ("tenant" = Option<String>, Query, description = "tenant (admins)", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63),
            ("region" = Option<String>, Query, description = "the caller's region: nearest instances first")),
     responses((status = 200, body = InvokeResponse), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 504, body = ErrorBody)))]

@@ -7,6 +7,7 @@ pub(crate) mod audit;
 pub(crate) mod functions;
 mod meta;
 pub(crate) mod migrations;
+mod openapi;
 mod paging;
 pub(crate) mod plan;
 mod policy;
@@ -26,6 +27,8 @@ use axum::{
 use firefleet_api::{ErrorBody, ErrorDetail, MAX_BODY_BYTES};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
+
+use self::openapi::{CommonAnswers, CrossFieldRules};
 
 use crate::{ApiError, AppState};
 
@@ -420,23 +423,47 @@ fn is_json(content_type: &str) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Parses JSON, naming the failing field.
+/// Parses JSON, naming the failing field. A number with a zero fraction (`2.0`) is taken as the
+/// integer it is, as JSON Schema (and so the OpenAPI document) counts it an integer.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut value: serde_json::Value =
+        serde_path_to_error::deserialize(de).map_err(|e| ApiError::BadRequest {
+            message: format!("invalid JSON body: {}", e.into_inner()),
+            field: None,
+        })?;
+    integral_floats_as_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let malformed = matches!(
-            inner.classify(),
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-        );
-        let field = (path != "." && !malformed).then(|| path.clone());
+        let field = (path != ".").then(|| path.clone());
         let message = match &field {
             Some(f) => format!("{f}: {inner}"),
             None => format!("invalid JSON body: {inner}"),
         };
         ApiError::BadRequest { message, field }
     })
+}
+
+/// Rewrites every number with a zero fraction that fits an integer (`2.0`, `-3.0`) as that
+/// integer.
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0) {
+                // Exact: |f| < 2^63 fits i64 and 2^63 <= f < 2^64 fits u64.
+                if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
+                    *v = Value::from(f as i64);
+                } else if (0.0..1.844_674_407_370_955_2e19).contains(&f) {
+                    *v = Value::from(f as u64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
 }
 
 /// Query parameters, with errors as [`ApiError`].
@@ -542,7 +569,7 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
         audit::list,
         audit::verify,
     ),
-    modifiers(&SecuritySchemes)
+    modifiers(&SecuritySchemes, &CommonAnswers, &CrossFieldRules)
 )]
 struct ApiDoc;
 

@@ -44,9 +44,10 @@ impl Page {
                 }
             },
         };
+        // An empty cursor is no cursor: the first page.
+        let after = after.filter(|a| !a.is_empty());
         if let Some(a) = &after {
-            let ok = !a.is_empty()
-                && a.len() <= MAX_CURSOR
+            let ok = a.len() <= MAX_CURSOR
                 && a.matches('/').count() <= 1
                 && a.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-/".contains(&b));
@@ -135,9 +136,11 @@ mod tests {
             let e = Page::parse(Some(l), None).unwrap_err();
             assert!(matches!(e, ApiError::BadRequest { field: Some(ref f), .. } if f == "limit"));
         }
-        for a in ["", "A", "a/b/c", "../x"] {
+        for a in ["A", "a/b/c", "../x"] {
             let e = Page::parse(None, Some(a.to_owned())).unwrap_err();
             assert!(matches!(e, ApiError::BadRequest { field: Some(ref f), .. } if f == "after"));
         }
+        // An empty cursor is the first page.
+        assert_eq!(Page::parse(None, Some(String::new())).unwrap().after, None);
     }
 }

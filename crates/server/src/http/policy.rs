@@ -53,7 +53,7 @@ async fn find(state: &AppState, name: &str) -> Result<PolicyRecord, ApiError> {
 
 /// Get a policy by name (names may hold slashes: `admission/resource_limits`).
 #[utoipa::path(get, path = "/v1/policies/{name}", security(("bearer" = [])),
-    params(("name" = String, Path, description = "policy name")),
+    params(("name" = String, Path, description = "policy name", pattern = "^[A-Za-z0-9_.-][A-Za-z0-9_./-]{0,127}$")),
     responses((status = 200, body = PolicyRecord), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -65,7 +65,7 @@ pub async fn get(
 
 /// Remove a policy (admin; a new set version).
 #[utoipa::path(delete, path = "/v1/policies/{name}", security(("bearer" = [])),
-    params(("name" = String, Path, description = "policy name")),
+    params(("name" = String, Path, description = "policy name", pattern = "^[A-Za-z0-9_.-][A-Za-z0-9_./-]{0,127}$")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
@@ -165,6 +165,7 @@ pub async fn records(
 
 /// Query of the compliance report.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReportQuery {
     /// Only this tenant's VMs (and no nodes).

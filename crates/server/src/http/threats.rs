@@ -134,7 +134,7 @@ async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<(Threat, u6
 
 /// One threat: the finding with its evidence, and each action of its playbook.
 #[utoipa::path(get, path = "/v1/threats/{id}", security(("bearer" = [])),
-    params(("id" = String, Path, description = "threat id")),
+    params(("id" = String, Path, description = "threat id", pattern = "^[A-Za-z0-9-]{1,64}$")),
     responses((status = 200, body = Threat), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -147,7 +147,7 @@ pub async fn get(
 /// Acknowledge a threat (someone looked at it). Containment stays as it is: resume, delete or
 /// keep the VM as you see fit. Acknowledging again keeps the first acknowledgement.
 #[utoipa::path(post, path = "/v1/threats/{id}/ack", request_body = AckThreatRequest, security(("bearer" = [])),
-    params(("id" = String, Path, description = "threat id")),
+    params(("id" = String, Path, description = "threat id", pattern = "^[A-Za-z0-9-]{1,64}$")),
     responses((status = 200, body = Threat), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn ack(
     State(state): State<AppState>,

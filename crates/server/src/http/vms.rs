@@ -93,12 +93,14 @@ pub async fn create(
 
 /// Query of `GET /v1/vms`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Items per page (default 500, at most 1000).
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
-    /// The cursor the previous page gave as `next`.
+    /// The cursor the previous page gave as `next` (empty: the first page).
+    #[param(pattern = "^[a-z0-9-]*(/[a-z0-9-]+)?$", max_length = 127)]
     pub after: Option<String>,
     /// Only this tenant's VMs (admins; a tenant sees only its own anyway).
     pub tenant: Option<String>,
