@@ -402,6 +402,7 @@ pub struct PlanQuery {
     pub imbalance: Option<f64>,
     /// Battery charge, percent, under which a node's VMs should leave (default 30).
     #[serde(default)]
+    #[param(minimum = 0, maximum = 100)]
     pub battery_below: Option<u8>,
 }
 
@@ -1221,14 +1222,29 @@ pub struct PolicyList {
 #[serde(deny_unknown_fields)]
 pub struct TenantRecord {
     /// The tenant.
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub id: String,
     /// Its class (`standard` when never set; e.g. `restricted`, `gpu`).
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub class: String,
     /// Data residency: the regions its VMs' data must stay in (empty: anywhere).
     #[serde(default)]
+    #[schema(value_type = Vec<firefleet_types::schema::NameRequest>)]
     pub regions: Vec<String>,
     /// What it may hold; absent: the server's default quota (`admin` is never limited).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "quota_object"
+    )]
     pub quota: Option<TenantQuota>,
 }
 
@@ -1253,6 +1269,38 @@ pub struct TenantQuota {
     /// Snapshots of its VMs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<u64>,
+}
+
+/// A quota as a JSON object (or null): serde would also take a struct from an array.
+fn quota_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TenantQuota>, D::Error> {
+    use serde::de::Error as _;
+    Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)?
+        .map(|m| TenantQuota::deserialize(serde_json::Value::Object(m)).map_err(D::Error::custom))
+        .transpose()
+}
+
+impl TenantQuota {
+    /// The largest limit accepted (what the document's 64-bit integers can hold).
+    pub const MAX: u64 = i64::MAX as u64;
+
+    /// Refuses a limit above [`TenantQuota::MAX`], naming it.
+    pub fn validate(&self) -> Result<(), firefleet_types::ValidationError> {
+        for (field, v) in [
+            ("quota.vms", self.vms),
+            ("quota.vcpus", self.vcpus),
+            ("quota.memory_mib", self.memory_mib),
+            ("quota.functions", self.functions),
+            ("quota.snapshots", self.snapshots),
+        ] {
+            if v.is_some_and(|v| v > Self::MAX) {
+                return Err(firefleet_types::ValidationError::new(
+                    field,
+                    format!("at most {}", Self::MAX),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a tenant holds, counted as its quota counts.
@@ -1305,8 +1353,8 @@ pub struct ComplianceControl {
     pub name: String,
     /// Whether the subject passes it.
     pub passed: bool,
-    /// What was looked at.
-    #[schema(value_type = Object)]
+    /// What was looked at (any JSON: the policy's evidence, often a list of messages).
+    #[schema(value_type = Value)]
     pub evidence: serde_json::Value,
 }
 

@@ -37,8 +37,21 @@ fn schemathesis() -> PathBuf {
         .join("bin/st")
 }
 
+/// As a tenant: its own objects, and the refusals of everything else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_api_passes_every_schemathesis_check() {
+async fn the_api_passes_every_schemathesis_check_as_a_tenant() {
+    fuzz(false).await;
+}
+
+/// As the admin: the admin-only operations (nodes, tokens, tenants, policies, audit, plan)
+/// answered for real, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_passes_every_schemathesis_check_as_the_admin() {
+    fuzz(true).await;
+}
+
+/// Runs schemathesis against a fresh server as a tenant (`admin`: false) or as the admin.
+async fn fuzz(admin: bool) {
     let st = schemathesis();
     assert!(
         st.is_file(),
@@ -51,7 +64,11 @@ async fn the_api_passes_every_schemathesis_check() {
         c.limits.burst = 1_000_000.0;
     })
     .await;
-    let token = f.tenant_token("fuzz").await;
+    let token = if admin {
+        f.admin.clone()
+    } else {
+        f.tenant_token("fuzz").await
+    };
     let work = tempfile::tempdir().unwrap();
     let ca = work.path().join("ca.pem");
     std::fs::write(&ca, &f.server.ca_pem).unwrap();

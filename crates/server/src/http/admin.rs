@@ -32,7 +32,7 @@ pub async fn list_nodes(
 
 /// Get a node (admin).
 #[utoipa::path(get, path = "/v1/nodes/{node}", security(("bearer" = [])),
-    params(("node" = String, Path, description = "node name")),
+    params(("node" = String, Path, description = "node name", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)),
     responses((status = 200, body = NodeInfo), (status = 404, body = ErrorBody)))]
 pub async fn get_node(
     State(state): State<AppState>,
@@ -48,7 +48,7 @@ pub async fn get_node(
 
 /// Cordon a node (admin): no new placements; its VMs keep running. Idempotent.
 #[utoipa::path(post, path = "/v1/nodes/{node}/cordon", security(("bearer" = [])),
-    params(("node" = String, Path, description = "node name")),
+    params(("node" = String, Path, description = "node name", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)),
     responses((status = 200, body = NodeInfo), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn cordon(
     State(state): State<AppState>,
@@ -60,7 +60,7 @@ pub async fn cordon(
 
 /// Uncordon a node (admin): it takes placements again. Idempotent.
 #[utoipa::path(post, path = "/v1/nodes/{node}/uncordon", security(("bearer" = [])),
-    params(("node" = String, Path, description = "node name")),
+    params(("node" = String, Path, description = "node name", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)),
     responses((status = 200, body = NodeInfo), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn uncordon(
     State(state): State<AppState>,
@@ -132,7 +132,7 @@ pub async fn list_tokens(
 
 /// Revoke a token (admin): it is refused from the next request on.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", security(("bearer" = [])),
-    params(("id" = String, Path, description = "token id (16 hex digits, from token ls)")),
+    params(("id" = String, Path, description = "token id (16 hex digits, from token ls)", pattern = "^[0-9a-f]{16}$")),
     responses((status = 200, body = TokenInfo), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn revoke_token(
     State(state): State<AppState>,
@@ -168,7 +168,7 @@ pub async fn create_join_token(
 /// then on (its agent is locked out; the name can be enrolled again with any join token).
 /// Refused (409) while VMs are placed on it or a migration involves it: drain it first.
 #[utoipa::path(delete, path = "/v1/nodes/{node}", security(("bearer" = [])),
-    params(("node" = String, Path, description = "node name")),
+    params(("node" = String, Path, description = "node name", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)),
     responses((status = 200, body = NodeInfo, description = "the removed node"), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove_node(

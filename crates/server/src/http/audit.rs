@@ -72,6 +72,12 @@ pub async fn list(
     _admin: Admin,
     ValidQuery(q): ValidQuery<AuditQuery>,
 ) -> Result<Json<AuditList>, ApiError> {
+    if i64::try_from(q.after).is_err() {
+        return Err(ApiError::BadRequest {
+            message: format!("after {}: must be at most {}", q.after, i64::MAX),
+            field: Some("after".to_owned()),
+        });
+    }
     let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
     let entries = state
         .audit

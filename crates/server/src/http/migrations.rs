@@ -134,7 +134,7 @@ pub(crate) async fn start(
 /// Drain a node (admin): cordon it, and migrate every running or paused VM on it to the node
 /// the scheduler picks for it (as one batch, so they do not all pick the same node).
 #[utoipa::path(post, path = "/v1/nodes/{node}/drain", security(("bearer" = [])),
-    params(("node" = String, Path, description = "node name")),
+    params(("node" = String, Path, description = "node name", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)),
     responses((status = 200, body = DrainResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn drain(
     State(state): State<AppState>,

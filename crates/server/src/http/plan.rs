@@ -43,11 +43,17 @@ pub(crate) async fn make_plan(
             format!("{imbalance}: must be in (0, 1]"),
         )));
     }
+    let below = q.battery_below.unwrap_or(DEFAULT_BATTERY_BELOW);
+    if below > 100 {
+        return Err(ApiError::Validation(firefleet_types::ValidationError::new(
+            "battery_below",
+            format!("{below}: a percentage, at most 100"),
+        )));
+    }
     let (vms, _) = repo::list_vms(state).await?;
     let (nodes, _) = repo::list_json::<NodeInfo>(state, "/nodes/").await?;
     let (migrations, _) = repo::list_json::<Migration>(state, "/migrations/").await?;
     let view = cluster_view(state, &vms).await?;
-    let below = q.battery_below.unwrap_or(DEFAULT_BATTERY_BELOW);
     let mut triggers = Triggers {
         imbalance_threshold: Some(imbalance),
         rebalance_all: q.rebalance,

@@ -101,7 +101,7 @@ pub async fn tenants(
 /// Set a tenant's attributes (admin): what the policies see as `input.tenant`, and its quota
 /// (lowering it below what the tenant holds refuses only new creates).
 #[utoipa::path(put, path = "/v1/tenants/{id}", request_body = TenantRecord, security(("bearer" = [])),
-    params(("id" = String, Path, description = "tenant")),
+    params(("id" = String, Path, description = "tenant (the body's id must be the same)", pattern = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length = 1, max_length = 63)),
     responses((status = 200, body = TenantRecord), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn put_tenant(
     State(state): State<AppState>,
@@ -110,6 +110,9 @@ pub async fn put_tenant(
     ValidJson(t): ValidJson<TenantRecord>,
 ) -> Result<Json<TenantRecord>, ApiError> {
     caller.require_admin()?;
+    if let Some(q) = &t.quota {
+        q.validate()?;
+    }
     if t.id != id {
         return Err(ApiError::BadRequest {
             message: format!("the body's id {:?} is not the path's {id:?}", t.id),
