@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, Fixture};
+use common::{client, copy_dir, Fixture};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -26,19 +26,6 @@ async fn settle(f: &Fixture, id: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("vm {id} never got its unschedulable message");
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }
 
 fn vm_body() -> Value {
@@ -553,28 +540,7 @@ async fn functions_refuse_bad_specs_and_bodies_and_stay_per_tenant() {
 async fn oversized_snapshot_uploads_are_refused_with_413_and_not_kept() {
     use firefleet_store::KvStore;
     let f = Fixture::start().await;
-    let (_, jt) = f
-        .post(Some(&f.admin), "/v1/join-tokens", "{}".to_owned())
-        .await;
-    let (csr, key) = firefleet_pki::make_agent_csr("node-a").unwrap();
-    let enroll = json!({ "join_token": jt["token"], "node": "node-a", "csr_pem": csr });
-    let (s, cert) = f.post(None, "/v1/agent/enroll", enroll.to_string()).await;
-    assert_eq!(s, StatusCode::OK, "{cert}");
-    let agent = client(
-        &f.server.ca_pem,
-        Some((cert["cert_pem"].as_str().unwrap(), &key)),
-    );
-    // A heartbeat, so that node-a is not taken for lost after the restart below.
-    let facts = json!({ "hostname": "a", "capacity": { "vcpus": 4, "memory_mib": 4096 },
-        "accel": "tcg", "accel_probe": "", "runtimes": ["qemu"], "vmm_version": "",
-        "kernel": "", "agent_version": "" });
-    let resp = agent
-        .post(f.url("/v1/agent/heartbeat"))
-        .json(&json!({ "facts": facts }))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
+    let agent = f.heartbeating_node("node-a").await;
     let (s, vm) = f
         .post(Some(&f.admin), "/v1/vms", vm_body().to_string())
         .await;

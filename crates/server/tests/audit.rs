@@ -5,12 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use common::copy_dir;
 use firefleet_audit::{sign_entry, Entry, SigningKey};
 use firefleet_server::{Server, ServerConfig};
 use reqwest::StatusCode;
@@ -71,19 +74,6 @@ impl Running {
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{client, Fixture};
+use common::{copy_dir, Fixture};
 use firefleet_api::TenantQuota;
 use firefleet_store::KvStore;
 use reqwest::StatusCode;
@@ -207,19 +207,6 @@ async fn new_functions_count_against_the_function_quota_and_updates_do_not() {
     assert!(v.get("next").is_none(), "{v}");
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
 /// Stops the server, writes `edits` into a copy of its store, and starts a server on the copy.
 async fn restart_with(f: Fixture, edits: Vec<(String, Vec<u8>)>) -> Fixture {
     f.server.shutdown().await;
@@ -239,27 +226,7 @@ async fn snapshots_past_the_quota_are_refused() {
     let f = Fixture::start().await;
     let acme = f.tenant_token("acme").await;
     // A node that heartbeats, so that it is not taken for lost after the restart below.
-    let (_, jt) = f
-        .post(Some(&f.admin), "/v1/join-tokens", "{}".to_owned())
-        .await;
-    let (csr, key) = firefleet_pki::make_agent_csr("node-a").unwrap();
-    let enroll = json!({ "join_token": jt["token"], "node": "node-a", "csr_pem": csr });
-    let (s, cert) = f.post(None, "/v1/agent/enroll", enroll.to_string()).await;
-    assert_eq!(s, StatusCode::OK, "{cert}");
-    let agent = client(
-        &f.server.ca_pem,
-        Some((cert["cert_pem"].as_str().unwrap(), &key)),
-    );
-    let facts = json!({ "hostname": "a", "capacity": { "vcpus": 4, "memory_mib": 4096 },
-        "accel": "tcg", "accel_probe": "", "runtimes": ["qemu"], "vmm_version": "",
-        "kernel": "", "agent_version": "" });
-    let resp = agent
-        .post(f.url("/v1/agent/heartbeat"))
-        .json(&json!({ "facts": facts }))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
+    f.heartbeating_node("node-a").await;
     let (s, v) = put_tenant(
         &f,
         json!({ "id": "acme", "class": "standard", "quota": { "snapshots": 1 } }),

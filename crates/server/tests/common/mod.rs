@@ -123,3 +123,48 @@ pub fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Copies a directory tree (a server's data directory, to start another server on the copy).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+impl Fixture {
+    /// Enrols a node `name` and sends one heartbeat (so that it is not taken for lost after a
+    /// restart); returns the node's mutual-TLS client.
+    pub async fn heartbeating_node(&self, name: &str) -> reqwest::Client {
+        let (_, jt) = self
+            .post(Some(&self.admin), "/v1/join-tokens", "{}".to_owned())
+            .await;
+        let (csr, key) = firefleet_pki::make_agent_csr(name).unwrap();
+        let enroll = json!({ "join_token": jt["token"], "node": name, "csr_pem": csr });
+        let (s, cert) = self
+            .post(None, "/v1/agent/enroll", enroll.to_string())
+            .await;
+        assert_eq!(s, StatusCode::OK, "{cert}");
+        let agent = client(
+            &self.server.ca_pem,
+            Some((cert["cert_pem"].as_str().unwrap(), &key)),
+        );
+        let facts = json!({ "hostname": name, "capacity": { "vcpus": 4, "memory_mib": 4096 },
+            "accel": "tcg", "accel_probe": "", "runtimes": ["qemu"], "vmm_version": "",
+            "kernel": "", "agent_version": "" });
+        let resp = agent
+            .post(self.url("/v1/agent/heartbeat"))
+            .json(&json!({ "facts": facts }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        agent
+    }
+}
