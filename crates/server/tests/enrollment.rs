@@ -5,8 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{net::SocketAddr, path::Path, time::Duration};
 
+use common::client;
 use firefleet_server::{Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -35,15 +38,6 @@ async fn start(dir: &Path) -> Server {
     })
     .await
     .unwrap()
-}
-
-fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
-    let tls = firefleet_pki::client_tls_config(ca_pem, identity).unwrap();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
 }
 
 async fn json_of(resp: reqwest::Response) -> (StatusCode, Value) {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{client, Fixture};
+use common::Fixture;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -344,26 +344,11 @@ async fn refused_calls_are_audited_aggregated() {
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
     // Refusals are written when aggregated (every 30 s) and at shutdown: restart to read them.
-    let Fixture {
-        dir, server, admin, ..
-    } = f;
+    let Fixture { dir, server, .. } = f;
     server.shutdown().await;
-    let again = firefleet_server::Server::start(firefleet_server::ServerConfig::new(
-        dir.path(),
-        "127.0.0.1:0".parse().unwrap(),
-    ))
-    .await
-    .unwrap();
-    let http = client(&again.ca_pem, None);
-    let audit: Value = http
-        .get(format!("https://{}/v1/audit", again.addr))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = Fixture::start_in(dir).await;
+    let (s, audit) = again.get(&again.admin, "/v1/audit").await;
+    assert_eq!(s, StatusCode::OK, "{audit}");
     let entries = audit["entries"].as_array().unwrap();
     let probe = entries
         .iter()
@@ -378,17 +363,9 @@ async fn refused_calls_are_audited_aggregated() {
         .unwrap_or_else(|| panic!("no anonymous refusal: {audit}"));
     assert_eq!(anon["event"]["actor"], "anonymous");
     assert_eq!(anon["event"]["detail"]["count"], "3");
-    let verify: Value = http
-        .get(format!("https://{}/v1/audit/verify", again.addr))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, verify) = again.get(&again.admin, "/v1/audit/verify").await;
     assert_eq!(verify["ok"], true, "{verify}");
-    again.shutdown().await;
+    again.server.shutdown().await;
 }
 
 #[tokio::test]
