@@ -21,7 +21,7 @@ use crate::num::non_negative;
 use crate::{Capacity, ClusterView, NodeView, Placement, PlacementRequest, TermWeights, Weights};
 
 /// Up to this many nodes, an unschedulable result lists one reason per node; beyond, it gives
-/// counts per [`ReasonKind`].
+/// counts per [`ReasonKind`](crate::ReasonKind).
 pub const MAX_LISTED_REASONS: usize = 16;
 
 /// A result with the objective of the chosen node.
@@ -41,7 +41,7 @@ pub struct Scored {
 ///
 /// Every placement passes every hard constraint (readiness, cordon, node selector, runtime,
 /// dedicated hosts, data residency, compliance, vCPUs, memory, GPUs, power budget); among the
-/// nodes that pass, the one with the best objective wins (see [`Weights`] and [`Search`]),
+/// nodes that pass, the one with the best objective wins (see [`Weights`] and [`Search`](crate::Search)),
 /// ties broken by a key drawn from `rng`. Nodes are ordered by id, so the order of
 /// `view.nodes` does not matter, and the same input and RNG state give the same output.
 pub fn place(

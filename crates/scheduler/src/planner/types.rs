@@ -233,7 +233,7 @@ pub struct Kept {
     pub best_net: Option<f64>,
 }
 
-/// The result of [`plan_migrations`].
+/// The result of [`plan_migrations`](crate::plan_migrations).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Plan {
     /// Moves to run now, in the order chosen (forced first, then by net benefit).
