@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use bench::BenchCommand;
 pub use function::{FnCommand, FnDeployArgs};
 pub use image::ImageCommand;
-pub use run::{AgentArgs, ServerArgs, UpArgs};
+pub use run::{AgentArgs, ControlPlaneArgs, ServerArgs, UpArgs};
 pub use server::{AgentCertArgs, FunctionArgs, GuardArgs, LimitArgs, NodeTimerArgs, QuotaArgs};
 pub use tokens::{JoinTokenCommand, TokenCommand, TokenRole};
 pub use vm::{NodeCommand, PlanArgs, VmCommand, VmRunArgs};

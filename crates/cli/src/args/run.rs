@@ -6,6 +6,28 @@ use clap::Args;
 
 use super::{AgentCertArgs, FunctionArgs, GuardArgs, LimitArgs, NodeTimerArgs, QuotaArgs};
 
+/// The control plane's settings that `up` and `server` share.
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// The fleet's topology and prices (TOML; see docs/topology.example.toml).
+    #[arg(long, env = "FIREFLEET_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
+    /// Plan and start migrations for low-battery and overloaded nodes this often (0: only on
+    /// `firefleet plan --apply`).
+    #[arg(long, default_value_t = 0)]
+    pub rebalance_every_secs: u64,
+    #[command(flatten)]
+    pub functions: FunctionArgs,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub quota: QuotaArgs,
+    #[command(flatten)]
+    pub agent_certs: AgentCertArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Directory for the store, CA, admin token and the local agent's state.
@@ -35,23 +57,8 @@ pub struct UpArgs {
     pub subnet: String,
     #[command(flatten)]
     pub firecracker: FirecrackerArgs,
-    /// The fleet's topology and prices (TOML; see docs/topology.example.toml).
-    #[arg(long, env = "FIREFLEET_TOPOLOGY")]
-    pub topology: Option<PathBuf>,
-    /// Plan and start migrations for low-battery and overloaded nodes this often (0: only on
-    /// `firefleet plan --apply`).
-    #[arg(long, default_value_t = 0)]
-    pub rebalance_every_secs: u64,
     #[command(flatten)]
-    pub functions: FunctionArgs,
-    #[command(flatten)]
-    pub guard: GuardArgs,
-    #[command(flatten)]
-    pub limits: LimitArgs,
-    #[command(flatten)]
-    pub quota: QuotaArgs,
-    #[command(flatten)]
-    pub agent_certs: AgentCertArgs,
+    pub control: ControlPlaneArgs,
     /// The local agent's telemetry interval, milliseconds (see `agent --telemetry-interval-ms`).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub telemetry_interval_ms: u64,
@@ -73,23 +80,8 @@ pub struct ServerArgs {
     pub addr_file: Option<PathBuf>,
     #[command(flatten)]
     pub node_timers: NodeTimerArgs,
-    /// The fleet's topology and prices (TOML; see docs/topology.example.toml).
-    #[arg(long, env = "FIREFLEET_TOPOLOGY")]
-    pub topology: Option<PathBuf>,
-    /// Plan and start migrations for low-battery and overloaded nodes this often (0: only on
-    /// `firefleet plan --apply`).
-    #[arg(long, default_value_t = 0)]
-    pub rebalance_every_secs: u64,
     #[command(flatten)]
-    pub functions: FunctionArgs,
-    #[command(flatten)]
-    pub guard: GuardArgs,
-    #[command(flatten)]
-    pub limits: LimitArgs,
-    #[command(flatten)]
-    pub quota: QuotaArgs,
-    #[command(flatten)]
-    pub agent_certs: AgentCertArgs,
+    pub control: ControlPlaneArgs,
 }
 
 #[derive(Debug, Args)]
