@@ -36,16 +36,24 @@
 
 pub mod archive;
 pub mod bench;
+mod boot;
 pub mod channel;
+mod console;
 pub mod disk;
+mod error;
 pub mod firecracker;
+mod fsutil;
 pub mod image;
 pub mod net;
 pub mod probe;
+pub mod process;
 pub mod qemu;
 mod runtime;
 pub mod sandbox;
+mod statedir;
 pub mod stats;
+mod vm;
+mod wait;
 
 pub use channel::{GuestTelemetry, InvokeHandler, InvokeOutput};
 pub use disk::{DiskError, DiskFormat};
