@@ -43,8 +43,10 @@ pub mod disk;
 mod error;
 pub mod firecracker;
 mod fsutil;
+mod guestlink;
 pub mod image;
 pub mod net;
+mod observe;
 pub mod probe;
 pub mod process;
 pub mod qemu;
@@ -59,6 +61,7 @@ pub use channel::{GuestTelemetry, InvokeHandler, InvokeOutput};
 pub use disk::{DiskError, DiskFormat};
 pub use firecracker::{FirecrackerRuntime, JailerConfig};
 pub use firefleet_types::Accel;
+pub use guestlink::GuestLink;
 pub use image::{
     build_image, default_guest_bin, BuildOptions, BuildProgress, BuildStage, Image, ImageError,
     ImageManifest, ImageStore,

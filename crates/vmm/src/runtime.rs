@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::channel::{ExecOutput, GuestTelemetry, InvokeHandler, InvokeOutput};
 pub use crate::error::VmmError;
+use crate::guestlink::GuestLink;
 pub use crate::vm::{
     ConsoleChunk, DiskConfig, DiskCounters, DiskRole, LaunchConfig, NetAttachment, Observation,
     SnapshotInfo, VmProcessInfo, VmmIoStats, GUEST_READY_MARKER,
@@ -23,7 +24,9 @@ pub trait Runtime: Send + Sync {
     /// VM's state directory shows a live process, returns that one instead.
     fn launch(&self, cfg: &LaunchConfig) -> Result<VmProcessInfo, VmmError>;
     /// Ids of the VMs that have a state directory (to re-adopt after an agent restart).
-    fn list(&self) -> Result<Vec<String>, VmmError>;
+    fn list(&self) -> Result<Vec<String>, VmmError> {
+        statedir::list_vms(self.state_root())
+    }
     /// What is known about a VM now.
     fn observe(&self, id: &str) -> Result<Observation, VmmError>;
     /// Graceful stop (guest channel, else ACPI), then forced after `grace`. Idempotent.
@@ -82,6 +85,16 @@ pub trait Runtime: Send + Sync {
             id: id.to_owned(),
         })
     }
+    /// VM `id`'s guest channel (set up if needed), through which the default `exec`, `invoke`
+    /// and `telemetry` go; `op` names the operation for [`VmmError::Unsupported`], which is the
+    /// default answer (a backend without a guest channel).
+    fn guest_link(&self, id: &str, op: &'static str) -> Result<GuestLink<'_>, VmmError> {
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            op,
+            id: id.to_owned(),
+        })
+    }
     /// Runs `argv` in the guest through the guest channel (killed after `timeout`), with `stdin`
     /// as its input if given.
     fn exec(
@@ -91,12 +104,7 @@ pub trait Runtime: Send + Sync {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<ExecOutput, VmmError> {
-        let _ = (argv, stdin, timeout);
-        Err(VmmError::Unsupported {
-            backend: self.name(),
-            op: "exec",
-            id: id.to_owned(),
-        })
+        self.guest_link(id, "exec")?.exec(argv, stdin, timeout)
     }
     /// Runs one invocation of a serverless function in the guest through the guest channel:
     /// `handler` (a command run per invocation, or the workload's HTTP port) gets `body` and is
@@ -109,20 +117,12 @@ pub trait Runtime: Send + Sync {
         body: &[u8],
         timeout: Duration,
     ) -> Result<InvokeOutput, VmmError> {
-        let _ = (handler, body, timeout);
-        Err(VmmError::Unsupported {
-            backend: self.name(),
-            op: "invoke",
-            id: id.to_owned(),
-        })
+        self.guest_link(id, "invoke")?
+            .invoke(handler, body, timeout)
     }
     /// The guest's telemetry (processes, sockets, load, memory) through the guest channel.
     fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
-        Err(VmmError::Unsupported {
-            backend: self.name(),
-            op: "telemetry",
-            id: id.to_owned(),
-        })
+        self.guest_link(id, "telemetry")?.telemetry()
     }
     /// The I/O counters the VMM keeps for a running VM: per disk, and the backend's own metrics
     /// where it has them. Empty where the backend keeps none.

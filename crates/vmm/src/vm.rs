@@ -166,3 +166,26 @@ pub struct ConsoleChunk {
     /// The offset to ask for next.
     pub next_offset: u64,
 }
+
+#[cfg(test)]
+impl LaunchConfig {
+    /// A config for unit tests: VM `vm1`, 2 vCPUs, 256 MiB, TCG, image files under `/img`, no
+    /// workload, network or disks (nothing is checked on disk).
+    pub(crate) fn sample() -> Self {
+        Self {
+            id: "vm1".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            image: Image {
+                digest: "sha256:00".into(),
+                kernel: "/img/vmlinuz".into(),
+                initrd: "/img/initrd.img".into(),
+                vmlinux: None,
+            },
+            cmd: None,
+            accel: Accel::Tcg,
+            net: None,
+            disks: Vec::new(),
+        }
+    }
+}

@@ -275,7 +275,6 @@ mod tests {
     //! swagger (v1.16.1) and its getting-started guide. Every key we send must be a property
     //! of the schema, every required property must be present, and the types must agree.
     use super::*;
-    use crate::image::Image;
     use crate::runtime::{DiskConfig, NetAttachment};
     use crate::vm::DiskRole;
     use firefleet_guest::config::{GuestConfig, GuestDiskRole};
@@ -283,16 +282,9 @@ mod tests {
     use serde_json::{json, Value};
 
     fn cfg() -> LaunchConfig {
+        let mut sample = LaunchConfig::sample();
+        sample.image.vmlinux = Some("/img/vmlinux".into());
         LaunchConfig {
-            id: "vm1".into(),
-            vcpus: 2,
-            memory_mib: 256,
-            image: Image {
-                digest: "sha256:00".into(),
-                kernel: "/img/vmlinuz".into(),
-                initrd: "/img/initrd.img".into(),
-                vmlinux: Some("/img/vmlinux".into()),
-            },
             cmd: Some(vec!["sh".into(), "-c".into(), "echo hi".into()]),
             accel: Accel::Kvm,
             net: Some(NetAttachment {
@@ -309,6 +301,7 @@ mod tests {
                 vmm_path: None,
                 vmm_backing: None,
             }],
+            ..sample
         }
     }
 

@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 use firefleet_guest::proto::Message;
 use firefleet_types::Accel;
 
-use crate::channel::{ExecOutput, GuestTelemetry, InvokeHandler, InvokeOutput};
-use crate::console;
 use crate::error::VmmError;
 use crate::fsutil::{remove_file_if_exists, state_err};
+use crate::guestlink::GuestLink;
+use crate::observe;
 use crate::process::ProcessId;
-use crate::process::{alive, exit_record, kill_and_reap, kill_if_alive, wait_gone, Launch};
+use crate::process::{alive, kill_and_reap, kill_if_alive, wait_gone, Launch};
 use crate::runtime::Runtime;
 use crate::statedir::{self, validate_id};
 use crate::vm::{DiskRole, LaunchConfig, Observation, SnapshotInfo, VmProcessInfo, VmmIoStats};
@@ -61,8 +61,6 @@ use metrics::AllMetricSums;
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const API_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long `telemetry` waits for the guest's answer.
-const TELEMETRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The Firecracker runtime. Holds no per-VM state in memory beyond the guest channel listeners
 /// and the running sums of the metrics files (rebuilt from the file when missing): the state
@@ -400,31 +398,17 @@ impl Runtime for FirecrackerRuntime {
         Ok(p.info(&cfg.id, dir, false))
     }
 
-    fn list(&self) -> Result<Vec<String>, VmmError> {
-        statedir::list_vms(&self.state_root)
-    }
-
     fn observe(&self, id: &str) -> Result<Observation, VmmError> {
         let dir = statedir::existing_vm_dir(&self.state_root, id)?;
         let p = self.process(id)?;
-        let running = p.is_some_and(|p| p.is_alive());
-        if running {
+        if p.is_some_and(|p| p.is_alive()) {
             // After a restart, listen for the guest channel again.
             let _ = self.ensure_channel(id);
         }
-        let guest = console::guest_events(&dir.join(CONSOLE_LOG))?;
-        Ok(Observation {
-            id: id.to_string(),
-            pid: p.map(|p| p.pid),
-            running,
-            guest_ready: guest.ready
-                || self.channels.status(id).ready
-                || dir.join(crate::vm::GUEST_READY_MARKER).exists(),
-            guest_exit_code: guest.exit_code,
-            powered_off: guest.powering_off && !running,
-            vmm_exit: exit_record(&dir, p),
-            paused: running && self.is_paused(id),
-        })
+        let mut o = observe::from_state_dir(id, &dir, p)?;
+        o.guest_ready |= self.channels.status(id).ready;
+        o.paused = o.running && self.is_paused(id);
+        Ok(o)
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<(), VmmError> {
@@ -493,46 +477,9 @@ impl Runtime for FirecrackerRuntime {
         self.restore_vm(cfg, snapshot)
     }
 
-    fn exec(
-        &self,
-        id: &str,
-        argv: &[String],
-        stdin: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<ExecOutput, VmmError> {
+    fn guest_link(&self, id: &str, _op: &'static str) -> Result<GuestLink<'_>, VmmError> {
         self.channel_for(id)?;
-        self.channels
-            .exec(id, argv, stdin, timeout)
-            .map_err(|source| VmmError::Channel {
-                id: id.to_owned(),
-                source,
-            })
-    }
-
-    fn invoke(
-        &self,
-        id: &str,
-        handler: &InvokeHandler,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<InvokeOutput, VmmError> {
-        self.channel_for(id)?;
-        self.channels
-            .invoke(id, handler, body, timeout)
-            .map_err(|source| VmmError::Channel {
-                id: id.to_owned(),
-                source,
-            })
-    }
-
-    fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
-        self.channel_for(id)?;
-        self.channels
-            .telemetry(id, TELEMETRY_TIMEOUT)
-            .map_err(|source| VmmError::Channel {
-                id: id.to_owned(),
-                source,
-            })
+        Ok(GuestLink::new(&self.channels, id, id))
     }
 
     fn io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {

@@ -365,19 +365,8 @@ mod tests {
 
     fn launch_config(disks: Vec<crate::DiskConfig>) -> LaunchConfig {
         LaunchConfig {
-            id: "vm".into(),
-            vcpus: 1,
-            memory_mib: 128,
-            image: crate::image::Image {
-                digest: "sha256:00".into(),
-                kernel: "/k".into(),
-                initrd: "/i".into(),
-                vmlinux: None,
-            },
-            cmd: None,
-            accel: firefleet_types::Accel::Tcg,
-            net: None,
             disks,
+            ..LaunchConfig::sample()
         }
     }
 

@@ -8,16 +8,13 @@ use super::QemuRuntime;
 use crate::channel::mux::{ChannelStatus, Channels};
 use crate::channel::GuestChannel;
 use crate::error::VmmError;
+use crate::guestlink::GuestLink;
 use crate::statedir;
 
 /// How long to wait for QEMU's guest channel socket to accept a connection.
 const CHANNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `telemetry` and `ping` wait for the guest's answer.
 const CHANNEL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a guest may take to gather its telemetry (a guest under attack, e.g. thousands of
-/// processes, is slow to list them: that is when its answer matters most).
-pub(super) const TELEMETRY_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// The guest channels of the VMs of every QEMU runtime of this process, keyed by socket path: a
 /// runtime is cheap to create and several may drive one VM, but QEMU serves one client at a
 /// time, so they must share one connection.
@@ -66,10 +63,7 @@ impl QemuRuntime {
 
     /// Round trip to the guest agent over the shared channel.
     pub fn ping(&self, id: &str) -> Result<Duration, VmmError> {
-        let key = self.channel(id)?;
-        qemu_channels()
-            .ping(&key, CHANNEL_ANSWER_TIMEOUT)
-            .map_err(Self::channel_err(id))
+        GuestLink::new(qemu_channels(), self.channel(id)?, id).ping(CHANNEL_ANSWER_TIMEOUT)
     }
 
     /// The state of the VM's shared guest channel in this process (all zero before its first

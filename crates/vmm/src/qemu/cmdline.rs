@@ -170,25 +170,14 @@ pub fn qemu_args_with(cfg: &LaunchConfig, tsc_khz: Option<u64>, opts: &ArgOption
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::Image;
     use crate::vm::DiskRole;
     use firefleet_guest::config::{GuestConfig, GuestDisk, GuestDiskRole};
 
     fn cfg(accel: Accel, cmd: Option<Vec<String>>) -> LaunchConfig {
         LaunchConfig {
-            id: "vm1".into(),
-            vcpus: 2,
-            memory_mib: 256,
-            image: Image {
-                digest: "sha256:00".into(),
-                kernel: "/img/vmlinuz".into(),
-                initrd: "/img/initrd.img".into(),
-                vmlinux: None,
-            },
             cmd,
             accel,
-            net: None,
-            disks: Vec::new(),
+            ..LaunchConfig::sample()
         }
     }
 

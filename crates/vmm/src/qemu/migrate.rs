@@ -7,7 +7,9 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use super::cmdline::ArgOptions;
-use super::vmctl::{migration_state, wait_migration, MigrationState, QMP_TIMEOUT};
+use super::vmctl::{
+    migrate_through_fd, migration_state, wait_migration, MigrationState, QMP_TIMEOUT,
+};
 use super::QemuRuntime;
 use crate::error::VmmError;
 use crate::process::kill_and_reap;
@@ -48,18 +50,7 @@ impl QemuRuntime {
             });
         }
         let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
-        qmp.send_fd(LIVE_FD, out.as_fd())
-            .map_err(|source| VmmError::Qmp {
-                id: id.to_string(),
-                command: "getfd".into(),
-                source,
-            })?;
-        Self::qmp_run(
-            &mut qmp,
-            id,
-            "migrate",
-            Some(serde_json::json!({ "uri": format!("fd:{LIVE_FD}") })),
-        )?;
+        migrate_through_fd(&mut qmp, id, "migrate", LIVE_FD, out.as_fd())?;
         wait_migration(&mut qmp, id)?;
         let v = Self::qmp_run(&mut qmp, id, "query-migrate", None)?;
         let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
@@ -107,17 +98,12 @@ impl QemuRuntime {
         self.wait_for_qmp(cfg, p)?;
         let started = (|| {
             let mut qmp = self.qmp_session(&cfg.id, QMP_TIMEOUT)?;
-            qmp.send_fd(LIVE_FD, input.as_fd())
-                .map_err(|source| VmmError::Qmp {
-                    id: cfg.id.clone(),
-                    command: "getfd".into(),
-                    source,
-                })?;
-            Self::qmp_run(
+            migrate_through_fd(
                 &mut qmp,
                 &cfg.id,
                 "migrate-incoming",
-                Some(serde_json::json!({ "uri": format!("fd:{LIVE_FD}") })),
+                LIVE_FD,
+                input.as_fd(),
             )
         })();
         if let Err(e) = started {

@@ -38,18 +38,18 @@ use std::time::{Duration, Instant};
 use firefleet_guest::proto::Message;
 
 pub use crate::channel::mux::ChannelStatus;
-use crate::channel::{ExecOutput, GuestTelemetry, InvokeHandler, InvokeOutput};
-use crate::console;
 use crate::error::VmmError;
 use crate::fsutil::{state_err, write_atomic};
-use crate::process::{alive, exit_record, find_by_cwd, kill_if_alive, Launch};
+use crate::guestlink::GuestLink;
+use crate::observe;
+use crate::process::{alive, find_by_cwd, kill_if_alive, Launch};
 use crate::process::{wait_gone, ProcessId};
 use crate::runtime::Runtime;
 use crate::statedir::{self, validate_id};
 use crate::vm::{LaunchConfig, Observation, SnapshotInfo, VmProcessInfo, VmmIoStats};
 use crate::wait::wait_until;
-use channel::{qemu_channels, TELEMETRY_ANSWER_TIMEOUT};
-use cmdline::{ArgOptions, CONSOLE_LOG, EXIT_FILE, GUEST_SOCK, PID_FILE, QEMU_LOG, QMP_SOCK};
+use channel::qemu_channels;
+use cmdline::{ArgOptions, EXIT_FILE, GUEST_SOCK, PID_FILE, QEMU_LOG, QMP_SOCK};
 use qmp::Qmp;
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -335,25 +335,11 @@ impl Runtime for QemuRuntime {
         Ok(p.info(&cfg.id, dir, false))
     }
 
-    fn list(&self) -> Result<Vec<String>, VmmError> {
-        statedir::list_vms(&self.state_root)
-    }
-
     fn observe(&self, id: &str) -> Result<Observation, VmmError> {
         let dir = statedir::existing_vm_dir(&self.state_root, id)?;
-        let p = self.process(id)?;
-        let running = p.is_some_and(|p| p.is_alive());
-        let guest = console::guest_events(&dir.join(CONSOLE_LOG))?;
-        Ok(Observation {
-            id: id.to_string(),
-            pid: p.map(|p| p.pid),
-            running,
-            guest_ready: guest.ready || dir.join(crate::vm::GUEST_READY_MARKER).exists(),
-            guest_exit_code: guest.exit_code,
-            powered_off: guest.powering_off && !running,
-            vmm_exit: exit_record(&dir, p),
-            paused: running && self.query_paused(id).unwrap_or(false),
-        })
+        let mut o = observe::from_state_dir(id, &dir, self.process(id)?)?;
+        o.paused = o.running && self.query_paused(id).unwrap_or(false);
+        Ok(o)
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<(), VmmError> {
@@ -402,37 +388,8 @@ impl Runtime for QemuRuntime {
         self.restore_vm(cfg, snapshot)
     }
 
-    fn exec(
-        &self,
-        id: &str,
-        argv: &[String],
-        stdin: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<ExecOutput, VmmError> {
-        let key = self.channel(id)?;
-        qemu_channels()
-            .exec(&key, argv, stdin, timeout)
-            .map_err(Self::channel_err(id))
-    }
-
-    fn invoke(
-        &self,
-        id: &str,
-        handler: &InvokeHandler,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<InvokeOutput, VmmError> {
-        let key = self.channel(id)?;
-        qemu_channels()
-            .invoke(&key, handler, body, timeout)
-            .map_err(Self::channel_err(id))
-    }
-
-    fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
-        let key = self.channel(id)?;
-        qemu_channels()
-            .telemetry(&key, TELEMETRY_ANSWER_TIMEOUT)
-            .map_err(Self::channel_err(id))
+    fn guest_link(&self, id: &str, _op: &'static str) -> Result<GuestLink<'_>, VmmError> {
+        Ok(GuestLink::new(qemu_channels(), self.channel(id)?, id))
     }
 
     fn io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {

@@ -40,7 +40,7 @@ use crate::runtime::{LaunchConfig, SnapshotInfo, VmProcessInfo, VmmError};
 
 use super::cmdline::{self, ArgOptions, SNAPSHOTS_DIR};
 use super::qmp::Qmp;
-use super::vmctl::{wait_migration, QMP_TIMEOUT};
+use super::vmctl::{migrate_through_fd, wait_migration, QMP_TIMEOUT};
 use super::{qemu_version, QemuRuntime};
 use crate::fsutil::{fsync_dir, state_err, unix_ms};
 use crate::process::kill_and_reap;
@@ -420,18 +420,7 @@ impl QemuRuntime {
         tmp: &Path,
         state_file: &File,
     ) -> Result<Vec<SnapshotDisk>, VmmError> {
-        qmp.send_fd(FD_NAME, state_file.as_fd())
-            .map_err(|source| VmmError::Qmp {
-                id: id.to_string(),
-                command: "getfd".into(),
-                source,
-            })?;
-        Self::qmp_run(
-            qmp,
-            id,
-            "migrate",
-            Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
-        )?;
+        migrate_through_fd(qmp, id, "migrate", FD_NAME, state_file.as_fd())?;
         wait_migration(qmp, id)?;
         let mut disks = Vec::new();
         for (index, d) in cfg.disks.iter().enumerate() {
@@ -555,19 +544,14 @@ impl QemuRuntime {
             e => invalid(snapshot, format!("{VMSTATE_FILE}: {e}")),
         })?;
         let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
-        qmp.send_fd(FD_NAME, state_file.as_fd())
-            .map_err(|source| VmmError::Qmp {
-                id: id.to_string(),
-                command: "getfd".into(),
-                source,
-            })?;
-        drop(state_file);
-        Self::qmp_run(
+        migrate_through_fd(
             &mut qmp,
             id,
             "migrate-incoming",
-            Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
+            FD_NAME,
+            state_file.as_fd(),
         )?;
+        drop(state_file);
         wait_migration(&mut qmp, id)?;
         Self::cont(&mut qmp, id)
     }

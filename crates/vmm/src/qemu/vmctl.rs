@@ -2,6 +2,7 @@
 //! that name the VM and the command, `cont` and migrations (shared by snapshots and live
 //! migration), and pause/resume.
 
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use super::cmdline::QMP_SOCK;
@@ -69,6 +70,29 @@ pub(super) fn wait_migration(qmp: &mut Qmp, id: &str) -> Result<(), VmmError> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Hands QEMU `fd` as `name` (QMP `getfd`), then starts `command` (`migrate` or
+/// `migrate-incoming`) on it (`fd:<name>`): the migration stream goes through a descriptor we
+/// opened, never `exec:`, which a sandboxed QEMU cannot run.
+pub(super) fn migrate_through_fd(
+    qmp: &mut Qmp,
+    id: &str,
+    command: &str,
+    name: &str,
+    fd: BorrowedFd<'_>,
+) -> Result<serde_json::Value, VmmError> {
+    qmp.send_fd(name, fd).map_err(|source| VmmError::Qmp {
+        id: id.to_string(),
+        command: "getfd".into(),
+        source,
+    })?;
+    QemuRuntime::qmp_run(
+        qmp,
+        id,
+        command,
+        Some(serde_json::json!({ "uri": format!("fd:{name}") })),
+    )
 }
 
 impl QemuRuntime {
