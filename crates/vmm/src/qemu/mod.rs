@@ -13,7 +13,11 @@
 //!
 //! QEMU runs in its own session (setsid) so it outlives the agent. While the launching process
 //! lives, a waiter thread per child reaps it (no zombies); after a restart the VM is found again
-//! from the state directory (pid + start time) and driven over QMP and the guest channel.
+//! from the state directory (pid + start time) and driven over QMP and the guest channel. The
+//! process, state-directory and console handling is the crate's shared core ([`crate::process`]
+//! and the private `statedir`, `console`, `observe` modules); this module adds QEMU's command
+//! line ([`cmdline`]), QMP ([`qmp`], and the private `vmctl`), the sandbox jail, snapshots
+//! ([`snapshot`]) and live migration ([`migrate`]).
 
 mod blockstats;
 mod channel;
