@@ -31,8 +31,8 @@ pub trait Runtime: Send + Sync {
     fn observe(&self, id: &str) -> Result<Observation, VmmError>;
     /// Graceful stop (guest channel, else ACPI), then forced after `grace`. Idempotent.
     fn stop(&self, id: &str, grace: Duration) -> Result<(), VmmError>;
-    /// Captured console bytes from `offset`, at most `max`.
-    /// Read from `<state dir>/console.log`, which every backend has its VMM write.
+    /// Captured console bytes from `offset`, at most `max` (from `<state dir>/console.log`,
+    /// which every backend has its VMM write).
     fn console(&self, id: &str, offset: u64, max: usize) -> Result<ConsoleChunk, VmmError> {
         let dir = statedir::existing_vm_dir(self.state_root(), id)?;
         console::read_chunk(&dir.join(statedir::CONSOLE_LOG), offset, max)

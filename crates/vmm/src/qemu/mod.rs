@@ -353,8 +353,7 @@ impl Runtime for QemuRuntime {
         };
         if !p.is_alive() {
             wait_gone(p, Duration::from_secs(2));
-            self.release_cgroups(id);
-            qemu_channels().close(&self.channel_key(id));
+            self.release(id);
             return Ok(());
         }
         if !grace.is_zero() {
@@ -371,8 +370,7 @@ impl Runtime for QemuRuntime {
             wait_until(Instant::now() + Duration::from_secs(1), || !p.is_alive());
         }
         kill_if_alive(id, p)?;
-        self.release_cgroups(id);
-        qemu_channels().close(&self.channel_key(id));
+        self.release(id);
         Ok(())
     }
 
@@ -404,9 +402,11 @@ impl Runtime for QemuRuntime {
         &self.state_root
     }
 
+    /// The shared guest channel and the VM's cgroups (made again at its next launch or
+    /// restore).
     fn release(&self, id: &str) {
-        qemu_channels().close(&self.channel_key(id));
         self.release_cgroups(id);
+        qemu_channels().close(&self.channel_key(id));
     }
 }
 
