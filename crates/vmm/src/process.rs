@@ -334,59 +334,73 @@ mod tests {
         assert_eq!(ProcessId::parse("12"), None);
     }
 
-    /// A command writing its output to `dir/log`.
-    fn command(dir: &Path, program: &str, args: &[&str]) -> Command {
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let mut cmd = Command::new(program);
-        cmd.args(args).stdout(log.try_clone().unwrap()).stderr(log);
-        cmd
+    /// A state directory with a log for test processes.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        log: PathBuf,
     }
 
-    fn launch<'a>(dir: &'a Path, log: &'a Path) -> Launch<'a> {
-        Launch {
-            id: "vm",
-            binary: Path::new("test"),
-            dir,
-            log,
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("log");
+            Self { dir, log }
+        }
+
+        fn launch(&self) -> Launch<'_> {
+            Launch {
+                id: "vm",
+                binary: Path::new("test"),
+                dir: self.dir.path(),
+                log: &self.log,
+            }
+        }
+
+        /// Starts `program args` (output to the log), with `attach`.
+        fn start(
+            &self,
+            program: &str,
+            args: &[&str],
+            attach: impl FnOnce(ProcessId) -> Result<(), VmmError>,
+        ) -> Result<ProcessId, VmmError> {
+            let log = std::fs::File::create(&self.log).unwrap();
+            let mut cmd = Command::new(program);
+            cmd.args(args).stdout(log.try_clone().unwrap()).stderr(log);
+            self.launch().start(&mut cmd, attach)
+        }
+
+        fn no_socket(&self) -> PathBuf {
+            self.dir.path().join("none.sock")
         }
     }
 
     #[test]
     fn a_started_process_is_recorded_and_its_end_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("log");
-        let l = launch(dir.path(), &log);
-        let p = l
-            .start(&mut command(dir.path(), "sleep", &["30"]), |_| Ok(()))
-            .unwrap();
-        assert_eq!(ProcessId::recorded(dir.path()).unwrap(), Some(p));
+        let f = Fixture::new();
+        let p = f.start("sleep", &["30"], |_| Ok(())).unwrap();
+        assert_eq!(ProcessId::recorded(f.dir.path()).unwrap(), Some(p));
         assert_eq!(alive(Some(p)), Some(p));
         kill_and_reap(p);
         assert!(!p.exists());
         assert_eq!(alive(Some(p)), None);
         assert_eq!(
-            exit_record(dir.path(), Some(p)).as_deref(),
+            exit_record(f.dir.path(), Some(p)).as_deref(),
             Some("killed by signal 9")
         );
         let other = ProcessId {
             start_time: p.start_time + 1,
             ..p
         };
-        assert_eq!(exit_record(dir.path(), Some(other)), None);
+        assert_eq!(exit_record(f.dir.path(), Some(other)), None);
     }
 
     #[test]
     fn an_early_exit_reports_its_status_and_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("log");
-        let l = launch(dir.path(), &log);
-        let started = l.start(
-            &mut command(dir.path(), "sh", &["-c", "echo boom >&2; exit 3"]),
-            |_| Ok(()),
-        );
-        let err = match started {
-            Ok(p) => l
-                .wait_for_socket(p, &dir.path().join("none.sock"), Duration::from_secs(10))
+        let f = Fixture::new();
+        let err = match f.start("sh", &["-c", "echo boom >&2; exit 3"], |_| Ok(())) {
+            Ok(p) => f
+                .launch()
+                .wait_for_socket(p, &f.no_socket(), Duration::from_secs(10))
                 .unwrap_err(),
             Err(e) => e,
         };
@@ -400,29 +414,29 @@ mod tests {
     }
 
     #[test]
-    fn a_process_that_never_listens_is_killed_and_a_refused_attach_kills_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("log");
-        let l = launch(dir.path(), &log);
-        let p = l
-            .start(&mut command(dir.path(), "sleep", &["30"]), |_| Ok(()))
-            .unwrap();
-        let err = l
-            .wait_for_socket(p, &dir.path().join("none.sock"), Duration::from_millis(50))
+    fn a_process_that_never_listens_is_killed() {
+        let f = Fixture::new();
+        let p = f.start("sleep", &["30"], |_| Ok(())).unwrap();
+        let err = f
+            .launch()
+            .wait_for_socket(p, &f.no_socket(), Duration::from_millis(50))
             .unwrap_err();
         assert!(matches!(err, VmmError::StartTimeout { .. }), "{err}");
         assert!(!p.exists());
+    }
 
-        std::fs::remove_file(dir.path().join(PID_FILE)).unwrap();
+    #[test]
+    fn a_refused_attach_kills_the_process_and_records_nothing() {
+        let f = Fixture::new();
         let mut seen = None;
-        let err = l
-            .start(&mut command(dir.path(), "sleep", &["30"]), |p| {
+        let err = f
+            .start("sleep", &["30"], |p| {
                 seen = Some(p);
                 Err(VmmError::NotFound("vm".into()))
             })
             .unwrap_err();
         assert!(matches!(err, VmmError::NotFound(_)), "{err}");
         assert!(!seen.unwrap().exists(), "killed and reaped");
-        assert_eq!(ProcessId::recorded(dir.path()).unwrap(), None);
+        assert_eq!(ProcessId::recorded(f.dir.path()).unwrap(), None);
     }
 }
