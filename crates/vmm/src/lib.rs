@@ -38,6 +38,8 @@ pub mod archive;
 pub mod bench;
 pub mod channel;
 pub mod disk;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 pub mod firecracker;
 pub mod image;
 pub mod net;
