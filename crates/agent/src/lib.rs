@@ -12,6 +12,8 @@
 //!
 //! It never decides placement and never deletes a VM the control plane still lists for it.
 
+mod control;
+mod decide;
 mod disks;
 mod facts;
 mod guest;

@@ -8,7 +8,9 @@
 //! the middle of a step and simulate a crash of its caller there.
 //!
 //! Given a state root ([`FakeRuntime::with_state_root`]), a VM also has a state directory there
-//! from launch (or restore) until it is removed, as the real backends have.
+//! from launch (or restore) until it is removed, as the real backends have, and a snapshot is
+//! written there as the QEMU backend writes it (a manifest and a small state file), so that it
+//! can be checked, packed, moved and restored from.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -106,12 +108,13 @@ enum Fault {
 
 #[derive(Default)]
 struct GateState {
-    /// (reached, released)
-    flags: Mutex<(bool, bool)>,
+    /// (reached, released, crashed)
+    flags: Mutex<(bool, bool, bool)>,
     cv: Condvar,
 }
 
-/// A hang set with [`FakeRuntime::hang`]: the call blocks at it until [`Gate::release`].
+/// A hang set with [`FakeRuntime::hang`]: the call blocks at it until [`Gate::release`] (or
+/// [`Gate::crash`]).
 #[derive(Clone)]
 pub struct Gate(Arc<GateState>);
 
@@ -139,7 +142,17 @@ impl Gate {
         self.0.cv.notify_all();
     }
 
-    fn pass(&self) {
+    /// Lets the blocked call end the way a crash of its caller's process would: it unwinds
+    /// (without the panic message) and nothing after it in that thread runs.
+    pub fn crash(&self) {
+        let mut flags = lock(&self.0.flags);
+        flags.1 = true;
+        flags.2 = true;
+        self.0.cv.notify_all();
+    }
+
+    /// Blocks until released; true if released by [`Gate::crash`].
+    fn pass(&self) -> bool {
         let mut flags = lock(&self.0.flags);
         flags.0 = true;
         self.0.cv.notify_all();
@@ -149,6 +162,7 @@ impl Gate {
                 Err(e) => e.into_inner(),
             };
         }
+        flags.2
     }
 }
 
@@ -265,7 +279,9 @@ impl FakeRuntime {
         match fault {
             Some(Fault::Fail(e)) => Err(e),
             Some(Fault::Hang(g)) => {
-                Gate(g).pass();
+                if Gate(g).pass() {
+                    std::panic::resume_unwind(Box::new("simulated crash"));
+                }
                 Ok(())
             }
             None => Ok(()),
@@ -335,6 +351,40 @@ impl FakeRuntime {
             .map(f)
             .ok_or_else(|| Self::not_found(id))
     }
+}
+
+/// The state file of a fake snapshot.
+const FAKE_VMSTATE: &[u8] = b"fake vmstate";
+
+/// Writes a snapshot directory `dir` as the QEMU backend lays it out (its manifest and state
+/// file), complete or not at all, so that code checking, packing and unpacking snapshots takes
+/// it for a real one; its size in bytes.
+fn write_snapshot(dir: &Path, name: &str, config: &LaunchConfig) -> Result<u64, VmmError> {
+    let state_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| VmmError::State { path, source }
+    };
+    let manifest = serde_json::json!({
+        "format": 1,
+        "name": name,
+        "vm_id": config.id,
+        "config": config,
+        "kernel_cmdline": "",
+        "qemu_version": "fake",
+        "created_unix_ms": 0,
+        "pause_ms": 1,
+        "files": [{"name": "vmstate.bin", "size": FAKE_VMSTATE.len()}],
+        "disks": [],
+    });
+    let manifest = manifest.to_string();
+    let tmp = dir.with_file_name(format!(".tmp-{name}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(state_err(&tmp))?;
+    std::fs::write(tmp.join("vmstate.bin"), FAKE_VMSTATE).map_err(state_err(&tmp))?;
+    std::fs::write(tmp.join("manifest.json"), &manifest).map_err(state_err(&tmp))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(state_err(dir))?;
+    Ok((FAKE_VMSTATE.len() + manifest.len()) as u64)
 }
 
 fn launch_args(cfg: &LaunchConfig) -> String {
@@ -449,18 +499,23 @@ impl Runtime for FakeRuntime {
             format!("{name} leave_paused={leave_paused}"),
         )?;
         let dir = self.state_dir(id).join("snapshots").join(name);
-        self.with_vm(id, |vm| {
+        let config = self.with_vm(id, |vm| {
             vm.snapshots.push(name.to_owned());
             if leave_paused && vm.phase == FakePhase::Running {
                 vm.phase = FakePhase::Paused;
             }
-            SnapshotInfo {
-                name: name.to_owned(),
-                dir,
-                bytes: 4096,
-                created_unix_ms: 0,
-                pause_ms: 1,
-            }
+            vm.config.clone()
+        })?;
+        let bytes = match &self.root {
+            Some(_) => write_snapshot(&dir, name, &config)?,
+            None => 4096,
+        };
+        Ok(SnapshotInfo {
+            name: name.to_owned(),
+            dir,
+            bytes,
+            created_unix_ms: 0,
+            pause_ms: 1,
         })
     }
 
@@ -543,8 +598,9 @@ mod tests {
         rt.pause("a").unwrap();
         assert!(rt.observe("a").unwrap().paused);
         rt.resume("a").unwrap();
-        rt.snapshot("a", "s1", true).unwrap();
+        let snap = rt.snapshot("a", "s1", true).unwrap();
         assert_eq!(rt.vm("a").unwrap().phase, FakePhase::Paused);
+        assert!(crate::completed_snapshot(&snap.dir).is_some());
         rt.stop("a", Duration::from_secs(10)).unwrap();
         let o = rt.observe("a").unwrap();
         assert!(!o.running && o.powered_off);
@@ -596,5 +652,16 @@ mod tests {
         gate.release();
         stopper.join().unwrap().unwrap();
         assert_eq!(rt.vm("a").unwrap().phase, FakePhase::Exited);
+
+        // A crash there: the caller's thread ends, nothing was done.
+        let gate = rt.hang("a", Method::Remove);
+        let remover = {
+            let rt = rt.clone();
+            std::thread::spawn(move || rt.remove("a"))
+        };
+        assert!(gate.wait_reached(Duration::from_secs(10)));
+        gate.crash();
+        assert!(remover.join().is_err());
+        assert!(rt.vm("a").is_some());
     }
 }
