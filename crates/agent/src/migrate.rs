@@ -238,16 +238,22 @@ pub async fn restore(
                     .map_err(|e| format!("restore: {}", error_chain(&e)))?;
             }
             mark_ready(&vm_dir);
-            let resumed = now_ms();
-            if let Some(net) = &cfg.net {
-                readdress(&*rt, &vm, net);
-            }
-            Ok(resumed)
+            Ok(runs_here(&*rt, &vm, &cfg))
         })
         .await?
     }
     .await;
     conclude(cp, &vm, result).await
+}
+
+/// The guest runs here now: when (what the report says), after it is given this node's
+/// address.
+fn runs_here(rt: &dyn Runtime, vm: &str, cfg: &LaunchConfig) -> u64 {
+    let resumed = now_ms();
+    if let Some(net) = &cfg.net {
+        readdress(rt, vm, net);
+    }
+    resumed
 }
 
 /// Reports the destination's outcome: done (with when the guest ran here) or failed.
@@ -422,11 +428,8 @@ pub async fn receive_live(
             mark_ready(&qemu.vm_dir(&vm));
             qemu.resume(&vm)
                 .map_err(|e| format!("resume: {}", error_chain(&e)))?;
-            let resumed = now_ms();
+            let resumed = runs_here(&*qemu, &vm, &cfg);
             tracing::info!(vm, bytes, "live migration received");
-            if let Some(net) = &cfg.net {
-                readdress(&*qemu, &vm, net);
-            }
             Ok(resumed)
         })
         .await?

@@ -1,14 +1,17 @@
 //! Reconciling the host to the intents: the core of the agent.
 //!
-//! For each VM placed on this node, compare what the control plane wants (desired state,
-//! restore requests, deletion) with what the runtime observes (state directory, process, guest
-//! readiness, pause, exit status), start an operation (launch, restore, pause, resume, stop,
-//! remove) and report the observed phase. Snapshots and execs requested for this node's VMs are
-//! carried out too, and statistics are collected. VMM work is blocking and may take seconds, so
-//! it runs in [`Ops`], at most one life-cycle operation per VM at a time. A VM with networking is
-//! attached to the node network just before its VMM starts and detached once its VMM is removed;
-//! its address is reported. Local VMs (state directories, and addresses) that the intents no
-//! longer list are removed.
+//! For each VM placed on this node, gather what the control plane wants (desired state,
+//! restore requests, deletion), what the runtime observes (state directory, process, guest
+//! readiness, pause, exit status) and what a failed launch left, let the pure
+//! [`decide`](crate::decide::decide) choose the phase to report and the action, hand the action
+//! to the executor ([`Ops`], at most one life-cycle operation per VM at a time) and report the
+//! phase. Snapshots, execs and migrations requested for this node's VMs are handed to the
+//! executor too, statistics are collected and consoles uploaded. A VM with networking is
+//! attached to the node network just before its VMM starts and detached once its VMM is
+//! removed; its address is reported. Local VMs (state directories, and addresses) that the
+//! intents no longer list are removed.
+//!
+//! Imports `decide`, `ops`, `network`, `runtimes`, `telemetry`; only the crate root imports it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -419,7 +422,7 @@ impl Reconciler {
             }
         }
         if let Some(action) = d.action {
-            let op = Op::from_action(action, intent);
+            let op = Op::Decided(action, Box::new(intent.clone()));
             self.ops.spawn(id.clone(), id, op);
         }
     }

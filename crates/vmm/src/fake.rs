@@ -524,9 +524,8 @@ impl Runtime for FakeRuntime {
         id: &str,
         argv: &[String],
         stdin: Option<&[u8]>,
-        timeout: Duration,
+        _timeout: Duration,
     ) -> Result<ExecOutput, VmmError> {
-        let _ = timeout;
         self.enter(Method::Exec, id, argv.join(" "))?;
         self.with_vm(id, |_| ExecOutput {
             exit_code: 0,
@@ -538,11 +537,10 @@ impl Runtime for FakeRuntime {
     fn invoke(
         &self,
         id: &str,
-        handler: &InvokeHandler,
+        _handler: &InvokeHandler,
         body: &[u8],
-        timeout: Duration,
+        _timeout: Duration,
     ) -> Result<InvokeOutput, VmmError> {
-        let _ = (handler, timeout);
         self.enter(Method::Invoke, id, String::new())?;
         self.with_vm(id, |_| InvokeOutput {
             status: 200,

@@ -73,6 +73,23 @@ impl Ops {
         Ok(cfg)
     }
 
+    /// Records why the VM could not be prepared: its backend or image as is (nothing was
+    /// tried, so the decision is made again once the VM is reported failed), its disks as a
+    /// failed launch, after `context`. Whether it counts as tried.
+    pub(super) fn unprepared(&self, vm: &str, why: Unprepared, context: &str) -> bool {
+        match why {
+            Unprepared::Config(e) => {
+                self.refuse(vm, e);
+                false
+            }
+            Unprepared::Host(e) => {
+                tracing::warn!(vm, error = %e, "making disks failed");
+                self.fail(vm, format!("{context}{e}"));
+                true
+            }
+        }
+    }
+
     /// Attaches the VM to the node network as it asks (blocking).
     pub(super) fn attach(&self, intent: &VmIntent, cfg: &mut LaunchConfig) -> Result<(), String> {
         let vm = intent.id.as_str();
@@ -112,13 +129,8 @@ pub(super) async fn launch(ops: &Ops, intent: VmIntent) -> Option<Outcome> {
         .with_runtime(&vm, Some(runtime), move |ops, _, vm| {
             let mut cfg = match ops.config_with_disks(&intent) {
                 Ok(c) => c,
-                Err(Unprepared::Config(e)) => {
-                    ops.refuse(vm, e);
-                    return None;
-                }
-                Err(Unprepared::Host(e)) => {
-                    tracing::warn!(vm, error = %e, "making disks failed");
-                    ops.fail(vm, e);
+                Err(why) => {
+                    ops.unprepared(vm, why, "");
                     return None;
                 }
             };
@@ -219,18 +231,9 @@ pub(super) async fn restore(
     let prepared = ops
         .with_runtime(&vm, Some(runtime), move |ops, rt, vm| {
             // Err(handled): whether the request counts as carried out.
-            let mut cfg = match ops.config_with_disks(&intent) {
-                Ok(c) => c,
-                // Nothing tried: decided again next time.
-                Err(Unprepared::Config(e)) => {
-                    ops.refuse(vm, e);
-                    return Err(false);
-                }
-                Err(Unprepared::Host(e)) => {
-                    ops.fail(vm, format!("restore from {name:?}: {e}"));
-                    return Err(true);
-                }
-            };
+            let mut cfg = ops
+                .config_with_disks(&intent)
+                .map_err(|why| ops.unprepared(vm, why, &format!("restore from {name:?}: ")))?;
             // The restored instance replaces whatever runs now.
             if let Err(e) = rt.stop(vm, Duration::ZERO) {
                 warn(vm, "stop before restore", &e);

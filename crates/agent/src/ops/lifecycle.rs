@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use firefleet_api::ExecRequestRecord;
 use firefleet_types::{error_chain, NetworkSpec};
+use firefleet_vmm::{Runtime, VmmError};
 
 use super::{now_ms, warn, Ops, Outcome, STOP_GRACE};
 
@@ -24,9 +25,19 @@ pub(super) async fn stop(ops: &Ops, vm: &str) -> Option<Outcome> {
 
 /// Kills the VMM at once.
 pub(super) async fn kill(ops: &Ops, vm: &str) -> Option<Outcome> {
-    ops.with_runtime(vm, None, |_, rt, vm| {
-        if let Err(e) = rt.stop(vm, Duration::ZERO) {
-            warn(vm, "kill", &e);
+    one_step(ops, vm, "kill", |rt, vm| rt.stop(vm, Duration::ZERO)).await
+}
+
+/// Runs one VMM step on the VM, logging its failure (the next pass decides again).
+async fn one_step(
+    ops: &Ops,
+    vm: &str,
+    what: &'static str,
+    step: fn(&dyn Runtime, &str) -> Result<(), VmmError>,
+) -> Option<Outcome> {
+    ops.with_runtime(vm, None, move |_, rt, vm| {
+        if let Err(e) = step(rt, vm) {
+            warn(vm, what, &e);
         }
     })
     .await;
@@ -50,24 +61,12 @@ pub(super) async fn remove(ops: &Ops, vm: &str) -> Option<Outcome> {
 
 /// Pauses the guest.
 pub(super) async fn pause(ops: &Ops, vm: &str) -> Option<Outcome> {
-    ops.with_runtime(vm, None, |_, rt, vm| {
-        if let Err(e) = rt.pause(vm) {
-            warn(vm, "pause", &e);
-        }
-    })
-    .await;
-    None
+    one_step(ops, vm, "pause", |rt, vm| rt.pause(vm)).await
 }
 
 /// Resumes the guest.
 pub(super) async fn resume(ops: &Ops, vm: &str) -> Option<Outcome> {
-    ops.with_runtime(vm, None, |_, rt, vm| {
-        if let Err(e) = rt.resume(vm) {
-            warn(vm, "resume", &e);
-        }
-    })
-    .await;
-    None
+    one_step(ops, vm, "resume", |rt, vm| rt.resume(vm)).await
 }
 
 /// Applies the VM's network settings as its spec now says.

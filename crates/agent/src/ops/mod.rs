@@ -39,29 +39,18 @@ use crate::runtimes::Runtimes;
 /// How long a graceful stop may take before the VMM is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// One thing to do. Launches carry the intent: the executor resolves the image and makes the
-/// disks and network itself.
+/// One thing to do.
 pub enum Op {
-    /// Make its disks, attach the VM to the node network, then launch it (or clone it from its
-    /// function's template).
-    Launch(Box<VmIntent>),
-    /// Stop the VM, attach it (same address and TAP as before), restore it from a snapshot.
-    Restore {
-        intent: Box<VmIntent>,
-        snapshot: String,
-        generation: Generation,
-    },
-    Stop,
-    /// Kill the VMM at once (no graceful shutdown): its guest stopped answering.
-    Kill,
-    /// Remove the VMM and its state, then detach the VM from the node network.
+    /// What the decision for the VM of the intent asked for (a launch or restore makes the
+    /// config, disks and network from the intent).
+    Decided(Action, Box<VmIntent>),
+    /// Remove a local VM that the intents no longer list (deleted, or moved away).
     Remove,
-    Pause,
-    Resume,
-    Snapshot {
-        name: String,
-    },
+    /// Take snapshot `name` and copy it to the control plane.
+    Snapshot { name: String },
+    /// Run a command in the guest.
     Exec(Box<ExecRequestRecord>),
+    /// Collect the VM's statistics.
     Stats,
     /// Apply a running VM's network settings (limits, isolation) as its spec now says.
     Network(firefleet_types::NetworkSpec),
@@ -69,28 +58,6 @@ pub enum Op {
     MigrateOut(Box<MigrationIntent>),
     /// Destination side: receive, make disks and network, restore, report.
     MigrateIn(Box<MigrationIntent>),
-}
-
-impl Op {
-    /// The operation that carries out `action` for the VM of `intent`.
-    pub fn from_action(action: Action, intent: &VmIntent) -> Op {
-        match action {
-            Action::Launch => Op::Launch(Box::new(intent.clone())),
-            Action::Restore {
-                snapshot,
-                generation,
-            } => Op::Restore {
-                intent: Box::new(intent.clone()),
-                snapshot,
-                generation,
-            },
-            Action::Stop => Op::Stop,
-            Action::Kill => Op::Kill,
-            Action::Remove => Op::Remove,
-            Action::Pause => Op::Pause,
-            Action::Resume => Op::Resume,
-        }
-    }
 }
 
 /// What an operation that the server must hear about produced.
@@ -210,17 +177,19 @@ impl Ops {
     /// Carries out `op` on `vm`: one function per operation.
     async fn run(&self, vm: &str, op: Op) -> Option<Outcome> {
         match op {
-            Op::Launch(intent) => launch::launch(self, *intent).await,
-            Op::Restore {
-                intent,
-                snapshot,
-                generation,
-            } => launch::restore(self, *intent, snapshot, generation).await,
-            Op::Stop => lifecycle::stop(self, vm).await,
-            Op::Kill => lifecycle::kill(self, vm).await,
+            Op::Decided(action, intent) => match action {
+                Action::Launch => launch::launch(self, *intent).await,
+                Action::Restore {
+                    snapshot,
+                    generation,
+                } => launch::restore(self, *intent, snapshot, generation).await,
+                Action::Stop => lifecycle::stop(self, vm).await,
+                Action::Kill => lifecycle::kill(self, vm).await,
+                Action::Remove => lifecycle::remove(self, vm).await,
+                Action::Pause => lifecycle::pause(self, vm).await,
+                Action::Resume => lifecycle::resume(self, vm).await,
+            },
             Op::Remove => lifecycle::remove(self, vm).await,
-            Op::Pause => lifecycle::pause(self, vm).await,
-            Op::Resume => lifecycle::resume(self, vm).await,
             Op::Network(spec) => lifecycle::network(self, vm, spec).await,
             Op::Exec(rec) => lifecycle::exec(self, vm, *rec).await,
             Op::Stats => lifecycle::stats(self, vm).await,

@@ -216,12 +216,26 @@ async fn next_pass(node: &Node, ops: &Ops, intent: &VmIntent, local: &mut Local)
         Duration::ZERO,
     );
     if let Some(a) = d.action.clone() {
-        let outcomes = run(ops, Op::from_action(a, intent)).await;
+        let outcomes = run(ops, Op::Decided(a, Box::new(intent.clone()))).await;
         if let Some(Outcome::Restored { generation, .. }) = outcomes.first() {
             local.restored = local.restored.max(Some(*generation));
         }
     }
     d
+}
+
+impl Op {
+    fn decided(action: Action, intent: &VmIntent) -> Op {
+        Op::Decided(action, Box::new(intent.clone()))
+    }
+}
+
+fn launch_op() -> Op {
+    Op::decided(Action::Launch, &intent(VmPhase::Scheduled))
+}
+
+fn kill() -> Op {
+    Op::decided(Action::Kill, &intent(VmPhase::Running))
 }
 
 fn phase(node: &Node) -> Option<FakePhase> {
@@ -232,13 +246,19 @@ fn qemu_gone() -> VmmError {
     VmmError::QemuNotFound
 }
 
+/// A node whose backend fails at `method` (once), and its executor.
+fn failing_at(method: Method) -> (Node, Ops) {
+    let node = Node::new();
+    node.rt.fail(VM, method, qemu_gone());
+    let ops = node.executor();
+    (node, ops)
+}
+
 #[tokio::test]
 async fn a_launch_makes_the_config_and_starts_the_vmm() {
     let node = Node::new();
     let ops = node.executor();
-    assert!(run(&ops, Op::Launch(Box::new(intent(VmPhase::Scheduled))))
-        .await
-        .is_empty());
+    assert!(run(&ops, launch_op()).await.is_empty());
     assert_eq!(phase(&node), Some(FakePhase::Running));
     let vm = node.rt.vm(VM).unwrap();
     assert_eq!(
@@ -251,10 +271,8 @@ async fn a_launch_makes_the_config_and_starts_the_vmm() {
 
 #[tokio::test]
 async fn a_failed_launch_is_reported_with_its_cause() {
-    let node = Node::new();
-    let ops = node.executor();
-    node.rt.fail(VM, Method::Launch, qemu_gone());
-    run(&ops, Op::Launch(Box::new(intent(VmPhase::Scheduled)))).await;
+    let (node, ops) = failing_at(Method::Launch);
+    run(&ops, launch_op()).await;
     assert_eq!(phase(&node), None);
     let d = next_pass(
         &node,
@@ -276,7 +294,7 @@ async fn an_image_the_node_lacks_is_reported_as_is_and_nothing_starts() {
     let ops = node.executor();
     let mut i = intent(VmPhase::Scheduled);
     i.spec.image = "sha256:".to_owned() + &"b".repeat(64);
-    run(&ops, Op::Launch(Box::new(i))).await;
+    run(&ops, Op::decided(Action::Launch, &i)).await;
     let e = ops.launch_error(VM).unwrap();
     assert!(e.starts_with("image sha256:bbbb"), "{e}");
     assert!(node.rt.actions(VM).is_empty());
@@ -285,12 +303,7 @@ async fn an_image_the_node_lacks_is_reported_as_is_and_nothing_starts() {
 #[tokio::test]
 async fn a_crash_in_the_middle_of_a_launch_is_launched_again() {
     let node = Node::new();
-    crash_at(
-        &node,
-        Op::Launch(Box::new(intent(VmPhase::Scheduled))),
-        Method::Launch,
-    )
-    .await;
+    crash_at(&node, launch_op(), Method::Launch).await;
     assert_eq!(phase(&node), None);
     let ops = node.executor();
     let d = next_pass(
@@ -316,9 +329,9 @@ async fn a_crash_in_the_middle_of_a_launch_is_launched_again() {
 async fn a_restore_replaces_the_running_vm() {
     let node = Node::new();
     let ops = node.executor();
-    run(&ops, Op::Launch(Box::new(intent(VmPhase::Scheduled)))).await;
+    run(&ops, launch_op()).await;
     node.rt.snapshot(VM, "s1", false).unwrap();
-    let op = Op::from_action(
+    let op = Op::decided(
         Action::Restore {
             snapshot: "s1".into(),
             generation: Generation(2),
@@ -345,9 +358,7 @@ async fn a_restore_replaces_the_running_vm() {
 
 #[tokio::test]
 async fn a_failed_restore_counts_as_handled_and_is_reported() {
-    let node = Node::new();
-    let ops = node.executor();
-    node.rt.fail(VM, Method::Restore, qemu_gone());
+    let (node, ops) = failing_at(Method::Restore);
     let i = with_restore(intent(VmPhase::Failed));
     let mut local = Local::default();
     let d = next_pass(&node, &ops, &i, &mut local).await;
@@ -369,7 +380,7 @@ async fn a_crash_in_the_middle_of_a_restore_restores_again() {
     let i = with_restore(intent(VmPhase::Running));
     crash_at(
         &node,
-        Op::from_action(
+        Op::decided(
             Action::Restore {
                 snapshot: "s1".into(),
                 generation: Generation(2),
@@ -394,11 +405,7 @@ async fn a_crash_in_the_middle_of_a_restore_restores_again() {
 /// A running VM (launched through a first executor).
 async fn running() -> Node {
     let node = Node::new();
-    run(
-        &node.executor(),
-        Op::Launch(Box::new(intent(VmPhase::Scheduled))),
-    )
-    .await;
+    run(&node.executor(), launch_op()).await;
     assert_eq!(phase(&node), Some(FakePhase::Running));
     node
 }
@@ -428,7 +435,7 @@ async fn life_cycle(action: Action, method: Method, want: VmIntent, done: Option
 
     // Crashes in the middle: a new agent carries it out.
     let node = running().await;
-    crash_at(&node, Op::from_action(action.clone(), &want), method).await;
+    crash_at(&node, Op::decided(action.clone(), &want), method).await;
     assert_eq!(phase(&node), Some(FakePhase::Running), "{action:?} crashed");
     let ops = node.executor();
     let d = next_pass(&node, &ops, &want, &mut Local::default()).await;
@@ -441,7 +448,11 @@ async fn a_stop_stops_gracefully_and_recovers() {
     let stopped = desired(intent(VmPhase::Running), DesiredState::Stopped);
     life_cycle(Action::Stop, Method::Stop, stopped, Some(FakePhase::Exited)).await;
     let node = running().await;
-    run(&node.executor(), Op::Stop).await;
+    run(
+        &node.executor(),
+        Op::decided(Action::Stop, &intent(VmPhase::Running)),
+    )
+    .await;
     let stop = node
         .rt
         .calls()
@@ -454,7 +465,11 @@ async fn a_stop_stops_gracefully_and_recovers() {
 async fn a_paused_vm_is_resumed_before_it_is_stopped() {
     let node = running().await;
     node.rt.pause(VM).unwrap();
-    run(&node.executor(), Op::Stop).await;
+    run(
+        &node.executor(),
+        Op::decided(Action::Stop, &intent(VmPhase::Running)),
+    )
+    .await;
     assert_eq!(
         node.rt.actions(VM)[1..],
         [Method::Pause, Method::Resume, Method::Stop]
@@ -492,7 +507,12 @@ async fn a_pause_and_a_resume_recover() {
     let d = next_pass(&node, &ops, &want, &mut Local::default()).await;
     assert_eq!(d.action, Some(Action::Resume));
     assert_eq!(phase(&node), Some(FakePhase::Paused));
-    crash_at(&node, Op::Resume, Method::Resume).await;
+    crash_at(
+        &node,
+        Op::decided(Action::Resume, &intent(VmPhase::Paused)),
+        Method::Resume,
+    )
+    .await;
     assert_eq!(phase(&node), Some(FakePhase::Paused));
     let d = next_pass(&node, &node.executor(), &want, &mut Local::default()).await;
     assert_eq!(d.action, Some(Action::Resume));
@@ -504,11 +524,11 @@ async fn a_kill_is_immediate_and_recovers() {
     // Decided for a lost heartbeat; here carried out directly.
     let node = running().await;
     node.rt.fail(VM, Method::Stop, qemu_gone());
-    run(&node.executor(), Op::Kill).await;
+    run(&node.executor(), kill()).await;
     assert_eq!(phase(&node), Some(FakePhase::Running));
-    crash_at(&node, Op::Kill, Method::Stop).await;
+    crash_at(&node, kill(), Method::Stop).await;
     assert_eq!(phase(&node), Some(FakePhase::Running));
-    run(&node.executor(), Op::Kill).await;
+    run(&node.executor(), kill()).await;
     assert_eq!(phase(&node), Some(FakePhase::Exited));
     let kill = node
         .rt
@@ -686,7 +706,7 @@ async fn one_operation_per_vm_at_a_time() {
     let node = running().await;
     let gate = node.rt.hang(VM, Method::Stop);
     let ops = node.executor();
-    let task = ops.spawn(VM.into(), VM.into(), Op::Stop).unwrap();
+    let task = ops.spawn(VM.into(), VM.into(), kill()).unwrap();
     assert!(ops.is_busy(VM));
     assert!(ops.spawn(VM.into(), VM.into(), Op::Remove).is_none());
     gate.release();
