@@ -238,6 +238,11 @@ fn kill() -> Op {
     Op::decided(Action::Kill, &intent(VmPhase::Running))
 }
 
+/// [`next_pass`] of an agent that remembers nothing of the VM, for the plain intent.
+async fn fresh_pass(node: &Node, ops: &Ops, phase: VmPhase) -> Decision {
+    next_pass(node, ops, &intent(phase), &mut Local::default()).await
+}
+
 fn phase(node: &Node) -> Option<FakePhase> {
     node.rt.vm(VM).map(|v| v.phase)
 }
@@ -274,13 +279,7 @@ async fn a_failed_launch_is_reported_with_its_cause() {
     let (node, ops) = failing_at(Method::Launch);
     run(&ops, launch_op()).await;
     assert_eq!(phase(&node), None);
-    let d = next_pass(
-        &node,
-        &ops,
-        &intent(VmPhase::Starting),
-        &mut Local::default(),
-    )
-    .await;
+    let d = fresh_pass(&node, &ops, VmPhase::Starting).await;
     assert_eq!(d.phase, VmPhase::Failed);
     assert_eq!(
         d.message.as_deref(),
@@ -306,22 +305,10 @@ async fn a_crash_in_the_middle_of_a_launch_is_launched_again() {
     crash_at(&node, launch_op(), Method::Launch).await;
     assert_eq!(phase(&node), None);
     let ops = node.executor();
-    let d = next_pass(
-        &node,
-        &ops,
-        &intent(VmPhase::Starting),
-        &mut Local::default(),
-    )
-    .await;
+    let d = fresh_pass(&node, &ops, VmPhase::Starting).await;
     assert_eq!(d.action, Some(Action::Launch));
     assert_eq!(phase(&node), Some(FakePhase::Running));
-    let d = next_pass(
-        &node,
-        &ops,
-        &intent(VmPhase::Starting),
-        &mut Local::default(),
-    )
-    .await;
+    let d = fresh_pass(&node, &ops, VmPhase::Starting).await;
     assert_eq!((d.phase, d.action), (VmPhase::Running, None));
 }
 
