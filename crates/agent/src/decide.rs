@@ -55,6 +55,9 @@ pub struct Local {
     pub guest_missed: bool,
     /// Why this agent killed the VM because its guest stopped answering.
     pub heartbeat_lost: Option<String>,
+    /// A restore request this node could not carry out (it lacks the VM's backend or image),
+    /// and why.
+    pub restore_refused: Option<(Generation, String)>,
 }
 
 impl Local {
@@ -232,16 +235,25 @@ fn decide_phase(
     // A restore request not yet carried out replaces whatever runs (or ran) here.
     if let Some(r) = &spec.restore {
         if restored < Some(r.generation) && spec.desired != DesiredState::Stopped {
+            let action = Action::Restore {
+                snapshot: r.snapshot.clone(),
+                generation: r.generation,
+            };
+            // Refused before: reported failed, tried again (the image may have come).
+            if let Some((_, why)) = local
+                .restore_refused
+                .as_ref()
+                .filter(|(g, _)| *g == r.generation)
+            {
+                return Decision {
+                    action: Some(action),
+                    ..Decision::failed(why.clone())
+                };
+            }
             local.launched_ms = Some(now);
             local.running_ms = None;
             local.stopped_ms = None;
-            return Decision::with_action(
-                VmPhase::Starting,
-                Action::Restore {
-                    snapshot: r.snapshot.clone(),
-                    generation: r.generation,
-                },
-            );
+            return Decision::with_action(VmPhase::Starting, action);
         }
     }
     match obs {

@@ -253,6 +253,17 @@ impl Reconciler {
                     }
                     Ok(())
                 }
+                Outcome::Refused {
+                    vm,
+                    generation,
+                    message,
+                } => {
+                    if let Ok(id) = vm.parse::<VmId>() {
+                        self.local.entry(id).or_default().restore_refused =
+                            Some((generation, message));
+                    }
+                    Ok(())
+                }
                 Outcome::Restored { vm, generation } => {
                     tracing::info!(%vm, ?generation, "restored from snapshot");
                     if let Ok(id) = vm.parse::<VmId>() {
@@ -349,7 +360,9 @@ impl Reconciler {
         if d.action == Some(Action::Kill) {
             tracing::warn!(vm = %id, "{}", d.message.as_deref().unwrap_or_default());
         }
-        let launching = matches!(d.action, Some(Action::Launch | Action::Restore { .. }));
+        // (A restore tried again while the VM is reported failed is not a start.)
+        let launching = matches!(d.action, Some(Action::Launch | Action::Restore { .. }))
+            && d.phase != VmPhase::Failed;
         if d.phase == VmPhase::Starting || launching {
             self.starting = true;
         }

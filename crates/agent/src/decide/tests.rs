@@ -451,6 +451,21 @@ fn the_decision_table() {
             Some(obs(true, true)),
         )
         .expect(Stopping, Some(Stop)),
+        row(
+            "a restore this node refused: failed, tried again",
+            restore_to(intent(Failed, 0), 2),
+            None,
+        )
+        .local(|l| l.restore_refused = Some((Generation(2), "image x: not found".into())))
+        .expect(Failed, restore(2))
+        .saying("image x: not found"),
+        row(
+            "an older refusal does not count",
+            restore_to(intent(Failed, 0), 3),
+            None,
+        )
+        .local(|l| l.restore_refused = Some((Generation(2), "image x: not found".into())))
+        .expect(Starting, restore(3)),
         // Restart.
         row(
             "restarted by the control plane: launch afresh",

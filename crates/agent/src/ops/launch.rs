@@ -73,19 +73,16 @@ impl Ops {
         Ok(cfg)
     }
 
-    /// Records why the VM could not be prepared: its backend or image as is (nothing was
-    /// tried, so the decision is made again once the VM is reported failed), its disks as a
-    /// failed launch, after `context`. Whether it counts as tried.
-    pub(super) fn unprepared(&self, vm: &str, why: Unprepared, context: &str) -> bool {
+    /// Records why the VM could not be prepared if something was tried (its disks: a failed
+    /// launch, after `context`); returns the message if nothing was (its backend or image),
+    /// for the caller to report as is.
+    pub(super) fn unprepared(&self, vm: &str, why: Unprepared, context: &str) -> Option<String> {
         match why {
-            Unprepared::Config(e) => {
-                self.refuse(vm, e);
-                false
-            }
+            Unprepared::Config(e) => Some(e),
             Unprepared::Host(e) => {
                 tracing::warn!(vm, error = %e, "making disks failed");
                 self.fail(vm, format!("{context}{e}"));
-                true
+                None
             }
         }
     }
@@ -130,7 +127,9 @@ pub(super) async fn launch(ops: &Ops, intent: VmIntent) -> Option<Outcome> {
             let mut cfg = match ops.config_with_disks(&intent) {
                 Ok(c) => c,
                 Err(why) => {
-                    ops.unprepared(vm, why, "");
+                    if let Some(e) = ops.unprepared(vm, why, "") {
+                        ops.refuse(vm, e);
+                    }
                     return None;
                 }
             };
@@ -214,7 +213,8 @@ async fn clone_from_template(
 
 /// Replaces whatever runs with the VM restored from `snapshot` (this node's, else the control
 /// plane's copy). The request counts as handled ([`Outcome::Restored`]) once tried: a failure
-/// is reported with the VM, as Failed.
+/// is reported with the VM, as Failed. A VM whose backend or image this node lacks is
+/// [`Outcome::Refused`]: nothing is tried, and the restore is tried again later.
 pub(super) async fn restore(
     ops: &Ops,
     intent: VmIntent,
@@ -230,7 +230,7 @@ pub(super) async fn restore(
     let name = snapshot.clone();
     let prepared = ops
         .with_runtime(&vm, Some(runtime), move |ops, rt, vm| {
-            // Err(handled): whether the request counts as carried out.
+            // Err(Some(why)): refused, nothing tried; Err(None): failed, recorded.
             let mut cfg = ops
                 .config_with_disks(&intent)
                 .map_err(|why| ops.unprepared(vm, why, &format!("restore from {name:?}: ")))?;
@@ -240,7 +240,7 @@ pub(super) async fn restore(
             }
             if let Err(e) = ops.attach(&intent, &mut cfg) {
                 ops.fail(vm, format!("restore from {name:?}: {e}"));
-                return Err(true);
+                return Err(None);
             }
             let vm_dir = ops.runtimes.dir_for(runtime, vm);
             let dir = vm_dir.join("snapshots").join(&name);
@@ -250,8 +250,14 @@ pub(super) async fn restore(
         .await?;
     let (cfg, vm_dir, mut dir, here) = match prepared {
         Ok(p) => p,
-        Err(true) => return handled,
-        Err(false) => return None,
+        Err(None) => return handled,
+        Err(Some(message)) => {
+            return Some(Outcome::Refused {
+                vm,
+                generation,
+                message,
+            })
+        }
     };
     let mut fetched = false;
     if !here {

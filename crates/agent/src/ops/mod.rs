@@ -82,6 +82,13 @@ pub enum Outcome {
         vm: String,
         generation: Generation,
     },
+    /// A restore request that cannot be carried out here (this node lacks the VM's backend or
+    /// image): nothing was tried.
+    Refused {
+        vm: String,
+        generation: Generation,
+        message: String,
+    },
     /// The network settings now in force for a VM (or why they could not be applied).
     Network {
         vm: String,

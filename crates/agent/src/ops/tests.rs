@@ -217,8 +217,17 @@ async fn next_pass(node: &Node, ops: &Ops, intent: &VmIntent, local: &mut Local)
     );
     if let Some(a) = d.action.clone() {
         let outcomes = run(ops, Op::Decided(a, Box::new(intent.clone()))).await;
-        if let Some(Outcome::Restored { generation, .. }) = outcomes.first() {
-            local.restored = local.restored.max(Some(*generation));
+        // As the reconciler takes them.
+        match outcomes.into_iter().next() {
+            Some(Outcome::Restored { generation, .. }) => {
+                local.restored = local.restored.max(Some(generation));
+            }
+            Some(Outcome::Refused {
+                generation,
+                message,
+                ..
+            }) => local.restore_refused = Some((generation, message)),
+            _ => {}
         }
     }
     d
@@ -358,6 +367,26 @@ async fn a_failed_restore_counts_as_handled_and_is_reported() {
     );
     let d = next_pass(&node, &ops, &i, &mut local).await;
     assert_eq!((d.phase, d.action), (VmPhase::Failed, None));
+}
+
+#[tokio::test]
+async fn a_restore_this_node_cannot_make_is_refused_and_nothing_is_tried() {
+    let node = Node::new();
+    let mut i = with_restore(intent(VmPhase::Failed));
+    i.spec.image = "sha256:".to_owned() + &"d".repeat(64);
+    let mut local = Local::default();
+    let ops = node.executor();
+    let d = next_pass(&node, &ops, &i, &mut local).await;
+    assert_eq!(d.phase, VmPhase::Starting);
+    let (generation, message) = local.restore_refused.clone().unwrap();
+    assert_eq!(generation, Generation(2));
+    assert!(message.starts_with("image sha256:dddd"), "{message}");
+    assert!(node.rt.actions(VM).is_empty());
+    assert_eq!(ops.launch_error(VM), None);
+    // Reported failed from then on, and tried again.
+    let d = next_pass(&node, &ops, &i, &mut local).await;
+    assert_eq!(d.phase, VmPhase::Failed);
+    assert!(matches!(d.action, Some(Action::Restore { .. })));
 }
 
 #[tokio::test]
