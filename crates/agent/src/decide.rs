@@ -12,7 +12,9 @@
 use std::time::{Duration, Instant};
 
 use firefleet_api::{VmIntent, VmStatusReport};
-use firefleet_types::{DesiredState, Generation, VmPhase};
+use firefleet_types::{
+    DesiredState, Generation, Migration, MigrationMode, MigrationPhase, VmPhase,
+};
 use firefleet_vmm::Observation;
 
 /// The time of one pass, read once by the caller.
@@ -320,6 +322,34 @@ fn decide_phase(
             }
             p => Decision::report(p),
         },
+    }
+}
+
+/// This node's part in a migration now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationSide {
+    /// Send the VM (snapshot and upload, or QEMU's live stream).
+    Source,
+    /// Receive it and start it here.
+    Destination,
+}
+
+/// What this node does for migration `m` now, if anything: the node the VM is placed on
+/// (`ours`) sends it while it is transferring; the other receives it once there is something
+/// to receive: a snapshot migration's snapshot when restoring, a live migration's stream while
+/// transferring, once the source said how the VM was booted.
+pub fn migration_side(m: &Migration, ours: bool) -> Option<MigrationSide> {
+    let snapshot = m.mode == MigrationMode::Snapshot;
+    match m.phase {
+        MigrationPhase::Transferring if ours => Some(MigrationSide::Source),
+        MigrationPhase::Restoring | MigrationPhase::Transferring
+            if !ours
+                && (m.phase == MigrationPhase::Restoring) == snapshot
+                && (snapshot || m.kernel_cmdline.is_some()) =>
+        {
+            Some(MigrationSide::Destination)
+        }
+        _ => None,
     }
 }
 

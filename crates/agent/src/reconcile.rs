@@ -26,7 +26,7 @@ use firefleet_types::{VmId, VmPhase};
 use firefleet_vmm::VmmError;
 
 use crate::{
-    decide::{decide, Action, Clock, Local},
+    decide::{decide, migration_side, Action, Clock, Local, MigrationSide},
     network::Network,
     ops::{now_ms, Op, Ops, Outcome},
     runtimes::Runtimes,
@@ -182,29 +182,18 @@ impl Reconciler {
             if self.ops.is_busy(&vm) {
                 continue;
             }
-            match m.migration.phase {
-                firefleet_types::MigrationPhase::Transferring
-                    if ours && self.started.insert(key.clone()) =>
-                {
-                    self.ops
-                        .spawn(vm.clone(), vm, Op::MigrateOut(Box::new(m.clone())));
-                }
-                firefleet_types::MigrationPhase::Restoring
-                | firefleet_types::MigrationPhase::Transferring
-                    if !ours
-                        && (m.migration.phase == firefleet_types::MigrationPhase::Restoring)
-                            == (m.migration.mode == firefleet_types::MigrationMode::Snapshot)
-                        && (m.migration.mode == firefleet_types::MigrationMode::Snapshot
-                            || m.migration.kernel_cmdline.is_some())
-                        && self.started.insert(key.clone()) =>
-                {
-                    // Its config (backend, image) is made by the operation, which reports a
-                    // failure to the control plane.
+            let op = match migration_side(&m.migration, ours) {
+                Some(MigrationSide::Source) => Op::MigrateOut(Box::new(m.clone())),
+                // Its config (backend, image) is made by the operation, which reports a failure
+                // to the control plane.
+                Some(MigrationSide::Destination) => Op::MigrateIn(Box::new(m.clone())),
+                None => continue,
+            };
+            if self.started.insert(key) {
+                if matches!(op, Op::MigrateIn(_)) {
                     self.starting = true;
-                    self.ops
-                        .spawn(vm.clone(), vm, Op::MigrateIn(Box::new(m.clone())));
                 }
-                _ => {}
+                self.ops.spawn(vm.clone(), vm, op);
             }
         }
         for exec in &intents.execs {

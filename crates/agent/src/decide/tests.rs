@@ -605,3 +605,38 @@ fn decisions_update_what_the_agent_remembers() {
     let d = decide(&i, Some(&obs(true, true)), None, &mut l, clock, t);
     assert_eq!(d.restored, Some(Generation(3)));
 }
+
+#[test]
+fn each_side_of_a_migration_acts_in_its_phase() {
+    use MigrationPhase::*;
+    use MigrationSide::*;
+    let m = |phase: MigrationPhase, mode: MigrationMode, cmdline: bool| -> Migration {
+        serde_json::from_value(serde_json::json!({
+            "vm": "vm-1", "from": "n1", "to": "n2", "phase": phase, "mode": mode,
+            "snapshot": "mig-1", "generation": 1, "requested_ms": 0,
+            "kernel_cmdline": cmdline.then_some("console=ttyS0"),
+        }))
+        .expect("migration")
+    };
+    let (snap, live) = (MigrationMode::Snapshot, MigrationMode::Live);
+    let table = [
+        // (phase, mode, the source said how it booted, ours) → side
+        (Transferring, snap, false, true, Some(Source)),
+        (Transferring, live, false, true, Some(Source)),
+        (Transferring, snap, false, false, None),
+        (Restoring, snap, false, false, Some(Destination)),
+        (Restoring, snap, false, true, None),
+        (Transferring, live, false, false, None),
+        (Transferring, live, true, false, Some(Destination)),
+        (Restoring, live, true, false, None),
+        (Done, snap, false, false, None),
+        (Failed, live, true, true, None),
+    ];
+    for (phase, mode, cmdline, ours, side) in table {
+        assert_eq!(
+            migration_side(&m(phase, mode, cmdline), ours),
+            side,
+            "{phase:?} {mode:?} cmdline={cmdline} ours={ours}"
+        );
+    }
+}
