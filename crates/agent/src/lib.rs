@@ -11,6 +11,15 @@
 //! set up runs them without one.
 //!
 //! It never decides placement and never deletes a VM the control plane still lists for it.
+//!
+//! # Structure
+//! `reconcile` gathers, per VM, the intent, the runtime's observation and what a failed launch
+//! left, asks the pure `decide` (no paths, runtimes, clock or I/O) for the phase to report and
+//! the action, and hands the action to the executor `ops`, which dispatches to one async
+//! function per operation (VMM, disk and host-network steps on the blocking pool; the server
+//! through the `control::ControlPlane` trait). `decide` imports nothing of the crate; `ops`
+//! imports `decide`, `control`, `disks`, `guest`, `migrate`, `network` and `runtimes`, none of
+//! which imports `ops` or `reconcile`.
 
 mod control;
 mod decide;
