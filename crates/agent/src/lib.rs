@@ -11,7 +11,18 @@
 //! set up runs them without one.
 //!
 //! It never decides placement and never deletes a VM the control plane still lists for it.
+//!
+//! # Structure
+//! `reconcile` gathers, per VM, the intent, the runtime's observation and what a failed launch
+//! left, asks the pure `decide` (no paths, runtimes, clock or I/O) for the phase to report and
+//! the action, and hands the action to the executor `ops`, which dispatches to one async
+//! function per operation (VMM, disk and host-network steps on the blocking pool; the server
+//! through the `control::ControlPlane` trait). `decide` imports nothing of the crate; `ops`
+//! imports `decide`, `control`, `disks`, `guest`, `migrate`, `network` and `runtimes`, none of
+//! which imports `ops` or `reconcile`.
 
+mod control;
+mod decide;
 mod disks;
 mod facts;
 mod guest;
@@ -23,6 +34,7 @@ mod ops;
 mod posture;
 mod reconcile;
 pub mod runtimes;
+mod tasks;
 mod telemetry;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -31,10 +43,6 @@ use firefleet_client::{Client, ClientError, Connection};
 use firefleet_types::{Labels, NodeId, Resources};
 use firefleet_vmm::QemuRuntime;
 use tokio::sync::watch;
-
-/// How often the host posture is read again (and reported with the next heartbeat if it
-/// changed).
-const POSTURE_REFRESH: Duration = Duration::from_secs(30);
 
 pub use facts::gather_facts;
 pub use runtimes::FirecrackerConfig;
@@ -152,6 +160,91 @@ pub async fn run(
         .map_err(|e| AgentError::Identity(format!("network setup panicked: {e}")))?;
     let net = Arc::new(net);
 
+    let (runtimes, facts, firecracker_jailed) = backends(&config, runtime, &net).await?;
+    let runtimes = Arc::new(runtimes);
+    let invoker = tokio::spawn(invoke::serve(
+        client.clone(),
+        runtimes.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(node = %config.node, accel = %facts.accel, probe = %facts.accel_probe, runtimes = ?facts.runtimes, "agent started");
+
+    let hb = tokio::spawn(tasks::heartbeats(
+        client.clone(),
+        firefleet_api::HeartbeatRequest {
+            facts,
+            labels: Some(config.labels.clone()),
+        },
+        config.heartbeat,
+        firecracker_jailed,
+        shutdown.clone(),
+    ));
+
+    let mut rec = reconcile::Reconciler::new(
+        client.clone(),
+        runtimes.clone(),
+        net,
+        config.data_dir.clone(),
+        config.image_dir.clone(),
+    )
+    .with_heartbeat_timeout(config.heartbeat_timeout);
+    let telemetry_buffer = Arc::new(telemetry::TelemetryBuffer::new(config.telemetry_buffer));
+    let telemetry_interval = config.telemetry_interval.max(Duration::from_millis(100));
+    rec = rec.with_telemetry(telemetry_interval, telemetry_buffer.clone());
+    let uploader = tokio::spawn(telemetry::upload(
+        client.clone(),
+        telemetry_buffer,
+        telemetry_interval,
+        shutdown.clone(),
+    ));
+    let mut intents: Option<firefleet_api::IntentsResponse> = None;
+    let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);
+    // Long-poll for intents in its own task so that local observation keeps going meanwhile.
+    let poller = tokio::spawn(tasks::poll_intents(
+        client.clone(),
+        poll_tx,
+        shutdown.clone(),
+    ));
+    loop {
+        if let Some(list) = &intents {
+            rec.reconcile(list).await;
+        }
+        let period = if rec.has_starting() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1).min(telemetry_interval)
+        };
+        tokio::select! {
+            Some(resp) = poll_rx.recv() => {
+                intents = Some(resp);
+            }
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    poller.abort();
+    renewer.abort();
+    uploader.abort();
+    invoker.abort();
+    hb.abort();
+    if config.stop_vms_on_exit {
+        let stopped = tokio::task::spawn_blocking(move || stop_all(&runtimes))
+            .await
+            .unwrap_or_default();
+        tracing::info!(stopped, "agent stopped with its VMs");
+    } else {
+        tracing::info!("agent stopped; VMs keep running");
+    }
+    Ok(())
+}
+
+/// The node's backends and facts: QEMU (`runtime`), Firecracker when configured and usable,
+/// and whether Firecracker runs jailed (`None`: not offered).
+async fn backends(
+    config: &AgentConfig,
+    runtime: Arc<QemuRuntime>,
+    net: &network::Network,
+) -> Result<(runtimes::Runtimes, firefleet_types::NodeFacts, Option<bool>), AgentError> {
     let mut facts = {
         let cfg = config.clone();
         let rt = runtime.clone();
@@ -188,144 +281,7 @@ pub async fn run(
     if let Some(v) = &runtimes.firecracker_version {
         facts.vmm_version = format!("{}; {v}", facts.vmm_version);
     }
-    let runtimes = Arc::new(runtimes);
-    let invoker = tokio::spawn(invoke::serve(
-        client.clone(),
-        runtimes.clone(),
-        shutdown.clone(),
-    ));
-    tracing::info!(node = %config.node, accel = %facts.accel, probe = %facts.accel_probe, runtimes = ?facts.runtimes, "agent started");
-
-    // Heartbeats.
-    let hb = {
-        let client = client.clone();
-        let mut shutdown = shutdown.clone();
-        let period = config.heartbeat;
-        let labels = config.labels.clone();
-        tokio::spawn(async move {
-            let mut req = firefleet_api::HeartbeatRequest {
-                facts,
-                labels: Some(labels),
-            };
-            let mut posture_read = std::time::Instant::now();
-            loop {
-                // The posture is read again now and then: KSM switched on, swap added, a
-                // microcode update change what the host policies see (and the node's taint).
-                if posture_read.elapsed() >= POSTURE_REFRESH {
-                    posture_read = std::time::Instant::now();
-                    let f = &req.facts;
-                    let metadata = f
-                        .posture
-                        .as_ref()
-                        .is_some_and(|p| p.metadata_egress_blocked);
-                    let isolation = f.isolation.clone();
-                    if let Ok(p) = tokio::task::spawn_blocking(move || {
-                        posture::gather_posture(
-                            std::path::Path::new("/"),
-                            isolation.as_ref(),
-                            metadata,
-                        )
-                    })
-                    .await
-                    {
-                        let p = match firecracker_jailed {
-                            Some(jailed) => posture::with_firecracker(p, jailed),
-                            None => p,
-                        };
-                        if req.facts.posture.as_ref() != Some(&p) {
-                            tracing::info!("host posture changed");
-                            req.facts.posture = Some(p);
-                        }
-                    }
-                }
-                if let Err(e) = client.heartbeat(&req).await {
-                    tracing::warn!(error = %e, "heartbeat failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(period) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-        })
-    };
-
-    let mut rec = reconcile::Reconciler::new(
-        client.clone(),
-        runtimes.clone(),
-        net,
-        config.data_dir.clone(),
-        config.image_dir.clone(),
-    )
-    .with_heartbeat_timeout(config.heartbeat_timeout);
-    let telemetry_buffer = Arc::new(telemetry::TelemetryBuffer::new(config.telemetry_buffer));
-    let telemetry_interval = config.telemetry_interval.max(Duration::from_millis(100));
-    rec = rec.with_telemetry(telemetry_interval, telemetry_buffer.clone());
-    let uploader = tokio::spawn(telemetry::upload(
-        client.clone(),
-        telemetry_buffer,
-        telemetry_interval,
-        shutdown.clone(),
-    ));
-    let mut intents: Option<firefleet_api::IntentsResponse> = None;
-    let (poll_tx, mut poll_rx) = tokio::sync::mpsc::channel(1);
-    // Long-poll for intents in its own task so that local observation keeps going meanwhile.
-    let poller = {
-        let client = client.clone();
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut after_local: Option<u64> = None;
-            loop {
-                let r = tokio::select! {
-                    r = client.intents(after_local, Duration::from_secs(20)) => r,
-                    _ = shutdown.changed() => return,
-                };
-                match r {
-                    Ok(resp) => {
-                        after_local = Some(resp.revision);
-                        if poll_tx.send(resp).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "fetching intents failed; retrying");
-                        after_local = None;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        })
-    };
-    loop {
-        if let Some(list) = &intents {
-            rec.reconcile(list).await;
-        }
-        let period = if rec.has_starting() {
-            Duration::from_millis(100)
-        } else {
-            Duration::from_secs(1).min(telemetry_interval)
-        };
-        tokio::select! {
-            Some(resp) = poll_rx.recv() => {
-                intents = Some(resp);
-            }
-            _ = tokio::time::sleep(period) => {}
-            _ = shutdown.changed() => break,
-        }
-    }
-    poller.abort();
-    renewer.abort();
-    uploader.abort();
-    invoker.abort();
-    hb.abort();
-    if config.stop_vms_on_exit {
-        let stopped = tokio::task::spawn_blocking(move || stop_all(&runtimes))
-            .await
-            .unwrap_or_default();
-        tracing::info!(stopped, "agent stopped with its VMs");
-    } else {
-        tracing::info!("agent stopped; VMs keep running");
-    }
-    Ok(())
+    Ok((runtimes, facts, firecracker_jailed))
 }
 
 /// Stops every VMM with a state directory here (a graceful shutdown first); returns how many.

@@ -1,21 +1,27 @@
-//! This node's part in migrations (blocking; run by [`crate::ops::Ops`]).
+//! This node's part in migrations (run by the executor, `ops`).
 //!
 //! Source: pause the VM and snapshot it (kept paused: nothing may change after the snapshot),
 //! pack the snapshot directory into a tar file and upload it to the server. Destination:
 //! download it, unpack it into the VM's state directory as a complete snapshot (temporary name,
 //! then rename; the archive came from another node, so [`unpack`] writes regular files with
-//! the snapshot formats' names only, see `firefleet_vmm::archive`), make the VM's disks and network attachment here, restore, re-address the
-//! guest for this node's subnet, report. Each step finds the previous one's result on disk if
-//! it was done before a crash, so a repeated attempt carries on.
+//! the snapshot formats' names only, see `firefleet_vmm::archive`), make the VM's disks and
+//! network attachment here, restore, re-address the guest for this node's subnet, report. Each
+//! step finds the previous one's result on disk if it was done before a crash, so a repeated
+//! attempt carries on.
+//!
+//! The steps are async: the server is talked to through [`ControlPlane`], VMM and file work
+//! runs on the blocking pool ([`blocking`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use firefleet_api::{MigrationIntent, MigrationReport};
-use firefleet_client::Client;
-use firefleet_types::MigrationPhase;
-use firefleet_vmm::{LaunchConfig, Runtime};
+use firefleet_types::{error_chain, MigrationPhase};
+use firefleet_vmm::{LaunchConfig, QemuRuntime, Runtime};
+
+use crate::control::{blocking, ControlPlane, Download};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -24,8 +30,8 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn report(handle: &tokio::runtime::Handle, client: &Client, vm: &str, r: &MigrationReport) {
-    if let Err(e) = handle.block_on(client.migration_report(vm, r)) {
+async fn report(cp: &dyn ControlPlane, vm: &str, r: &MigrationReport) {
+    if let Err(e) = cp.report_migration(vm, r).await {
         tracing::warn!(vm, error = %e, "reporting a migration step failed");
     }
 }
@@ -53,18 +59,18 @@ pub(crate) fn failed(message: String) -> MigrationReport {
 }
 
 /// The source's part: snapshot (paused), pack, upload.
-pub fn send(
-    handle: &tokio::runtime::Handle,
-    client: &Client,
-    rt: &dyn Runtime,
-    vm_dir: &Path,
+pub async fn send(
+    cp: &dyn ControlPlane,
+    rt: Arc<dyn Runtime>,
+    vm_dir: PathBuf,
     m: &MigrationIntent,
 ) {
-    let vm = m.migration.vm.as_str();
-    let name = &m.migration.snapshot;
-    let dir = vm_dir.join("snapshots").join(name);
-    let result = (|| -> Result<(), String> {
-        if firefleet_vmm::completed_snapshot(&dir).is_none() {
+    let vm = m.migration.vm.as_str().to_owned();
+    let name = m.migration.snapshot.clone();
+    let result = async {
+        let dir = vm_dir.join("snapshots").join(&name);
+        let taken = blocking(move || firefleet_vmm::completed_snapshot(&dir).is_some()).await?;
+        if !taken {
             let paused = MigrationReport {
                 phase: MigrationPhase::Transferring,
                 paused_ms: Some(now_ms()),
@@ -73,31 +79,26 @@ pub fn send(
                 kernel_cmdline: None,
                 vmm_downtime_ms: None,
             };
-            report(handle, client, vm, &paused);
-            rt.snapshot(vm, name, true)
-                .map_err(|e| format!("snapshot: {}", firefleet_types::error_chain(&e)))?;
+            report(cp, &vm, &paused).await;
+            let (vm, name) = (vm.clone(), name.clone());
+            blocking(move || rt.snapshot(&vm, &name, true))
+                .await?
+                .map_err(|e| format!("snapshot: {}", error_chain(&e)))?;
         }
-        let archive = pack(vm_dir, name)?;
-        let len = fs::metadata(&archive)
-            .map_err(|e| format!("{}: {e}", archive.display()))?
-            .len();
-        let r = handle.block_on(async {
-            let f = tokio::fs::File::open(&archive)
-                .await
-                .map_err(|e| e.to_string())?;
-            client
-                .migration_upload(vm, f, len)
-                .await
-                .map_err(|e| firefleet_types::error_chain(&e))
-        });
-        let _ = fs::remove_file(&archive);
+        let archive = {
+            let (vm_dir, name) = (vm_dir.clone(), name.clone());
+            blocking(move || pack(&vm_dir, &name)).await??
+        };
+        let r = cp.upload_migration(&vm, &archive).await;
+        let _ = tokio::fs::remove_file(&archive).await;
         r.map_err(|e| format!("upload: {e}"))
-    })();
+    }
+    .await;
     match result {
         Ok(()) => tracing::info!(vm, "migration snapshot sent"),
         Err(e) => {
             tracing::warn!(vm, error = %e, "migration: sending failed");
-            report(handle, client, vm, &failed(format!("source: {e}")));
+            report(cp, &vm, &failed(format!("source: {e}"))).await;
         }
     }
 }
@@ -157,61 +158,56 @@ pub(crate) fn unpack(archive: &Path, tmp: &Path) -> Result<u64, String> {
     .map_err(|e| format!("unpacking: {}", firefleet_types::error_chain(&e)))
 }
 
-/// Where a snapshot to unpack comes from.
-pub(crate) enum Source<'a> {
-    /// The migration transfer of the VM.
-    Migration,
-    /// The server's copy of the VM's snapshot of this name.
-    Replica(&'a str),
-}
-
 /// Downloads a snapshot and unpacks it into `snapshots/<name>` (complete or not at all),
 /// unless a complete one is there already.
-pub(crate) fn receive(
-    handle: &tokio::runtime::Handle,
-    client: &Client,
+pub(crate) async fn receive(
+    cp: &dyn ControlPlane,
     vm: &str,
     vm_dir: &Path,
     name: &str,
-    source: Source<'_>,
+    source: Download<'_>,
 ) -> Result<PathBuf, String> {
     let dir = vm_dir.join("snapshots").join(name);
-    if firefleet_vmm::completed_snapshot(&dir).is_some() {
+    let snapshots = vm_dir.join("snapshots");
+    let found = {
+        let (dir, snapshots) = (dir.clone(), snapshots.clone());
+        blocking(move || {
+            if firefleet_vmm::completed_snapshot(&dir).is_some() {
+                return Ok(true);
+            }
+            fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
+            Ok::<_, String>(false)
+        })
+        .await??
+    };
+    if found {
         return Ok(dir);
     }
-    let snapshots = vm_dir.join("snapshots");
-    fs::create_dir_all(&snapshots).map_err(|e| format!("{}: {e}", snapshots.display()))?;
     let archive = snapshots.join(format!(".{name}.tar"));
-    let bytes = handle
-        .block_on(async {
-            let mut f = tokio::fs::File::create(&archive)
-                .await
-                .map_err(|e| e.to_string())?;
-            let n = match source {
-                Source::Migration => client.migration_download(vm, &mut f).await,
-                Source::Replica(snapshot) => client.snapshot_download(vm, snapshot, &mut f).await,
-            }
-            .map_err(|e| firefleet_types::error_chain(&e))?;
-            f.sync_all().await.map_err(|e| e.to_string())?;
-            Ok::<u64, String>(n)
-        })
+    let bytes = cp
+        .download(vm, source, &archive)
+        .await
         .map_err(|e| format!("download: {e}"))?;
     let tmp = snapshots.join(format!(".tmp-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let unpacked = unpack(&archive, &tmp);
-    let _ = fs::remove_file(&archive);
-    unpacked?;
-    // Checked under its final name (QEMU's check refuses temporary names).
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if firefleet_vmm::completed_snapshot(&dir).is_none() {
+    let unpacked = blocking(move || {
+        let _ = fs::remove_dir_all(&tmp);
+        let unpacked = unpack(&archive, &tmp);
+        let _ = fs::remove_file(&archive);
+        unpacked?;
+        // Checked under its final name (QEMU's check refuses temporary names).
         let _ = fs::remove_dir_all(&dir);
-        return Err(format!(
-            "the received snapshot ({bytes} bytes) is incomplete"
-        ));
-    }
+        fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if firefleet_vmm::completed_snapshot(&dir).is_none() {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(format!(
+                "the received snapshot ({bytes} bytes) is incomplete"
+            ));
+        }
+        Ok(dir)
+    })
+    .await??;
     tracing::info!(vm, bytes, "snapshot received");
-    Ok(dir)
+    Ok(unpacked)
 }
 
 /// Marks the VM in `vm_dir` as having a ready guest: it came here running (restored from a
@@ -225,53 +221,55 @@ pub(crate) fn mark_ready(vm_dir: &Path) {
 
 /// The destination's part: receive, restore with `cfg` (disks and network already made),
 /// re-address the guest, report done. Failures are reported; the caller undoes local state.
-pub fn restore(
-    handle: &tokio::runtime::Handle,
-    client: &Client,
-    rt: &dyn Runtime,
-    vm_dir: &Path,
+pub async fn restore(
+    cp: &dyn ControlPlane,
+    rt: Arc<dyn Runtime>,
+    vm_dir: PathBuf,
     m: &MigrationIntent,
-    cfg: &LaunchConfig,
+    cfg: LaunchConfig,
 ) -> Result<(), String> {
-    let vm = m.migration.vm.as_str();
-    let result = (|| -> Result<u64, String> {
-        let dir = receive(
-            handle,
-            client,
-            vm,
-            vm_dir,
-            &m.migration.snapshot,
-            Source::Migration,
-        )?;
-        if !rt.observe(vm).is_ok_and(|o| o.running) {
-            rt.restore(cfg, &dir)
-                .map_err(|e| format!("restore: {}", firefleet_types::error_chain(&e)))?;
-        }
-        mark_ready(vm_dir);
-        let resumed = now_ms();
-        if let Some(net) = &cfg.net {
-            readdress(rt, vm, net);
-        }
-        Ok(resumed)
-    })();
-    conclude(handle, client, vm, result)
+    let vm = m.migration.vm.as_str().to_owned();
+    let result = async {
+        let dir = receive(cp, &vm, &vm_dir, &m.migration.snapshot, Download::Migration).await?;
+        let vm = vm.clone();
+        blocking(move || {
+            if !rt.observe(&vm).is_ok_and(|o| o.running) {
+                rt.restore(&cfg, &dir)
+                    .map_err(|e| format!("restore: {}", error_chain(&e)))?;
+            }
+            mark_ready(&vm_dir);
+            Ok(runs_here(&*rt, &vm, &cfg))
+        })
+        .await?
+    }
+    .await;
+    conclude(cp, &vm, result).await
+}
+
+/// The guest runs here now: when (what the report says), after it is given this node's
+/// address.
+fn runs_here(rt: &dyn Runtime, vm: &str, cfg: &LaunchConfig) -> u64 {
+    let resumed = now_ms();
+    if let Some(net) = &cfg.net {
+        readdress(rt, vm, net);
+    }
+    resumed
 }
 
 /// Reports the destination's outcome: done (with when the guest ran here) or failed.
-fn conclude(
-    handle: &tokio::runtime::Handle,
-    client: &Client,
+async fn conclude(
+    cp: &dyn ControlPlane,
     vm: &str,
     result: Result<u64, String>,
 ) -> Result<(), String> {
     match result {
         Ok(resumed) => {
-            report(handle, client, vm, &done(resumed));
+            report(cp, vm, &done(resumed)).await;
             Ok(())
         }
         Err(e) => {
             tracing::warn!(vm, error = %e, "migration: the destination failed");
-            report(handle, client, vm, &failed(format!("destination: {e}")));
+            report(cp, vm, &failed(format!("destination: {e}"))).await;
             Err(e)
         }
     }
@@ -312,21 +310,17 @@ pub(crate) fn readdress(rt: &dyn Runtime, vm: &str, net: &firefleet_vmm::net::Ne
 /// The source's part of a live migration: say how the VM was booted, then let QEMU stream its
 /// state (pre-copy, the guest running until the last round) to the server, which forwards it
 /// to the destination. If QEMU's migration fails the guest simply goes on here.
-pub fn send_live(
-    handle: &tokio::runtime::Handle,
-    client: &Client,
-    qemu: &firefleet_vmm::QemuRuntime,
-    m: &MigrationIntent,
-) {
-    use futures::StreamExt;
+pub async fn send_live(cp: Arc<dyn ControlPlane>, qemu: Arc<QemuRuntime>, m: &MigrationIntent) {
     let vm = m.migration.vm.as_str().to_owned();
-    let result = (|| -> Result<(firefleet_vmm::qemu::snapshot::LiveStats, u64), String> {
-        let cmdline = qemu
-            .booted_kernel_cmdline(&vm)
-            .map_err(|e| format!("kernel command line: {}", firefleet_types::error_chain(&e)))?;
+    let result = async {
+        let cmdline = {
+            let (qemu, vm) = (qemu.clone(), vm.clone());
+            blocking(move || qemu.booted_kernel_cmdline(&vm))
+                .await?
+                .map_err(|e| format!("kernel command line: {}", error_chain(&e)))?
+        };
         report(
-            handle,
-            client,
+            &*cp,
             &vm,
             &MigrationReport {
                 phase: MigrationPhase::Transferring,
@@ -336,39 +330,41 @@ pub fn send_live(
                 kernel_cmdline: Some(cmdline),
                 vmm_downtime_ms: None,
             },
-        );
+        )
+        .await;
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
         ours.set_nonblocking(true)
             .map_err(|e| format!("socket pair: {e}"))?;
+        let reader =
+            tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket pair: {e}"))?;
         let upload = {
-            let _guard = handle.enter();
-            let reader =
-                tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket pair: {e}"))?;
-            let stream = tokio_util::io::ReaderStream::new(reader).map(|r| r.map(|b| b.to_vec()));
-            let client = client.clone();
-            let vm = vm.clone();
-            handle.spawn(async move { client.migration_live_send(&vm, stream).await })
+            let (cp, vm) = (cp.clone(), vm.clone());
+            tokio::spawn(async move { cp.send_live(&vm, reader).await })
         };
-        let stats = qemu.live_send(&vm, &theirs);
-        let completed_ms = now_ms();
-        // End of stream for the upload (QEMU closed its copy when it finished).
-        drop(theirs);
-        let uploaded = handle.block_on(upload);
-        let stats =
-            stats.map_err(|e| format!("migration: {}", firefleet_types::error_chain(&e)))?;
+        let vm2 = vm.clone();
+        let (stats, completed_ms) = blocking(move || {
+            let stats = qemu.live_send(&vm2, &theirs);
+            let completed_ms = now_ms();
+            // End of stream for the upload (QEMU closed its copy when it finished).
+            drop(theirs);
+            (stats, completed_ms)
+        })
+        .await?;
+        let uploaded = upload.await;
+        let stats = stats.map_err(|e| format!("migration: {}", error_chain(&e)))?;
         match uploaded {
             Ok(Ok(())) => Ok((stats, completed_ms)),
-            Ok(Err(e)) => Err(format!("stream: {}", firefleet_types::error_chain(&e))),
+            Ok(Err(e)) => Err(format!("stream: {e}")),
             Err(e) => Err(format!("stream: {e}")),
         }
-    })();
+    }
+    .await;
     match result {
         Ok((stats, completed_ms)) => {
             tracing::info!(vm, ?stats, "live migration sent");
             report(
-                handle,
-                client,
+                &*cp,
                 &vm,
                 &MigrationReport {
                     phase: MigrationPhase::Restoring,
@@ -379,26 +375,26 @@ pub fn send_live(
                     kernel_cmdline: None,
                     vmm_downtime_ms: Some(stats.downtime_ms),
                 },
-            );
+            )
+            .await;
         }
         Err(e) => {
             tracing::warn!(vm, error = %e, "live migration: sending failed");
-            report(handle, client, &vm, &failed(format!("source: {e}")));
+            report(&*cp, &vm, &failed(format!("source: {e}"))).await;
         }
     }
 }
 
 /// The destination's part of a live migration: a VMM waiting for the incoming state, fed with
 /// the stream the server forwards; once the guest runs here, re-address it and report.
-pub fn receive_live(
-    handle: &tokio::runtime::Handle,
-    client: &Client,
-    qemu: &firefleet_vmm::QemuRuntime,
+pub async fn receive_live(
+    cp: &dyn ControlPlane,
+    qemu: Arc<QemuRuntime>,
     m: &MigrationIntent,
-    cfg: &LaunchConfig,
+    cfg: LaunchConfig,
 ) -> Result<(), String> {
-    let vm = m.migration.vm.as_str();
-    let result = (|| -> Result<u64, String> {
+    let vm = m.migration.vm.as_str().to_owned();
+    let result = async {
         let cmdline = m
             .migration
             .kernel_cmdline
@@ -406,32 +402,40 @@ pub fn receive_live(
             .ok_or("the source did not say how the VM was booted")?;
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
-        qemu.live_receive(cfg, &cmdline, &theirs)
-            .map_err(|e| format!("incoming VMM: {}", firefleet_types::error_chain(&e)))?;
-        drop(theirs);
+        let cfg = Arc::new(cfg);
+        {
+            let (qemu, cfg) = (qemu.clone(), cfg.clone());
+            blocking(move || {
+                let r = qemu.live_receive(&cfg, &cmdline, &theirs);
+                drop(theirs);
+                r
+            })
+            .await?
+            .map_err(|e| format!("incoming VMM: {}", error_chain(&e)))?;
+        }
         ours.set_nonblocking(true)
             .map_err(|e| format!("socket pair: {e}"))?;
-        let bytes = handle.block_on(async {
-            let mut writer =
-                tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket pair: {e}"))?;
-            client
-                .migration_live_receive(vm, &mut writer)
-                .await
-                .map_err(|e| format!("stream: {}", firefleet_types::error_chain(&e)))
-        })?;
-        qemu.live_wait_incoming(vm, Duration::from_secs(60))
-            .map_err(|e| format!("incoming state: {}", firefleet_types::error_chain(&e)))?;
-        mark_ready(&qemu.vm_dir(vm));
-        qemu.resume(vm)
-            .map_err(|e| format!("resume: {}", firefleet_types::error_chain(&e)))?;
-        let resumed = now_ms();
-        tracing::info!(vm, bytes, "live migration received");
-        if let Some(net) = &cfg.net {
-            readdress(qemu, vm, net);
-        }
-        Ok(resumed)
-    })();
-    conclude(handle, client, vm, result)
+        let writer =
+            tokio::net::UnixStream::from_std(ours).map_err(|e| format!("socket pair: {e}"))?;
+        let bytes = cp
+            .receive_live(&vm, writer)
+            .await
+            .map_err(|e| format!("stream: {e}"))?;
+        let vm = vm.clone();
+        blocking(move || {
+            qemu.live_wait_incoming(&vm, Duration::from_secs(60))
+                .map_err(|e| format!("incoming state: {}", error_chain(&e)))?;
+            mark_ready(&qemu.vm_dir(&vm));
+            qemu.resume(&vm)
+                .map_err(|e| format!("resume: {}", error_chain(&e)))?;
+            let resumed = runs_here(&*qemu, &vm, &cfg);
+            tracing::info!(vm, bytes, "live migration received");
+            Ok(resumed)
+        })
+        .await?
+    }
+    .await;
+    conclude(cp, &vm, result).await
 }
 
 #[cfg(test)]

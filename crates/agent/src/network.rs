@@ -38,6 +38,13 @@ impl Network<SystemHost> {
     pub fn start(cfg: &NetConfig) -> Self {
         Self::start_with(cfg, SystemHost)
     }
+
+    /// A network that attaches nothing, as on a node whose network could not be set up (for
+    /// unit tests: it touches nothing of the host).
+    #[cfg(test)]
+    pub fn none() -> Self {
+        Self { net: None }
+    }
 }
 
 impl<H: Host> Network<H> {

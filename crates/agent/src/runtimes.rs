@@ -26,7 +26,12 @@ const JAILED_ID: u32 = 3_100_000;
 
 /// The backends of this node.
 pub struct Runtimes {
-    qemu: Arc<QemuRuntime>,
+    /// The QEMU backend (a fake one in unit tests).
+    qemu: Arc<dyn Runtime>,
+    /// Where the QEMU backend keeps its VMs' state directories.
+    qemu_root: PathBuf,
+    /// The QEMU backend as itself, for what only it does (live migration); `None` with a fake.
+    qemu_live: Option<Arc<QemuRuntime>>,
     qemu_accel: Accel,
     firecracker: Option<Arc<FirecrackerRuntime>>,
     /// Why Firecracker is not offered, when it was asked for.
@@ -76,6 +81,8 @@ impl Runtimes {
         firecracker: Option<&FirecrackerConfig>,
     ) -> Result<Self, VmmError> {
         let mut this = Self {
+            qemu_root: qemu.state_root().to_owned(),
+            qemu_live: Some(qemu.clone()),
             qemu,
             qemu_accel,
             firecracker: None,
@@ -103,9 +110,24 @@ impl Runtimes {
         Ok(this)
     }
 
-    /// The QEMU backend.
-    pub fn qemu(&self) -> &QemuRuntime {
-        &self.qemu
+    /// `qemu` standing for the QEMU backend, its VMs' state directories under `root`, TCG, no
+    /// Firecracker: for unit tests with a fake backend.
+    #[cfg(test)]
+    pub fn with_backend(qemu: Arc<dyn Runtime>, root: &Path) -> Self {
+        Self {
+            qemu,
+            qemu_root: root.to_owned(),
+            qemu_live: None,
+            qemu_accel: Accel::Tcg,
+            firecracker: None,
+            firecracker_unavailable: None,
+            firecracker_version: None,
+        }
+    }
+
+    /// The QEMU backend as itself (for live migration), unless it is a test's fake.
+    pub fn qemu(&self) -> Option<Arc<QemuRuntime>> {
+        self.qemu_live.clone()
     }
 
     /// The Firecracker backend, if offered.
@@ -148,7 +170,7 @@ impl Runtimes {
 
     /// Which backend holds VM `id` (has its state directory), if any.
     pub fn holder(&self, id: &str) -> Option<VmRuntime> {
-        if self.qemu.vm_dir(id).is_dir() {
+        if self.qemu_root.join(id).is_dir() {
             return Some(VmRuntime::Qemu);
         }
         match &self.firecracker {
@@ -169,7 +191,7 @@ impl Runtimes {
     pub fn vm_dir(&self, id: &str) -> PathBuf {
         match (self.holder(id), &self.firecracker) {
             (Some(VmRuntime::Firecracker), Some(fc)) => fc.vm_dir(id),
-            _ => self.qemu.vm_dir(id),
+            _ => self.qemu_root.join(id),
         }
     }
 
@@ -177,7 +199,7 @@ impl Runtimes {
     pub fn dir_for(&self, kind: VmRuntime, id: &str) -> PathBuf {
         match (kind, &self.firecracker) {
             (VmRuntime::Firecracker, Some(fc)) => fc.vm_dir(id),
-            _ => self.qemu.vm_dir(id),
+            _ => self.qemu_root.join(id),
         }
     }
 

@@ -57,6 +57,8 @@ pub mod channel;
 mod console;
 pub mod disk;
 mod error;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 pub mod firecracker;
 mod fsutil;
 mod guestlink;
