@@ -14,7 +14,7 @@ echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy" >&2
 cargo clippy -q --workspace --all-targets --all-features -- -D warnings
-echo "==> cargo xtask check (layering of the pure crates)" >&2
+echo "==> cargo xtask check (pure crates, server layers, import loops, file sizes)" >&2
 cargo xtask check
 echo "==> cargo test" >&2
 # QEMU under TCG is CPU-bound: two test threads per binary on these 2-core machines.
