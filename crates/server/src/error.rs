@@ -110,3 +110,17 @@ impl ApiError {
         }
     }
 }
+
+impl From<crate::repo::RepoError> for ApiError {
+    fn from(e: crate::repo::RepoError) -> Self {
+        use crate::repo::RepoError;
+        match e {
+            RepoError::Store(e) => ApiError::Store(e),
+            RepoError::Corrupt(m) => ApiError::Internal(m),
+            RepoError::NotFound { kind, name } => ApiError::NotFound { kind, name },
+            RepoError::Conflict(m) => ApiError::Conflict(m),
+            RepoError::Unauthorized(m) => ApiError::Unauthorized(m),
+            RepoError::Forbidden(m) => ApiError::Forbidden(m),
+        }
+    }
+}

@@ -9,20 +9,16 @@
 //!
 //! Where to start reading: [`Server::start`], then `http/mod.rs` (routes) and `controllers/`.
 
+mod app;
 mod audit;
 mod auth;
 mod controllers;
 mod error;
-mod functions;
-mod guard;
 pub mod http;
 mod limits;
 mod metrics;
-mod policy;
-mod quota;
 mod repo;
 mod tls;
-mod tokens;
 
 use std::{
     net::SocketAddr,
@@ -35,13 +31,13 @@ use firefleet_pki::Ca;
 use firefleet_store::{KvStore, SqliteStore};
 use tokio::{net::TcpListener, sync::watch};
 
+pub use app::quota::DEFAULT_QUOTA;
+pub use app::threats::GuardConfig;
 pub use controllers::functions::FunctionsConfig;
 pub use error::ApiError;
 pub use firefleet_autoscaler::PolicyKind;
-pub use guard::GuardConfig;
 pub use http::openapi_json;
 pub use limits::Limits;
-pub use quota::DEFAULT_QUOTA;
 
 /// Heartbeats older than this mark a node NotReady (default of [`NodeTimers::grace`]).
 pub const NODE_GRACE: Duration = Duration::from_secs(15);
@@ -142,15 +138,15 @@ pub(crate) struct AppState {
     /// Live migrations' destinations waiting for their source's stream.
     pub live: Arc<http::migrations::LiveRelay>,
     /// The functions gateway (instances, in-flight invocations, counters).
-    pub gateway: Arc<functions::Gateway>,
+    pub gateway: Arc<app::functions::Gateway>,
     /// How functions are scaled.
     pub functions: FunctionsConfig,
     /// The guard: telemetry queue and counters.
-    pub guard: Arc<guard::Guard>,
+    pub guard: Arc<app::threats::Guard>,
     /// The audit log's signing key and appender.
     pub audit: Arc<audit::Auditor>,
     /// The compiled policy set in force.
-    pub policies: policy::Shared,
+    pub policies: app::policy::Shared,
     /// Request rate per token and per anonymous client address.
     pub rate: Arc<limits::RateLimiter>,
     /// What callers may hold (connections, time, rate).
@@ -162,7 +158,13 @@ pub(crate) struct AppState {
     /// The quota of tenants whose record sets none.
     pub default_quota: firefleet_api::TenantQuota,
     /// Per-tenant create locks (quota checks).
-    pub quota_locks: Arc<quota::QuotaLocks>,
+    pub quota_locks: Arc<app::quota::QuotaLocks>,
+}
+
+impl repo::Db for AppState {
+    fn store(&self) -> &dyn KvStore {
+        &*self.store
+    }
 }
 
 /// Errors starting the server.
@@ -272,7 +274,7 @@ impl Server {
         bootstrap_admin(&state, dir)
             .await
             .map_err(StartError::Bootstrap)?;
-        policy::install_builtin(&state)
+        app::policy::install_builtin(&state)
             .await
             .map_err(StartError::Bootstrap)?;
 
@@ -307,7 +309,7 @@ impl Server {
             state.clone(),
             shutdown_rx.clone(),
         ));
-        tasks.push(guard::spawn(
+        tasks.push(controllers::guard::spawn(
             state.clone(),
             config.guard.clone(),
             shutdown_rx.clone(),
@@ -334,7 +336,7 @@ impl Server {
         ttl: Duration,
         node: firefleet_types::NodeId,
     ) -> Result<String, ApiError> {
-        repo::create_join_token(&self.state, ttl, Some(node), None)
+        app::nodes::create_join_token(&self.state, ttl, Some(node), None)
             .await
             .map(|r| r.token)
     }
@@ -353,12 +355,12 @@ async fn bootstrap_admin(state: &AppState, dir: &Path) -> Result<(), ApiError> {
     let path = dir.join("admin.token");
     // If the token file was lost (it is only written once), make a new admin token rather than
     // lock the operator out; the old one stays valid.
-    if path.exists() && tokens::admin_exists(state).await? {
+    if path.exists() && app::tokens::admin_exists(state).await? {
         return Ok(());
     }
-    let token = tokens::create(
+    let token = app::tokens::create(
         state,
-        tokens::NewToken {
+        app::tokens::NewToken {
             tenant: firefleet_api::ADMIN_TENANT
                 .parse()
                 .map_err(ApiError::Validation)?,

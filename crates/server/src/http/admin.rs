@@ -14,7 +14,7 @@ use firefleet_api::{
 use firefleet_types::{NodeId, NodeInfo};
 
 use super::{ValidJson, ValidQuery};
-use crate::{auth::Admin, repo, tokens, ApiError, AppState};
+use crate::{app, app::tokens, auth::Admin, repo, ApiError, AppState};
 
 /// Longest join-token validity.
 const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -160,7 +160,7 @@ pub async fn create_join_token(
     }
     Ok((
         StatusCode::CREATED,
-        Json(repo::create_join_token(&state, ttl, req.node, req.cordon).await?),
+        Json(app::nodes::create_join_token(&state, ttl, req.node, req.cordon).await?),
     ))
 }
 
@@ -177,7 +177,7 @@ pub async fn remove_node(
     Path(node): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id: NodeId = NodeId::parse("node", &node)?;
-    let removed = repo::remove_node(&state, &id).await?;
+    let removed = app::nodes::remove(&state, &id).await?;
     tracing::info!(node = %id, "node removed; its certificates are revoked");
     state.kick.notify_waiters();
     Ok(Json(removed))

@@ -23,8 +23,11 @@ use serde::Deserialize;
 use super::audit::AuditActor;
 use super::{ValidJson, ValidQuery};
 use crate::{
+    app,
     auth::{AgentCert, AgentNode},
-    now_ms, repo, ApiError, AppState,
+    now_ms,
+    repo::{self, RepoError},
+    ApiError, AppState,
 };
 
 /// Longest an intents long-poll waits.
@@ -50,7 +53,7 @@ pub async fn enroll(
         serial: cert.serial,
         not_after_ms: unix_ms(cert.not_after),
     };
-    let enrolled = repo::enroll_node(&state, &req.join_token, &enrolment).await?;
+    let enrolled = app::nodes::enroll(&state, &req.join_token, &enrolment).await?;
     tracing::info!(node = %req.node, again = enrolled == repo::Enrolled::Again, "node enrolled");
     Ok((
         Extension(AuditActor(format!("node:{}", req.node))),
@@ -256,7 +259,7 @@ pub async fn report_status(
     let mut moved = false;
     let vm = repo::update_vm(&state, &id, |vm| {
         if vm.status.node.as_ref() != Some(&node) {
-            return Err(ApiError::Forbidden(format!(
+            return Err(RepoError::Forbidden(format!(
                 "vm {id} is not placed on node {node}"
             )));
         }
@@ -269,7 +272,7 @@ pub async fn report_status(
         }
         let s = &mut vm.status;
         if !s.phase.can_move_to(report.phase) {
-            return Err(ApiError::Conflict(format!(
+            return Err(RepoError::Conflict(format!(
                 "vm {id}: cannot move from {:?} to {:?}",
                 s.phase, report.phase
             )));
@@ -302,7 +305,7 @@ pub async fn report_status(
         && vm.deleting
         && matches!(vm.status.phase, VmPhase::Stopped | VmPhase::Failed)
     {
-        repo::delete_vm_record(&state, &vm).await?;
+        crate::app::vms::delete_record(&state, &vm).await?;
         tracing::info!(vm = %vm.id, "vm deleted");
     }
     // A function's VM changed phase: the functions controller looks at once (an instance
@@ -379,7 +382,7 @@ pub async fn report_snapshot(
     let vm = vm_on_node(&state, &node, &vm).await?;
     repo::update_snapshot(&state, &vm.id, &name, |s| {
         if s.node != node {
-            return Err(ApiError::Forbidden(format!(
+            return Err(RepoError::Forbidden(format!(
                 "snapshot {name} is not on node {node}"
             )));
         }

@@ -3,7 +3,7 @@
 //!
 //! Deploying records the function (phase Deploying); the functions controller boots its
 //! template VM, snapshots it and marks it Ready. Invocations go through the gateway
-//! ([`crate::functions::Gateway`]).
+//! ([`crate::app::functions::Gateway`]).
 
 use axum::{
     body::Bytes,
@@ -19,15 +19,14 @@ use firefleet_api::{
     MAX_INVOKE_BYTES,
 };
 use firefleet_types::{
-    Function, FunctionPhase, FunctionSpec, FunctionStatus, Generation, NodeId, NodeInfo, TenantId,
-    Vm,
+    Function, FunctionPhase, FunctionSpec, FunctionStatus, Generation, NodeInfo, TenantId, Vm,
 };
 use serde::Deserialize;
 
 use super::{ValidJson, ValidQuery};
 use crate::{
+    app::functions::{function_vms, node_region, FnKey, InvokeError},
     auth::{AgentNode, Caller},
-    functions::{FnKey, InvokeError},
     now_ms, repo, ApiError, AppState,
 };
 
@@ -65,18 +64,6 @@ async fn find(state: &AppState, tenant: &TenantId, name: &str) -> Result<Functio
         .ok_or_else(|| ApiError::not_found("function", name))
 }
 
-/// The VMs of a function: its template and instances.
-pub(crate) fn function_vms<'a>(vms: &'a [Vm], f: &'a FunctionSpec) -> impl Iterator<Item = &'a Vm> {
-    vms.iter().filter(move |vm| {
-        vm.spec.tenant == f.tenant
-            && vm
-                .spec
-                .function
-                .as_ref()
-                .is_some_and(|b| b.function == f.name)
-    })
-}
-
 /// The VMs and nodes a function's view is made from (read once per request): the VMs of the
 /// functions' tenants, each read through its names' keys (never every VM in the store).
 async fn fleet<'a>(
@@ -86,7 +73,7 @@ async fn fleet<'a>(
     let tenants: std::collections::BTreeSet<&TenantId> = tenants.into_iter().collect();
     let mut vms = Vec::new();
     for t in tenants {
-        vms.extend(crate::quota::tenant_vms(state, t).await?);
+        vms.extend(crate::app::quota::tenant_vms(state, t).await?);
     }
     let (nodes, _) = repo::list_json::<NodeInfo>(state, "/nodes/").await?;
     Ok((vms, nodes))
@@ -196,18 +183,18 @@ pub async fn deploy(
         created_ms: now_ms(),
     };
     // Admitted as a function and as one of its instances (so VM policies hold for it too).
-    let instance = crate::controllers::functions::function_vm_spec(
+    let instance = crate::app::functions::function_vm_spec(
         &fresh,
         format!("{}-admission", spec.name),
         spec.regions.clone(),
         None,
     );
-    let admission = crate::policy::admit_function(&state, &spec, &instance).await?;
+    let admission = crate::app::policy::admit_function(&state, &spec, &instance).await?;
     // A new function counts against the tenant's quota; counted and written under its lock.
-    let quota = crate::quota::admit(
+    let quota = crate::app::quota::admit(
         &state,
         &spec.tenant,
-        crate::quota::Adding::Function(&spec.name),
+        crate::app::quota::Adding::Function(&spec.name),
     )
     .await?;
     let (func, created) = loop {
@@ -330,10 +317,10 @@ pub async fn remove(
     let tenant = tenant_of(&caller, &q)?;
     let f = find(&state, &tenant, &name).await?;
     repo::delete_function(&state, &tenant, &name).await?;
-    let vms = crate::quota::tenant_vms(&state, &tenant).await?;
+    let vms = crate::app::quota::tenant_vms(&state, &tenant).await?;
     state.gateway.forget(&(tenant, name));
     for vm in function_vms(&vms, &f.spec) {
-        repo::remove_vm(&state, vm).await?;
+        crate::app::vms::remove(&state, vm).await?;
     }
     state.kick.notify_waiters();
     Ok(StatusCode::NO_CONTENT)
@@ -350,7 +337,7 @@ pub async fn logs(
     ValidQuery(q): ValidQuery<TenantQuery>,
 ) -> Result<Json<FunctionLogs>, ApiError> {
     let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
-    let vms = crate::quota::tenant_vms(&state, &f.spec.tenant).await?;
+    let vms = crate::app::quota::tenant_vms(&state, &f.spec.tenant).await?;
     let mut items = Vec::new();
     for vm in function_vms(&vms, &f.spec) {
         let rec = repo::get_console(&state, &vm.id).await?;
@@ -368,7 +355,7 @@ async fn call(
     f: &Function,
     body: &[u8],
     region: Option<&str>,
-) -> Result<crate::functions::Invoked, ApiError> {
+) -> Result<crate::app::functions::Invoked, ApiError> {
     if body.len() > MAX_INVOKE_BYTES {
         return Err(ApiError::TooLarge {
             limit: MAX_INVOKE_BYTES,
@@ -526,13 +513,4 @@ pub async fn agent_result(
     } else {
         Err(ApiError::not_found("invocation", id))
     }
-}
-
-/// The node a VM is on (for the instance table).
-pub(crate) fn node_region(nodes: &[firefleet_types::NodeInfo], node: &NodeId) -> String {
-    nodes
-        .iter()
-        .find(|n| &n.id == node)
-        .and_then(|n| n.labels.get("region").cloned())
-        .unwrap_or_default()
 }

@@ -154,7 +154,7 @@ pub async fn metrics(
     );
     out.push_str("# HELP firefleet_store_revision Current store revision.\n# TYPE firefleet_store_revision gauge\n");
     let _ = writeln!(out, "firefleet_store_revision {revision}");
-    crate::functions::render_metrics(&state.gateway, &mut out);
+    crate::app::functions::render_metrics(&state.gateway, &mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 

@@ -15,7 +15,7 @@ use firefleet_api::{
 use serde::Deserialize;
 
 use super::{ValidJson, ValidQuery};
-use crate::{auth::Caller, now_ms, policy, ApiError, AppState};
+use crate::{app::policy, auth::Caller, now_ms, ApiError, AppState};
 
 /// List the policies in force and the set's version.
 #[utoipa::path(get, path = "/v1/policies", security(("bearer" = [])),
@@ -89,7 +89,7 @@ pub async fn tenants(
     let mut usage = BTreeMap::new();
     for t in &tenants {
         let id: firefleet_types::TenantId = t.id.parse().map_err(ApiError::Validation)?;
-        usage.insert(t.id.clone(), crate::quota::usage(&state, &id).await?);
+        usage.insert(t.id.clone(), crate::app::quota::usage(&state, &id).await?);
     }
     Ok(Json(TenantList {
         tenants,

@@ -15,8 +15,8 @@ use firefleet_api::{
 use firefleet_types::{Vm, VmId};
 
 use crate::{
+    app::threats::{quarantine_key, threat_key, Observed},
     auth::{AgentNode, Caller},
-    guard::{quarantine_key, threat_key, Observed},
     now_ms, repo, ApiError, AppState,
 };
 

@@ -19,7 +19,8 @@ use firefleet_types::{
 };
 
 use super::{vms::find_vm, ValidJson};
-use crate::{auth::Caller, now_ms, repo, ApiError, AppState};
+use crate::repo::{self, RepoError};
+use crate::{auth::Caller, now_ms, ApiError, AppState};
 
 /// Pause a running VM (its vCPUs stop; memory stays).
 #[utoipa::path(post, path = "/v1/vms/{vm}/pause", security(("bearer" = [])),
@@ -55,7 +56,7 @@ async fn set_desired(
     let vm = repo::update_vm(state, &vm.id, |vm| {
         if vm.deleting || vm.spec.desired == DesiredState::Stopped || vm.status.phase.is_terminal()
         {
-            return Err(ApiError::Conflict(format!(
+            return Err(RepoError::Conflict(format!(
                 "vm {} is {:?}: only a running or paused VM can be paused or resumed",
                 vm.spec.name, vm.status.phase
             )));
@@ -97,7 +98,8 @@ pub async fn create_snapshot(
     };
     let snap = Snapshot::requested(vm.id.clone(), req.name, node, now_ms());
     let quota =
-        crate::quota::admit(&state, &vm.spec.tenant, crate::quota::Adding::Snapshot).await?;
+        crate::app::quota::admit(&state, &vm.spec.tenant, crate::app::quota::Adding::Snapshot)
+            .await?;
     repo::create_snapshot(&state, &snap).await?;
     drop(quota);
     Ok((StatusCode::ACCEPTED, Json(snap)))
@@ -144,13 +146,13 @@ pub async fn restore(
     }
     let vm = repo::update_vm(&state, &vm.id, |vm| {
         if vm.deleting {
-            return Err(ApiError::Conflict(format!(
+            return Err(RepoError::Conflict(format!(
                 "vm {} is being deleted",
                 vm.spec.name
             )));
         }
         if vm.status.node.as_ref() != Some(&snap.node) {
-            return Err(ApiError::Conflict(format!(
+            return Err(RepoError::Conflict(format!(
                 "snapshot {:?} is on node {}, the VM is not placed there",
                 snap.name, snap.node
             )));

@@ -75,13 +75,13 @@ pub async fn create(
     };
     spec.validate()?;
     // Counted and written under the tenant's lock: concurrent creates cannot overshoot.
-    let quota = crate::quota::admit(
+    let quota = crate::app::quota::admit(
         &state,
         &spec.tenant,
-        crate::quota::Adding::Vm(spec.resources),
+        crate::app::quota::Adding::Vm(spec.resources),
     )
     .await?;
-    let (vm, warnings) = repo::create_vm_admitted(&state, spec).await?;
+    let (vm, warnings) = crate::app::vms::create_admitted(&state, spec).await?;
     drop(quota);
     state.kick.notify_waiters();
     Ok((
@@ -190,10 +190,10 @@ pub async fn delete(
     use axum::response::IntoResponse;
     let vm = find_vm(&state, &caller, &key).await?;
     if vm.status.node.is_none() {
-        repo::delete_vm_record(&state, &vm).await?;
+        crate::app::vms::delete_record(&state, &vm).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    repo::remove_vm(&state, &vm).await?;
+    crate::app::vms::remove(&state, &vm).await?;
     let vm = repo::get_vm(&state, &vm.id)
         .await?
         .ok_or_else(|| ApiError::not_found("vm", key))?;

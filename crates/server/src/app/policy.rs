@@ -153,7 +153,7 @@ pub async fn version(state: &AppState) -> Result<u64, ApiError> {
 }
 
 async fn head(state: &AppState) -> Result<Option<(Head, firefleet_store::Revision)>, ApiError> {
-    repo::get_json::<Head>(state, HEAD).await
+    Ok(repo::get_json::<Head>(state, HEAD).await?)
 }
 
 /// The set in force and its version (compiled once per version).

@@ -139,7 +139,7 @@ pub async fn limits(state: &AppState, tenant: &TenantId) -> Result<Option<Tenant
     if tenant.as_str() == ADMIN_TENANT {
         return Ok(None);
     }
-    let record = crate::policy::tenant(state, tenant).await?;
+    let record = crate::app::policy::tenant(state, tenant).await?;
     Ok(Some(record.quota.unwrap_or(state.default_quota)))
 }
 
