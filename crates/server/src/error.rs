@@ -116,6 +116,7 @@ impl From<crate::repo::RepoError> for ApiError {
         use crate::repo::RepoError;
         match e {
             RepoError::Store(e) => ApiError::Store(e),
+            RepoError::Invalid(e) => ApiError::Validation(e),
             RepoError::Corrupt(m) => ApiError::Internal(m),
             RepoError::NotFound { kind, name } => ApiError::NotFound { kind, name },
             RepoError::Conflict(m) => ApiError::Conflict(m),

@@ -6,7 +6,9 @@
 //! crates; it never imports `http` or `controllers`. Everything a write needs first
 //! (admission, quarantine, quotas) happens here, before `repo` stores it.
 
+pub(crate) mod agents;
 pub(crate) mod compliance;
+pub(crate) mod exec;
 pub(crate) mod functions;
 pub(crate) mod migrations;
 pub(crate) mod nodes;
@@ -14,6 +16,7 @@ pub(crate) mod placement;
 pub(crate) mod plan;
 pub(crate) mod policy;
 pub(crate) mod quota;
+pub(crate) mod snapshots;
 pub(crate) mod threats;
 pub(crate) mod tokens;
 pub(crate) mod vms;

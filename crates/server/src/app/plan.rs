@@ -178,7 +178,15 @@ pub async fn apply(state: &AppState, q: &PlanQuery) -> Result<PlanResponse, ApiE
         let Some(vm) = vms.iter().find(|v| v.id == m.vm) else {
             continue;
         };
-        match migrations::start(state, vm, m.from.clone(), m.to.clone(), migrations::mode_for(vm)).await {
+        match migrations::start(
+            state,
+            vm,
+            m.from.clone(),
+            m.to.clone(),
+            migrations::mode_for(vm),
+        )
+        .await
+        {
             Ok(started) => out.started.push(started),
             Err(e) => out.notes.push(PlanNote {
                 vm: vm.spec.name.clone(),

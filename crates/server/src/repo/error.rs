@@ -9,6 +9,9 @@ pub enum RepoError {
     /// The store failed.
     #[error("store error")]
     Store(#[from] StoreError),
+    /// A stored value is not a valid identifier.
+    #[error(transparent)]
+    Invalid(#[from] firefleet_types::ValidationError),
     /// A stored record could not be decoded, or a record could not be encoded.
     #[error("{0}")]
     Corrupt(String),

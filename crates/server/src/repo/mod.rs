@@ -46,7 +46,7 @@ pub use snapshots::{
 };
 pub use vms::{
     append_console, create_vm_record, delete_vm_keys, delete_vm_records, get_console, get_vm,
-    list_vms, update_vm, vm_key,
+    list_vms, update_vm, vm_id_by_name, vm_key,
 };
 
 /// What the repositories read and write through: the store. The server's shared state is

@@ -96,6 +96,21 @@ pub async fn create_vm_record(
     Ok(())
 }
 
+/// The id of `tenant`'s VM named `name`, if there is one.
+pub async fn vm_id_by_name(
+    db: &impl Db,
+    tenant: &TenantId,
+    name: &str,
+) -> Result<Option<VmId>, RepoError> {
+    match db.store().get(&vm_name_key(tenant, name)).await? {
+        Some(kv) => String::from_utf8_lossy(&kv.value)
+            .parse::<VmId>()
+            .map(Some)
+            .map_err(RepoError::Invalid),
+        None => Ok(None),
+    }
+}
+
 /// Reads a VM.
 pub async fn get_vm(db: &impl Db, id: &VmId) -> Result<Option<Vm>, RepoError> {
     Ok(get_json::<Vm>(db, &vm_key(id)).await?.map(|(v, _)| v))
