@@ -172,3 +172,12 @@ pub async fn id_by_name(
 ) -> Result<Option<VmId>, ApiError> {
     Ok(repo::vm_id_by_name(state, tenant, name).await?)
 }
+
+/// One page of the VMs of `tenant` (all: None) by name, and the next page's cursor.
+pub async fn list(
+    state: &AppState,
+    tenant: Option<&TenantId>,
+    page: &repo::Page,
+) -> Result<(Vec<Vm>, Option<String>), ApiError> {
+    Ok(repo::vm_page(state, tenant, page).await?)
+}

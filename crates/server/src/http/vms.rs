@@ -103,24 +103,9 @@ pub async fn list(
     caller: Caller,
     ValidQuery(q): ValidQuery<ListQuery>,
 ) -> Result<Json<VmList>, ApiError> {
-    let page = super::paging::Page::parse(q.limit.as_deref(), q.after)?;
+    let page = super::paging::parse(q.limit.as_deref(), q.after)?;
     let tenant = super::paging::scope(&caller, q.tenant.as_deref())?;
-    let prefix = match &tenant {
-        Some(t) => format!("/vmnames/{t}/"),
-        None => "/vmnames/".to_owned(),
-    };
-    let (kvs, _) = state.store.list(&prefix).await?;
-    let (keys, next) = page.select(&kvs, &prefix);
-    let mut items = Vec::with_capacity(keys.len());
-    for kv in keys {
-        let id = String::from_utf8_lossy(&kv.value)
-            .parse::<VmId>()
-            .map_err(ApiError::Validation)?;
-        // Gone since the names were read: left out.
-        if let Some(vm) = repo::get_vm(&state, &id).await? {
-            items.push(vm);
-        }
-    }
+    let (items, next) = app::vms::list(&state, tenant.as_ref(), &page).await?;
     Ok(Json(VmList { items, next }))
 }
 

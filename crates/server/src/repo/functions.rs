@@ -3,7 +3,7 @@
 use firefleet_store::{Compare, Op, Revision};
 use firefleet_types::{Function, TenantId};
 
-use super::{encode, get_json, list_json, Db, RepoError};
+use super::{decode, encode, get_json, list_json, Db, Page, RepoError};
 
 /// A function's key.
 pub fn function_key(tenant: &TenantId, name: &str) -> String {
@@ -17,6 +17,26 @@ pub async fn get_function(
     name: &str,
 ) -> Result<Option<(Function, Revision)>, RepoError> {
     get_json::<Function>(db, &function_key(tenant, name)).await
+}
+
+/// One page of the functions of `tenant` (all tenants: None) by tenant and name, and the next
+/// page's cursor.
+pub async fn function_page(
+    db: &impl Db,
+    tenant: Option<&TenantId>,
+    page: &Page,
+) -> Result<(Vec<Function>, Option<String>), RepoError> {
+    let prefix = match tenant {
+        Some(t) => format!("/functions/{t}/"),
+        None => "/functions/".to_owned(),
+    };
+    let (kvs, _) = db.store().list(&prefix).await?;
+    let (keys, next) = page.select(&kvs, &prefix);
+    let functions = keys
+        .into_iter()
+        .map(decode)
+        .collect::<Result<Vec<Function>, _>>()?;
+    Ok((functions, next))
 }
 
 /// Lists every function.

@@ -30,23 +30,27 @@ mod error;
 mod functions;
 mod migrations;
 mod nodes;
+mod paging;
 mod snapshots;
 mod vms;
 
 pub use error::RepoError;
-pub use functions::{delete_function, get_function, list_functions, put_function, update_function};
+pub use functions::{
+    delete_function, function_page, get_function, list_functions, put_function, update_function,
+};
 pub use migrations::{create_migration, migration_key, update_migration};
 pub use nodes::{
     check_node_cert, create_join_token, enroll_node, remove_node, renew_node_cert, update_node,
     Enrolled, Enrolment,
 };
+pub use paging::Page;
 pub use snapshots::{
     create_exec, create_snapshot, exec_key, exec_prefix, list_snapshots, snapshot_key,
     snapshot_prefix, update_snapshot,
 };
 pub use vms::{
     append_console, create_vm_record, delete_vm_keys, delete_vm_records, get_console, get_vm,
-    list_vms, update_vm, vm_id_by_name, vm_key,
+    list_vms, update_vm, vm_id_by_name, vm_key, vm_page,
 };
 
 /// What the repositories read and write through: the store. The server's shared state is
@@ -77,7 +81,8 @@ pub fn hash_secret(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, RepoError> {
+/// Decodes a stored record.
+pub(crate) fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, RepoError> {
     serde_json::from_slice(&kv.value)
         .map_err(|e| RepoError::Corrupt(format!("corrupt record at {}: {e}", kv.key)))
 }

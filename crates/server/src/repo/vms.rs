@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     delete_prefix, encode, exec_prefix, get_json, list_json, migration_key, snapshot_prefix, Db,
-    RepoError, VM_RECORDS,
+    Page, RepoError, VM_RECORDS,
 };
 
 /// Bytes of console kept per VM.
@@ -109,6 +109,31 @@ pub async fn vm_id_by_name(
             .map_err(RepoError::Invalid),
         None => Ok(None),
     }
+}
+
+/// One page of the VMs of `tenant` (all tenants: None) by name, read through their names'
+/// keys (only the page's VMs are read; one gone since the names were read is left out), and
+/// the next page's cursor.
+pub async fn vm_page(
+    db: &impl Db,
+    tenant: Option<&TenantId>,
+    page: &Page,
+) -> Result<(Vec<Vm>, Option<String>), RepoError> {
+    let prefix = match tenant {
+        Some(t) => format!("/vmnames/{t}/"),
+        None => "/vmnames/".to_owned(),
+    };
+    let (kvs, _) = db.store().list(&prefix).await?;
+    let (keys, next) = page.select(&kvs, &prefix);
+    let mut items = Vec::with_capacity(keys.len());
+    for kv in keys {
+        let id = String::from_utf8_lossy(&kv.value).parse::<VmId>()?;
+        // Gone since the names were read: left out.
+        if let Some(vm) = get_vm(db, &id).await? {
+            items.push(vm);
+        }
+    }
+    Ok((items, next))
 }
 
 /// Reads a VM.
