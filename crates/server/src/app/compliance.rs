@@ -1,10 +1,15 @@
-//! Compliance verdicts (pure): whether a stored record is current, a VM's verdict at a policy
-//! version, what to do about it, and whether the scheduler may place it. The compliance
-//! controller acts on them; the scheduling controller asks [`placeable`].
+//! Compliance: the verdicts (pure: whether a stored record is current, a VM's verdict at a
+//! policy version, what to do about it, whether the scheduler may place it), which the
+//! compliance controller acts on and the scheduling controller asks ([`placeable`]); and the
+//! records and report as the API shows them.
 
+use std::collections::BTreeMap;
+
+use firefleet_api::{ComplianceList, ComplianceRecord, ComplianceReport, ControlSummary};
 use firefleet_types::{DesiredState, Vm};
 
 use crate::app::policy::{self, StoredRecord};
+use crate::{now_ms, repo, ApiError, AppState};
 
 /// What to do about a VM after its evaluation (pure).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,4 +78,89 @@ pub fn placeable(record: Option<&StoredRecord>, version: u64) -> bool {
 /// Whether a VM is meant to run: not deleting, not desired stopped, not at rest.
 pub fn wants_to_run(vm: &Vm) -> bool {
     !vm.deleting && vm.spec.desired != DesiredState::Stopped && !vm.status.phase.is_terminal()
+}
+
+/// The records of the VMs of `tenant` (None: every VM's), and with `admin` every node's.
+async fn visible(
+    state: &AppState,
+    admin: bool,
+    tenant: Option<&str>,
+) -> Result<Vec<ComplianceRecord>, ApiError> {
+    let tenant = tenant.map(str::to_owned);
+    let mut out: Vec<ComplianceRecord> = policy::records(state, repo::VM_RECORDS)
+        .await?
+        .into_iter()
+        .map(|r| r.record)
+        .filter(|r| tenant.is_none() || r.tenant == tenant)
+        .collect();
+    if admin {
+        out.extend(
+            policy::records(state, repo::NODE_RECORDS)
+                .await?
+                .into_iter()
+                .map(|r| r.record),
+        );
+    }
+    Ok(out)
+}
+
+/// The compliance records at the current policy version's list: the VMs' of `tenant` (None:
+/// every VM's), and with `admin` the nodes'.
+pub async fn list(
+    state: &AppState,
+    admin: bool,
+    tenant: Option<&str>,
+) -> Result<ComplianceList, ApiError> {
+    let policy_version = policy::version(state).await?;
+    Ok(ComplianceList {
+        policy_version,
+        records: visible(state, admin, tenant).await?,
+    })
+}
+
+/// The compliance report: pass/fail per control over every subject (the VMs of `tenant` only,
+/// when given), with each subject's controls and their evidence.
+pub async fn report(
+    state: &AppState,
+    admin: bool,
+    tenant: Option<String>,
+) -> Result<ComplianceReport, ApiError> {
+    let policy_version = policy::version(state).await?;
+    let mut records = visible(state, admin, tenant.as_deref()).await?;
+    if tenant.is_some() {
+        records.retain(|r| r.kind == "vm");
+    }
+    records.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
+    Ok(ComplianceReport {
+        generated_ms: now_ms(),
+        policy_version,
+        tenant,
+        controls: summarise(&records),
+        records,
+    })
+}
+
+/// Passes and failures per control: the records' controls, and for a policy without controls
+/// one control named after it (failed by its violations).
+pub fn summarise(records: &[ComplianceRecord]) -> Vec<ControlSummary> {
+    let mut by: BTreeMap<(String, String), ControlSummary> = BTreeMap::new();
+    for r in records {
+        for c in &r.controls {
+            let s = by
+                .entry((c.policy.clone(), c.id.clone()))
+                .or_insert_with(|| ControlSummary {
+                    policy: c.policy.clone(),
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    passed: 0,
+                    failed: 0,
+                });
+            if c.passed {
+                s.passed += 1;
+            } else {
+                s.failed += 1;
+            }
+        }
+    }
+    by.into_values().collect()
 }

@@ -225,6 +225,60 @@ pub async fn migration_for(state: &AppState, vm: &str) -> Result<Migration, ApiE
         .ok_or_else(|| ApiError::not_found("migration of vm", vm))
 }
 
+/// VM `vm`'s current or last migration, if it has one.
+pub async fn of_vm(state: &AppState, vm: &VmId) -> Result<Option<Migration>, ApiError> {
+    Ok(repo::get_json::<Migration>(state, &repo::migration_key(vm))
+        .await?
+        .map(|(m, _)| m))
+}
+
+/// The most a migration's snapshot of its VM may take ([`firefleet_api::max_snapshot_bytes`]
+/// of the VM's spec).
+pub async fn snapshot_limit(state: &AppState, m: &Migration) -> Result<u64, ApiError> {
+    repo::get_vm(state, &m.vm)
+        .await?
+        .map(|vm| firefleet_api::max_snapshot_bytes(vm.spec.resources.memory_mib, &vm.spec.disks))
+        .ok_or_else(|| ApiError::not_found("vm", m.vm.as_str()))
+}
+
+/// The source uploaded the snapshot (`bytes` long): the destination restores it next.
+pub async fn snapshot_uploaded(
+    state: &AppState,
+    m: &Migration,
+    bytes: u64,
+) -> Result<(), ApiError> {
+    let now = now_ms();
+    repo::update_migration(state, &m.vm, |m| {
+        if m.phase != MigrationPhase::Transferring {
+            return Ok(false);
+        }
+        m.phase = MigrationPhase::Restoring;
+        m.bytes = Some(bytes);
+        m.transferred_ms = Some(now);
+        m.paused_ms = m.paused_ms.or(Some(now));
+        Ok(true)
+    })
+    .await?;
+    tracing::info!(vm = %m.vm, bytes, "migration snapshot uploaded");
+    Ok(())
+}
+
+/// A live migration's stream (`moved` bytes) was read to its end by the destination.
+pub async fn stream_sent(state: &AppState, m: &Migration, moved: u64) -> Result<(), ApiError> {
+    let now = now_ms();
+    repo::update_migration(state, &m.vm, |m| {
+        let before = m.clone();
+        if m.phase == MigrationPhase::Transferring {
+            m.phase = MigrationPhase::Restoring;
+        }
+        m.transferred_ms = m.transferred_ms.or(Some(now));
+        m.bytes = m.bytes.or(Some(moved));
+        Ok(*m != before)
+    })
+    .await?;
+    Ok(())
+}
+
 /// An agent reports a migration step: the destination `done` (the VM runs there: it is
 /// switched), either side `failed` (the VM stays on its source), the source what it measured.
 pub async fn report(

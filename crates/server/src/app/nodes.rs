@@ -1,4 +1,4 @@
-//! Nodes: join tokens, enrolment (the records; the certificate is signed by the handler
+//! Nodes: listing, cordons, join tokens, enrolment (the records; the certificate is signed by the handler
 //! before, so a bad CSR does not burn the token) and removal.
 
 use std::time::Duration;
@@ -7,6 +7,34 @@ use firefleet_api::JoinTokenResponse;
 use firefleet_types::{NodeId, NodeInfo};
 
 use crate::{now_ms, repo, ApiError, AppState};
+
+/// Every node.
+pub async fn list(state: &AppState) -> Result<Vec<NodeInfo>, ApiError> {
+    Ok(repo::list_json::<NodeInfo>(state, "/nodes/").await?.0)
+}
+
+/// Node `id`, if it is enrolled.
+pub async fn get(state: &AppState, id: &NodeId) -> Result<Option<NodeInfo>, ApiError> {
+    Ok(repo::get_json::<NodeInfo>(state, &repo::node_key(id))
+        .await?
+        .map(|(n, _)| n))
+}
+
+/// Cordons (no new placements; its VMs keep running) or uncordons a node. Idempotent.
+pub async fn set_cordon(
+    state: &AppState,
+    id: &NodeId,
+    cordoned: bool,
+) -> Result<NodeInfo, ApiError> {
+    let n = repo::update_node(state, id, |n| {
+        let changed = n.cordoned != cordoned;
+        n.cordoned = cordoned;
+        changed
+    })
+    .await?;
+    state.kick.notify_waiters();
+    Ok(n)
+}
 
 /// Creates a one-time join token valid for `ttl`, bound to `node` if given, giving the node
 /// `cordon` if set.

@@ -24,10 +24,6 @@ use crate::{now_ms, repo, ApiError, AppState};
 const HEAD: &str = "/policy-head";
 const POLICIES: &str = "/policies/";
 const TENANTS: &str = "/tenants/";
-/// Compliance records of VMs, by VM id.
-pub const VM_RECORDS: &str = "/compliance/vm/";
-/// Compliance records of nodes, by node name.
-pub const NODE_RECORDS: &str = "/compliance/node/";
 const TRIES: usize = 8;
 
 /// The policy set's version.

@@ -164,6 +164,11 @@ pub async fn console(state: &AppState, vm: &Vm, offset: u64) -> Result<ConsoleCh
     })
 }
 
+/// VM `id`, if it exists.
+pub async fn get(state: &AppState, id: &VmId) -> Result<Option<Vm>, ApiError> {
+    Ok(repo::get_vm(state, id).await?)
+}
+
 /// A VM's id by its name within `tenant`, if there is one.
 pub async fn id_by_name(
     state: &AppState,

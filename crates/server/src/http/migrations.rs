@@ -19,7 +19,7 @@ use super::{vms::find_vm, ValidJson};
 use crate::{
     app::migrations::{self, migration_for, migration_on, transfer_path, Side},
     auth::{Admin, AgentNode, Caller},
-    now_ms, repo, ApiError, AppState,
+    ApiError, AppState,
 };
 
 /// Migrate a running VM to another node (admin): snapshot, transfer, restore, switch.
@@ -62,9 +62,9 @@ pub async fn get(
     Path(key): Path<String>,
 ) -> Result<Json<Migration>, ApiError> {
     let vm = find_vm(&state, &caller, &key).await?;
-    repo::get_json::<Migration>(&state, &repo::migration_key(&vm.id))
+    migrations::of_vm(&state, &vm.id)
         .await?
-        .map(|(m, _)| Json(m))
+        .map(Json)
         .ok_or_else(|| ApiError::not_found("migration of vm", vm.spec.name))
 }
 
@@ -86,25 +86,10 @@ pub async fn upload(
         // Uploaded before (an agent retrying after a lost answer): nothing to do.
         return Ok(StatusCode::NO_CONTENT);
     }
-    let vm = repo::get_vm(&state, &m.vm)
-        .await?
-        .ok_or_else(|| ApiError::not_found("vm", m.vm.as_str()))?;
-    let limit = firefleet_api::max_snapshot_bytes(vm.spec.resources.memory_mib, &vm.spec.disks);
+    let limit = migrations::snapshot_limit(&state, &m).await?;
     let path = transfer_path(&state, &m);
     let bytes = super::upload::store_bounded(body, &path, limit).await?;
-    let now = now_ms();
-    repo::update_migration(&state, &m.vm, |m| {
-        if m.phase != MigrationPhase::Transferring {
-            return Ok(false);
-        }
-        m.phase = MigrationPhase::Restoring;
-        m.bytes = Some(bytes);
-        m.transferred_ms = Some(now);
-        m.paused_ms = m.paused_ms.or(Some(now));
-        Ok(true)
-    })
-    .await?;
-    tracing::info!(vm = %m.vm, bytes, "migration snapshot uploaded");
+    migrations::snapshot_uploaded(&state, &m, bytes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -259,13 +244,9 @@ pub async fn live_send(
             "no live migration of vm {vm} from node {node}"
         )));
     }
-    let limit = repo::get_vm(&state, &m.vm)
+    let limit = migrations::snapshot_limit(&state, &m)
         .await?
-        .map(|vm| {
-            firefleet_api::max_snapshot_bytes(vm.spec.resources.memory_mib, &vm.spec.disks)
-                .saturating_mul(LIVE_STREAM_FACTOR)
-        })
-        .ok_or_else(|| ApiError::not_found("vm", m.vm.as_str()))?;
+        .saturating_mul(LIVE_STREAM_FACTOR);
     let deadline = tokio::time::Instant::now() + LIVE_RENDEZVOUS;
     let tx = loop {
         let waiting = state
@@ -307,17 +288,7 @@ pub async fn live_send(
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         });
     }
-    let now = now_ms();
     let moved = bytes.load(std::sync::atomic::Ordering::Relaxed);
-    repo::update_migration(&state, &m.vm, |m| {
-        let before = m.clone();
-        if m.phase == MigrationPhase::Transferring {
-            m.phase = MigrationPhase::Restoring;
-        }
-        m.transferred_ms = m.transferred_ms.or(Some(now));
-        m.bytes = m.bytes.or(Some(moved));
-        Ok(*m != before)
-    })
-    .await?;
+    migrations::stream_sent(&state, &m, moved).await?;
     Ok(StatusCode::NO_CONTENT)
 }

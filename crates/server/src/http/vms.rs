@@ -11,13 +11,13 @@ use firefleet_types::{DesiredState, Vm, VmId, VmSpec};
 use serde::Deserialize;
 
 use super::{ValidJson, ValidQuery};
-use crate::{app, auth::Caller, repo, ApiError, AppState};
+use crate::{app, auth::Caller, ApiError, AppState};
 
 /// Finds a VM the caller may see, by id or by name within the caller's tenant.
 pub(crate) async fn find_vm(state: &AppState, caller: &Caller, key: &str) -> Result<Vm, ApiError> {
     let not_found = || ApiError::not_found("vm", key);
     if let Ok(id) = key.parse::<VmId>() {
-        if let Some(vm) = repo::get_vm(state, &id).await? {
+        if let Some(vm) = app::vms::get(state, &id).await? {
             if caller.owns(&vm) {
                 return Ok(vm);
             }
@@ -26,7 +26,7 @@ pub(crate) async fn find_vm(state: &AppState, caller: &Caller, key: &str) -> Res
     }
     if firefleet_types::validate::check_name("vm", key).is_ok() {
         if let Some(id) = app::vms::id_by_name(state, &caller.tenant, key).await? {
-            if let Some(vm) = repo::get_vm(state, &id).await? {
+            if let Some(vm) = app::vms::get(state, &id).await? {
                 if caller.owns(&vm) {
                     return Ok(vm);
                 }

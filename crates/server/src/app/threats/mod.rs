@@ -25,15 +25,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use firefleet_api::{ActionState, QuarantinedImage};
+use std::collections::HashMap;
+
+use firefleet_api::{ActionState, QuarantinedImage, TelemetryBatch, Threat, ThreatAck};
 use firefleet_guard::{Action, Playbooks, Rules, Sample};
-use firefleet_types::VmId;
+use firefleet_types::{NodeId, Vm, VmId};
 use tokio::sync::mpsc;
 
-#[cfg(doc)]
-use firefleet_api::Threat;
-
-use crate::{repo, ApiError, AppState};
+use crate::{now_ms, repo, ApiError, AppState};
 
 /// An action not carried out within this long fails.
 pub const ACTION_TIMEOUT_MS: u64 = 120_000;
@@ -227,6 +226,160 @@ pub async fn check_quarantine(state: &AppState, image: &str) -> Result<(), ApiEr
         )));
     }
     Ok(())
+}
+
+/// Takes a telemetry batch from node `node`: the latest statistics of each VM are kept, and
+/// the samples go to the guard's queue. Samples of VMs that are not on the node are refused as
+/// a whole batch (`Forbidden`), naming the VM; those of VMs deleted or moved on since are
+/// dropped as stale.
+pub async fn ingest(
+    state: &AppState,
+    node: &NodeId,
+    batch: TelemetryBatch,
+) -> Result<(), ApiError> {
+    let mut vms: HashMap<VmId, Vm> = HashMap::new();
+    for s in &batch.samples {
+        if vms.contains_key(&s.vm) {
+            continue;
+        }
+        let vm = repo::get_vm(state, &s.vm).await?;
+        match vm {
+            Some(vm) if vm.status.node.as_ref() == Some(node) => {
+                vms.insert(vm.id.clone(), vm);
+            }
+            // Deleted or moved on since the agent sampled it: the sample is stale, not an
+            // attack on another node's VM.
+            Some(vm) if vm.status.node.is_some() && vm.deleting => {}
+            None => {}
+            Some(_) => {
+                return Err(ApiError::Forbidden(format!(
+                    "vm {} is not placed on node {node}",
+                    s.vm
+                )))
+            }
+        }
+    }
+    let mut observed = Vec::with_capacity(batch.samples.len());
+    for s in batch.samples {
+        let Some(vm) = vms.get(&s.vm) else { continue };
+        let group = match &vm.spec.function {
+            Some(f) => format!("fn:{}/{}", vm.spec.tenant, f.function),
+            None => format!("image:{}", vm.spec.image),
+        };
+        let net = s.stats.host.net.clone().unwrap_or_default();
+        let sample = firefleet_guard::Sample {
+            vm: vm.id.to_string(),
+            at_ms: s.stats.collected_ms,
+            group: Some(group),
+            host: firefleet_guard::HostSample {
+                cpu_time_ms: s.stats.host.cpu_time_ms,
+                rss_bytes: s.stats.host.rss_bytes,
+                // The host's view of the TAP: what it receives is what the guest sends.
+                tx_bytes: net.rx_bytes,
+                rx_bytes: net.tx_bytes,
+                tx_packets: net.rx_packets,
+                rx_packets: net.tx_packets,
+            },
+            guest: s.guest,
+        };
+        if let Ok(mut m) = state.stats.lock() {
+            m.insert(vm.id.clone(), s.stats);
+        }
+        observed.push(Observed {
+            sample,
+            vm: vm.id.clone(),
+            tenant: vm.spec.tenant.to_string(),
+            name: vm.spec.name.clone(),
+            node: vm.status.node.as_ref().map(ToString::to_string),
+            image: vm.spec.image.clone(),
+        });
+    }
+    state.guard.submit(observed, batch.dropped);
+    Ok(())
+}
+
+/// Whether `viewer` (a tenant; None: an admin) sees threat `t`.
+fn visible(viewer: Option<&str>, t: &Threat) -> bool {
+    viewer.is_none_or(|tenant| tenant == t.tenant)
+}
+
+/// The threats `viewer` sees (a tenant's own; an admin's, None: all), newest first.
+pub async fn list(state: &AppState, viewer: Option<&str>) -> Result<Vec<Threat>, ApiError> {
+    let (mut threats, _) = repo::list_json::<Threat>(state, "/threats/").await?;
+    threats.retain(|t| visible(viewer, t));
+    threats.sort_by(|a, b| b.detected_ms.cmp(&a.detected_ms).then(a.id.cmp(&b.id)));
+    Ok(threats)
+}
+
+/// Threat `id`, if `viewer` sees it (`BadRequest` for what is not a threat id).
+pub async fn get(state: &AppState, viewer: Option<&str>, id: &str) -> Result<Threat, ApiError> {
+    Ok(find(state, viewer, id).await?.0)
+}
+
+async fn find(state: &AppState, viewer: Option<&str>, id: &str) -> Result<(Threat, u64), ApiError> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(ApiError::BadRequest {
+            field: Some("threat".into()),
+            message: format!("{id:?} is not a threat id"),
+        });
+    }
+    match repo::get_json::<Threat>(state, &threat_key(id)).await? {
+        Some((t, rev)) if visible(viewer, &t) => Ok((t, rev)),
+        _ => Err(ApiError::not_found("threat", id)),
+    }
+}
+
+/// Acknowledges threat `id` (by `by`, with `note`); acknowledging again keeps the first
+/// acknowledgement. Containment stays as it is.
+pub async fn ack(
+    state: &AppState,
+    viewer: Option<&str>,
+    id: &str,
+    by: &str,
+    note: Option<String>,
+) -> Result<Threat, ApiError> {
+    loop {
+        let (mut t, rev) = find(state, viewer, id).await?;
+        if t.ack.is_some() {
+            return Ok(t);
+        }
+        t.ack = Some(ThreatAck {
+            by: by.to_owned(),
+            at_ms: now_ms(),
+            note: note.clone(),
+        });
+        let value = serde_json::to_vec(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
+        match state
+            .store
+            .compare_and_swap(&threat_key(id), rev, value)
+            .await
+        {
+            Ok(_) => return Ok(t),
+            Err(firefleet_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The images the guard quarantined.
+pub async fn quarantined(state: &AppState) -> Result<Vec<QuarantinedImage>, ApiError> {
+    Ok(
+        repo::list_json::<QuarantinedImage>(state, "/quarantine/images/")
+            .await?
+            .0,
+    )
+}
+
+/// Lifts an image's quarantine (by `by`): new VMs may use it again.
+pub async fn release(state: &AppState, image: &str, by: &str) -> Result<(), ApiError> {
+    match state.store.delete(&quarantine_key(image), None).await? {
+        Some(_) => {
+            tracing::info!(%image, %by, "image quarantine lifted");
+            Ok(())
+        }
+        None => Err(ApiError::not_found("quarantined image", image)),
+    }
 }
 
 #[cfg(test)]
