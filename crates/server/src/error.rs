@@ -1,4 +1,4 @@
-//! The API's error type. It knows nothing about HTTP; `http::error_response` maps it to a
+//! The API's error type. It knows nothing about HTTP; the HTTP layer (`http/mod.rs`) maps it to a
 //! status code and a body fit for the user.
 
 use firefleet_types::ValidationError;

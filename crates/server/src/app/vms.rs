@@ -164,6 +164,11 @@ pub async fn console(state: &AppState, vm: &Vm, offset: u64) -> Result<ConsoleCh
     })
 }
 
+/// Every VM, with the store revision they were read at.
+pub async fn all(state: &AppState) -> Result<(Vec<Vm>, u64), ApiError> {
+    Ok(repo::list_vms(state).await?)
+}
+
 /// VM `id`, if it exists.
 pub async fn get(state: &AppState, id: &VmId) -> Result<Option<Vm>, ApiError> {
     Ok(repo::get_vm(state, id).await?)
