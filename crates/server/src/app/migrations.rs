@@ -16,7 +16,7 @@ use firefleet_types::{
 };
 use rand::SeedableRng;
 
-use crate::app::placement::{cluster_view, request_for};
+use crate::app::placement::{cluster_view, reasons_text, request_for};
 use crate::{now_ms, repo, ApiError, AppState};
 
 /// Where an uploaded snapshot waits for the destination.
@@ -173,11 +173,7 @@ pub async fn drain(state: &AppState, node: &str) -> Result<DrainResponse, ApiErr
                     .map_or_else(|| vm.to_string(), |v| v.spec.name.clone());
                 out.stuck.push(StuckVm {
                     vm: name,
-                    reason: reasons
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                    reason: reasons_text(&reasons),
                 });
             }
         }

@@ -91,3 +91,12 @@ pub fn request_for(vm: &Vm) -> PlacementRequest {
     request.require_compliant = p.compliant_host;
     request
 }
+
+/// Why the scheduler could not place a VM, as one line (`; ` between the reasons).
+pub fn reasons_text(reasons: &[impl ToString]) -> String {
+    reasons
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}

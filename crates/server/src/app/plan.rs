@@ -10,7 +10,7 @@ use firefleet_types::{node::PowerSource, Migration, NodeInfo, Vm, VmPhase};
 
 use crate::app::{
     migrations,
-    placement::{cluster_view, request_for},
+    placement::{cluster_view, reasons_text, request_for},
 };
 use crate::{repo, ApiError, AppState};
 
@@ -119,14 +119,7 @@ fn response(plan: &Plan, vms: &[Vm]) -> PlanResponse {
         notes.push(PlanNote {
             vm: name(&s.vm),
             node: s.from.to_string(),
-            why: format!(
-                "must leave but fits nowhere: {}",
-                s.reasons
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
+            why: format!("must leave but fits nowhere: {}", reasons_text(&s.reasons)),
         });
     }
     for k in &plan.kept {

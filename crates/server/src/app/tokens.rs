@@ -10,6 +10,8 @@ use firefleet_api::{Role, TokenInfo, TokenResponse, ADMIN_TENANT, MAX_TOKEN_TTL_
 use firefleet_types::{TenantId, ValidationError};
 use serde::{Deserialize, Serialize};
 
+use std::path::Path;
+
 use crate::{
     now_ms,
     repo::{encode, get_json, hash_secret, list_json, random_secret},
@@ -216,6 +218,29 @@ pub async fn revoke(state: &AppState, id: &str) -> Result<TokenInfo, ApiError> {
         expired: rec.expires_ms.is_some_and(|e| e <= now),
         note: rec.note,
     })
+}
+
+/// Creates the admin token on first start and writes it to `dir/admin.token` (mode 0600); also
+/// when that file was lost.
+pub async fn ensure_admin_token(state: &AppState, dir: &Path) -> Result<(), ApiError> {
+    let path = dir.join("admin.token");
+    // If the token file was lost (it is only written once), make a new admin token rather than
+    // lock the operator out; the old one stays valid.
+    if path.exists() && admin_exists(state).await? {
+        return Ok(());
+    }
+    let token = create(
+        state,
+        NewToken {
+            tenant: ADMIN_TENANT.parse().map_err(ApiError::Validation)?,
+            role: Role::Admin,
+            ttl_secs: None,
+            note: Some("made at first start".to_owned()),
+        },
+    )
+    .await?;
+    crate::files::write_private_file(&path, token.token.as_bytes())
+        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -251,11 +251,7 @@ async fn migrate(
             Placement::Unschedulable { reasons, .. } => {
                 let why = format!(
                     "its node {from} is tainted and no compliant node can take it ({})",
-                    reasons
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    placement::reasons_text(&reasons)
                 );
                 stop(state, vm, &[why], version).await?;
             }

@@ -6,7 +6,7 @@ use rand::SeedableRng;
 
 use crate::app::{
     compliance,
-    placement::{cluster_view, request_for},
+    placement::{cluster_view, reasons_text, request_for},
     policy,
 };
 use crate::{now_ms, repo, ApiError, AppState};
@@ -72,14 +72,7 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
                 placed += 1;
             }
             Placement::Unschedulable { vm, reasons } => {
-                let msg = format!(
-                    "unschedulable: {}",
-                    reasons
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
+                let msg = format!("unschedulable: {}", reasons_text(&reasons));
                 repo::update_vm(&state, &vm, |v| {
                     if v.status.phase != VmPhase::Pending
                         || v.status.message.as_deref() == Some(msg.as_str())
