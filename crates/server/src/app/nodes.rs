@@ -1,5 +1,5 @@
-//! Nodes: listing, cordons, join tokens, enrolment (the records; the certificate is signed by the handler
-//! before, so a bad CSR does not burn the token) and removal.
+//! Nodes: listing, cordons, join tokens, enrolment (the records; the handler signs the
+//! certificate before, so a bad CSR does not burn the token) and removal.
 
 use std::time::Duration;
 

@@ -1,9 +1,8 @@
-//! Migration of a running VM to another node, by snapshot: the source agent pauses the VM,
-//! snapshots it and uploads the snapshot here (over its mutual-TLS connection: agents only dial
-//! out, so edge nodes behind NAT take part); the destination agent downloads it, restores the VM
-//! and reports; the server then switches the VM to the destination (new generation), and the
-//! source, no longer finding the VM in its intents, removes its copy. Every step is recorded in
-//! `/migrations/<vm>`, so a restarted server or agent carries on with the step it was in.
+//! Migrations over HTTP (the protocol and its records are [`crate::app::migrations`]'s): asking
+//! for one and draining a node (admin), and the agents' side: the source uploads the snapshot
+//! here (over its mutual-TLS connection: agents only dial out, so edge nodes behind NAT take
+//! part) and the destination downloads it, or, live, the source's VMM stream is relayed to the
+//! waiting destination as it arrives; either side reports its steps.
 
 use axum::{
     body::Body,
