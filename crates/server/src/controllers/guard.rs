@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::app::threats::{
     actions::{self, Step},
-    threat_key, GuardConfig, Observed, ACTION_TIMEOUT_MS,
+    GuardConfig, Observed, ACTION_TIMEOUT_MS,
 };
 use crate::{now_ms, repo, ApiError, AppState};
 
@@ -91,8 +91,7 @@ impl Controller {
     }
 
     async fn load(&mut self) -> Result<(), ApiError> {
-        let (threats, _) = repo::list_json::<Threat>(&self.state, "/threats/").await?;
-        for t in threats {
+        for t in repo::list_threats(&self.state).await? {
             if t.actions.iter().any(|a| !a.state.is_final()) {
                 self.active.insert(t.id);
             }
@@ -115,31 +114,26 @@ impl Controller {
     /// Stores a finding: a new threat (with its playbook) or a refresh of an open one.
     async fn record(&mut self, o: &Observed, f: Finding) -> Result<(), ApiError> {
         let id = format!("{}-{}", f.id, f.first_ms);
-        let key = threat_key(&id);
         if let Some(at) = self.written.get(&id) {
             if at.elapsed() < REFRESH {
                 return Ok(());
             }
             self.written.insert(id.clone(), Instant::now());
             loop {
-                let Some((mut t, rev)) = repo::get_json::<Threat>(&self.state, &key).await? else {
+                let Some((mut t, rev)) = repo::get_threat(&self.state, &id).await? else {
                     return Ok(());
                 };
                 if t.finding.count == f.count && t.finding.last_ms == f.last_ms {
                     return Ok(());
                 }
                 t.finding = f.clone();
-                let value =
-                    serde_json::to_vec(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
-                match self.state.store.compare_and_swap(&key, rev, value).await {
-                    Ok(_) => return Ok(()),
-                    Err(firefleet_store::StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
+                if repo::update_threat(&self.state, &t, rev).await? {
+                    return Ok(());
                 }
             }
         }
         self.written.insert(id.clone(), Instant::now());
-        if repo::get_json::<Threat>(&self.state, &key).await?.is_some() {
+        if repo::get_threat(&self.state, &id).await?.is_some() {
             // Recorded before a server restart: an open episode continues.
             return Ok(());
         }
@@ -174,14 +168,7 @@ impl Controller {
             ack: None,
             finding: f,
         };
-        let value = serde_json::to_vec(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
-        if self
-            .state
-            .store
-            .compare_and_swap(&key, 0, value)
-            .await
-            .is_err()
-        {
+        if !repo::create_threat(&self.state, &t).await? {
             return Ok(());
         }
         tracing::warn!(
@@ -214,8 +201,7 @@ impl Controller {
 
     /// Advances one threat; whether it still has unfinished actions.
     async fn advance(&mut self, id: &str) -> Result<bool, ApiError> {
-        let key = threat_key(id);
-        let Some((mut t, rev)) = repo::get_json::<Threat>(&self.state, &key).await? else {
+        let Some((mut t, rev)) = repo::get_threat(&self.state, id).await? else {
             return Ok(false);
         };
         let before = serde_json::to_vec(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -283,13 +269,9 @@ impl Controller {
                 .max();
         }
         let after = serde_json::to_vec(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
-        if after != before {
-            match self.state.store.compare_and_swap(&key, rev, after).await {
-                Ok(_) => {}
-                // Acknowledged meanwhile: the next pass sees both.
-                Err(firefleet_store::StoreError::Conflict { .. }) => return Ok(true),
-                Err(e) => return Err(e.into()),
-            }
+        // A write that lost to an acknowledgement meanwhile: the next pass sees both.
+        if after != before && !repo::update_threat(&self.state, &t, rev).await? {
+            return Ok(true);
         }
         Ok(t.actions.iter().any(|a| !a.state.is_final()))
     }
@@ -305,7 +287,7 @@ impl Controller {
         }
         self.written
             .retain(|_, at| at.elapsed() < Duration::from_secs(3600));
-        let (mut threats, _) = repo::list_json::<Threat>(&self.state, "/threats/").await?;
+        let mut threats = repo::list_threats(&self.state).await?;
         if threats.len() > MAX_THREATS {
             threats.sort_by_key(|t| t.detected_ms);
             let excess = threats.len() - MAX_THREATS;
@@ -314,7 +296,7 @@ impl Controller {
                 .filter(|t| t.actions.iter().all(|a| a.state.is_final()))
                 .take(excess)
             {
-                let _ = self.state.store.delete(&threat_key(&t.id), None).await;
+                let _ = repo::delete_threat(&self.state, &t.id).await;
             }
         }
         Ok(())

@@ -13,6 +13,8 @@
 //! | `/execs/<vm id>/<exec id>` | a pending exec ([`firefleet_api::ExecRequestRecord`]) |
 //! | `/migrations/<vm id>` | the VM's current or last [`firefleet_types::Migration`] |
 //! | `/functions/<tenant>/<name>` | [`firefleet_types::Function`] JSON |
+//! | `/threats/<id>` | a [`firefleet_api::Threat`] the guard recorded |
+//! | `/quarantine/images/<image>` | a [`firefleet_api::QuarantinedImage`] |
 //! | `/compliance/{vm,node}/<id>` | a compliance record ([`VM_RECORDS`], [`NODE_RECORDS`]) |
 //!
 //! This layer knows the store and the records' types only: no policy, no guard, no HTTP.
@@ -32,6 +34,7 @@ mod migrations;
 mod nodes;
 mod paging;
 mod snapshots;
+mod threats;
 mod vms;
 
 pub use error::RepoError;
@@ -47,6 +50,10 @@ pub use paging::Page;
 pub use snapshots::{
     create_exec, create_snapshot, exec_key, exec_prefix, list_snapshots, snapshot_key,
     snapshot_prefix, update_snapshot,
+};
+pub use threats::{
+    create_threat, delete_threat, get_quarantine, get_threat, list_quarantined, list_threats,
+    quarantine_image, release_image, update_threat,
 };
 pub use vms::{
     append_console, create_vm_record, delete_vm_keys, delete_vm_records, get_console, get_vm,

@@ -6,7 +6,7 @@ use firefleet_api::{QuarantinedImage, Threat};
 use firefleet_guard::{Action, Playbooks};
 use firefleet_types::{DesiredState, Snapshot, SnapshotPhase, Vm, VmPhase};
 
-use super::{quarantine_key, REPLACED_LABEL, REPLACES_LABEL, SHARED_SNAPSHOT_MS};
+use super::{REPLACED_LABEL, REPLACES_LABEL, SHARED_SNAPSHOT_MS};
 use crate::repo::{self, RepoError};
 use crate::{app, now_ms, ApiError, AppState};
 
@@ -78,12 +78,8 @@ pub async fn start(
                 threat: t.id.clone(),
                 at_ms: now_ms(),
             };
-            let value = serde_json::to_vec(&q).map_err(|e| ApiError::Internal(e.to_string()))?;
             // Absent only: a quarantine already in force stays as it was.
-            let _ = st
-                .store
-                .compare_and_swap(&quarantine_key(&t.image), 0, value)
-                .await;
+            repo::quarantine_image(st, &q).await?;
             return Ok(Step::Done(Some(format!("image {} quarantined", t.image))));
         }
         _ => {}

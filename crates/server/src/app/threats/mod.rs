@@ -207,19 +207,9 @@ impl Guard {
     }
 }
 
-/// The store key of a threat.
-pub fn threat_key(id: &str) -> String {
-    format!("/threats/{id}")
-}
-
-/// The store key of a quarantined image.
-pub fn quarantine_key(image: &str) -> String {
-    format!("/quarantine/images/{image}")
-}
-
 /// Refuses an image the guard quarantined.
 pub async fn check_quarantine(state: &AppState, image: &str) -> Result<(), ApiError> {
-    if let Some((q, _)) = repo::get_json::<QuarantinedImage>(state, &quarantine_key(image)).await? {
+    if let Some(q) = repo::get_quarantine(state, image).await? {
         return Err(ApiError::Conflict(format!(
             "image {image} is quarantined by the guard (threat {})",
             q.threat
@@ -305,7 +295,7 @@ fn visible(viewer: Option<&str>, t: &Threat) -> bool {
 
 /// The threats `viewer` sees (a tenant's own; an admin's, None: all), newest first.
 pub async fn list(state: &AppState, viewer: Option<&str>) -> Result<Vec<Threat>, ApiError> {
-    let (mut threats, _) = repo::list_json::<Threat>(state, "/threats/").await?;
+    let mut threats = repo::list_threats(state).await?;
     threats.retain(|t| visible(viewer, t));
     threats.sort_by(|a, b| b.detected_ms.cmp(&a.detected_ms).then(a.id.cmp(&b.id)));
     Ok(threats)
@@ -324,7 +314,7 @@ async fn find(state: &AppState, viewer: Option<&str>, id: &str) -> Result<(Threa
             message: format!("{id:?} is not a threat id"),
         });
     }
-    match repo::get_json::<Threat>(state, &threat_key(id)).await? {
+    match repo::get_threat(state, id).await? {
         Some((t, rev)) if visible(viewer, &t) => Ok((t, rev)),
         _ => Err(ApiError::not_found("threat", id)),
     }
@@ -349,37 +339,24 @@ pub async fn ack(
             at_ms: now_ms(),
             note: note.clone(),
         });
-        let value = serde_json::to_vec(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
-        match state
-            .store
-            .compare_and_swap(&threat_key(id), rev, value)
-            .await
-        {
-            Ok(_) => return Ok(t),
-            Err(firefleet_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
+        if repo::update_threat(state, &t, rev).await? {
+            return Ok(t);
         }
     }
 }
 
 /// The images the guard quarantined.
 pub async fn quarantined(state: &AppState) -> Result<Vec<QuarantinedImage>, ApiError> {
-    Ok(
-        repo::list_json::<QuarantinedImage>(state, "/quarantine/images/")
-            .await?
-            .0,
-    )
+    Ok(repo::list_quarantined(state).await?)
 }
 
 /// Lifts an image's quarantine (by `by`): new VMs may use it again.
 pub async fn release(state: &AppState, image: &str, by: &str) -> Result<(), ApiError> {
-    match state.store.delete(&quarantine_key(image), None).await? {
-        Some(_) => {
-            tracing::info!(%image, %by, "image quarantine lifted");
-            Ok(())
-        }
-        None => Err(ApiError::not_found("quarantined image", image)),
+    if !repo::release_image(state, image).await? {
+        return Err(ApiError::not_found("quarantined image", image));
     }
+    tracing::info!(%image, %by, "image quarantine lifted");
+    Ok(())
 }
 
 #[cfg(test)]
