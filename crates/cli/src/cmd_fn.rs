@@ -93,7 +93,7 @@ fn show(output: Output, v: &FunctionView) -> anyhow::Result<()> {
                     i.keep_alive_until_ms
                         .filter(|_| i.idle_since_ms.is_some())
                         .map(|t| {
-                            let now = now_ms();
+                            let now = crate::output::now_ms();
                             format!("{}s", t.saturating_sub(now) / 1000)
                         })
                         .unwrap_or_else(|| "-".to_owned()),
@@ -116,13 +116,6 @@ fn show(output: Output, v: &FunctionView) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 pub async fn function(g: &Global, cmd: FnCommand) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use firefleet_server::{Server, ServerConfig};
 use firefleet_types::{topology::parse_label, Labels, Resources};
 use tokio::{signal::unix::SignalKind, sync::watch};
 
-use crate::args::{AgentArgs, ServerArgs, UpArgs};
+use crate::args::{AgentArgs, ControlPlaneArgs, ServerArgs, UpArgs};
 
 fn labels(list: &[String]) -> anyhow::Result<Labels> {
     let mut l = Labels::new();
@@ -66,20 +66,30 @@ async fn terminated() {
     }
 }
 
+/// The server's configuration from the settings `up` and `server` share.
+fn server_config(
+    c: &ControlPlaneArgs,
+    data_dir: PathBuf,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<ServerConfig> {
+    Ok(ServerConfig {
+        topology: load_topology(c.topology.as_deref())?,
+        rebalance_every: (c.rebalance_every_secs > 0)
+            .then(|| Duration::from_secs(c.rebalance_every_secs)),
+        functions: c.functions.config(),
+        guard: c.guard.config()?,
+        limits: c.limits.limits()?,
+        default_quota: c.quota.quota(),
+        agent_cert_lifetime: c.agent_certs.lifetime(),
+        ..ServerConfig::new(data_dir, listen)
+    })
+}
+
 pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let server = Server::start(ServerConfig {
-        data_dir: a.data_dir.clone(),
-        listen: a.listen,
         dns_names: a.dns_names,
         node_timers: a.node_timers.timers(),
-        topology: load_topology(a.topology.as_deref())?,
-        rebalance_every: (a.rebalance_every_secs > 0)
-            .then(|| Duration::from_secs(a.rebalance_every_secs)),
-        functions: a.functions.config(),
-        guard: a.guard.config()?,
-        limits: a.limits.limits()?,
-        default_quota: a.quota.quota(),
-        agent_cert_lifetime: a.agent_certs.lifetime(),
+        ..server_config(&a.control, a.data_dir.clone(), a.listen)?
     })
     .await
     .context("starting the server")?;
@@ -144,22 +154,9 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     let data_dir = std::path::absolute(&a.data_dir)
         .with_context(|| format!("resolving {}", a.data_dir.display()))?;
     let labels = labels(&a.labels)?;
-    let server = Server::start(ServerConfig {
-        data_dir: data_dir.clone(),
-        listen: a.listen,
-        dns_names: vec![],
-        node_timers: firefleet_server::NodeTimers::default(),
-        topology: load_topology(a.topology.as_deref())?,
-        rebalance_every: (a.rebalance_every_secs > 0)
-            .then(|| Duration::from_secs(a.rebalance_every_secs)),
-        functions: a.functions.config(),
-        guard: a.guard.config()?,
-        limits: a.limits.limits()?,
-        default_quota: a.quota.quota(),
-        agent_cert_lifetime: a.agent_certs.lifetime(),
-    })
-    .await
-    .context("starting the server")?;
+    let server = Server::start(server_config(&a.control, data_dir.clone(), a.listen)?)
+        .await
+        .context("starting the server")?;
     let agent_dir = data_dir.join("agent");
     let enrolled = agent_dir.join("node.pem").exists();
     let join = if enrolled {

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use firefleet_testkit::{cluster::Cluster, procs::zombies_of};
 
 const BOOT: Duration = Duration::from_secs(120);
 

@@ -11,11 +11,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use firefleet_testkit::cluster::Cluster;
 
 const BOOT: Duration = Duration::from_secs(120);
 /// From a policy change to the remediation of what breaks it.

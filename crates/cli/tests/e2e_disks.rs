@@ -6,14 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use firefleet_testkit::{cluster::Cluster, image_dir};
 
 const BOOT: Duration = Duration::from_secs(120);
 

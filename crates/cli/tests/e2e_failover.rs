@@ -6,12 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use firefleet_testkit::{cluster::Cluster, counters, procs::vmm_pids_under};
 
 const BOOT: Duration = Duration::from_secs(120);
 const COUNTER: &str = "i=0; while true; do echo counter=$i; i=$((i+1)); sleep 0.5; done";

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use firefleet_testkit::cluster::Cluster;
 
 /// Prints the request's first line back with a greeting; `slow-*` requests take a second.
 const HANDLER: &str =

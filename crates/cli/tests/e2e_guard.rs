@@ -17,15 +17,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::Read;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use firefleet_testkit::{cluster::Cluster, now_ms};
 
 const BOOT: Duration = Duration::from_secs(120);
 /// Detection plus containment, per scenario.
@@ -42,13 +40,6 @@ high = ["alert", "snapshot", "replace"]
 [tenant.q]
 critical = ["alert", "quarantine-image"]
 "#;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// Runs a VM and returns its id once it runs.
 fn run_vm(c: &Cluster, name: &str, tenant: Option<&str>, cmd: Option<&str>, memory: u32) -> String {

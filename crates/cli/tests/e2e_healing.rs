@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use firefleet_testkit::cluster::Cluster;
 
 const BOOT: Duration = Duration::from_secs(120);
 

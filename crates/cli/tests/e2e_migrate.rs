@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use firefleet_testkit::{cluster::Cluster, counters, procs::vmm_pids_under};
 
 const BOOT: Duration = Duration::from_secs(120);
 const COUNTER: &str = "i=0; while true; do echo counter=$i; i=$((i+1)); sleep 0.2; done";

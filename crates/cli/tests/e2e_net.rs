@@ -8,14 +8,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
+use firefleet_testkit::{
+    cluster::{firefleet_bin, Cluster},
+    net::{accept_within, ipam_taps, link_exists, receive_rate},
+};
 
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -86,40 +87,6 @@ fn wait_ip(c: &Cluster, token: &str, vm: &str) -> String {
 /// Runs `script` in `vm` with `sh -c` as `token`; its stdout.
 fn exec(c: &Cluster, token: &str, vm: &str, script: &str) -> String {
     ok_as(c, token, &["vm", "exec", vm, "--", "sh", "-c", script])
-}
-
-/// Accepts one connection on `l` (None if none comes within 60 s), reads `n` bytes, returns
-/// bytes/second from the first byte to the last.
-fn receive_rate(l: &TcpListener, n: usize) -> Option<f64> {
-    let mut s = accept_within(l, Duration::from_secs(60))?.0;
-    s.set_nonblocking(false).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut got = 0usize;
-    let mut first = None;
-    while got < n {
-        let k = s.read(&mut buf).unwrap();
-        assert!(k > 0, "EOF after {got} bytes");
-        first.get_or_insert_with(Instant::now);
-        got += k;
-    }
-    Some(got as f64 / first.unwrap().elapsed().as_secs_f64())
-}
-
-/// A connection on `l` within `timeout`.
-fn accept_within(l: &TcpListener, timeout: Duration) -> Option<(TcpStream, SocketAddr)> {
-    l.set_nonblocking(true).unwrap();
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        match l.accept() {
-            Ok(c) => return Some(c),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
-    None
 }
 
 #[test]
@@ -297,7 +264,7 @@ fn vm_networking_isolation_limits_and_ipam() {
     let sender = {
         let (server, ca, token) = (c.server_url(), c.ca(), ta.to_owned());
         std::thread::spawn(move || {
-            Command::new(BIN)
+            Command::new(firefleet_bin())
                 .args(["vm", "exec", "bw", "--", "sh", "-c", &script])
                 .env("FIREFLEET_SERVER", server)
                 .env("FIREFLEET_CA", ca)
@@ -306,7 +273,7 @@ fn vm_networking_isolation_limits_and_ipam() {
                 .unwrap()
         })
     };
-    let rate = receive_rate(&sink, 16 << 16);
+    let rate = receive_rate(&sink, 16 << 16, Duration::from_secs(60));
     drop(sink);
     let out = sender.join().unwrap();
     let limit = f64::from(LIMIT_MBIT) * 1e6 / 8.0;

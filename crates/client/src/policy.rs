@@ -8,7 +8,8 @@ use firefleet_types::Vm;
 use reqwest::Method;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{enc, Client, ClientError};
+use crate::transport::{empty_body, enc};
+use crate::{Client, ClientError};
 
 impl Client {
     /// Creates a VM; also returns the warnings of policies in `warn` mode it violates.
@@ -29,7 +30,8 @@ impl Client {
 
     /// `GET /v1/policies`.
     pub async fn policy_list(&self) -> Result<PolicyList, ClientError> {
-        self.must::<(), _>(Method::GET, "/v1/policies", None).await
+        self.call_required_body::<(), _>(Method::GET, "/v1/policies", None)
+            .await
     }
 
     /// `POST /v1/policies`: adds or replaces a policy (admin).
@@ -37,30 +39,31 @@ impl Client {
         &self,
         req: &ApplyPolicyRequest,
     ) -> Result<PolicyRecord, ClientError> {
-        self.must(Method::POST, "/v1/policies", Some(req)).await
+        self.call_required_body(Method::POST, "/v1/policies", Some(req))
+            .await
     }
 
     /// `GET /v1/policies/{name}` (names such as `admission/resource_limits`).
     pub async fn policy_get(&self, name: &str) -> Result<PolicyRecord, ClientError> {
-        self.must::<(), _>(Method::GET, &policy_path(name), None)
+        self.call_required_body::<(), _>(Method::GET, &policy_path(name), None)
             .await
     }
 
     /// `DELETE /v1/policies/{name}` (admin).
     pub async fn policy_delete(&self, name: &str) -> Result<(), ClientError> {
-        self.call::<(), serde_json::Value>(Method::DELETE, &policy_path(name), None)
+        self.call_ignoring_body::<()>(Method::DELETE, &policy_path(name), None)
             .await
-            .map(drop)
     }
 
     /// `GET /v1/tenants`: the tenants with attributes set.
     pub async fn tenant_list(&self) -> Result<TenantList, ClientError> {
-        self.must::<(), _>(Method::GET, "/v1/tenants", None).await
+        self.call_required_body::<(), _>(Method::GET, "/v1/tenants", None)
+            .await
     }
 
     /// `PUT /v1/tenants/{id}`: sets a tenant's class and regions (admin).
     pub async fn tenant_put(&self, tenant: &TenantRecord) -> Result<TenantRecord, ClientError> {
-        self.must(
+        self.call_required_body(
             Method::PUT,
             &format!("/v1/tenants/{}", enc(&tenant.id)),
             Some(tenant),
@@ -70,7 +73,7 @@ impl Client {
 
     /// `GET /v1/compliance`: every VM's and node's latest evaluation.
     pub async fn compliance_list(&self) -> Result<ComplianceList, ClientError> {
-        self.must::<(), _>(Method::GET, "/v1/compliance", None)
+        self.call_required_body::<(), _>(Method::GET, "/v1/compliance", None)
             .await
     }
 
@@ -83,7 +86,8 @@ impl Client {
             Some(t) => format!("/v1/compliance/report?tenant={}", enc(t)),
             None => "/v1/compliance/report".to_owned(),
         };
-        self.must::<(), _>(Method::GET, &path, None).await
+        self.call_required_body::<(), _>(Method::GET, &path, None)
+            .await
     }
 
     /// `POST path` with `body`: the response and the warnings in its `warning` headers.
@@ -94,10 +98,7 @@ impl Client {
     ) -> Result<(T, Vec<String>), ClientError> {
         let (url, req) = self.request(Method::POST, path, Some(body));
         let (value, headers) = self.finish_with_headers(url.clone(), req).await?;
-        let value = value.ok_or_else(|| ClientError::Decode {
-            url,
-            detail: "empty body".to_owned(),
-        })?;
+        let value = value.ok_or_else(|| empty_body(url))?;
         let warnings = headers
             .get_all(WARNING_HEADER)
             .iter()

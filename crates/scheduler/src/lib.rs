@@ -21,6 +21,7 @@
 //! under a concurrency budget.
 
 mod engine;
+mod num;
 mod planner;
 mod reason;
 mod view;

@@ -3,11 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{client, copy_dir, Fixture};
+use firefleet_testkit::server::{client, copy_dir, Fixture};
+use firefleet_testkit::spec::{vm_spec, TEST_IMAGE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -29,7 +28,7 @@ async fn settle(f: &Fixture, id: &str) {
 }
 
 fn vm_body() -> Value {
-    json!({ "name": "web", "image": format!("sha256:{}", "a".repeat(64)), "resources": { "vcpus": 1, "memory_mib": 256 } })
+    vm_spec("web")
 }
 
 /// Asserts a 4xx whose error names `field`, and that the store did not change.
@@ -426,7 +425,7 @@ async fn functions_refuse_bad_specs_and_bodies_and_stay_per_tenant() {
     let f = Fixture::start().await;
     let acme = f.tenant_token("acme").await;
     let other = f.tenant_token("other").await;
-    let image = format!("sha256:{}", "a".repeat(64));
+    let image = TEST_IMAGE;
     let good = json!({
         "name": "echo", "image": image, "cmd": ["cat"],
         "resources": { "vcpus": 1, "memory_mib": 128 }, "max": 2

@@ -5,17 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
-use common::copy_dir;
 use firefleet_audit::{sign_entry, Entry, SigningKey};
 use firefleet_server::{Server, ServerConfig};
+use firefleet_testkit::server::{client, copy_dir};
+use firefleet_testkit::spec::vm_spec;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -35,12 +33,7 @@ impl Running {
             .unwrap()
             .trim()
             .to_owned();
-        let tls = firefleet_pki::client_tls_config(&server.ca_pem, None).unwrap();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
+        let http = client(&server.ca_pem, None);
         Running {
             server,
             admin,
@@ -166,8 +159,7 @@ async fn tampering_with_the_stored_log_is_named() {
     let acme = tok["token"].as_str().unwrap().to_owned();
     let mut ids = vec![];
     for name in ["web", "db"] {
-        let body = json!({ "name": name, "image": format!("sha256:{}", "a".repeat(64)),
-            "resources": { "vcpus": 1, "memory_mib": 256 } });
+        let body = vm_spec(name);
         let (s, vm) = r.call(Method::POST, &acme, "/v1/vms", Some(body)).await;
         assert_eq!(s, StatusCode::CREATED, "{vm}");
         ids.push(vm["id"].as_str().unwrap().to_owned());

@@ -5,24 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use std::time::Duration;
 
-use std::{net::SocketAddr, path::Path, time::Duration};
-
-use common::client;
-use firefleet_server::{Server, ServerConfig};
+use firefleet_server::ServerConfig;
+use firefleet_testkit::server::{self, client};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// The certificate lifetime these servers issue.
 const LIFETIME: Duration = Duration::from_secs(2 * 3600);
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    server: Server,
-    admin: String,
-    http: reqwest::Client,
-}
 
 /// A node's key and certificate, as its agent holds them.
 struct Agent {
@@ -30,14 +21,19 @@ struct Agent {
     key: String,
 }
 
-async fn start(dir: &Path) -> Server {
-    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Server::start(ServerConfig {
-        agent_cert_lifetime: LIFETIME,
-        ..ServerConfig::new(dir, listen)
-    })
-    .await
-    .unwrap()
+/// The test kit's server, issuing certificates of [`LIFETIME`].
+struct Fixture(server::Fixture);
+
+impl std::ops::Deref for Fixture {
+    type Target = server::Fixture;
+
+    fn deref(&self) -> &server::Fixture {
+        &self.0
+    }
+}
+
+fn lifetime(config: &mut ServerConfig) {
+    config.agent_cert_lifetime = LIFETIME;
 }
 
 async fn json_of(resp: reqwest::Response) -> (StatusCode, Value) {
@@ -47,23 +43,7 @@ async fn json_of(resp: reqwest::Response) -> (StatusCode, Value) {
 
 impl Fixture {
     async fn start() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let server = start(dir.path()).await;
-        let admin = std::fs::read_to_string(dir.path().join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        let http = client(&server.ca_pem, None);
-        Fixture {
-            dir,
-            server,
-            admin,
-            http,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.server.addr)
+        Fixture(server::Fixture::start_with(lifetime).await)
     }
 
     async fn admin_call(
@@ -310,27 +290,12 @@ async fn renewal_gives_a_short_lived_certificate_that_replaces_the_old_one() {
 
     // The renewed certificate keeps working across a server restart (a copy of the data
     // directory: the first server's connections may hold the store a while after it stops).
-    let Fixture {
-        dir,
-        server,
-        admin,
-        http,
-    } = f;
-    server.shutdown().await;
+    let Fixture(f) = f;
+    let dir = f.dir;
+    f.server.shutdown().await;
     let copy = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
-        }
-    }
-    let server = start(copy.path()).await;
-    let f = Fixture {
-        dir: copy,
-        server,
-        admin,
-        http,
-    };
+    server::copy_dir(dir.path(), copy.path());
+    let f = Fixture(server::Fixture::start_in_with(copy, lifetime).await);
     assert_eq!(f.agent_call(&renewed).await, StatusCode::OK);
     assert_eq!(f.agent_call(&agent).await, StatusCode::UNAUTHORIZED);
     drop(dir);

@@ -6,11 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use common::Fixture;
+use firefleet_testkit::server::Fixture;
 
 /// The schemathesis release `scripts/setup.sh` installs (keep the two in step).
 const SCHEMATHESIS_VERSION: &str = "4.32.5";

@@ -5,14 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use common::Fixture;
+use firefleet_testkit::server::Fixture;
+use firefleet_testkit::spec::{vm_spec, TEST_IMAGE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -325,11 +324,7 @@ async fn refused_calls_are_audited_aggregated() {
     let acme = f.tenant_token("acme").await;
     let globex = f.tenant_token("globex").await;
     let (s, vm) = f
-        .post(
-            Some(&acme),
-            "/v1/vms",
-            json!({ "name": "web", "image": format!("sha256:{}", "a".repeat(64)), "resources": { "vcpus": 1, "memory_mib": 256 } }).to_string(),
-        )
+        .post(Some(&acme), "/v1/vms", vm_spec("web").to_string())
         .await;
     assert_eq!(s, StatusCode::CREATED, "{vm}");
     let id = vm["id"].as_str().unwrap();
@@ -373,7 +368,7 @@ async fn a_private_function_answers_anonymous_callers_as_a_missing_one() {
     let f = Fixture::start().await;
     let acme = f.tenant_token("acme").await;
     let spec = json!({
-        "name": "secret", "image": format!("sha256:{}", "a".repeat(64)), "cmd": ["cat"],
+        "name": "secret", "image": TEST_IMAGE, "cmd": ["cat"],
         "resources": { "vcpus": 1, "memory_mib": 128 }, "max": 1
     });
     let (s, v) = f.post(Some(&acme), "/v1/functions", spec.to_string()).await;
@@ -534,7 +529,7 @@ async fn a_vm_with_default_settings_satisfies_the_built_in_policies() {
             .body(body.to_string())
             .send()
     };
-    let image = format!("sha256:{}", "a".repeat(64));
+    let image = TEST_IMAGE;
     let resp = create(
         json!({"name": "plain", "image": image, "resources": {"vcpus": 1, "memory_mib": 128}}),
     )

@@ -4,26 +4,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{copy_dir, Fixture};
 use firefleet_api::TenantQuota;
 use firefleet_store::KvStore;
+use firefleet_testkit::server::{copy_dir, Fixture};
+use firefleet_testkit::spec::{function_spec, vm_spec_with};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 fn vm(name: &str, vcpus: u32) -> String {
-    json!({ "name": name, "image": format!("sha256:{}", "a".repeat(64)),
-        "resources": { "vcpus": vcpus, "memory_mib": 256 } })
+    vm_spec_with(
+        name,
+        json!({ "resources": { "vcpus": vcpus, "memory_mib": 256 } }),
+    )
     .to_string()
 }
 
 fn function(name: &str) -> String {
-    json!({ "name": name, "image": format!("sha256:{}", "a".repeat(64)), "cmd": ["cat"],
-        "resources": { "vcpus": 1, "memory_mib": 128 }, "max": 2 })
-    .to_string()
+    function_spec(name).to_string()
 }
 
 /// Asserts a 403 `quota_exceeded` whose message holds `says`.
@@ -91,9 +90,7 @@ async fn vm_creates_past_a_quota_are_refused_naming_it_until_raised_or_freed() {
         .post(
             Some(&f.admin),
             "/v1/vms",
-            json!({ "name": "d", "image": format!("sha256:{}", "a".repeat(64)),
-                "resources": { "vcpus": 1, "memory_mib": 256 }, "tenant": "acme" })
-            .to_string(),
+            vm_spec_with("d", json!({ "tenant": "acme" })).to_string(),
         )
         .await;
     assert_quota_refusal(s, &v, "vms 3 + 1 > 3");

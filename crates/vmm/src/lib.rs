@@ -3,7 +3,7 @@
 //!
 //! This crate owns everything that touches a hypervisor process on one host: building guest
 //! images ([`image`]), launching, observing, stopping and re-adopting VMs ([`Runtime`], with the
-//! QEMU backend in [`qemu`]) and choosing KVM or TCG ([`probe_accel`]). The API is synchronous
+//! QEMU backend in [`qemu`] and the Firecracker one in [`firecracker`]) and choosing KVM or TCG ([`probe_accel`]). The API is synchronous
 //! (blocking); async callers use `spawn_blocking`. It must not depend on tokio, the store or the
 //! server, and it makes no scheduling decisions.
 //!
@@ -33,24 +33,51 @@
 //! # Running a VM
 //! `QemuRuntime::new(state_root)?.launch(&LaunchConfig { .. })`, then `observe`, `console`,
 //! `stop`, `remove`. Choose `accel` with [`probe_accel`] (cached per host).
+//!
+//! # Layout
+//! - The contract: `runtime` ([`Runtime`]), `vm` (the values it takes and returns), `error`
+//!   ([`VmmError`]).
+//! - The shared core both backends are built on, which knows no backend: `statedir` (a VM's
+//!   state directory: shared file names, ids, the recorded config), [`process`] (starting a VMM
+//!   with its reaper, finding it again, waiting for it, killing it), `console` (the captured
+//!   console and the guest's lines on it), `observe` (what a state directory tells), `boot`
+//!   (the guest config built once from a [`LaunchConfig`]), `guestlink` ([`GuestLink`]: a VM's
+//!   guest channel), `fsutil` (atomic writes, fsyncs, log tails) and `wait` (polling).
+//!   [`Runtime`]'s default `console`, `remove`, `list`, `exec`, `invoke` and `telemetry` are
+//!   written on it, so a backend implements only what its VMM does differently.
+//! - The backends: [`qemu`] and [`firecracker`]. Each uses the contract and the shared core
+//!   and never the other backend.
+//! - Around them: [`channel`] (the guest channel protocol and its multiplexer), [`sandbox`],
+//!   [`net`], [`disk`], [`image`], [`archive`], [`stats`], [`probe`], [`bench`].
 
 pub mod archive;
 pub mod bench;
+mod boot;
 pub mod channel;
+mod console;
 pub mod disk;
+mod error;
 pub mod firecracker;
+mod fsutil;
+mod guestlink;
 pub mod image;
 pub mod net;
+mod observe;
 pub mod probe;
+pub mod process;
 pub mod qemu;
 mod runtime;
 pub mod sandbox;
+mod statedir;
 pub mod stats;
+mod vm;
+mod wait;
 
 pub use channel::{GuestTelemetry, InvokeHandler, InvokeOutput};
 pub use disk::{DiskError, DiskFormat};
 pub use firecracker::{FirecrackerRuntime, JailerConfig};
 pub use firefleet_types::Accel;
+pub use guestlink::GuestLink;
 pub use image::{
     build_image, default_guest_bin, BuildOptions, BuildProgress, BuildStage, Image, ImageError,
     ImageManifest, ImageStore,

@@ -1,18 +1,16 @@
 //! The guest channel end to end: a real guest under QEMU (TCG here) and [`GuestChannel`] over
-//! the VM's `guest.sock`. Boots are serialised (see `common`).
+//! the VM's `guest.sock`. Boots are serialised (`firefleet_testkit::vmm::serial`).
 
 // Test helpers outside #[test] fns: clippy.toml's allow-unwrap-in-tests does not reach them.
 #![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
 use firefleet_guest::proto::{self, Message};
+use firefleet_testkit::vmm::*;
 use firefleet_vmm::channel::{ChannelError, GuestChannel, GuestTelemetry};
 use firefleet_vmm::stats::host_stats;
 use firefleet_vmm::{QemuRuntime, Runtime};

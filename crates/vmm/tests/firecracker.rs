@@ -19,11 +19,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use firefleet_vmm::image::{build_image, BuildOptions, Image, ImageStore};
+use firefleet_testkit::vmm::serial;
+use firefleet_vmm::image::Image;
 use firefleet_vmm::qemu::process::ProcessId;
 use firefleet_vmm::{Accel, FirecrackerRuntime, JailerConfig, LaunchConfig, Runtime};
 
@@ -49,38 +49,11 @@ fn guest_must_boot() -> bool {
     std::env::var("FIREFLEET_FC_GUEST_BOOTS").is_ok_and(|v| v == "1")
 }
 
-fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIREFLEET_TEST_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(t).join("firefleet-test-cache");
-    }
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("firefleet-test-cache")
-}
-
-fn guest_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIREFLEET_GUEST_BIN") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/build-static.sh");
-    let out = Command::new(&script)
-        .env("CARGO_TARGET_DIR", cache_dir().join("guest-target"))
-        .output()
-        .expect("run build-static.sh");
-    assert!(
-        out.status.success(),
-        "build-static.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 struct Fixture {
     image: Image,
-    _store: Option<tempfile::TempDir>,
 }
 
+/// `$FIREFLEET_TEST_IMAGE_DIR`'s image, else the test kit's (built once per test process).
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
@@ -93,45 +66,16 @@ fn fixture() -> &'static Fixture {
                     initrd: dir.join("initrd.img"),
                     vmlinux: Some(dir.join("vmlinux")),
                 },
-                _store: None,
             };
         }
-        let store_dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(store_dir.path()).unwrap();
-        build_image(
-            &store,
-            &BuildOptions {
-                name: "default".into(),
-                guest_bin: guest_bin(),
-                work_dir: cache_dir(),
-                kernel_package: None,
-            },
-            &mut |_| {},
-        )
-        .unwrap();
         Fixture {
-            image: store.resolve("default").unwrap(),
-            _store: Some(store_dir),
+            image: firefleet_testkit::vmm::fixture().image.clone(),
         }
     })
 }
 
-fn serial() -> MutexGuard<'static, ()> {
-    static M: Mutex<()> = Mutex::new(());
-    M.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Kills the VM on drop, whatever happened in the test.
-struct VmGuard {
-    rt: FirecrackerRuntime,
-    id: String,
-}
-
-impl Drop for VmGuard {
-    fn drop(&mut self) {
-        let _ = self.rt.stop(&self.id, Duration::ZERO);
-    }
-}
+type VmGuard = firefleet_testkit::vmm::VmGuard<FirecrackerRuntime>;
 
 fn cfg(id: &str, cmd: Option<Vec<String>>) -> LaunchConfig {
     LaunchConfig {

@@ -1,11 +1,9 @@
 //! Function invocations end to end: real guests under QEMU (TCG here), [`Runtime::invoke`] over
 //! the runtime's shared guest channel, command and HTTP handlers, concurrency on one VM, and
-//! clones restored from one snapshot. Boots are serialised (see `common`).
+//! clones restored from one snapshot. Boots are serialised (`firefleet_testkit::vmm::serial`).
 
 // Test helpers outside #[test] fns: clippy.toml's allow-unwrap-in-tests does not reach them.
 #![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use firefleet_testkit::vmm::*;
 use firefleet_vmm::channel::{ChannelError, MAX_BODY};
 use firefleet_vmm::{InvokeHandler, InvokeOutput, QemuRuntime, Runtime, VmmError};
 

@@ -8,8 +8,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -17,7 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::*;
+use firefleet_testkit::net::receive_rate;
+use firefleet_testkit::vmm::*;
 use firefleet_vmm::net::{rules, NetAttachment, NetConfig, NetLimits, NodeNetwork};
 use firefleet_vmm::{QemuRuntime, Runtime};
 
@@ -376,22 +375,9 @@ fn guests_cannot_reach_the_metadata_address() {
     drop(dummy);
 }
 
-/// Accepts one connection on `l`, reads `n` bytes, returns bytes/second from the first byte to
-/// the last.
-fn receive_rate(l: &TcpListener, n: usize) -> f64 {
-    let (mut s, _) = l.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut got = 0usize;
-    let mut first = None;
-    while got < n {
-        let k = s.read(&mut buf).unwrap();
-        assert!(k > 0, "EOF after {got} bytes");
-        first.get_or_insert_with(Instant::now);
-        got += k;
-    }
-    let secs = first.unwrap().elapsed().as_secs_f64();
-    got as f64 / secs
+/// [`receive_rate`] within a minute.
+fn rate(l: &TcpListener, n: usize) -> f64 {
+    receive_rate(l, n, Duration::from_secs(60)).expect("a connection within 60 s")
 }
 
 #[test]
@@ -426,14 +412,14 @@ fn egress_bandwidth_limit_holds() {
         .collect::<Vec<_>>()
         .join("; sleep 3; ");
     let _vm = boot(&rt, "bw", &att, &format!("{script}; echo sent"));
-    let free1 = receive_rate(&listeners[0], BLOCKS[0] << 16);
+    let free1 = rate(&listeners[0], BLOCKS[0] << 16);
     assert_eq!(t.net.attach("bw", "alpha", &limited).unwrap(), att);
-    let limited_rate = receive_rate(&listeners[1], BLOCKS[1] << 16);
+    let limited_rate = rate(&listeners[1], BLOCKS[1] << 16);
     assert_eq!(
         t.net.attach("bw", "alpha", &NetLimits::default()).unwrap(),
         att
     );
-    let free2 = receive_rate(&listeners[2], BLOCKS[2] << 16);
+    let free2 = rate(&listeners[2], BLOCKS[2] << 16);
     let free_rate = free1.max(free2);
     let limit_bytes = f64::from(LIMIT_MBIT) * 1e6 / 8.0;
     eprintln!(

@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use firefleet_testkit::vmm::*;
 use firefleet_vmm::disk::{build_ext4_from_dir, create_overlay, detect_format};
 use firefleet_vmm::{DiskConfig, DiskFormat, DiskRole, LaunchConfig, QemuRuntime, Runtime};
 use sha2::{Digest, Sha256};

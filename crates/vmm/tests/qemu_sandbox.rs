@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use firefleet_testkit::vmm::*;
 use firefleet_vmm::{sandbox::Sandbox, QemuRuntime, Runtime};
 
 fn status_field(pid: i32, field: &str) -> String {

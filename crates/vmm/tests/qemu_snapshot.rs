@@ -3,13 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::*;
 use firefleet_guest::console::READY_LINE;
+use firefleet_testkit::counters;
+use firefleet_testkit::vmm::*;
 use firefleet_vmm::qemu::snapshot::{verify_snapshot, MANIFEST_FILE, VMSTATE_FILE};
 use firefleet_vmm::{QemuRuntime, Runtime, VmmError};
 
@@ -20,13 +19,6 @@ fn counter_cmd() -> Option<Vec<String>> {
 }
 
 /// The counter values printed in `text`, in order.
-fn counters(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.trim_end().strip_prefix("counter="))
-        .filter_map(|v| v.parse().ok())
-        .collect()
-}
-
 fn console_len(rt: &QemuRuntime, id: &str) -> u64 {
     rt.console(id, 0, 1 << 24).unwrap().next_offset
 }

@@ -11,14 +11,13 @@
 // Test helpers outside #[test] fns: clippy.toml's allow-unwrap-in-tests does not reach them.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
 use firefleet_guest::proto::{Decoded, LineReader, Message};
+use firefleet_testkit::cache_dir;
+use firefleet_testkit::vmm::*;
 use firefleet_vmm::image::{build_image, BuildOptions, ImageStore};
 use firefleet_vmm::{probe_accel, Accel, QemuRuntime, Runtime};
 

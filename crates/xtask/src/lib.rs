@@ -7,10 +7,15 @@
 //! ([`FORBIDDEN_SOURCE`]). Dependencies come from `cargo metadata`'s resolve graph, not from
 //! reading `Cargo.toml`.
 //!
+//! It also owns the import graph of the source files ([`graph`]): no import loop between files
+//! of `server`, `agent` and `vmm`, the server's layers ([`graph::LAYER_RULES`]), and no file
+//! under `crates/*/src` over [`graph::MAX_LINES`] lines. `cargo xtask graph` draws the graph.
+//!
 //! It is developer tooling: it must never be a dependency of a product crate. The logic is here
 //! (testable on fake metadata); `main.rs` only parses the command line and prints.
 
 mod deps;
+pub mod graph;
 mod source;
 
 use std::fmt;
@@ -18,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use deps::{check_dependencies, Metadata};
+pub use graph::{check_graph, loops, Graph, GraphViolation};
 pub use source::{check_source_dir, scan_source};
 
 /// Crates that must stay pure (no I/O, no async, no clock). Those not in the workspace yet are
@@ -69,6 +75,8 @@ pub enum Violation {
         /// The forbidden text found.
         pattern: &'static str,
     },
+    /// A rule over the import graph of the source files.
+    Graph(GraphViolation),
 }
 
 impl fmt::Display for Violation {
@@ -86,6 +94,7 @@ impl fmt::Display for Violation {
             } => {
                 write!(f, "{krate} uses `{pattern}` at {}:{line}", file.display())
             }
+            Violation::Graph(v) => write!(f, "{v}"),
         }
     }
 }
@@ -178,7 +187,13 @@ pub fn check(metadata: &Metadata) -> Result<Report, XtaskError> {
     Ok(report)
 }
 
-/// [`cargo_metadata`] then [`check`], for the workspace at `root` (its directory).
+/// [`cargo_metadata`] then [`check`], for the workspace at `root` (its directory), and the
+/// rules over its import graph ([`check_graph`]).
 pub fn check_workspace(root: &Path) -> Result<Report, XtaskError> {
-    check(&cargo_metadata(&root.join("Cargo.toml"))?)
+    let mut report = check(&cargo_metadata(&root.join("Cargo.toml"))?)?;
+    let graph = Graph::scan(root)?;
+    report
+        .violations
+        .extend(check_graph(&graph).into_iter().map(Violation::Graph));
+    Ok(report)
 }

@@ -98,7 +98,7 @@ mod tests {
             .into_iter()
             .map(|v| match v {
                 Violation::Source { line, pattern, .. } => (line, pattern),
-                Violation::Dependency { .. } => unreachable!(),
+                Violation::Dependency { .. } | Violation::Graph(_) => unreachable!(),
             })
             .collect()
     }

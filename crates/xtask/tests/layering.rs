@@ -1,5 +1,7 @@
 //! The layering rule of DESIGN section 1 holds for the real workspace: `cargo test` fails if a
-//! pure crate gains a forbidden dependency or uses the filesystem, the clock or tokio.
+//! pure crate gains a forbidden dependency or uses the filesystem, the clock or tokio, if the
+//! server's layers are crossed (ARCHITECTURE.md, "Layers"), if files of server, agent or vmm
+//! import each other in a loop, or if a file under `crates/*/src` passes 800 lines.
 
 use std::path::Path;
 

@@ -4,29 +4,21 @@
 
 use std::path::Path;
 
-use firefleet_guest::config::{GuestConfig, GuestDisk, GuestDiskRole, GuestNet};
 use serde::Serialize;
 
-use crate::runtime::{DiskRole, LaunchConfig};
+use crate::boot;
+use crate::vm::LaunchConfig;
 
-/// The launch config.
-pub const CONFIG_FILE: &str = "config.json";
-/// `"<pid> <start_time>"`.
-pub const PID_FILE: &str = "pid";
+/// The names every backend shares (launch config, pid file, console, exit record, snapshots).
+pub use crate::statedir::{CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, PID_FILE, SNAPSHOTS_DIR};
 /// Firecracker's API socket.
 pub const API_SOCK: &str = "api.sock";
 /// The vsock device's Unix socket (host-initiated connections).
 pub const VSOCK_SOCK: &str = "vsock.sock";
-/// The serial console (Firecracker's stdout and stderr).
-pub const CONSOLE_LOG: &str = "console.log";
 /// Firecracker's own log (`PUT /logger`).
 pub const FC_LOG: &str = "firecracker.log";
 /// Firecracker's metrics, one JSON object per flush (`PUT /metrics`).
 pub const METRICS_FILE: &str = "metrics.json";
-/// How the VMM process ended, written by the process that reaped it.
-pub const EXIT_FILE: &str = "exit";
-/// Snapshots live under this directory.
-pub const SNAPSHOTS_DIR: &str = "snapshots";
 /// The guest's CID on its vsock device.
 pub const GUEST_CID: u32 = 3;
 /// The vsock port the guest connects to on the host (CID 2) for its channel; Firecracker
@@ -186,32 +178,14 @@ pub struct SnapshotLoad {
     pub vsock_override: Option<VsockOverride>,
 }
 
-/// The kernel command line: Firecracker's usual options plus the guest's configuration.
+/// The kernel command line: Firecracker's usual options plus the guest's configuration (its MAC
+/// in lower case, as Firecracker's API is given it).
 pub fn boot_args(cfg: &LaunchConfig) -> String {
-    let guest = GuestConfig {
-        cmd: cfg.cmd.clone(),
-        vm_id: cfg.id.clone(),
-        disks: cfg
-            .disks
-            .iter()
-            .map(|d| GuestDisk {
-                role: match d.role {
-                    DiskRole::Root => GuestDiskRole::Root,
-                    DiskRole::Data => GuestDiskRole::Data,
-                },
-                read_only: d.read_only,
-            })
-            .collect(),
-        net: cfg.net.as_ref().map(|n| GuestNet {
-            address: format!("{}/{}", n.guest_ip, n.prefix_len),
-            gateway: n.gateway.to_string(),
-            mac: n.mac.to_ascii_lowercase(),
-        }),
-    };
-    format!(
-        "console=ttyS0 reboot=k panic=1 pci=off quiet {}",
-        guest.to_cmdline_param()
-    )
+    let mut guest = boot::guest_config(cfg);
+    if let Some(n) = &mut guest.net {
+        n.mac.make_ascii_lowercase();
+    }
+    boot::kernel_cmdline("console=ttyS0 reboot=k panic=1 pci=off quiet", &guest)
 }
 
 fn path_str(p: &Path) -> String {
@@ -301,22 +275,16 @@ mod tests {
     //! swagger (v1.16.1) and its getting-started guide. Every key we send must be a property
     //! of the schema, every required property must be present, and the types must agree.
     use super::*;
-    use crate::image::Image;
     use crate::runtime::{DiskConfig, NetAttachment};
+    use crate::vm::DiskRole;
+    use firefleet_guest::config::{GuestConfig, GuestDiskRole};
     use firefleet_types::Accel;
     use serde_json::{json, Value};
 
     fn cfg() -> LaunchConfig {
+        let mut sample = LaunchConfig::sample();
+        sample.image.vmlinux = Some("/img/vmlinux".into());
         LaunchConfig {
-            id: "vm1".into(),
-            vcpus: 2,
-            memory_mib: 256,
-            image: Image {
-                digest: "sha256:00".into(),
-                kernel: "/img/vmlinuz".into(),
-                initrd: "/img/initrd.img".into(),
-                vmlinux: Some("/img/vmlinux".into()),
-            },
             cmd: Some(vec!["sh".into(), "-c".into(), "echo hi".into()]),
             accel: Accel::Kvm,
             net: Some(NetAttachment {
@@ -333,6 +301,7 @@ mod tests {
                 vmm_path: None,
                 vmm_backing: None,
             }],
+            ..sample
         }
     }
 

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::config::API_SOCK;
-use super::{state_err, FirecrackerRuntime};
+use super::FirecrackerRuntime;
+use crate::fsutil::state_err;
 use crate::runtime::{LaunchConfig, VmmError};
 
 /// Running Firecracker under its jailer (chroot, uid/gid drop, cgroups).

@@ -25,43 +25,42 @@ pub mod api;
 pub mod channel;
 pub mod config;
 mod jailer;
+mod metrics;
 pub mod snapshot;
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use firefleet_guest::console::{parse_line, ConsoleEvent};
 use firefleet_guest::proto::Message;
 use firefleet_types::Accel;
 
-use crate::channel::{ExecOutput, GuestTelemetry, InvokeHandler, InvokeOutput};
-use crate::qemu::process::ProcessId;
-use crate::runtime::{
-    ConsoleChunk, DiskRole, LaunchConfig, Observation, Runtime, SnapshotInfo, VmProcessInfo,
-    VmmError, VmmIoStats,
-};
-use crate::stats::{fc_disk_counters, FcMetricsSums};
+use crate::error::VmmError;
+use crate::fsutil::{remove_file_if_exists, state_err};
+use crate::guestlink::GuestLink;
+use crate::observe;
+use crate::process::ProcessId;
+use crate::process::{alive, kill_and_reap, kill_if_alive, wait_gone, Launch};
+use crate::runtime::Runtime;
+use crate::statedir::{self, validate_id};
+use crate::vm::{DiskRole, LaunchConfig, Observation, SnapshotInfo, VmProcessInfo, VmmIoStats};
+use crate::wait::wait_until;
 use api::{ApiClient, ApiError};
 pub use channel::ChannelStatus;
 use config::{
-    Action, Logger, Metrics, VmState, API_SOCK, CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, FC_LOG,
-    MAX_CMDLINE, METRICS_FILE, PID_FILE, VSOCK_SOCK,
+    Action, Logger, Metrics, VmState, API_SOCK, CONSOLE_LOG, EXIT_FILE, FC_LOG, MAX_CMDLINE,
+    METRICS_FILE, PID_FILE, VSOCK_SOCK,
 };
 pub use jailer::JailerConfig;
 use jailer::{jail_root, jailer_command};
+use metrics::AllMetricSums;
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const API_TIMEOUT: Duration = Duration::from_secs(5);
-const REMOVE_GRACE: Duration = Duration::from_secs(5);
-/// How long `telemetry` waits for the guest's answer.
-const TELEMETRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The Firecracker runtime. Holds no per-VM state in memory beyond the guest channel listeners
 /// and the running sums of the metrics files (rebuilt from the file when missing): the state
@@ -73,70 +72,12 @@ pub struct FirecrackerRuntime {
     jailer: Option<JailerConfig>,
     channels: Arc<channel::Channels>,
     /// Per VM: the process the sums belong to, and the sums.
-    metric_sums: Arc<Mutex<HashMap<String, MetricSums>>>,
-}
-
-/// One VM's metrics sums, locked on their own (a first read after a restart may be long).
-type MetricSums = Arc<Mutex<Option<(ProcessId, FcMetricsSums)>>>;
-
-fn state_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> VmmError {
-    let path = path.into();
-    move |source| VmmError::State { path, source }
-}
-
-/// `[A-Za-z0-9_.-]`, at most 64, not starting with `.` (VM ids and snapshot names).
-pub(crate) fn valid_name(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn validate_id(id: &str) -> Result<(), VmmError> {
-    if valid_name(id) {
-        Ok(())
-    } else {
-        Err(VmmError::InvalidId(id.to_string()))
-    }
-}
-
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VmmError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(state_err(&tmp))?;
-    f.write_all(bytes).map_err(state_err(&tmp))?;
-    f.sync_all().map_err(state_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(state_err(path))
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(3)..].join(" | ")
-}
-
-pub(crate) fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// Waits until the process no longer exists (reaped), accepting a zombie we cannot reap
-/// (another parent) after a while.
-fn wait_gone(p: ProcessId, timeout: Duration) {
-    wait_until(Instant::now() + timeout, || !p.exists());
+    metric_sums: AllMetricSums,
 }
 
 /// Maps an API failure to the runtime error of the operation it was part of; the chain keeps
 /// Firecracker's `fault_message`.
-fn api_failed(id: &str, e: ApiError) -> VmmError {
+pub(crate) fn api_failed(id: &str, e: ApiError) -> VmmError {
     let command = match &e {
         ApiError::Io { method, path, .. }
         | ApiError::Status { method, path, .. }
@@ -157,7 +98,7 @@ impl FirecrackerRuntime {
         firecracker_bin: PathBuf,
         jailer: Option<JailerConfig>,
     ) -> Result<Self, VmmError> {
-        fs::create_dir_all(&state_root).map_err(state_err(&state_root))?;
+        statedir::create_root(&state_root)?;
         Ok(Self {
             state_root,
             firecracker: firecracker_bin,
@@ -179,7 +120,7 @@ impl FirecrackerRuntime {
 
     /// A VM's state directory.
     pub fn vm_dir(&self, id: &str) -> PathBuf {
-        self.state_root.join(id)
+        statedir::vm_dir(&self.state_root, id)
     }
 
     /// Where Firecracker's relative paths (sockets, logs, snapshots) resolve: the state
@@ -207,88 +148,10 @@ impl FirecrackerRuntime {
         self.api(id).get("/").map_err(|e| api_failed(id, e))
     }
 
-    /// The VM's metrics: flushes them (`FlushMetrics`) and returns the newest JSON object of the
-    /// metrics file. Before `InstanceStart` Firecracker refuses the flush; the last object
-    /// written (if any) is returned then.
-    pub fn metrics(&self, id: &str) -> Result<serde_json::Value, VmmError> {
-        validate_id(id)?;
-        if self.live_process(id)?.is_some() {
-            let _ = self.api(id).put(
-                "/actions",
-                &Action {
-                    action_type: "FlushMetrics",
-                },
-            );
-        }
-        let path = self.run_dir(id).join(METRICS_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(VmmError::NotFound(id.to_string()))
-            }
-            Err(e) => return Err(VmmError::State { path, source: e }),
-        };
-        last_json_object(&text).ok_or_else(|| VmmError::CorruptState {
-            path,
-            source: serde_json::Error::io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "no complete metrics object yet",
-            )),
-        })
-    }
-
-    /// The VM's disk counters and all its metrics, summed since its process started.
-    fn vmm_io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {
-        validate_id(id)?;
-        if !self.vm_dir(id).is_dir() {
-            return Err(VmmError::NotFound(id.to_string()));
-        }
-        let flush = "firecracker API PUT /actions (FlushMetrics)";
-        let Some(p) = self.live_process(id)? else {
-            return Err(VmmError::Qmp {
-                id: id.to_string(),
-                command: flush.into(),
-                source: io::Error::new(io::ErrorKind::NotConnected, "the VMM is not running"),
-            });
-        };
-        self.api(id)
-            .put(
-                "/actions",
-                &Action {
-                    action_type: "FlushMetrics",
-                },
-            )
-            .map_err(|e| api_failed(id, e))?;
-        let path = self.run_dir(id).join(METRICS_FILE);
-        let sums = Arc::clone(
-            self.metric_sums
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(id.to_string())
-                .or_default(),
-        );
-        let mut sums = sums.lock().unwrap_or_else(|e| e.into_inner());
-        let (_, sums) = match &mut *sums {
-            Some(s) if s.0 == p => s,
-            // Another process: its file starts over.
-            other => other.insert((p, FcMetricsSums::default())),
-        };
-        sums.update(&path)
-            .map_err(|source| VmmError::State { path, source })?;
-        let metrics = sums.totals().clone();
-        Ok(VmmIoStats {
-            disks: fc_disk_counters(&metrics),
-            metrics,
-        })
-    }
-
     /// Checks that the VM exists and that this process listens for its guest channel (after a
     /// restart, the guest reconnects to the new listener).
     fn channel_for(&self, id: &str) -> Result<(), VmmError> {
-        validate_id(id)?;
-        if !self.vm_dir(id).is_dir() {
-            return Err(VmmError::NotFound(id.to_string()));
-        }
+        statedir::existing_vm_dir(&self.state_root, id)?;
         if self.live_process(id)?.is_some() {
             self.ensure_channel(id)?;
         }
@@ -296,19 +159,12 @@ impl FirecrackerRuntime {
     }
 
     fn process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
-        let path = self.vm_dir(id).join(PID_FILE);
-        ProcessId::read(&path).map_err(state_err(path))
+        ProcessId::recorded(&self.vm_dir(id))
     }
 
     /// The VM's process if it is alive (a zombie of ours is given a moment to be reaped).
     fn live_process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
-        let Some(p) = self.process(id)? else {
-            return Ok(None);
-        };
-        if !p.is_alive() {
-            wait_gone(p, Duration::from_millis(500));
-        }
-        Ok(p.is_alive().then_some(p))
+        Ok(alive(self.process(id)?))
     }
 
     fn ensure_channel(&self, id: &str) -> Result<(), VmmError> {
@@ -375,35 +231,22 @@ impl FirecrackerRuntime {
     /// `fresh_console`: truncate the console (a boot) rather than append (a restore).
     fn prepare_dir(&self, cfg: &LaunchConfig, fresh_console: bool) -> Result<PathBuf, VmmError> {
         let dir = self.vm_dir(&cfg.id);
-        fs::create_dir_all(&dir).map_err(state_err(&dir))?;
         let run = self.run_dir(&cfg.id);
-        for stale in [
-            dir.join(PID_FILE),
-            dir.join(EXIT_FILE),
-            run.join(API_SOCK),
-            run.join(VSOCK_SOCK),
-        ] {
-            match fs::remove_file(&stale) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(VmmError::State {
-                        path: stale,
-                        source: e,
-                    })
-                }
-            }
-        }
+        statedir::prepare(
+            &dir,
+            [
+                dir.join(PID_FILE),
+                dir.join(EXIT_FILE),
+                run.join(API_SOCK),
+                run.join(VSOCK_SOCK),
+            ],
+        )?;
         snapshot::remove_stale_tmp(&dir);
         if fresh_console {
             let console = dir.join(CONSOLE_LOG);
             File::create(&console).map_err(state_err(&console))?;
         }
-        let bytes = serde_json::to_vec_pretty(cfg).map_err(|e| VmmError::CorruptState {
-            path: dir.join(CONFIG_FILE),
-            source: e,
-        })?;
-        write_atomic(&dir.join(CONFIG_FILE), &bytes)?;
+        statedir::write_config(&dir, cfg)?;
         Ok(dir)
     }
 
@@ -440,76 +283,15 @@ impl FirecrackerRuntime {
             .jailer
             .as_ref()
             .map_or_else(|| self.firecracker.clone(), |j| j.jailer_bin.clone());
-        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
-            id: cfg.id.clone(),
-            binary: binary.clone(),
-            source,
-        })?;
-        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        let Some(proc_id) = ProcessId::of(pid) else {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            return Err(VmmError::EarlyExit {
-                id: cfg.id.clone(),
-                status,
-                log: log_tail(&console_path),
-            });
+        let launch = Launch {
+            id: &cfg.id,
+            binary: &binary,
+            dir,
+            log: &console_path,
         };
-        let pid_path = dir.join(PID_FILE);
-        if let Err(e) = write_atomic(&pid_path, proc_id.to_file_contents().as_bytes()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-        // The reaper: waits for the child, records how it ended.
-        let exit_path = dir.join(EXIT_FILE);
-        let spawned = std::thread::Builder::new()
-            .name(format!("reap-{}", cfg.id))
-            .spawn(move || {
-                if let Ok(status) = child.wait() {
-                    let text = match (status.code(), status.signal()) {
-                        (Some(c), _) => format!("exit status: {c}"),
-                        (None, Some(s)) => format!("killed by signal {s}"),
-                        _ => status.to_string(),
-                    };
-                    let tmp = exit_path.with_extension("tmp");
-                    let record = format!("{}{text}\n", proc_id.to_file_contents());
-                    if fs::write(&tmp, record).is_ok() {
-                        let _ = fs::rename(&tmp, &exit_path);
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            proc_id.signal(libc::SIGKILL);
-            return Err(VmmError::Spawn {
-                id: cfg.id.clone(),
-                binary,
-                source: e,
-            });
-        }
-        let api_path = run.join(API_SOCK);
-        let up = wait_until(Instant::now() + START_TIMEOUT, || {
-            !proc_id.is_alive() || UnixStream::connect(&api_path).is_ok()
-        });
-        if !proc_id.is_alive() {
-            wait_gone(proc_id, Duration::from_secs(2));
-            let status = fs::read_to_string(dir.join(EXIT_FILE))
-                .ok()
-                .and_then(|s| s.split_once('\n').map(|(_, t)| t.trim().to_string()))
-                .unwrap_or_else(|| "exited".into());
-            return Err(VmmError::EarlyExit {
-                id: cfg.id.clone(),
-                status,
-                log: log_tail(&console_path),
-            });
-        }
-        if !up {
-            kill_and_reap(proc_id);
-            return Err(VmmError::StartTimeout {
-                id: cfg.id.clone(),
-                secs: START_TIMEOUT.as_secs(),
-            });
-        }
-        Ok(proc_id)
+        let p = launch.start(&mut cmd, |_| Ok(()))?;
+        launch.wait_for_socket(p, &run.join(API_SOCK), START_TIMEOUT)?;
+        Ok(p)
     }
 
     /// Logger and metrics: the first requests to every new process (also before a snapshot
@@ -519,17 +301,7 @@ impl FirecrackerRuntime {
         // A new process starts a new metrics file (a new inode): its counters start at zero,
         // and Firecracker writes from offset 0 without truncating, which would otherwise leave
         // the old process's objects behind its own.
-        let metrics = run.join(METRICS_FILE);
-        match fs::remove_file(&metrics) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(VmmError::State {
-                    path: metrics,
-                    source: e,
-                })
-            }
-        }
+        remove_file_if_exists(&run.join(METRICS_FILE))?;
         for name in [FC_LOG, METRICS_FILE] {
             // Older Firecracker versions open these without O_CREAT.
             let p = run.join(name);
@@ -600,21 +372,6 @@ impl FirecrackerRuntime {
     }
 }
 
-/// The last complete JSON object in a file of concatenated objects (Firecracker writes one per
-/// flush, each on its own line).
-fn last_json_object(text: &str) -> Option<serde_json::Value> {
-    // The part already summed may have been released (a hole reads as NULs).
-    serde_json::Deserializer::from_str(text.trim_start_matches('\0'))
-        .into_iter::<serde_json::Value>()
-        .map_while(Result::ok)
-        .last()
-}
-
-fn kill_and_reap(p: ProcessId) {
-    p.signal(libc::SIGKILL);
-    wait_gone(p, Duration::from_secs(5));
-}
-
 impl Runtime for FirecrackerRuntime {
     fn name(&self) -> &'static str {
         "firecracker"
@@ -626,13 +383,7 @@ impl Runtime for FirecrackerRuntime {
         if let Some(p) = self.live_process(&cfg.id)? {
             // Re-adopted: listen for the guest channel again in this process.
             self.ensure_channel(&cfg.id)?;
-            return Ok(VmProcessInfo {
-                id: cfg.id.clone(),
-                pid: p.pid,
-                start_time: p.start_time,
-                state_dir: dir,
-                already_running: true,
-            });
+            return Ok(p.info(&cfg.id, dir, true));
         }
         self.channels.close(&cfg.id);
         self.prepare_dir(cfg, true)?;
@@ -644,77 +395,20 @@ impl Runtime for FirecrackerRuntime {
             self.channels.close(&cfg.id);
             return Err(e);
         }
-        Ok(VmProcessInfo {
-            id: cfg.id.clone(),
-            pid: p.pid,
-            start_time: p.start_time,
-            state_dir: dir,
-            already_running: false,
-        })
-    }
-
-    fn list(&self) -> Result<Vec<String>, VmmError> {
-        let mut ids = Vec::new();
-        let entries = fs::read_dir(&self.state_root).map_err(state_err(&self.state_root))?;
-        for e in entries {
-            let e = e.map_err(state_err(&self.state_root))?;
-            let name = e.file_name().to_string_lossy().to_string();
-            if valid_name(&name) && e.path().join(CONFIG_FILE).is_file() {
-                ids.push(name);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        Ok(p.info(&cfg.id, dir, false))
     }
 
     fn observe(&self, id: &str) -> Result<Observation, VmmError> {
-        validate_id(id)?;
-        let dir = self.vm_dir(id);
-        if !dir.is_dir() {
-            return Err(VmmError::NotFound(id.to_string()));
-        }
+        let dir = statedir::existing_vm_dir(&self.state_root, id)?;
         let p = self.process(id)?;
-        let running = p.is_some_and(|p| p.is_alive());
-        if running {
+        if p.is_some_and(|p| p.is_alive()) {
             // After a restart, listen for the guest channel again.
             let _ = self.ensure_channel(id);
         }
-        let console_path = dir.join(CONSOLE_LOG);
-        let console = match fs::read(&console_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(VmmError::State {
-                    path: console_path,
-                    source: e,
-                })
-            }
-        };
-        let (mut ready, mut exit_code, mut powering_off) = (false, None, false);
-        for line in String::from_utf8_lossy(&console).lines() {
-            match parse_line(line) {
-                Some(ConsoleEvent::Ready) => ready = true,
-                Some(ConsoleEvent::ExitStatus(c)) => exit_code = Some(c),
-                Some(ConsoleEvent::PoweringOff) => powering_off = true,
-                None => {}
-            }
-        }
-        let vmm_exit = fs::read_to_string(dir.join(EXIT_FILE)).ok().and_then(|s| {
-            let (who, text) = s.split_once('\n')?;
-            (p.is_some() && ProcessId::parse(who) == p).then(|| text.trim().to_string())
-        });
-        Ok(Observation {
-            id: id.to_string(),
-            pid: p.map(|p| p.pid),
-            running,
-            guest_ready: ready
-                || self.channels.status(id).ready
-                || dir.join(crate::runtime::GUEST_READY_MARKER).exists(),
-            guest_exit_code: exit_code,
-            powered_off: powering_off && !running,
-            vmm_exit,
-            paused: running && self.is_paused(id),
-        })
+        let mut o = observe::from_state_dir(id, &dir, p)?;
+        o.guest_ready |= self.channels.status(id).ready;
+        o.paused = o.running && self.is_paused(id);
+        Ok(o)
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<(), VmmError> {
@@ -746,79 +440,23 @@ impl Runtime for FirecrackerRuntime {
             }
             wait_until(deadline, || !p.is_alive());
         }
-        if p.is_alive() {
-            p.signal(libc::SIGKILL);
-            if !wait_until(Instant::now() + Duration::from_secs(5), || !p.is_alive()) {
-                return Err(VmmError::Unkillable {
-                    id: id.to_string(),
-                    pid: p.pid,
-                });
-            }
-        }
-        wait_gone(p, Duration::from_secs(2));
+        kill_if_alive(id, p)?;
         self.channels.close(id);
         Ok(())
     }
 
-    fn console(&self, id: &str, offset: u64, max: usize) -> Result<ConsoleChunk, VmmError> {
-        validate_id(id)?;
-        let dir = self.vm_dir(id);
-        if !dir.is_dir() {
-            return Err(VmmError::NotFound(id.to_string()));
-        }
-        let path = dir.join(CONSOLE_LOG);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(ConsoleChunk {
-                    data: Vec::new(),
-                    next_offset: offset,
-                })
-            }
-            Err(e) => return Err(VmmError::State { path, source: e }),
-        };
-        f.seek(SeekFrom::Start(offset)).map_err(state_err(&path))?;
-        let mut data = Vec::with_capacity(max.min(1 << 20));
-        f.take(max as u64)
-            .read_to_end(&mut data)
-            .map_err(state_err(&path))?;
-        Ok(ConsoleChunk {
-            next_offset: offset + data.len() as u64,
-            data,
-        })
+    fn state_root(&self) -> &Path {
+        &self.state_root
     }
 
-    fn remove(&self, id: &str) -> Result<(), VmmError> {
-        validate_id(id)?;
-        let dir = self.vm_dir(id);
+    fn release(&self, id: &str) {
         self.metric_sums
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        if !dir.exists() {
-            return Ok(());
-        }
-        self.stop(id, REMOVE_GRACE)?;
         if self.jailer.is_some() {
             if let Some(jail) = self.run_dir(id).parent() {
                 let _ = fs::remove_dir_all(jail);
-            }
-        }
-        let mut attempt = 0;
-        loop {
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(_) if attempt < 5 => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => {
-                    return Err(VmmError::State {
-                        path: dir,
-                        source: e,
-                    })
-                }
             }
         }
     }
@@ -839,46 +477,9 @@ impl Runtime for FirecrackerRuntime {
         self.restore_vm(cfg, snapshot)
     }
 
-    fn exec(
-        &self,
-        id: &str,
-        argv: &[String],
-        stdin: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<ExecOutput, VmmError> {
+    fn guest_link(&self, id: &str, _op: &'static str) -> Result<GuestLink<'_>, VmmError> {
         self.channel_for(id)?;
-        self.channels
-            .exec(id, argv, stdin, timeout)
-            .map_err(|source| VmmError::Channel {
-                id: id.to_owned(),
-                source,
-            })
-    }
-
-    fn invoke(
-        &self,
-        id: &str,
-        handler: &InvokeHandler,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<InvokeOutput, VmmError> {
-        self.channel_for(id)?;
-        self.channels
-            .invoke(id, handler, body, timeout)
-            .map_err(|source| VmmError::Channel {
-                id: id.to_owned(),
-                source,
-            })
-    }
-
-    fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
-        self.channel_for(id)?;
-        self.channels
-            .telemetry(id, TELEMETRY_TIMEOUT)
-            .map_err(|source| VmmError::Channel {
-                id: id.to_owned(),
-                source,
-            })
+        Ok(GuestLink::new(&self.channels, id, id))
     }
 
     fn io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {
@@ -930,15 +531,5 @@ mod tests {
         assert!(matches!(err, VmmError::Channel { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(matches!(rt.io_stats("idle"), Err(VmmError::Qmp { .. })));
-    }
-
-    #[test]
-    fn reads_the_newest_metrics_object() {
-        let text = "{\"utc_timestamp_ms\":1}\n{\"utc_timestamp_ms\":2}\n{\"utc_tim";
-        assert_eq!(
-            last_json_object(text).unwrap()["utc_timestamp_ms"],
-            serde_json::json!(2)
-        );
-        assert!(last_json_object("").is_none());
     }
 }

@@ -22,13 +22,16 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::config::{self, SnapshotCreate, VmState, SNAPSHOTS_DIR};
-use super::{api_failed, kill_and_reap, valid_name, validate_id, write_atomic, FirecrackerRuntime};
+use super::{api_failed, FirecrackerRuntime};
 pub use crate::archive::MAX_MANIFEST_BYTES;
 use crate::archive::{self, LocalFileError};
+use crate::fsutil::{fsync_dir, state_err, unix_ms, write_atomic};
+use crate::process::kill_and_reap;
 use crate::runtime::{LaunchConfig, SnapshotInfo, VmProcessInfo, VmmError};
+use crate::statedir::{self, valid_name, validate_id};
 
 /// The device and vCPU state file.
 pub const VMSTATE_FILE: &str = "vmstate";
@@ -87,23 +90,6 @@ pub struct SnapshotManifest {
     /// Disk copies, `(file in the snapshot, path the VM uses)`.
     #[serde(default)]
     pub disks: Vec<(String, PathBuf)>,
-}
-
-fn err(path: &Path) -> impl FnOnce(io::Error) -> VmmError + '_ {
-    move |source| VmmError::State {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), VmmError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err(dir))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Removes unfinished snapshot directories (`snapshots/.tmp-*`) of a VM.
@@ -188,14 +174,7 @@ impl FirecrackerRuntime {
         if self.live_process(id)?.is_none() {
             return Err(VmmError::NotFound(id.to_string()));
         }
-        let cfg_path = dir.join(config::CONFIG_FILE);
-        let cfg: LaunchConfig = serde_json::from_slice(
-            &fs::read(&cfg_path).map_err(err(&cfg_path))?,
-        )
-        .map_err(|source| VmmError::CorruptState {
-            path: cfg_path.clone(),
-            source,
-        })?;
+        let cfg = statedir::read_config(&dir)?;
         let snaps = dir.join(SNAPSHOTS_DIR);
         let final_dir = snaps.join(name);
         if final_dir.exists() {
@@ -207,7 +186,7 @@ impl FirecrackerRuntime {
         let tmp_name = format!(".tmp-{name}-{}", std::process::id());
         let tmp = snaps.join(&tmp_name);
         let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(err(&tmp))?;
+        fs::create_dir_all(&tmp).map_err(state_err(&tmp))?;
 
         let api = self.api(id);
         let was_paused = self.is_paused(id);
@@ -234,7 +213,7 @@ impl FirecrackerRuntime {
             let mut disks = Vec::new();
             for (i, d) in cfg.disks.iter().enumerate().filter(|(_, d)| !d.read_only) {
                 let f = format!("disk{i}");
-                fs::copy(&d.path, tmp.join(&f)).map_err(err(&d.path))?;
+                fs::copy(&d.path, tmp.join(&f)).map_err(state_err(&d.path))?;
                 disks.push((f, d.path.clone()));
             }
             Ok(disks)
@@ -256,18 +235,18 @@ impl FirecrackerRuntime {
         };
         let publish = || -> Result<SnapshotInfo, VmmError> {
             let mut bytes = 0;
-            for e in fs::read_dir(&tmp).map_err(err(&tmp))? {
-                let e = e.map_err(err(&tmp))?;
+            for e in fs::read_dir(&tmp).map_err(state_err(&tmp))? {
+                let e = e.map_err(state_err(&tmp))?;
                 let p = e.path();
-                let f = File::open(&p).map_err(err(&p))?;
-                f.sync_all().map_err(err(&p))?;
-                bytes += f.metadata().map_err(err(&p))?.len();
+                let f = File::open(&p).map_err(state_err(&p))?;
+                f.sync_all().map_err(state_err(&p))?;
+                bytes += f.metadata().map_err(state_err(&p))?.len();
             }
             let info = SnapshotInfo {
                 name: name.to_string(),
                 dir: final_dir.clone(),
                 bytes,
-                created_unix_ms: now_ms(),
+                created_unix_ms: unix_ms(),
                 pause_ms,
             };
             let manifest = SnapshotManifest {
@@ -286,9 +265,9 @@ impl FirecrackerRuntime {
                     source,
                 })?;
             write_atomic(&tmp.join(MANIFEST_FILE), &json)?;
-            sync_dir(&tmp)?;
-            fs::rename(&tmp, &final_dir).map_err(err(&final_dir))?;
-            sync_dir(&snaps)?;
+            fsync_dir(&tmp)?;
+            fs::rename(&tmp, &final_dir).map_err(state_err(&final_dir))?;
+            fsync_dir(&snaps)?;
             Ok(info)
         };
         publish().inspect_err(|_| {
@@ -303,7 +282,7 @@ impl FirecrackerRuntime {
     ) -> Result<VmProcessInfo, VmmError> {
         validate_id(&cfg.id)?;
         self.snapshot_unsupported_in_jail(&cfg.id, "restore")?;
-        let snapshot = fs::canonicalize(snapshot).map_err(err(snapshot))?;
+        let snapshot = fs::canonicalize(snapshot).map_err(state_err(snapshot))?;
         let m = read_manifest(&snapshot)?;
         let invalid = |what: String| VmmError::InvalidSnapshot {
             path: snapshot.clone(),
@@ -361,13 +340,7 @@ impl FirecrackerRuntime {
             self.channels.close(&cfg.id);
             return Err(e);
         }
-        Ok(VmProcessInfo {
-            id: cfg.id.clone(),
-            pid: p.pid,
-            start_time: p.start_time,
-            state_dir: dir,
-            already_running: false,
-        })
+        Ok(p.info(&cfg.id, dir, false))
     }
 }
 
@@ -392,19 +365,8 @@ mod tests {
 
     fn launch_config(disks: Vec<crate::DiskConfig>) -> LaunchConfig {
         LaunchConfig {
-            id: "vm".into(),
-            vcpus: 1,
-            memory_mib: 128,
-            image: crate::image::Image {
-                digest: "sha256:00".into(),
-                kernel: "/k".into(),
-                initrd: "/i".into(),
-                vmlinux: None,
-            },
-            cmd: None,
-            accel: firefleet_types::Accel::Tcg,
-            net: None,
             disks,
+            ..LaunchConfig::sample()
         }
     }
 

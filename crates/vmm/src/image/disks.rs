@@ -43,12 +43,6 @@ pub struct DiskImage {
     pub path: PathBuf,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl ImageStore {
     fn disks_store(&self) -> Result<ImageStore, ImageError> {
         ImageStore::open(&self.root.join(DISKS_DIR))
@@ -85,7 +79,7 @@ impl ImageStore {
                 name: name.to_owned(),
                 size_bytes: size_mib << 20,
                 source: dir.display().to_string(),
-                created_unix_ms: now_ms(),
+                created_unix_ms: crate::fsutil::unix_ms(),
             };
             let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             write_file_synced(&tmp.join(super::MANIFEST_FILE), &bytes)?;

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use super::{validate_id, QemuRuntime};
+use super::QemuRuntime;
 use crate::runtime::{DiskCounters, VmmError, VmmIoStats};
+use crate::statedir::validate_id;
 
 /// The disks of a `query-blockstats` answer, in QEMU's order (the order they were created in:
 /// attachment order). Each is named by its `device` (our `-drive id=`), else its node name when

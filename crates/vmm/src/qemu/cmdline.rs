@@ -1,30 +1,23 @@
 //! The QEMU command line for a microvm (see ../shared/RUNTIME-NOTES.md for why each part).
 
-use firefleet_guest::config::{GuestConfig, GuestDisk, GuestDiskRole};
 use firefleet_guest::AGENT_PORT_NAME;
 use firefleet_types::Accel;
 
+use crate::boot;
 use crate::disk::{detect_format, DiskFormat};
-use crate::runtime::{DiskRole, LaunchConfig};
+use crate::vm::LaunchConfig;
 
 /// File names inside a VM's state directory. QEMU runs with the state directory as its working
 /// directory and gets these relative names, so long state roots do not hit the 108-byte limit
-/// of Unix socket paths on the QEMU side.
-pub const CONFIG_FILE: &str = "config.json";
-/// `"<pid> <start_time>"`.
-pub const PID_FILE: &str = "pid";
+/// of Unix socket paths on the QEMU side. The names every backend shares are in
+/// [`crate::statedir`].
+pub use crate::statedir::{CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, PID_FILE, SNAPSHOTS_DIR};
 /// QMP socket.
 pub const QMP_SOCK: &str = "qmp.sock";
 /// The guest channel (virtio-serial port `org.firefleet.agent`).
 pub const GUEST_SOCK: &str = "guest.sock";
-/// The serial console, written by QEMU itself.
-pub const CONSOLE_LOG: &str = "console.log";
 /// QEMU's own stdout/stderr.
 pub const QEMU_LOG: &str = "qemu.log";
-/// How the VMM process ended, written by the process that reaped it.
-pub const EXIT_FILE: &str = "exit";
-/// Snapshots of the VM: `snapshots/<name>/`.
-pub const SNAPSHOTS_DIR: &str = "snapshots";
 
 /// How a process is started: a fresh boot, or from a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,31 +54,13 @@ pub fn tsc_khz_from_cpuinfo(cpuinfo: &str) -> Option<u64> {
 
 /// The kernel command line.
 pub fn kernel_cmdline(cfg: &LaunchConfig, tsc_khz: Option<u64>) -> String {
-    let guest = GuestConfig {
-        cmd: cfg.cmd.clone(),
-        vm_id: cfg.id.clone(),
-        disks: cfg
-            .disks
-            .iter()
-            .map(|d| GuestDisk {
-                role: match d.role {
-                    DiskRole::Root => GuestDiskRole::Root,
-                    DiskRole::Data => GuestDiskRole::Data,
-                },
-                read_only: d.read_only,
-            })
-            .collect(),
-        net: cfg.net.as_ref().map(crate::net::guest_net),
-    };
     // init_on_free=1: freed guest pages are zeroed, so snapshots compress to what is in use
     // (~57 MB instead of ~96 MB for an idle 256 MiB guest) and freed data does not linger.
     let mut s = String::from("console=ttyS0 reboot=t panic=-1 quiet init_on_free=1");
     if let Some(khz) = tsc_khz {
         s.push_str(&format!(" tsc_early_khz={khz}"));
     }
-    s.push(' ');
-    s.push_str(&guest.to_cmdline_param());
-    s
+    boot::kernel_cmdline(&s, &boot::guest_config(cfg))
 }
 
 /// Escapes a value for QEMU's `key=value,...` option syntax (a comma is doubled).
@@ -195,23 +170,14 @@ pub fn qemu_args_with(cfg: &LaunchConfig, tsc_khz: Option<u64>, opts: &ArgOption
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::Image;
+    use crate::vm::DiskRole;
+    use firefleet_guest::config::{GuestConfig, GuestDisk, GuestDiskRole};
 
     fn cfg(accel: Accel, cmd: Option<Vec<String>>) -> LaunchConfig {
         LaunchConfig {
-            id: "vm1".into(),
-            vcpus: 2,
-            memory_mib: 256,
-            image: Image {
-                digest: "sha256:00".into(),
-                kernel: "/img/vmlinuz".into(),
-                initrd: "/img/initrd.img".into(),
-                vmlinux: None,
-            },
             cmd,
             accel,
-            net: None,
-            disks: Vec::new(),
+            ..LaunchConfig::sample()
         }
     }
 

@@ -13,40 +13,50 @@
 //!
 //! QEMU runs in its own session (setsid) so it outlives the agent. While the launching process
 //! lives, a waiter thread per child reaps it (no zombies); after a restart the VM is found again
-//! from the state directory (pid + start time) and driven over QMP and the guest channel.
+//! from the state directory (pid + start time) and driven over QMP and the guest channel. The
+//! process, state-directory and console handling is the crate's shared core ([`crate::process`]
+//! and the private `statedir`, `console`, `observe` modules); this module adds QEMU's command
+//! line ([`cmdline`]), QMP ([`qmp`], and the private `vmctl`), the sandbox jail, snapshots
+//! ([`snapshot`]) and live migration ([`migrate`]).
 
 mod blockstats;
+mod channel;
 pub mod cmdline;
-pub mod process;
+mod jail;
+pub mod migrate;
 pub mod qmp;
 pub mod snapshot;
+mod vmctl;
+
+/// The process helpers, at their old path (they serve every backend: [`crate::process`]).
+pub use crate::process;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use firefleet_guest::console::{parse_line, ConsoleEvent};
 use firefleet_guest::proto::Message;
 
-use crate::channel::mux::{ChannelStatus, Channels};
-use crate::channel::{ExecOutput, GuestChannel, GuestTelemetry, InvokeHandler, InvokeOutput};
-use crate::runtime::{
-    ConsoleChunk, LaunchConfig, Observation, Runtime, SnapshotInfo, VmProcessInfo, VmmError,
-    VmmIoStats,
-};
-use cmdline::{
-    ArgOptions, CONFIG_FILE, CONSOLE_LOG, EXIT_FILE, GUEST_SOCK, PID_FILE, QEMU_LOG, QMP_SOCK,
-};
-use process::ProcessId;
+pub use crate::channel::mux::ChannelStatus;
+use crate::error::VmmError;
+use crate::fsutil::{state_err, write_atomic};
+use crate::guestlink::GuestLink;
+use crate::observe;
+use crate::process::{alive, find_by_cwd, kill_if_alive, Launch};
+use crate::process::{wait_gone, ProcessId};
+use crate::runtime::Runtime;
+use crate::statedir::{self, validate_id};
+use crate::vm::{LaunchConfig, Observation, SnapshotInfo, VmProcessInfo, VmmIoStats};
+use crate::wait::wait_until;
+use channel::qemu_channels;
+use cmdline::{ArgOptions, EXIT_FILE, GUEST_SOCK, PID_FILE, QEMU_LOG, QMP_SOCK};
 use qmp::Qmp;
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-const REMOVE_GRACE: Duration = Duration::from_secs(5);
 
 /// The QEMU runtime. Cheap to create; holds no per-VM state in memory (the state directories
 /// are the truth; the guest channel connections are shared by all runtimes of the process), so a
@@ -83,51 +93,6 @@ pub fn qemu_version(qemu: &Path) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
-fn state_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> VmmError {
-    let path = path.into();
-    move |source| VmmError::State { path, source }
-}
-
-fn validate_id(id: &str) -> Result<(), VmmError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(VmmError::InvalidId(id.to_string()))
-    }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VmmError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(state_err(&tmp))?;
-    f.write_all(bytes).map_err(state_err(&tmp))?;
-    f.sync_all().map_err(state_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(state_err(path))
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(3)..].join(" | ")
-}
-
-fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 impl QemuRuntime {
     /// A runtime keeping VM state under `state_root` (created if missing).
     pub fn new(state_root: PathBuf) -> Result<Self, VmmError> {
@@ -137,7 +102,7 @@ impl QemuRuntime {
 
     /// A runtime with an explicit QEMU binary.
     pub fn with_qemu(state_root: PathBuf, qemu: PathBuf) -> Result<Self, VmmError> {
-        fs::create_dir_all(&state_root).map_err(state_err(&state_root))?;
+        statedir::create_root(&state_root)?;
         Ok(Self {
             state_root,
             qemu,
@@ -171,12 +136,11 @@ impl QemuRuntime {
 
     /// A VM's state directory.
     pub fn vm_dir(&self, id: &str) -> PathBuf {
-        self.state_root.join(id)
+        statedir::vm_dir(&self.state_root, id)
     }
 
     fn process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
-        let path = self.vm_dir(id).join(PID_FILE);
-        if let Some(p) = ProcessId::read(&path).map_err(state_err(&path))? {
+        if let Some(p) = ProcessId::recorded(&self.vm_dir(id))? {
             return Ok(Some(p));
         }
         // No pid file: the launcher may have died between starting QEMU and recording it. QEMU
@@ -184,7 +148,10 @@ impl QemuRuntime {
         let Some(p) = find_by_cwd(&self.vm_dir(id)) else {
             return Ok(None);
         };
-        write_atomic(&path, p.to_file_contents().as_bytes())?;
+        write_atomic(
+            &self.vm_dir(id).join(PID_FILE),
+            p.to_file_contents().as_bytes(),
+        )?;
         Ok(Some(p))
     }
 
@@ -238,71 +205,19 @@ impl QemuRuntime {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
-            id: cfg.id.clone(),
-            binary: self.qemu.clone(),
-            source,
-        })?;
-        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        let Some(proc_id) = ProcessId::of(pid) else {
-            // Gone already: reap it and report what it said.
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            return Err(VmmError::EarlyExit {
-                id: cfg.id.clone(),
-                status,
-                log: log_tail(&log_path),
-            });
+        let launch = Launch {
+            id: &cfg.id,
+            binary: &self.qemu,
+            dir,
+            log: &log_path,
         };
-        if let (Some(sb), Some(j)) = (&self.sandbox, &jail) {
-            if let Err(e) = sb.attach(&j.vm, proc_id.pid) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(VmmError::Sandbox {
-                    id: cfg.id.clone(),
-                    source: e,
-                });
-            }
-        }
-        drop(jail);
-        let pid_path = dir.join(PID_FILE);
-        if let Err(e) = write_atomic(&pid_path, proc_id.to_file_contents().as_bytes()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-        // The reaper: waits for the child, records how it ended.
-        let exit_path = dir.join(EXIT_FILE);
-        reaping().insert(proc_id.pid);
-        let spawned = std::thread::Builder::new()
-            .name(format!("reap-{}", cfg.id))
-            .spawn(move || {
-                let _done = ReapedGuard(proc_id.pid);
-                if let Ok(status) = child.wait() {
-                    let text = match (status.code(), status.signal()) {
-                        (Some(c), _) => format!("exit status: {c}"),
-                        (None, Some(s)) => format!("killed by signal {s}"),
-                        _ => status.to_string(),
-                    };
-                    // Tagged with the process identity, so a record that lands after a
-                    // relaunch is not mistaken for the new process's.
-                    let tmp = exit_path.with_extension("tmp");
-                    let record = format!("{}{text}\n", proc_id.to_file_contents());
-                    if fs::write(&tmp, record).is_ok() {
-                        let _ = fs::rename(&tmp, &exit_path);
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            // Without a reaper thread the child would become a zombie when it exits; stop it.
-            reaping().remove(&proc_id.pid);
-            proc_id.signal(libc::SIGKILL);
-            return Err(VmmError::Spawn {
+        launch.start(&mut cmd, |p| match (&self.sandbox, &jail) {
+            (Some(sb), Some(j)) => sb.attach(&j.vm, p.pid).map_err(|e| VmmError::Sandbox {
                 id: cfg.id.clone(),
-                binary: self.qemu.clone(),
                 source: e,
-            });
-        }
-        Ok(proc_id)
+            }),
+            _ => Ok(()),
+        })
     }
 
     /// Asks the guest to shut down over its channel (which stays open while we wait: closing
@@ -331,14 +246,7 @@ impl QemuRuntime {
 
     /// The VM's process if it is alive (a zombie of ours is given a moment to be reaped).
     fn live_process(&self, id: &str) -> Result<Option<ProcessId>, VmmError> {
-        let Some(p) = self.process(id)? else {
-            return Ok(None);
-        };
-        if !p.is_alive() {
-            // A zombie of ours is about to be reaped by its waiter thread: let it finish.
-            Self::wait_gone(p, Duration::from_millis(500));
-        }
-        Ok(p.is_alive().then_some(p))
+        Ok(alive(self.process(id)?))
     }
 
     /// At most one root disk, and every disk image exists.
@@ -373,156 +281,25 @@ impl QemuRuntime {
     /// record, unfinished snapshots) and records the config.
     fn prepare_dir(&self, cfg: &LaunchConfig) -> Result<PathBuf, VmmError> {
         let dir = self.vm_dir(&cfg.id);
-        fs::create_dir_all(&dir).map_err(state_err(&dir))?;
-        for stale in [PID_FILE, EXIT_FILE, QMP_SOCK, GUEST_SOCK] {
-            let p = dir.join(stale);
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(VmmError::State { path: p, source: e }),
-            }
-        }
+        statedir::prepare(
+            &dir,
+            [PID_FILE, EXIT_FILE, QMP_SOCK, GUEST_SOCK].map(|f| dir.join(f)),
+        )?;
         snapshot::remove_stale_tmp(&dir, None);
-        let config = serde_json::to_vec_pretty(cfg).map_err(|e| VmmError::CorruptState {
-            path: dir.join(CONFIG_FILE),
-            source: e,
-        })?;
-        write_atomic(&dir.join(CONFIG_FILE), &config)?;
+        statedir::write_config(&dir, cfg)?;
         Ok(dir)
     }
 
     /// Waits until a new process answers on its QMP socket; kills it on timeout.
     fn wait_for_qmp(&self, cfg: &LaunchConfig, p: ProcessId) -> Result<(), VmmError> {
         let dir = self.vm_dir(&cfg.id);
-        let qmp_path = dir.join(QMP_SOCK);
-        let deadline = Instant::now() + START_TIMEOUT;
-        let up = wait_until(deadline, || {
-            !p.is_alive() || UnixStream::connect(&qmp_path).is_ok()
-        });
-        if !p.is_alive() {
-            Self::wait_gone(p, Duration::from_secs(2));
-            let status = fs::read_to_string(dir.join(EXIT_FILE))
-                .ok()
-                .and_then(|s| s.split_once('\n').map(|(_, t)| t.trim().to_string()))
-                .unwrap_or_else(|| "exited".into());
-            return Err(VmmError::EarlyExit {
-                id: cfg.id.clone(),
-                status,
-                log: log_tail(&dir.join(QEMU_LOG)),
-            });
-        }
-        if !up {
-            p.signal(libc::SIGKILL);
-            Self::wait_gone(p, Duration::from_secs(5));
-            return Err(VmmError::StartTimeout {
-                id: cfg.id.clone(),
-                secs: START_TIMEOUT.as_secs(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Waits until the process no longer exists (reaped), accepting a zombie we cannot reap
-    /// (another parent) after a while.
-    /// Waits until the process is gone and, when this process launched it, its exit has been
-    /// recorded (the reaper writes `exit` right after reaping it).
-    fn wait_gone(p: ProcessId, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        wait_until(deadline, || !p.exists() && !reaping().contains(&p.pid));
-    }
-}
-
-/// Pids of VMMs this process reaps that are not recorded yet.
-fn reaping() -> std::sync::MutexGuard<'static, std::collections::HashSet<i32>> {
-    static REAPING: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<i32>>> =
-        std::sync::OnceLock::new();
-    REAPING
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-}
-
-/// Takes its pid off [`reaping`] when the reaper is done (or gone).
-struct ReapedGuard(i32);
-
-impl Drop for ReapedGuard {
-    fn drop(&mut self) {
-        reaping().remove(&self.0);
-    }
-}
-
-/// How long to wait for QEMU's guest channel socket to accept a connection.
-const CHANNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long `telemetry` and `ping` wait for the guest's answer.
-const CHANNEL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a guest may take to gather its telemetry (a guest under attack, e.g. thousands of
-/// processes, is slow to list them: that is when its answer matters most).
-const TELEMETRY_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The guest channels of the VMs of every QEMU runtime of this process, keyed by socket path: a
-/// runtime is cheap to create and several may drive one VM, but QEMU serves one client at a
-/// time, so they must share one connection.
-fn qemu_channels() -> &'static Channels {
-    static CHANNELS: std::sync::OnceLock<Channels> = std::sync::OnceLock::new();
-    CHANNELS.get_or_init(Channels::default)
-}
-
-impl QemuRuntime {
-    /// The key of the VM's channel in [`qemu_channels`] (its socket path).
-    fn channel_key(&self, id: &str) -> String {
-        self.vm_dir(id)
-            .join(GUEST_SOCK)
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    /// The VM's channel, set up (not connected yet) if it was not.
-    fn channel(&self, id: &str) -> Result<String, VmmError> {
-        validate_id(id)?;
-        let dir = self.vm_dir(id);
-        if !dir.is_dir() {
-            return Err(VmmError::NotFound(id.to_string()));
-        }
-        let key = self.channel_key(id);
-        qemu_channels().ensure_connect(&key, &dir.join(GUEST_SOCK));
-        Ok(key)
-    }
-
-    fn channel_err(id: &str) -> impl FnOnce(crate::channel::ChannelError) -> VmmError + '_ {
-        move |source| VmmError::Channel {
-            id: id.to_owned(),
-            source,
-        }
-    }
-
-    /// An exclusive connection to the VM's guest channel (`guest.sock`), for tools that drive
-    /// the channel themselves. QEMU serves one client at a time: the runtime's own shared
-    /// connection is closed first (requests in flight on it fail as closed), and the runtime's
-    /// requests wait until the returned channel is dropped. Prefer [`Runtime::exec`],
-    /// [`Runtime::invoke`], [`Runtime::telemetry`] and [`QemuRuntime::ping`].
-    pub fn guest_channel(&self, id: &str) -> Result<GuestChannel, VmmError> {
-        validate_id(id)?;
-        let dir = self.vm_dir(id);
-        if !dir.is_dir() {
-            return Err(VmmError::NotFound(id.to_string()));
-        }
-        qemu_channels().close(&self.channel_key(id));
-        GuestChannel::connect(&dir.join(GUEST_SOCK), CHANNEL_CONNECT_TIMEOUT)
-            .map_err(Self::channel_err(id))
-    }
-
-    /// Round trip to the guest agent over the shared channel.
-    pub fn ping(&self, id: &str) -> Result<Duration, VmmError> {
-        let key = self.channel(id)?;
-        qemu_channels()
-            .ping(&key, CHANNEL_ANSWER_TIMEOUT)
-            .map_err(Self::channel_err(id))
-    }
-
-    /// The state of the VM's shared guest channel in this process (all zero before its first
-    /// use).
-    pub fn channel_status(&self, id: &str) -> ChannelStatus {
-        qemu_channels().status(&self.channel_key(id))
+        let launch = Launch {
+            id: &cfg.id,
+            binary: &self.qemu,
+            dir: &dir,
+            log: &dir.join(QEMU_LOG),
+        };
+        launch.wait_for_socket(p, &dir.join(QMP_SOCK), START_TIMEOUT)
     }
 }
 
@@ -552,84 +329,21 @@ impl Runtime for QemuRuntime {
         self.check_disks(cfg)?;
         let dir = self.vm_dir(&cfg.id);
         if let Some(p) = self.live_process(&cfg.id)? {
-            return Ok(VmProcessInfo {
-                id: cfg.id.clone(),
-                pid: p.pid,
-                start_time: p.start_time,
-                state_dir: dir,
-                already_running: true,
-            });
+            return Ok(p.info(&cfg.id, dir, true));
         }
         self.prepare_dir(cfg)?;
         // A fresh boot: whatever a restore here said about readiness no longer holds.
         let _ = fs::remove_file(dir.join(crate::runtime::GUEST_READY_MARKER));
         let p = self.spawn(cfg, &dir, &ArgOptions::default())?;
         self.wait_for_qmp(cfg, p)?;
-        Ok(VmProcessInfo {
-            id: cfg.id.clone(),
-            pid: p.pid,
-            start_time: p.start_time,
-            state_dir: dir,
-            already_running: false,
-        })
-    }
-
-    fn list(&self) -> Result<Vec<String>, VmmError> {
-        let mut ids = Vec::new();
-        let entries = fs::read_dir(&self.state_root).map_err(state_err(&self.state_root))?;
-        for e in entries {
-            let e = e.map_err(state_err(&self.state_root))?;
-            let name = e.file_name().to_string_lossy().to_string();
-            if validate_id(&name).is_ok() && e.path().join(CONFIG_FILE).is_file() {
-                ids.push(name);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        Ok(p.info(&cfg.id, dir, false))
     }
 
     fn observe(&self, id: &str) -> Result<Observation, VmmError> {
-        validate_id(id)?;
-        let dir = self.vm_dir(id);
-        if !dir.is_dir() {
-            return Err(VmmError::NotFound(id.to_string()));
-        }
-        let p = self.process(id)?;
-        let running = p.is_some_and(|p| p.is_alive());
-        let console_path = dir.join(CONSOLE_LOG);
-        let console = match fs::read(&console_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(VmmError::State {
-                    path: console_path,
-                    source: e,
-                })
-            }
-        };
-        let (mut ready, mut exit_code, mut powering_off) = (false, None, false);
-        for line in String::from_utf8_lossy(&console).lines() {
-            match parse_line(line) {
-                Some(ConsoleEvent::Ready) => ready = true,
-                Some(ConsoleEvent::ExitStatus(c)) => exit_code = Some(c),
-                Some(ConsoleEvent::PoweringOff) => powering_off = true,
-                None => {}
-            }
-        }
-        let vmm_exit = fs::read_to_string(dir.join(EXIT_FILE)).ok().and_then(|s| {
-            let (who, text) = s.split_once('\n')?;
-            (p.is_some() && ProcessId::parse(who) == p).then(|| text.trim().to_string())
-        });
-        Ok(Observation {
-            id: id.to_string(),
-            pid: p.map(|p| p.pid),
-            running,
-            guest_ready: ready || dir.join(crate::runtime::GUEST_READY_MARKER).exists(),
-            guest_exit_code: exit_code,
-            powered_off: powering_off && !running,
-            vmm_exit,
-            paused: running && self.query_paused(id).unwrap_or(false),
-        })
+        let dir = statedir::existing_vm_dir(&self.state_root, id)?;
+        let mut o = observe::from_state_dir(id, &dir, self.process(id)?)?;
+        o.paused = o.running && self.query_paused(id).unwrap_or(false);
+        Ok(o)
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<(), VmmError> {
@@ -638,9 +352,8 @@ impl Runtime for QemuRuntime {
             return Ok(());
         };
         if !p.is_alive() {
-            Self::wait_gone(p, Duration::from_secs(2));
-            self.release_cgroups(id);
-            qemu_channels().close(&self.channel_key(id));
+            wait_gone(p, Duration::from_secs(2));
+            self.release(id);
             return Ok(());
         }
         if !grace.is_zero() {
@@ -656,18 +369,8 @@ impl Runtime for QemuRuntime {
             let _ = self.qmp(id, "quit");
             wait_until(Instant::now() + Duration::from_secs(1), || !p.is_alive());
         }
-        if p.is_alive() {
-            p.signal(libc::SIGKILL);
-            if !wait_until(Instant::now() + Duration::from_secs(5), || !p.is_alive()) {
-                return Err(VmmError::Unkillable {
-                    id: id.to_string(),
-                    pid: p.pid,
-                });
-            }
-        }
-        Self::wait_gone(p, Duration::from_secs(2));
-        self.release_cgroups(id);
-        qemu_channels().close(&self.channel_key(id));
+        kill_if_alive(id, p)?;
+        self.release(id);
         Ok(())
     }
 
@@ -687,253 +390,29 @@ impl Runtime for QemuRuntime {
         self.restore_vm(cfg, snapshot)
     }
 
-    fn exec(
-        &self,
-        id: &str,
-        argv: &[String],
-        stdin: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<ExecOutput, VmmError> {
-        let key = self.channel(id)?;
-        qemu_channels()
-            .exec(&key, argv, stdin, timeout)
-            .map_err(Self::channel_err(id))
-    }
-
-    fn invoke(
-        &self,
-        id: &str,
-        handler: &InvokeHandler,
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<InvokeOutput, VmmError> {
-        let key = self.channel(id)?;
-        qemu_channels()
-            .invoke(&key, handler, body, timeout)
-            .map_err(Self::channel_err(id))
-    }
-
-    fn telemetry(&self, id: &str) -> Result<GuestTelemetry, VmmError> {
-        let key = self.channel(id)?;
-        qemu_channels()
-            .telemetry(&key, TELEMETRY_ANSWER_TIMEOUT)
-            .map_err(Self::channel_err(id))
+    fn guest_link(&self, id: &str, _op: &'static str) -> Result<GuestLink<'_>, VmmError> {
+        Ok(GuestLink::new(qemu_channels(), self.channel(id)?, id))
     }
 
     fn io_stats(&self, id: &str) -> Result<VmmIoStats, VmmError> {
         self.block_io_stats(id)
     }
 
-    fn console(&self, id: &str, offset: u64, max: usize) -> Result<ConsoleChunk, VmmError> {
-        validate_id(id)?;
-        let dir = self.vm_dir(id);
-        if !dir.is_dir() {
-            return Err(VmmError::NotFound(id.to_string()));
-        }
-        let path = dir.join(CONSOLE_LOG);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(ConsoleChunk {
-                    data: Vec::new(),
-                    next_offset: offset,
-                })
-            }
-            Err(e) => return Err(VmmError::State { path, source: e }),
-        };
-        f.seek(SeekFrom::Start(offset)).map_err(state_err(&path))?;
-        let mut data = Vec::with_capacity(max.min(1 << 20));
-        f.take(max as u64)
-            .read_to_end(&mut data)
-            .map_err(state_err(&path))?;
-        Ok(ConsoleChunk {
-            next_offset: offset + data.len() as u64,
-            data,
-        })
+    fn state_root(&self) -> &Path {
+        &self.state_root
     }
 
-    fn remove(&self, id: &str) -> Result<(), VmmError> {
-        validate_id(id)?;
-        let dir = self.vm_dir(id);
-        if !dir.exists() {
-            return Ok(());
-        }
-        self.stop(id, REMOVE_GRACE)?;
+    /// The shared guest channel and the VM's cgroups (made again at its next launch or
+    /// restore).
+    fn release(&self, id: &str) {
+        self.release_cgroups(id);
         qemu_channels().close(&self.channel_key(id));
-        if let Some(vm) = crate::sandbox::read_vm_sandbox(&dir) {
-            crate::sandbox::Sandbox::cleanup(&vm);
-        }
-        // A reaper thread may still be writing the exit record: retry briefly.
-        let mut attempt = 0;
-        loop {
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(_) if attempt < 5 => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => {
-                    return Err(VmmError::State {
-                        path: dir,
-                        source: e,
-                    })
-                }
-            }
-        }
-    }
-}
-
-/// A live process (not a zombie) whose working directory is `dir`: the VMM of that VM.
-fn find_by_cwd(dir: &Path) -> Option<ProcessId> {
-    let dir = fs::canonicalize(dir).ok()?;
-    for e in fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if fs::read_link(format!("/proc/{pid}/cwd")).ok().as_deref() == Some(dir.as_path()) {
-            if let Some(p) = ProcessId::of(pid).filter(|p| p.is_alive()) {
-                return Some(p);
-            }
-        }
-    }
-    None
-}
-
-/// What a sandboxed spawn needs, prepared before the fork.
-struct Jail {
-    /// The config with jail-relative kernel and initrd.
-    cfg: LaunchConfig,
-    vm: crate::sandbox::VmSandbox,
-    groups: Vec<libc::gid_t>,
-    tap: Option<std::os::fd::OwnedFd>,
-}
-
-impl Jail {
-    /// QEMU's arguments under the sandbox: the TAP by descriptor, and the seccomp filter.
-    fn args(&self, mut args: Vec<String>) -> Vec<String> {
-        if let Some(tap) = &self.tap {
-            for a in &mut args {
-                if a.starts_with("tap,id=n0,") {
-                    *a = format!("tap,id=n0,fd={}", tap.as_raw_fd());
-                }
-            }
-        }
-        args.push("-sandbox".into());
-        args.push(crate::sandbox::QEMU_SECCOMP.into());
-        args
-    }
-}
-
-impl QemuRuntime {
-    /// Removes a stopped VM's cgroups (they are made again at its next launch or restore).
-    fn release_cgroups(&self, id: &str) {
-        if let Some(vm) = crate::sandbox::read_vm_sandbox(&self.vm_dir(id)) {
-            crate::sandbox::Sandbox::cleanup(&vm);
-        }
-    }
-
-    fn prepare_jail(
-        &self,
-        sb: &crate::sandbox::Sandbox,
-        cfg: &LaunchConfig,
-        dir: &Path,
-    ) -> Result<Jail, VmmError> {
-        let sandbox_err = |source| VmmError::Sandbox {
-            id: cfg.id.clone(),
-            source,
-        };
-        let vm = sb
-            .prepare(&self.state_root, &cfg.id, dir, cfg.vcpus, cfg.memory_mib)
-            .map_err(sandbox_err)?;
-        let jail_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| VmmError::State { path, source }
-        };
-        let mut jailed = cfg.clone();
-        for (src, name) in [
-            (&cfg.image.kernel, "vmlinuz"),
-            (&cfg.image.initrd, "initrd.img"),
-        ] {
-            let dst = dir.join(name);
-            crate::sandbox::link_into_jail(src, &dst, &vm).map_err(jail_err(&dst))?;
-        }
-        jailed.image.kernel = PathBuf::from("vmlinuz");
-        jailed.image.initrd = PathBuf::from("initrd.img");
-        // Disks are opened from the jail: the VM's uid cannot reach the agent's directories.
-        for (i, d) in cfg.disks.iter().enumerate() {
-            let format =
-                crate::disk::detect_format(&d.path).map_err(|e| VmmError::InvalidConfig {
-                    id: cfg.id.clone(),
-                    what: format!("disk {i}: {e}"),
-                })?;
-            let name = format!("disk-{i}.{}", format.as_str());
-            let dst = dir.join(&name);
-            if d.read_only {
-                // Shared (a base image): a link when world-readable, else a private copy.
-                crate::sandbox::link_into_jail(&d.path, &dst, &vm).map_err(jail_err(&dst))?;
-            } else {
-                // The VM's own file: the same inode (never a copy: writes must reach the file),
-                // now owned by the VM's uid.
-                match fs::remove_file(&dst) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(jail_err(&dst)(e)),
-                }
-                fs::hard_link(&d.path, &dst).map_err(|e| VmmError::InvalidConfig {
-                    id: cfg.id.clone(),
-                    what: format!(
-                        "disk {i}: {} cannot be linked into the VM's jail (a writable disk must be on the filesystem of the state root): {e}",
-                        d.path.display()
-                    ),
-                })?;
-                crate::sandbox::give(&dst, &vm).map_err(jail_err(&dst))?;
-            }
-            jailed.disks[i].vmm_path = Some(PathBuf::from(&name));
-            if let Ok(Some(base)) = crate::disk::backing_file(&d.path) {
-                let bformat = crate::disk::detect_format(&base).unwrap_or(crate::DiskFormat::Raw);
-                let bname = format!("disk-{i}-base.{}", bformat.as_str());
-                let bdst = dir.join(&bname);
-                crate::sandbox::link_into_jail(&base, &bdst, &vm).map_err(jail_err(&bdst))?;
-                jailed.disks[i].vmm_backing = Some(PathBuf::from(bname));
-            }
-        }
-        // A restore appends to the console the previous process wrote.
-        let console = dir.join("console.log");
-        if console.exists() {
-            crate::sandbox::give(&console, &vm).map_err(jail_err(&console))?;
-        }
-        let tap = match &cfg.net {
-            Some(n) => Some(crate::sandbox::open_tap(&n.tap).map_err(jail_err(Path::new(&n.tap)))?),
-            None => None,
-        };
-        let groups = if cfg.accel == firefleet_types::Accel::Kvm {
-            crate::sandbox::kvm_group().into_iter().collect()
-        } else {
-            Vec::new()
-        };
-        Ok(Jail {
-            cfg: jailed,
-            vm,
-            groups,
-            tap,
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn validates_ids() {
-        for ok in ["vm-1", "a.b_c", "X"] {
-            assert!(validate_id(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
-            assert!(validate_id(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn unknown_vms_are_not_found_and_stop_remove_are_idempotent() {

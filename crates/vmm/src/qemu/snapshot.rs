@@ -1,4 +1,4 @@
-//! Pause/resume, snapshots and restore for the QEMU backend.
+//! Snapshots and restore for the QEMU backend (live migration is [`super::migrate`]).
 //!
 //! # Snapshot layout
 //! `<state dir>/snapshots/<name>/` holds `vmstate.bin` (QEMU's migration stream: memory and
@@ -31,16 +31,20 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub use crate::archive::MAX_MANIFEST_BYTES;
 use crate::archive::{self, LocalFileError};
 use crate::disk::{backing_file, detect_format, DiskFormat};
 use crate::runtime::{LaunchConfig, SnapshotInfo, VmProcessInfo, VmmError};
 
-use super::cmdline::{self, ArgOptions, CONFIG_FILE, QMP_SOCK, SNAPSHOTS_DIR};
+use super::cmdline::{self, ArgOptions, SNAPSHOTS_DIR};
 use super::qmp::Qmp;
-use super::{qemu_version, state_err, validate_id, QemuRuntime};
+use super::vmctl::{migrate_through_fd, wait_migration, QMP_TIMEOUT};
+use super::{qemu_version, QemuRuntime};
+use crate::fsutil::{fsync_dir, state_err, unix_ms};
+use crate::process::kill_and_reap;
+use crate::statedir::{self, validate_id};
 
 /// The manifest, written last.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -52,8 +56,6 @@ const TMP_PREFIX: &str = ".tmp-";
 /// `migrate-set-parameters max-bandwidth` for snapshots, bytes/s (the default, 32 MiB/s, would
 /// make a 256 MiB guest take seconds).
 const MAX_BANDWIDTH: u64 = 100 << 30;
-const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
-const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 const FD_NAME: &str = "firefleet-snapshot";
 
 /// Whether `name` is a file a QEMU snapshot holds: [`MANIFEST_FILE`], [`VMSTATE_FILE`] or a
@@ -135,21 +137,8 @@ fn invalid(path: &Path, what: impl Into<String>) -> VmmError {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn fsync_dir(path: &Path) -> Result<(), VmmError> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(state_err(path))
 }
 
 /// Copies `from` to `to` and fsyncs the copy.
@@ -292,115 +281,7 @@ pub fn remove_stale_tmp(vm_dir: &Path, current: Option<&str>) {
     }
 }
 
-/// Polls `query-migrate` every 5 ms until the migration completes or fails.
-fn wait_migration(qmp: &mut Qmp, id: &str) -> Result<(), VmmError> {
-    let deadline = Instant::now() + MIGRATION_TIMEOUT;
-    loop {
-        let v = qmp
-            .execute("query-migrate", None)
-            .map_err(|source| VmmError::Qmp {
-                id: id.to_string(),
-                command: "query-migrate".into(),
-                source,
-            })?;
-        match v.get("status").and_then(|s| s.as_str()) {
-            Some("completed") => return Ok(()),
-            Some(s @ ("failed" | "cancelled")) => {
-                let desc = v
-                    .get("error-desc")
-                    .and_then(|d| d.as_str())
-                    .unwrap_or("no details");
-                return Err(VmmError::Migration {
-                    id: id.to_string(),
-                    what: format!("{s}: {desc}"),
-                });
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            return Err(VmmError::Migration {
-                id: id.to_string(),
-                what: format!("not done after {} s", MIGRATION_TIMEOUT.as_secs()),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 impl QemuRuntime {
-    fn qmp_session(&self, id: &str, timeout: Duration) -> Result<Qmp, VmmError> {
-        Qmp::connect(&self.vm_dir(id).join(QMP_SOCK), timeout).map_err(|source| VmmError::Qmp {
-            id: id.to_string(),
-            command: "connect".into(),
-            source,
-        })
-    }
-
-    fn qmp_run(
-        qmp: &mut Qmp,
-        id: &str,
-        command: &str,
-        args: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, VmmError> {
-        qmp.execute(command, args).map_err(|source| VmmError::Qmp {
-            id: id.to_string(),
-            command: command.to_string(),
-            source,
-        })
-    }
-
-    /// `cont`, retried while QEMU is still finishing the migration ("Migration is not finalized
-    /// yet": query-migrate can say completed a moment before the run state leaves
-    /// finish-migrate).
-    fn cont(qmp: &mut Qmp, id: &str) -> Result<(), VmmError> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match Self::qmp_run(qmp, id, "cont", None) {
-                Ok(_) => return Ok(()),
-                Err(VmmError::Qmp { source, .. })
-                    if source.to_string().contains("not finalized")
-                        && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn require_running(&self, id: &str) -> Result<(), VmmError> {
-        validate_id(id)?;
-        if !self.vm_dir(id).is_dir() {
-            return Err(VmmError::NotFound(id.to_string()));
-        }
-        match self.live_process(id)? {
-            Some(_) => Ok(()),
-            None => Err(VmmError::InvalidConfig {
-                id: id.to_string(),
-                what: "the VM is not running".into(),
-            }),
-        }
-    }
-
-    /// Whether the vCPUs are stopped (QMP `query-status`; short timeout, for `observe`).
-    pub(crate) fn query_paused(&self, id: &str) -> Result<bool, VmmError> {
-        let mut qmp = self.qmp_session(id, Duration::from_millis(500))?;
-        let v = Self::qmp_run(&mut qmp, id, "query-status", None)?;
-        Ok(!v.get("running").and_then(|r| r.as_bool()).unwrap_or(true))
-    }
-
-    pub(crate) fn pause_vm(&self, id: &str) -> Result<(), VmmError> {
-        self.require_running(id)?;
-        let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
-        Self::qmp_run(&mut qmp, id, "stop", None).map(|_| ())
-    }
-
-    pub(crate) fn resume_vm(&self, id: &str) -> Result<(), VmmError> {
-        self.require_running(id)?;
-        let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
-        Self::cont(&mut qmp, id)
-    }
-
     pub(crate) fn snapshot_vm(
         &self,
         id: &str,
@@ -413,13 +294,7 @@ impl QemuRuntime {
             what: format!("invalid snapshot name {name:?}"),
         })?;
         let dir = self.vm_dir(id);
-        let config_path = dir.join(CONFIG_FILE);
-        let cfg: LaunchConfig =
-            serde_json::from_slice(&fs::read(&config_path).map_err(state_err(&config_path))?)
-                .map_err(|source| VmmError::CorruptState {
-                    path: config_path.clone(),
-                    source,
-                })?;
+        let cfg = statedir::read_config(&dir)?;
         let snaps = dir.join(SNAPSHOTS_DIR);
         fs::create_dir_all(&snaps).map_err(state_err(&snaps))?;
         remove_stale_tmp(&dir, Some(name));
@@ -508,7 +383,7 @@ impl QemuRuntime {
             name: name.to_string(),
             vm_id: id.to_string(),
             config: cfg.clone(),
-            kernel_cmdline: self.kernel_cmdline_of(cfg),
+            kernel_cmdline: cmdline::kernel_cmdline(cfg, self.tsc_khz),
             qemu_version: qemu_version(&self.qemu).unwrap_or_else(|| "unknown".into()),
             created_unix_ms,
             pause_ms,
@@ -545,18 +420,7 @@ impl QemuRuntime {
         tmp: &Path,
         state_file: &File,
     ) -> Result<Vec<SnapshotDisk>, VmmError> {
-        qmp.send_fd(FD_NAME, state_file.as_fd())
-            .map_err(|source| VmmError::Qmp {
-                id: id.to_string(),
-                command: "getfd".into(),
-                source,
-            })?;
-        Self::qmp_run(
-            qmp,
-            id,
-            "migrate",
-            Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
-        )?;
+        migrate_through_fd(qmp, id, "migrate", FD_NAME, state_file.as_fd())?;
         wait_migration(qmp, id)?;
         let mut disks = Vec::new();
         for (index, d) in cfg.disks.iter().enumerate() {
@@ -581,10 +445,6 @@ impl QemuRuntime {
             });
         }
         Ok(disks)
-    }
-
-    fn kernel_cmdline_of(&self, cfg: &LaunchConfig) -> String {
-        cmdline::kernel_cmdline(cfg, self.tsc_khz)
     }
 
     pub(crate) fn restore_vm(
@@ -670,17 +530,10 @@ impl QemuRuntime {
         let p = self.spawn(cfg, &dir, &opts)?;
         self.wait_for_qmp(cfg, p)?;
         if let Err(e) = self.load_state(&cfg.id, snapshot) {
-            p.signal(libc::SIGKILL);
-            Self::wait_gone(p, Duration::from_secs(5));
+            kill_and_reap(p);
             return Err(e);
         }
-        Ok(VmProcessInfo {
-            id: cfg.id.clone(),
-            pid: p.pid,
-            start_time: p.start_time,
-            state_dir: dir,
-            already_running: false,
-        })
+        Ok(p.info(&cfg.id, dir, false))
     }
 
     /// `migrate-incoming` from the snapshot's state file, then `cont`.
@@ -691,26 +544,21 @@ impl QemuRuntime {
             e => invalid(snapshot, format!("{VMSTATE_FILE}: {e}")),
         })?;
         let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
-        qmp.send_fd(FD_NAME, state_file.as_fd())
-            .map_err(|source| VmmError::Qmp {
-                id: id.to_string(),
-                command: "getfd".into(),
-                source,
-            })?;
-        drop(state_file);
-        Self::qmp_run(
+        migrate_through_fd(
             &mut qmp,
             id,
             "migrate-incoming",
-            Some(serde_json::json!({ "uri": format!("fd:{FD_NAME}") })),
+            FD_NAME,
+            state_file.as_fd(),
         )?;
+        drop(state_file);
         wait_migration(&mut qmp, id)?;
         Self::cont(&mut qmp, id)
     }
 }
 
-mod live;
-pub use live::LiveStats;
+/// Live migration's report, at its old path (live migration is [`super::migrate`]).
+pub use super::migrate::LiveStats;
 
 #[cfg(test)]
 mod tests;

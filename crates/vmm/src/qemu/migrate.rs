@@ -1,14 +1,20 @@
 //! Live (pre-copy) migration of a QEMU VM: QEMU streams its state through a descriptor while
 //! the guest runs; the source and destination each hand QEMU one end of a socket pair.
+//! (Snapshots, which save the state to a file while the guest is paused, are in
+//! [`super::snapshot`]; both drive QMP through [`super::vmctl`].)
 
-use std::fs;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use super::{
-    state_err, validate_id, wait_migration, ArgOptions, QemuRuntime, CONFIG_FILE, QMP_TIMEOUT,
+use super::cmdline::ArgOptions;
+use super::vmctl::{
+    migrate_through_fd, migration_state, wait_migration, MigrationState, QMP_TIMEOUT,
 };
-use crate::runtime::{LaunchConfig, VmProcessInfo, VmmError};
+use super::QemuRuntime;
+use crate::error::VmmError;
+use crate::process::kill_and_reap;
+use crate::statedir::{self, validate_id};
+use crate::vm::{LaunchConfig, VmProcessInfo};
 
 /// What a live migration out reported (QMP `query-migrate` when it completed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -24,13 +30,6 @@ pub struct LiveStats {
 const LIVE_FD: &str = "firefleet-live";
 
 impl QemuRuntime {
-    /// The VM's launch config, from its state directory.
-    fn load_config(&self, id: &str) -> Result<LaunchConfig, VmmError> {
-        let path = self.vm_dir(id).join(CONFIG_FILE);
-        serde_json::from_slice(&fs::read(&path).map_err(state_err(&path))?)
-            .map_err(|source| VmmError::CorruptState { path, source })
-    }
-
     /// Live (pre-copy) migration out of a running VM: QEMU streams its state into `out` (one end
     /// of a stream whose other end the caller forwards to the destination) while the guest runs,
     /// stopping it only for the final round. Returns when QEMU reports the migration complete;
@@ -42,7 +41,7 @@ impl QemuRuntime {
         out: &std::os::unix::net::UnixStream,
     ) -> Result<LiveStats, VmmError> {
         self.require_running(id)?;
-        let cfg = self.load_config(id)?;
+        let cfg = statedir::read_config(&self.vm_dir(id))?;
         if cfg.disks.iter().any(|d| !d.read_only) {
             return Err(VmmError::Unsupported {
                 backend: "qemu",
@@ -51,18 +50,7 @@ impl QemuRuntime {
             });
         }
         let mut qmp = self.qmp_session(id, QMP_TIMEOUT)?;
-        qmp.send_fd(LIVE_FD, out.as_fd())
-            .map_err(|source| VmmError::Qmp {
-                id: id.to_string(),
-                command: "getfd".into(),
-                source,
-            })?;
-        Self::qmp_run(
-            &mut qmp,
-            id,
-            "migrate",
-            Some(serde_json::json!({ "uri": format!("fd:{LIVE_FD}") })),
-        )?;
+        migrate_through_fd(&mut qmp, id, "migrate", LIVE_FD, out.as_fd())?;
         wait_migration(&mut qmp, id)?;
         let v = Self::qmp_run(&mut qmp, id, "query-migrate", None)?;
         let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
@@ -76,8 +64,8 @@ impl QemuRuntime {
     /// The kernel command line VM `id` was booted with (a live migration's destination must
     /// pass the same).
     pub fn booted_kernel_cmdline(&self, id: &str) -> Result<String, VmmError> {
-        let cfg = self.load_config(id)?;
-        Ok(self.kernel_cmdline_of(&cfg))
+        let cfg = statedir::read_config(&self.vm_dir(id))?;
+        Ok(super::cmdline::kernel_cmdline(&cfg, self.tsc_khz))
     }
 
     /// The destination of a live migration: starts a VMM for `cfg` waiting for incoming state
@@ -110,31 +98,19 @@ impl QemuRuntime {
         self.wait_for_qmp(cfg, p)?;
         let started = (|| {
             let mut qmp = self.qmp_session(&cfg.id, QMP_TIMEOUT)?;
-            qmp.send_fd(LIVE_FD, input.as_fd())
-                .map_err(|source| VmmError::Qmp {
-                    id: cfg.id.clone(),
-                    command: "getfd".into(),
-                    source,
-                })?;
-            Self::qmp_run(
+            migrate_through_fd(
                 &mut qmp,
                 &cfg.id,
                 "migrate-incoming",
-                Some(serde_json::json!({ "uri": format!("fd:{LIVE_FD}") })),
+                LIVE_FD,
+                input.as_fd(),
             )
         })();
         if let Err(e) = started {
-            p.signal(libc::SIGKILL);
-            Self::wait_gone(p, Duration::from_secs(5));
+            kill_and_reap(p);
             return Err(e);
         }
-        Ok(VmProcessInfo {
-            id: cfg.id.clone(),
-            pid: p.pid,
-            start_time: p.start_time,
-            state_dir: dir,
-            already_running: false,
-        })
+        Ok(p.info(&cfg.id, dir, false))
     }
 
     /// Waits until an incoming live migration has loaded all the state (the VM stays stopped:
@@ -152,15 +128,15 @@ impl QemuRuntime {
                 .qmp_session(id, Duration::from_secs(2))
                 .and_then(|mut q| Self::qmp_run(&mut q, id, "query-migrate", None));
             if let Ok(v) = status {
-                match v.get("status").and_then(|s| s.as_str()) {
-                    Some("completed") => return Ok(()),
-                    Some(s @ ("failed" | "cancelled")) => {
+                match migration_state(&v) {
+                    MigrationState::Completed => return Ok(()),
+                    MigrationState::Failed(status) => {
                         return Err(VmmError::Migration {
                             id: id.to_string(),
-                            what: format!("incoming migration {s}"),
+                            what: format!("incoming migration {status}"),
                         })
                     }
-                    _ => {}
+                    MigrationState::Active => {}
                 }
             }
             if Instant::now() >= deadline {

@@ -1,8 +1,6 @@
-//! Test harness: real `firefleet` processes on loopback, torn down (with every QEMU they
-//! started) when the harness is dropped, even when a test fails. Each agent gets its own VM
-//! bridge and subnet (`ffe*`, `10.215.x.0/24`), removed with its TAPs and nft tables on drop.
-
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+//! Real `firefleet` processes on loopback, torn down (with every QEMU they started) when the
+//! harness is dropped, even when a test fails. Each agent gets its own VM bridge and subnet
+//! (`ffe*`, `10.215.x.0/24`), removed with its TAPs and nft tables on drop.
 
 use std::{
     io::Read,
@@ -11,21 +9,34 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_firefleet");
+use crate::net::remove_network;
+use crate::procs::vmm_pids_under;
+use crate::{image_dir, profile_dir, wait_until};
 
-/// The image store the suite uses (`FIREFLEET_IMAGE_DIR`, set up by `scripts/setup.sh`).
-pub fn image_dir() -> PathBuf {
-    match std::env::var_os("FIREFLEET_IMAGE_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-            .join(".cache/firefleet/images"),
+/// The `firefleet` binary: `$FIREFLEET_BIN`, else the one cargo built next to the running test
+/// (the CLI crate's integration tests make cargo build it first).
+pub fn firefleet_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FIREFLEET_BIN") {
+        return PathBuf::from(p);
     }
+    let bin = profile_dir().join("firefleet");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it (cargo build -p firefleet-cli) or set FIREFLEET_BIN",
+        bin.display()
+    );
+    bin
 }
 
+/// A server and its agents, as processes.
 pub struct Cluster {
+    /// The cluster's temporary directory (server and agent data, logs).
     pub dir: tempfile::TempDir,
+    /// The server process.
     pub server: Option<Child>,
+    /// Agent processes by name.
     pub agents: Vec<(String, Child)>,
+    /// The server's address.
     pub addr: String,
     /// Each agent's network, by agent name (kept across agent restarts).
     pub nets: Vec<(String, AgentNet)>,
@@ -38,6 +49,7 @@ pub struct Cluster {
 /// An agent's VM bridge and subnet.
 #[derive(Debug, Clone)]
 pub struct AgentNet {
+    /// The bridge.
     pub bridge: String,
     /// `10.215.x.0/24`.
     pub subnet: String,
@@ -70,10 +82,12 @@ impl Cluster {
         c
     }
 
+    /// A path in the cluster's temporary directory.
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
+    /// Starts (or restarts, on the same address) the server.
     pub fn start_server(&mut self) {
         let addr_file = self.path("server.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -82,7 +96,7 @@ impl Cluster {
         } else {
             self.addr.clone()
         };
-        let child = Command::new(BIN)
+        let child = Command::new(firefleet_bin())
             .args(["server", "--listen", &listen, "--data-dir"])
             .arg(self.path("server"))
             .arg("--addr-file")
@@ -108,14 +122,17 @@ impl Cluster {
         }
     }
 
+    /// `https://<addr>`.
     pub fn server_url(&self) -> String {
         format!("https://{}", self.addr)
     }
 
+    /// The cluster CA's certificate.
     pub fn ca(&self) -> PathBuf {
         self.path("server/ca.pem")
     }
 
+    /// The admin token the server wrote.
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.path("server/admin.token"))
             .unwrap()
@@ -141,7 +158,7 @@ impl Cluster {
 
     /// Runs a CLI command with the admin token (or `token`) and returns its output.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(firefleet_bin())
             .args(args)
             .env("FIREFLEET_SERVER", self.server_url())
             .env("FIREFLEET_CA", self.ca())
@@ -153,6 +170,7 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Runs a CLI command as the admin.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_as(&self.admin_token(), args)
     }
@@ -215,7 +233,7 @@ impl Cluster {
     pub fn start_agent(&mut self, name: &str, labels: &[&str], vcpus: u32) {
         let net = self.agent_net(name);
         let data = self.path(&format!("agent-{name}"));
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(firefleet_bin());
         cmd.args([
             "agent",
             "--server",
@@ -279,6 +297,7 @@ impl Cluster {
         c.wait().unwrap()
     }
 
+    /// Waits until `n` nodes are ready.
     pub fn wait_nodes_ready(&self, n: usize) {
         wait_until(Duration::from_secs(90), "nodes ready", || {
             let nodes = self.json(&["node", "ls"]);
@@ -292,10 +311,12 @@ impl Cluster {
         });
     }
 
+    /// `vm get name` as JSON.
     pub fn vm(&self, name: &str) -> serde_json::Value {
         self.json(&["vm", "get", name])
     }
 
+    /// Waits until VM `name` is in `phase`; its record.
     pub fn wait_phase(&self, name: &str, phase: &str, timeout: Duration) -> serde_json::Value {
         let mut last = serde_json::Value::Null;
         let start = Instant::now();
@@ -395,116 +416,6 @@ impl Drop for Cluster {
     }
 }
 
-/// The TAP devices recorded in an agent's `ipam.json`, by VM id.
-pub fn ipam_taps(ipam: &Path) -> Vec<(String, String)> {
-    let Ok(text) = std::fs::read_to_string(ipam) else {
-        return vec![];
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    v["allocations"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(id, a)| Some((id.clone(), a["tap"].as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
-}
-
-/// Removes a test agent's bridge, the TAPs (and IFBs) in its `ipam.json` and its nft tables.
-pub fn remove_network(bridge: &str, ipam: &Path) {
-    let del = |dev: &str| {
-        if link_exists(dev) {
-            let _ = Command::new("ip")
-                .args(["link", "del", "dev", dev])
-                .status();
-        }
-    };
-    for (_, tap) in ipam_taps(ipam) {
-        del(&tap);
-        if let Some(rest) = tap.strip_prefix("fft") {
-            del(&format!("ffi{rest}"));
-        }
-    }
-    let table = format!("firefleet_{}", bridge.replace(['-', '.'], "_"));
-    for family in ["bridge", "inet"] {
-        let _ = Command::new("nft")
-            .args(["delete", "table", family, &table])
-            .stderr(Stdio::null())
-            .status();
-    }
-    del(bridge);
-}
-
 fn log_file(p: &Path) -> Stdio {
     Stdio::from(std::fs::File::create(p).unwrap())
-}
-
-/// PIDs of VMM processes (QEMU, Firecracker) whose command line mentions `dir` or that run in a
-/// directory under it.
-pub fn vmm_pids_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().to_string();
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .map(|p| p.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let argv0 = cmdline.split(' ').next().unwrap_or_default();
-        let vmm = argv0.contains("qemu-system") || argv0.ends_with("firecracker");
-        if vmm && (cmdline.contains(&needle) || cwd.starts_with(&needle)) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Zombie processes whose parent is `ppid`.
-pub fn zombies_of(ppid: u32) -> Vec<u32> {
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_owned()) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.first() == Some(&"Z") && f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(ppid) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-/// The values of `counter=N` lines (the counter workload the tests run).
-pub fn counters(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("counter=")?.parse().ok())
-        .collect()
 }

@@ -1,19 +1,9 @@
-//! Helpers shared by the QEMU integration tests: the image fixture (built once per test
-//! process), boot serialisation, VM guards and console polling.
-//!
-//! The kernel package download is cached in `$FIREFLEET_TEST_CACHE`, else
-//! `$CARGO_TARGET_DIR/firefleet-test-cache`, else `<target>/tmp/firefleet-test-cache`
-//! (`debs/` holds the verified .deb; it is reused while its SHA-256 matches the archive).
-//! The static guest binary is `$FIREFLEET_GUEST_BIN`, else built by
-//! `crates/guest/build-static.sh` into `<cache>/guest-target` (a separate target directory, so
-//! the nested cargo never waits on the lock of the cargo running these tests).
+//! The QEMU fixture of the vmm tests: the image built once per test process into a temporary
+//! store, boot serialisation, VM guards and console polling. The kernel package download is
+//! cached in [`crate::cache_dir`] (`debs/` holds the verified .deb; it is reused while its SHA-256
+//! matches the archive); the guest binary is [`crate::guest_bin`].
 
-// Test helpers outside #[test] fns: clippy.toml's allow-unwrap-in-tests does not reach them.
-#![allow(clippy::unwrap_used)]
-// Each test binary uses a different subset.
-#![allow(dead_code)]
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -21,36 +11,15 @@ use std::time::{Duration, Instant};
 use firefleet_vmm::image::{build_image, BuildOptions, Image, ImageStore};
 use firefleet_vmm::{Accel, LaunchConfig, QemuRuntime, Runtime};
 
-pub fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIREFLEET_TEST_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(t).join("firefleet-test-cache");
-    }
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("firefleet-test-cache")
-}
+use crate::{cache_dir, guest_bin};
 
-pub fn guest_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIREFLEET_GUEST_BIN") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/build-static.sh");
-    let out = Command::new(&script)
-        .env("CARGO_TARGET_DIR", cache_dir().join("guest-target"))
-        .output()
-        .expect("run build-static.sh");
-    assert!(
-        out.status.success(),
-        "build-static.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
+/// The image every test VM boots.
 pub struct Fixture {
+    /// The guest binary in the image.
     pub guest: PathBuf,
+    /// The image.
     pub image: Image,
+    /// Its digest.
     pub digest: String,
     _store: tempfile::TempDir,
 }
@@ -86,23 +55,27 @@ pub fn fixture() -> &'static Fixture {
     })
 }
 
+/// One VM test at a time in a test process (the machine has few cores; TCG boots are slow).
 pub fn serial() -> MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
     M.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Kills the VM on drop, whatever happened in the test.
-pub struct VmGuard {
-    pub rt: QemuRuntime,
+pub struct VmGuard<R: Runtime = QemuRuntime> {
+    /// The runtime holding the VM.
+    pub rt: R,
+    /// The VM.
     pub id: String,
 }
 
-impl Drop for VmGuard {
+impl<R: Runtime> Drop for VmGuard<R> {
     fn drop(&mut self) {
         let _ = self.rt.stop(&self.id, Duration::ZERO);
     }
 }
 
+/// Launches VM `id` (with `cmd`) under a guard.
 pub fn launch(rt: &QemuRuntime, id: &str, cmd: Option<Vec<String>>) -> VmGuard {
     let guard = VmGuard {
         rt: rt.clone(),
@@ -126,11 +99,13 @@ pub fn launch_config(id: &str, cmd: Option<Vec<String>>) -> LaunchConfig {
     }
 }
 
+/// VM `id`'s console so far.
 pub fn console_text(rt: &QemuRuntime, id: &str) -> String {
     let chunk = rt.console(id, 0, 1 << 20).unwrap();
     String::from_utf8_lossy(&chunk.data).to_string()
 }
 
+/// Polls `cond` every 50 ms; panics naming `what`, with VM `id`'s console, after `timeout`.
 pub fn wait_for(
     what: &str,
     timeout: Duration,
@@ -149,6 +124,17 @@ pub fn wait_for(
     }
 }
 
+/// Launches `cfg` with a guard.
+pub fn launch_cfg(rt: &QemuRuntime, cfg: &LaunchConfig) -> VmGuard {
+    let guard = VmGuard {
+        rt: rt.clone(),
+        id: cfg.id.clone(),
+    };
+    rt.launch(cfg).unwrap();
+    guard
+}
+
+/// PIDs of the QEMU processes of VM `id` (its `-name firefleet-<id>,debug-threads…`).
 pub fn qemu_pids_for(id: &str) -> Vec<String> {
     let out = Command::new("pgrep")
         .args(["-f", &format!("firefleet-{id},debug-threads")])
@@ -158,14 +144,4 @@ pub fn qemu_pids_for(id: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-/// Launches `cfg` with a guard.
-pub fn launch_cfg(rt: &QemuRuntime, cfg: &LaunchConfig) -> VmGuard {
-    let guard = VmGuard {
-        rt: rt.clone(),
-        id: cfg.id.clone(),
-    };
-    rt.launch(cfg).unwrap();
-    guard
 }

@@ -1,14 +1,13 @@
 //! The server under test: a real server (real TLS, real HTTP, a real SQLite file) in a temporary
 //! directory, and a client that trusts its CA.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
-
 use std::{net::SocketAddr, time::Duration};
 
 use firefleet_server::{Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+/// A server in a temporary directory, its admin token and an HTTPS client trusting its CA.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub server: Server,
@@ -32,7 +31,8 @@ impl Fixture {
         Self::start_in_with(dir, |_| {}).await
     }
 
-    async fn start_in_with(
+    /// A server on the data directory `dir` whose config `edit` changed first.
+    pub async fn start_in_with(
         dir: tempfile::TempDir,
         edit: impl FnOnce(&mut ServerConfig),
     ) -> Fixture {
@@ -59,10 +59,12 @@ impl Fixture {
         }
     }
 
+    /// `https://<addr><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("https://{}{path}", self.server.addr)
     }
 
+    /// The store revision `/healthz` reports.
     pub async fn revision(&self) -> u64 {
         let v: Value = self
             .http
@@ -76,6 +78,7 @@ impl Fixture {
         v["revision"].as_u64().unwrap()
     }
 
+    /// `POST path` with a JSON `body` (and `token`, if any): the status and the JSON answer.
     pub async fn post(&self, token: Option<&str>, path: &str, body: String) -> (StatusCode, Value) {
         let mut r = self
             .http
@@ -90,6 +93,7 @@ impl Fixture {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET path` as `token`: the status and the JSON answer.
     pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
         let resp = self
             .http
@@ -102,6 +106,7 @@ impl Fixture {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// A new token for `tenant`, made by the admin.
     pub async fn tenant_token(&self, tenant: &str) -> String {
         let (s, v) = self
             .post(
@@ -115,6 +120,7 @@ impl Fixture {
     }
 }
 
+/// An HTTPS client trusting `ca_pem`, with a client identity (certificate, key) if given.
 pub fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
     let tls = firefleet_pki::client_tls_config(ca_pem, identity).unwrap();
     reqwest::Client::builder()

@@ -1,0 +1,93 @@
+//! Snapshots: request, list, restore from; the agent's outcome report and the server's copy
+//! of an archive (upload, download).
+
+use firefleet_api::{CreateSnapshotRequest, RestoreVmRequest, SnapshotList, SnapshotReport};
+use firefleet_types::{Snapshot, Vm};
+use reqwest::Method;
+
+use crate::transport::enc;
+use crate::{Client, ClientError};
+
+impl Client {
+    /// Requests a snapshot.
+    pub async fn snapshot_create(&self, vm: &str, name: &str) -> Result<Snapshot, ClientError> {
+        let req = CreateSnapshotRequest {
+            name: name.to_owned(),
+        };
+        self.call_required_body(
+            Method::POST,
+            &format!("/v1/vms/{}/snapshots", enc(vm)),
+            Some(&req),
+        )
+        .await
+    }
+
+    /// Lists a VM's snapshots.
+    pub async fn snapshot_list(&self, vm: &str) -> Result<Vec<Snapshot>, ClientError> {
+        Ok(self
+            .call_required_body::<(), SnapshotList>(
+                Method::GET,
+                &format!("/v1/vms/{}/snapshots", enc(vm)),
+                None,
+            )
+            .await?
+            .items)
+    }
+
+    /// Restores a VM from a snapshot.
+    pub async fn vm_restore(&self, vm: &str, snapshot: &str) -> Result<Vm, ClientError> {
+        let req = RestoreVmRequest {
+            snapshot: snapshot.to_owned(),
+        };
+        self.call_required_body(
+            Method::POST,
+            &format!("/v1/vms/{}/restore", enc(vm)),
+            Some(&req),
+        )
+        .await
+    }
+
+    /// Agent: reports a snapshot's outcome.
+    pub async fn report_snapshot(
+        &self,
+        vm: &str,
+        name: &str,
+        report: &SnapshotReport,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/agent/vms/{}/snapshots/{}", enc(vm), enc(name));
+        self.call_ignoring_body(Method::PUT, &path, Some(report))
+            .await
+    }
+
+    /// Agent: keeps a copy of a VM's snapshot (a tar) on the server, for a restore on another
+    /// node (after a failover).
+    pub async fn snapshot_upload(
+        &self,
+        vm: &str,
+        name: &str,
+        file: tokio::fs::File,
+        len: u64,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!(
+            "/v1/agent/vms/{}/snapshots/{}/data",
+            enc(vm),
+            enc(name)
+        ));
+        self.upload_tar(url, file, len).await
+    }
+
+    /// Agent: the server's copy of a VM's snapshot, into `out`; returns its size.
+    pub async fn snapshot_download(
+        &self,
+        vm: &str,
+        name: &str,
+        out: &mut tokio::fs::File,
+    ) -> Result<u64, ClientError> {
+        let url = self.url(&format!(
+            "/v1/agent/vms/{}/snapshots/{}/data",
+            enc(vm),
+            enc(name)
+        ));
+        self.stream_to(url, out).await
+    }
+}
