@@ -20,7 +20,7 @@ use firefleet_audit::{
 };
 use firefleet_store::{Compare, KvStore, Op};
 
-use crate::{write_private_file, ApiError, AppState};
+use crate::{files::write_private_file, ApiError, AppState};
 
 /// Prefix of the entries.
 const ENTRIES: &str = "/audit/";

@@ -5,7 +5,7 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use firefleet_api::Role;
 use firefleet_types::{NodeId, TenantId, Vm};
 
-use crate::{repo, tokens, ApiError, AppState};
+use crate::{app::tokens, repo, ApiError, AppState};
 
 /// The node certificate a client presented (verified against the cluster CA in the handshake),
 /// put into each request's extensions by the TLS layer (None when the client presented none, or

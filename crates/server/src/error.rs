@@ -1,4 +1,4 @@
-//! The API's error type. It knows nothing about HTTP; `http::error_response` maps it to a
+//! The API's error type. It knows nothing about HTTP; the HTTP layer (`http/mod.rs`) maps it to a
 //! status code and a body fit for the user.
 
 use firefleet_types::ValidationError;
@@ -107,6 +107,21 @@ impl ApiError {
             ApiError::Validation(v) => Some(&v.field),
             ApiError::BadRequest { field, .. } => field.as_deref(),
             _ => None,
+        }
+    }
+}
+
+impl From<crate::repo::RepoError> for ApiError {
+    fn from(e: crate::repo::RepoError) -> Self {
+        use crate::repo::RepoError;
+        match e {
+            RepoError::Store(e) => ApiError::Store(e),
+            RepoError::Invalid(e) => ApiError::Validation(e),
+            RepoError::Corrupt(m) => ApiError::Internal(m),
+            RepoError::NotFound { kind, name } => ApiError::NotFound { kind, name },
+            RepoError::Conflict(m) => ApiError::Conflict(m),
+            RepoError::Unauthorized(m) => ApiError::Unauthorized(m),
+            RepoError::Forbidden(m) => ApiError::Forbidden(m),
         }
     }
 }

@@ -3,45 +3,46 @@
 //! Owns the REST API under `/v1` (axum, served over HTTPS with the cluster's own CA; agents
 //! authenticate with client certificates, people and scripts with bearer tokens), the typed
 //! repositories over the [`firefleet_store`] key-value store, and the level-triggered
-//! controllers (scheduling, node readiness). Decisions are made by the pure engines
-//! (`firefleet-scheduler`); this crate prepares their inputs from the store and writes their
-//! outputs back.
+//! controllers (scheduling, node readiness, compliance, healing, functions, the guard).
+//! Decisions are made by the pure engines (`firefleet-scheduler`, `-autoscaler`, `-guard`,
+//! `-policy`); this crate prepares their inputs from the store and writes their outputs back.
 //!
-//! Where to start reading: [`Server::start`], then `http/mod.rs` (routes) and `controllers/`.
+//! Layers, each importing only those below it:
+//! - `http/`: handlers parse and authorise a request, call one `app` function, render.
+//! - `controllers/`: loops on timers and kicks; they call `app` (and read through `repo`).
+//! - `app/`: the domain operations, one module per domain; never imports `http` or
+//!   `controllers`.
+//! - `repo/`: typed records over the store; imports only the store, types and API crates.
+//!
+//! This file only wires them up: configuration, the shared state, start and shutdown.
+//! Where to start reading: [`Server::start`], then `http/mod.rs` (routes), `app/` and
+//! `controllers/`.
 
+mod app;
 mod audit;
 mod auth;
 mod controllers;
 mod error;
-mod functions;
-mod guard;
+mod files;
 pub mod http;
 mod limits;
 mod metrics;
-mod policy;
-mod quota;
 mod repo;
 mod tls;
-mod tokens;
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use firefleet_pki::Ca;
 use firefleet_store::{KvStore, SqliteStore};
 use tokio::{net::TcpListener, sync::watch};
 
+pub use app::quota::DEFAULT_QUOTA;
+pub use app::threats::GuardConfig;
 pub use controllers::functions::FunctionsConfig;
 pub use error::ApiError;
 pub use firefleet_autoscaler::PolicyKind;
-pub use guard::GuardConfig;
 pub use http::openapi_json;
 pub use limits::Limits;
-pub use quota::DEFAULT_QUOTA;
 
 /// Heartbeats older than this mark a node NotReady (default of [`NodeTimers::grace`]).
 pub const NODE_GRACE: Duration = Duration::from_secs(15);
@@ -142,15 +143,15 @@ pub(crate) struct AppState {
     /// Live migrations' destinations waiting for their source's stream.
     pub live: Arc<http::migrations::LiveRelay>,
     /// The functions gateway (instances, in-flight invocations, counters).
-    pub gateway: Arc<functions::Gateway>,
+    pub gateway: Arc<app::functions::Gateway>,
     /// How functions are scaled.
     pub functions: FunctionsConfig,
     /// The guard: telemetry queue and counters.
-    pub guard: Arc<guard::Guard>,
+    pub guard: Arc<app::threats::Guard>,
     /// The audit log's signing key and appender.
     pub audit: Arc<audit::Auditor>,
     /// The compiled policy set in force.
-    pub policies: policy::Shared,
+    pub policies: app::policy::Shared,
     /// Request rate per token and per anonymous client address.
     pub rate: Arc<limits::RateLimiter>,
     /// What callers may hold (connections, time, rate).
@@ -162,7 +163,13 @@ pub(crate) struct AppState {
     /// The quota of tenants whose record sets none.
     pub default_quota: firefleet_api::TenantQuota,
     /// Per-tenant create locks (quota checks).
-    pub quota_locks: Arc<quota::QuotaLocks>,
+    pub quota_locks: Arc<app::quota::QuotaLocks>,
+}
+
+impl repo::Db for AppState {
+    fn store(&self) -> &dyn KvStore {
+        &*self.store
+    }
 }
 
 /// Errors starting the server.
@@ -218,7 +225,7 @@ impl Server {
                 secs: config.agent_cert_lifetime.as_secs(),
             }));
         }
-        make_private_dir(dir).map_err(|source| StartError::DataDir {
+        files::make_private_dir(dir).map_err(|source| StartError::DataDir {
             path: dir.clone(),
             source,
         })?;
@@ -227,7 +234,7 @@ impl Server {
         // The store holds every secret's hash and every tenant's objects: owner only, like the
         // directory (SQLite creates its files with the umask's mode).
         for f in ["store.db", "store.db-wal", "store.db-shm"] {
-            make_private_file(&dir.join(f)).map_err(|source| StartError::DataDir {
+            files::make_private_file(&dir.join(f)).map_err(|source| StartError::DataDir {
                 path: dir.join(f),
                 source,
             })?;
@@ -269,10 +276,10 @@ impl Server {
             default_quota: config.default_quota,
             quota_locks: Arc::default(),
         };
-        bootstrap_admin(&state, dir)
+        app::tokens::ensure_admin_token(&state, dir)
             .await
             .map_err(StartError::Bootstrap)?;
-        policy::install_builtin(&state)
+        app::policy::install_builtin(&state)
             .await
             .map_err(StartError::Bootstrap)?;
 
@@ -307,7 +314,7 @@ impl Server {
             state.clone(),
             shutdown_rx.clone(),
         ));
-        tasks.push(guard::spawn(
+        tasks.push(controllers::guard::spawn(
             state.clone(),
             config.guard.clone(),
             shutdown_rx.clone(),
@@ -334,7 +341,7 @@ impl Server {
         ttl: Duration,
         node: firefleet_types::NodeId,
     ) -> Result<String, ApiError> {
-        repo::create_join_token(&self.state, ttl, Some(node), None)
+        app::nodes::create_join_token(&self.state, ttl, Some(node), None)
             .await
             .map(|r| r.token)
     }
@@ -346,62 +353,6 @@ impl Server {
             let _ = t.await;
         }
     }
-}
-
-/// Creates the admin token on first start and writes it to `dir/admin.token` (mode 0600).
-async fn bootstrap_admin(state: &AppState, dir: &Path) -> Result<(), ApiError> {
-    let path = dir.join("admin.token");
-    // If the token file was lost (it is only written once), make a new admin token rather than
-    // lock the operator out; the old one stays valid.
-    if path.exists() && tokens::admin_exists(state).await? {
-        return Ok(());
-    }
-    let token = tokens::create(
-        state,
-        tokens::NewToken {
-            tenant: firefleet_api::ADMIN_TENANT
-                .parse()
-                .map_err(ApiError::Validation)?,
-            role: firefleet_api::Role::Admin,
-            ttl_secs: None,
-            note: Some("made at first start".to_owned()),
-        },
-    )
-    .await?;
-    write_private_file(&path, token.token.as_bytes())
-        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
-}
-
-/// Creates `dir` (and its parents) if missing, and makes it owner-only (0700).
-pub(crate) fn make_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Makes an existing file owner-only (0600); a missing file is left missing.
-fn make_private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
-/// Writes a file atomically with mode 0600.
-pub(crate) fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -19,84 +19,22 @@ use std::collections::{BTreeMap, HashMap};
 
 use firefleet_types::{DesiredState, NodeId, NodeInfo, Vm, VmPhase};
 
-use crate::policy::{self, StoredRecord};
+use crate::app::compliance::{is_current, remedy, vm_verdict, wants_to_run, Remedy};
+use crate::app::{
+    migrations, placement,
+    policy::{self, StoredRecord},
+};
 use crate::{now_ms, repo, ApiError, AppState};
 
-/// What to do about a VM after its evaluation (pure).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Remedy {
-    /// Compliant, or already at rest.
-    Nothing,
-    /// Stop it: its spec breaks a policy in deny mode (or it needs a compliant host and none
-    /// is left).
-    Stop,
-    /// Move it off its tainted node.
-    Migrate,
-}
-
-/// The remedy for a VM that wants to run (`wants_to_run`: desired running or paused, not
-/// deleting), from its record's verdict and, for a VM that needs a compliant host, its node's.
-pub fn remedy(
-    wants_to_run: bool,
-    passed: bool,
-    needs_compliant_host: bool,
-    on_compliant_host: Option<bool>,
-) -> Remedy {
-    if !wants_to_run {
-        Remedy::Nothing
-    } else if !passed {
-        Remedy::Stop
-    } else if needs_compliant_host && on_compliant_host == Some(false) {
-        Remedy::Migrate
-    } else {
-        Remedy::Nothing
-    }
-}
-
-/// Whether a stored record is the verdict on `digest` at `version`.
-pub fn is_current(r: &StoredRecord, version: u64, digest: &str) -> bool {
-    r.record.policy_version == version && r.input_digest == digest
-}
-
-/// A VM's verdict at `version` (pure): its stored record when that is current for this input,
-/// else a fresh evaluation (`true`: to be stored). A fresh verdict that still fails keeps what
-/// was done about the old one (stopping the VM changed its spec, not the verdict).
-pub fn vm_verdict(
-    set: &firefleet_policy::PolicySet,
-    version: u64,
-    vm: &Vm,
-    input: &serde_json::Value,
-    old: Option<&StoredRecord>,
-) -> (StoredRecord, bool) {
-    let digest = policy::digest(input);
-    match old {
-        Some(r) if is_current(r, version, &digest) => (r.clone(), false),
-        old => {
-            let mut fresh = policy::evaluate_vm(set, version, vm.id.as_str(), &vm.spec, input);
-            if !fresh.record.record.passed {
-                fresh.record.record.remediation = old.and_then(|r| r.record.remediation.clone());
-            }
-            (fresh.record, true)
-        }
-    }
-}
-
-/// Whether the scheduler may place a VM with this record: it passes at the current version.
-pub fn placeable(record: Option<&StoredRecord>, version: u64) -> bool {
-    record.is_some_and(|r| r.record.passed && r.record.policy_version == version)
-}
-
-fn wants_to_run(vm: &Vm) -> bool {
-    !vm.deleting && vm.spec.desired != DesiredState::Stopped && !vm.status.phase.is_terminal()
-}
-
+/// Evaluates what changed (nodes, then VMs) at the current policy version, stores the
+/// records and remediates what fails.
 pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     let (version, set) = policy::current(&state).await?;
 
     // Nodes.
     let (nodes, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
     let mut node_records: HashMap<String, StoredRecord> =
-        policy::records(&state, policy::NODE_RECORDS)
+        policy::records(&state, repo::NODE_RECORDS)
             .await?
             .into_iter()
             .map(|r| (r.record.subject.clone(), r))
@@ -133,12 +71,7 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             state.audit.record(&state, event).await;
             tracing::info!(node = %node.id, passed = fresh.record.passed, version, "node posture evaluated");
         }
-        policy::put_record(
-            &state,
-            format!("{}{}", policy::NODE_RECORDS, node.id),
-            &fresh,
-        )
-        .await?;
+        policy::put_record(&state, format!("{}{}", repo::NODE_RECORDS, node.id), &fresh).await?;
         node_records.insert(node.id.to_string(), fresh);
     }
     let host_ok = |node: &NodeId| {
@@ -150,7 +83,7 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     // VMs.
     // Records first: a VM is created with its record in one txn, so every record listed here
     // belongs to a VM in the list read after it, or to one that is gone.
-    let vm_records: HashMap<String, StoredRecord> = policy::records(&state, policy::VM_RECORDS)
+    let vm_records: HashMap<String, StoredRecord> = policy::records(&state, repo::VM_RECORDS)
         .await?
         .into_iter()
         .map(|r| (r.record.subject.clone(), r))
@@ -170,7 +103,7 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             }
         };
         let input = serde_json::json!({ "vm": vm.spec, "tenant": tenant });
-        let key = format!("{}{}", policy::VM_RECORDS, vm.id);
+        let key = format!("{}{}", repo::VM_RECORDS, vm.id);
         let (mut record, changed) = {
             let (set, vm, old) = (
                 set.clone(),
@@ -210,7 +143,7 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
     for gone in vm_records.keys().filter(|k| !live.contains(k.as_str())) {
         state
             .store
-            .delete(&format!("{}{gone}", policy::VM_RECORDS), None)
+            .delete(&format!("{}{gone}", repo::VM_RECORDS), None)
             .await?;
     }
     if !to_migrate.is_empty() {
@@ -272,8 +205,8 @@ async fn migrate(
 ) -> Result<(), ApiError> {
     use firefleet_scheduler::{place, Placement, Weights};
     use rand::SeedableRng;
-    let view = super::scheduling::cluster_view(state, vms).await?;
-    let requests: Vec<_> = movers.iter().map(super::scheduling::request_for).collect();
+    let view = placement::cluster_view(state, vms).await?;
+    let requests: Vec<_> = movers.iter().map(placement::request_for).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(version);
     for p in place(&view, &requests, &Weights::default(), &mut rng) {
         let Some(vm) = movers.iter().find(|v| match &p {
@@ -294,8 +227,8 @@ async fn migrate(
             Placement::Placed { node, .. }
                 if node != from && vm.status.phase == VmPhase::Running =>
             {
-                let mode = crate::http::plan::mode_for(vm);
-                crate::http::migrations::start(state, vm, from.clone(), node.clone(), mode).await?;
+                let mode = migrations::mode_for(vm);
+                migrations::start(state, vm, from.clone(), node.clone(), mode).await?;
                 let event = firefleet_audit::Event::new(
                     now_ms(),
                     "controller:compliance",
@@ -307,7 +240,7 @@ async fn migrate(
                 .with("from", from.to_string())
                 .with("to", node.to_string());
                 state.audit.record(state, event).await;
-                let key = format!("{}{}", policy::VM_RECORDS, vm.id);
+                let key = format!("{}{}", repo::VM_RECORDS, vm.id);
                 if let Some((mut r, _)) = repo::get_json::<StoredRecord>(state, &key).await? {
                     r.record.remediation =
                         Some(format!("migrating to {node}: node {from} is tainted"));
@@ -318,11 +251,7 @@ async fn migrate(
             Placement::Unschedulable { reasons, .. } => {
                 let why = format!(
                     "its node {from} is tainted and no compliant node can take it ({})",
-                    reasons
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    placement::reasons_text(&reasons)
                 );
                 stop(state, vm, &[why], version).await?;
             }
@@ -334,6 +263,7 @@ async fn migrate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::compliance::*;
     use firefleet_policy::{PolicyDoc, PolicySet};
     use firefleet_types::{Generation, VmId, VmSpec, VmStatus};
     use proptest::prelude::*;

@@ -25,16 +25,14 @@ use std::{
 
 use firefleet_autoscaler::{Autoscaler, EngineConfig, FunctionParams, InstanceInfo, Sample};
 use firefleet_types::{
-    function::{FunctionInstance, FunctionTemplate, TemplateRef},
-    DesiredState, Function, FunctionPhase, NodeInfo, Snapshot, SnapshotPhase, Vm, VmPhase, VmSpec,
+    function::{FunctionTemplate, TemplateRef},
+    DesiredState, Function, FunctionPhase, NodeInfo, Snapshot, SnapshotPhase, Vm, VmPhase,
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{
-    functions::FnKey,
-    http::functions::{function_vms, node_region},
-    now_ms, repo, ApiError, AppState,
-};
+use crate::app::functions::{function_vm_spec, function_vms, node_region, FnKey};
+use crate::repo::{self, RepoError};
+use crate::{now_ms, ApiError, AppState};
 
 /// The snapshot name of a function's template.
 const TEMPLATE_SNAPSHOT: &str = "template";
@@ -131,40 +129,6 @@ fn engine_config(cfg: &FunctionsConfig) -> EngineConfig {
     e
 }
 
-/// The spec of one of a function's VMs: its template (`template` None, booted) or an instance
-/// (restored from `template`), in `regions` (empty: anywhere).
-pub(crate) fn function_vm_spec(
-    f: &Function,
-    name: String,
-    regions: Vec<String>,
-    template: Option<TemplateRef>,
-) -> VmSpec {
-    VmSpec {
-        name,
-        tenant: f.spec.tenant.clone(),
-        image: f.spec.image.clone(),
-        resources: f.spec.resources,
-        labels: Default::default(),
-        // HTTP mode: the workload serves from boot. Command mode: the guest idles and runs the
-        // command per invocation.
-        cmd: f.spec.http_port.map(|_| f.spec.cmd.clone()),
-        restart_policy: Default::default(),
-        desired: DesiredState::Running,
-        restore: None,
-        network: Default::default(),
-        runtime: f.spec.runtime,
-        disks: Vec::new(),
-        placement: firefleet_types::vm::PlacementSpec {
-            allowed_regions: regions,
-            ..Default::default()
-        },
-        function: Some(FunctionInstance {
-            function: f.spec.name.clone(),
-            template,
-        }),
-    }
-}
-
 struct Controller {
     engine: Autoscaler,
     known: HashSet<String>,
@@ -201,7 +165,7 @@ impl Controller {
                     .iter()
                     .any(|f| f.spec.tenant == vm.spec.tenant && f.spec.name == b.function);
                 if !owner && !vm.deleting {
-                    repo::remove_vm(state, vm).await?;
+                    crate::app::vms::remove(state, vm).await?;
                 }
             }
         }
@@ -333,7 +297,7 @@ impl Controller {
         let tpl = function_vms(vms, &f.spec).find(|vm| vm.spec.name == tpl_name);
         let Some(vm) = tpl else {
             let spec = function_vm_spec(f, tpl_name, f.spec.regions.clone(), None);
-            match repo::create_vm(state, spec).await {
+            match crate::app::vms::create(state, spec).await {
                 Ok(vm) => {
                     tracing::info!(function = %f.spec.name, vm = %vm.id, "booting the template")
                 }
@@ -390,8 +354,8 @@ impl Controller {
                     now_ms(),
                 );
                 match repo::create_snapshot(state, &snap).await {
-                    Ok(()) | Err(ApiError::Conflict(_)) => {}
-                    Err(e) => return Err(e),
+                    Ok(()) | Err(RepoError::Conflict(_)) => {}
+                    Err(e) => return Err(e.into()),
                 }
                 tracing::info!(function = %f.spec.name, vm = %vm.id, "snapshotting the template");
             }
@@ -455,7 +419,7 @@ impl Controller {
             if b.template.is_none() {
                 // An old template VM (the function was redeployed): gone once the new one is.
                 if vm.id != tpl.vm && !vm.deleting {
-                    repo::remove_vm(state, vm).await?;
+                    crate::app::vms::remove(state, vm).await?;
                 }
                 continue;
             }
@@ -465,7 +429,7 @@ impl Controller {
             if matches!(vm.status.phase, VmPhase::Failed | VmPhase::Stopped) {
                 tracing::warn!(function = %f.spec.name, vm = %vm.id, phase = ?vm.status.phase,
                     message = vm.status.message.as_deref().unwrap_or(""), "instance lost; removing it");
-                repo::remove_vm(state, vm).await?;
+                crate::app::vms::remove(state, vm).await?;
                 continue;
             }
             if let Some(node) = &vm.status.node {
@@ -563,7 +527,7 @@ impl Controller {
                     break;
                 }
                 tracing::info!(function = %f.spec.name, vm = %vm.id, "not wanted any more and never placed; removing");
-                repo::remove_vm(state, vm).await?;
+                crate::app::vms::remove(state, vm).await?;
                 excess -= 1;
             }
             // Then idle instances past their keep-alive, longest idle first.
@@ -584,7 +548,7 @@ impl Controller {
             for (_, vm) in expired.into_iter().take(excess) {
                 if state.gateway.drain(key, &vm.id) {
                     tracing::info!(function = %f.spec.name, vm = %vm.id, "idle past its keep-alive; stopping");
-                    repo::remove_vm(state, vm).await?;
+                    crate::app::vms::remove(state, vm).await?;
                 }
             }
         }
@@ -601,7 +565,7 @@ impl Controller {
                 && gw.get(&vm.id).is_none_or(|i| i.in_flight == 0)
                 && state.gateway.drain(key, &vm.id)
             {
-                repo::remove_vm(state, vm).await?;
+                crate::app::vms::remove(state, vm).await?;
             }
         }
         Ok(())
@@ -630,7 +594,7 @@ impl Controller {
             regions,
             Some(template),
         );
-        let vm = repo::create_vm(state, spec).await?;
+        let vm = crate::app::vms::create(state, spec).await?;
         tracing::info!(function = %f.spec.name, vm = %vm.id, region, "starting an instance from the template");
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! `Scheduled` on the same node with `status.restarts` one higher; the agent sees the count in
 //! its intent, finds that the VM does not run there and launches it afresh. Reports about the
 //! run from before the restart carry the old count and are refused (see
-//! `http::agent::report_status`), so the dead run's `Failed` cannot undo the restart.
+//! `app::agents::report_status`), so the dead run's `Failed` cannot undo the restart.
 //!
 //! The backoff doubles from [`FIRST_BACKOFF_MS`] up to [`MAX_BACKOFF_MS`] with each restart in a row;
 //! a VM that ran for [`STREAK_RESET_MS`] before it went down starts again at the first step. A VM

@@ -6,6 +6,7 @@
 mod compaction;
 pub(crate) mod compliance;
 pub(crate) mod functions;
+pub(crate) mod guard;
 mod healing;
 mod nodes;
 pub(crate) mod rebalance;

@@ -52,7 +52,7 @@ pub async fn reconcile(state: AppState) -> Result<(), ApiError> {
             continue; // at rest: nothing runs there to move
         }
         if vm.deleting {
-            repo::delete_vm_record(&state, &vm).await?;
+            crate::app::vms::delete_record(&state, &vm).await?;
             tracing::info!(vm = %vm.id, %node, "vm deleted (its node is lost)");
             continue;
         }

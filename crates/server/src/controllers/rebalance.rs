@@ -9,6 +9,7 @@ use firefleet_api::PlanQuery;
 use firefleet_types::Migration;
 use tokio::{sync::watch, task::JoinHandle};
 
+use crate::app::{migrations, plan};
 use crate::{repo, ApiError, AppState};
 
 /// Runs [`tick`] every `period` until shutdown.
@@ -35,13 +36,13 @@ async fn tick(state: &AppState) -> Result<(), ApiError> {
     if migrations.iter().any(|m| !m.phase.is_terminal()) {
         return Ok(());
     }
-    let (plan, vms) = crate::http::plan::make_plan(state, &PlanQuery::default()).await?;
+    let (plan, vms) = plan::make_plan(state, &PlanQuery::default()).await?;
     for m in &plan.moves {
         let Some(vm) = vms.iter().find(|v| v.id == m.vm) else {
             continue;
         };
-        let mode = crate::http::plan::mode_for(vm);
-        match crate::http::migrations::start(state, vm, m.from.clone(), m.to.clone(), mode).await {
+        let mode = migrations::mode_for(vm);
+        match migrations::start(state, vm, m.from.clone(), m.to.clone(), mode).await {
             Ok(_) => {
                 tracing::info!(vm = %vm.id, from = %m.from, to = %m.to, reason = %m.reason, "rebalancing")
             }

@@ -14,7 +14,7 @@ use firefleet_api::{
 use firefleet_types::{NodeId, NodeInfo};
 
 use super::{ValidJson, ValidQuery};
-use crate::{auth::Admin, repo, tokens, ApiError, AppState};
+use crate::{app, app::tokens, auth::Admin, ApiError, AppState};
 
 /// Longest join-token validity.
 const MAX_JOIN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -26,8 +26,9 @@ pub async fn list_nodes(
     State(state): State<AppState>,
     _admin: Admin,
 ) -> Result<Json<NodeList>, ApiError> {
-    let (items, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
-    Ok(Json(NodeList { items }))
+    Ok(Json(NodeList {
+        items: app::nodes::list(&state).await?,
+    }))
 }
 
 /// Get a node (admin).
@@ -40,9 +41,9 @@ pub async fn get_node(
     Path(node): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id: NodeId = NodeId::parse("node", &node)?;
-    repo::get_json::<NodeInfo>(&state, &repo::node_key(&id))
+    app::nodes::get(&state, &id)
         .await?
-        .map(|(n, _)| Json(n))
+        .map(Json)
         .ok_or_else(|| ApiError::not_found("node", node))
 }
 
@@ -76,14 +77,7 @@ async fn set_cordon(
     cordoned: bool,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id: NodeId = NodeId::parse("node", node)?;
-    let n = repo::update_node(state, &id, |n| {
-        let changed = n.cordoned != cordoned;
-        n.cordoned = cordoned;
-        changed
-    })
-    .await?;
-    state.kick.notify_waiters();
-    Ok(Json(n))
+    Ok(Json(app::nodes::set_cordon(state, &id, cordoned).await?))
 }
 
 /// Create a token (admin): a tenant's (the default), a metrics scraper's, or another admin's.
@@ -160,7 +154,7 @@ pub async fn create_join_token(
     }
     Ok((
         StatusCode::CREATED,
-        Json(repo::create_join_token(&state, ttl, req.node, req.cordon).await?),
+        Json(app::nodes::create_join_token(&state, ttl, req.node, req.cordon).await?),
     ))
 }
 
@@ -177,7 +171,7 @@ pub async fn remove_node(
     Path(node): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let id: NodeId = NodeId::parse("node", &node)?;
-    let removed = repo::remove_node(&state, &id).await?;
+    let removed = app::nodes::remove(&state, &id).await?;
     tracing::info!(node = %id, "node removed; its certificates are revoked");
     state.kick.notify_waiters();
     Ok(Json(removed))

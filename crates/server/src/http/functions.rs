@@ -3,7 +3,7 @@
 //!
 //! Deploying records the function (phase Deploying); the functions controller boots its
 //! template VM, snapshots it and marks it Ready. Invocations go through the gateway
-//! ([`crate::functions::Gateway`]).
+//! ([`crate::app::functions::Gateway`]).
 
 use axum::{
     body::Bytes,
@@ -14,21 +14,17 @@ use axum::{
 };
 use base64::Engine as _;
 use firefleet_api::{
-    AgentInvocationResult, AgentInvocations, DeployFunctionRequest, ErrorBody,
-    FunctionInstanceInfo, FunctionList, FunctionLog, FunctionLogs, FunctionView, InvokeResponse,
-    MAX_INVOKE_BYTES,
+    AgentInvocationResult, AgentInvocations, DeployFunctionRequest, ErrorBody, FunctionList,
+    FunctionLogs, FunctionView, InvokeResponse,
 };
-use firefleet_types::{
-    Function, FunctionPhase, FunctionSpec, FunctionStatus, Generation, NodeId, NodeInfo, TenantId,
-    Vm,
-};
+use firefleet_types::{FunctionSpec, TenantId};
 use serde::Deserialize;
 
 use super::{ValidJson, ValidQuery};
 use crate::{
+    app,
     auth::{AgentNode, Caller},
-    functions::{FnKey, InvokeError},
-    now_ms, repo, ApiError, AppState,
+    ApiError, AppState,
 };
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -54,96 +50,6 @@ fn tenant_of(caller: &Caller, q: &TenantQuery) -> Result<TenantId, ApiError> {
             Ok(t)
         }
         None => Ok(caller.tenant.clone()),
-    }
-}
-
-async fn find(state: &AppState, tenant: &TenantId, name: &str) -> Result<Function, ApiError> {
-    firefleet_types::validate::check_name("function", name)?;
-    repo::get_function(state, tenant, name)
-        .await?
-        .map(|(f, _)| f)
-        .ok_or_else(|| ApiError::not_found("function", name))
-}
-
-/// The VMs of a function: its template and instances.
-pub(crate) fn function_vms<'a>(vms: &'a [Vm], f: &'a FunctionSpec) -> impl Iterator<Item = &'a Vm> {
-    vms.iter().filter(move |vm| {
-        vm.spec.tenant == f.tenant
-            && vm
-                .spec
-                .function
-                .as_ref()
-                .is_some_and(|b| b.function == f.name)
-    })
-}
-
-/// The VMs and nodes a function's view is made from (read once per request): the VMs of the
-/// functions' tenants, each read through its names' keys (never every VM in the store).
-async fn fleet<'a>(
-    state: &AppState,
-    tenants: impl IntoIterator<Item = &'a TenantId>,
-) -> Result<(Vec<Vm>, Vec<NodeInfo>), ApiError> {
-    let tenants: std::collections::BTreeSet<&TenantId> = tenants.into_iter().collect();
-    let mut vms = Vec::new();
-    for t in tenants {
-        vms.extend(crate::quota::tenant_vms(state, t).await?);
-    }
-    let (nodes, _) = repo::list_json::<NodeInfo>(state, "/nodes/").await?;
-    Ok((vms, nodes))
-}
-
-/// What the gateway and the store know of a function.
-fn view(state: &AppState, f: Function, vms: &[Vm], nodes: &[NodeInfo]) -> FunctionView {
-    let key: FnKey = (f.spec.tenant.clone(), f.spec.name.clone());
-    let (counters, wanted, reason, live) = state.gateway.with(&key, |st| {
-        (
-            st.counters.clone(),
-            st.wanted.clone(),
-            st.reason.clone(),
-            st.instances
-                .iter()
-                .map(|(id, i)| {
-                    (
-                        id.clone(),
-                        (i.in_flight, i.idle_since_ms, st.deadlines.get(id).copied()),
-                    )
-                })
-                .collect::<std::collections::HashMap<_, _>>(),
-        )
-    });
-    let instances = function_vms(vms, &f.spec)
-        .filter(|vm| {
-            vm.spec
-                .function
-                .as_ref()
-                .is_some_and(|b| b.template.is_some())
-        })
-        .map(|vm| {
-            let (in_flight, idle_since_ms, keep_alive_until_ms) =
-                live.get(&vm.id).copied().unwrap_or((0, None, None));
-            FunctionInstanceInfo {
-                vm: vm.id.clone(),
-                name: vm.spec.name.clone(),
-                phase: vm.status.phase,
-                node: vm.status.node.clone(),
-                region: vm
-                    .status
-                    .node
-                    .as_ref()
-                    .map(|n| node_region(nodes, n))
-                    .filter(|r| !r.is_empty()),
-                in_flight,
-                idle_since_ms,
-                keep_alive_until_ms,
-            }
-        })
-        .collect();
-    FunctionView {
-        function: f,
-        instances,
-        counters,
-        wanted,
-        reason,
     }
 }
 
@@ -185,86 +91,16 @@ pub async fn deploy(
         public: req.public,
     };
     spec.validate()?;
-    let fresh = Function {
-        spec: spec.clone(),
-        generation: Generation(1),
-        status: FunctionStatus {
-            phase: FunctionPhase::Deploying,
-            message: None,
-            template: None,
-        },
-        created_ms: now_ms(),
-    };
-    // Admitted as a function and as one of its instances (so VM policies hold for it too).
-    let instance = crate::controllers::functions::function_vm_spec(
-        &fresh,
-        format!("{}-admission", spec.name),
-        spec.regions.clone(),
-        None,
-    );
-    let admission = crate::policy::admit_function(&state, &spec, &instance).await?;
-    // A new function counts against the tenant's quota; counted and written under its lock.
-    let quota = crate::quota::admit(
-        &state,
-        &spec.tenant,
-        crate::quota::Adding::Function(&spec.name),
-    )
-    .await?;
-    let (func, created) = loop {
-        match repo::get_function(&state, &spec.tenant, &spec.name).await? {
-            None => {
-                let f = fresh.clone();
-                if repo::put_function(&state, &f, None).await? {
-                    break (f, true);
-                }
-            }
-            // The same spec again changes nothing (unless it failed: then it is a retry).
-            Some((f, _)) if f.spec == spec && f.status.phase != FunctionPhase::Failed => {
-                break (f, false)
-            }
-            Some((mut f, rev)) => {
-                // What the template was made from changed: a new template. Scaling limits,
-                // regions and timeouts apply to the running instances as they are.
-                let remake = (
-                    &f.spec.image,
-                    &f.spec.cmd,
-                    f.spec.http_port,
-                    f.spec.resources,
-                    f.spec.runtime,
-                ) != (
-                    &spec.image,
-                    &spec.cmd,
-                    spec.http_port,
-                    spec.resources,
-                    spec.runtime,
-                );
-                f.spec = spec.clone();
-                f.generation = f.generation.next();
-                if remake || f.status.phase == FunctionPhase::Failed {
-                    f.status = FunctionStatus {
-                        phase: FunctionPhase::Deploying,
-                        message: None,
-                        template: None,
-                    };
-                }
-                if repo::put_function(&state, &f, Some(rev)).await? {
-                    break (f, false);
-                }
-            }
-        }
-    };
-    drop(quota);
-    state.gateway.demand.notify_one();
-    let (vms, nodes) = fleet(&state, [&func.spec.tenant]).await?;
-    let status = if created {
+    let deployed = app::functions::deploy(&state, spec).await?;
+    let status = if deployed.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((
         status,
-        super::warning_headers(&admission.warnings),
-        Json(view(&state, func, &vms, &nodes)),
+        super::warning_headers(&deployed.warnings),
+        Json(deployed.view),
     ))
 }
 
@@ -278,26 +114,9 @@ pub async fn list(
     caller: Caller,
     ValidQuery(q): ValidQuery<super::vms::ListQuery>,
 ) -> Result<Json<FunctionList>, ApiError> {
-    let page = super::paging::Page::parse(q.limit.as_deref(), q.after)?;
+    let page = super::paging::parse(q.limit.as_deref(), q.after)?;
     let tenant = super::paging::scope(&caller, q.tenant.as_deref())?;
-    let prefix = match &tenant {
-        Some(t) => format!("/functions/{t}/"),
-        None => "/functions/".to_owned(),
-    };
-    let (kvs, _) = state.store.list(&prefix).await?;
-    let (keys, next) = page.select(&kvs, &prefix);
-    let functions = keys
-        .into_iter()
-        .map(|kv| {
-            serde_json::from_slice::<Function>(&kv.value)
-                .map_err(|e| ApiError::Internal(format!("corrupt record at {}: {e}", kv.key)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let (vms, nodes) = fleet(&state, functions.iter().map(|f| &f.spec.tenant)).await?;
-    let items = functions
-        .into_iter()
-        .map(|f| view(&state, f, &vms, &nodes))
-        .collect();
+    let (items, next) = app::functions::list(&state, tenant.as_ref(), &page).await?;
     Ok(Json(FunctionList { items, next }))
 }
 
@@ -311,9 +130,8 @@ pub async fn get(
     Path(name): Path<String>,
     ValidQuery(q): ValidQuery<TenantQuery>,
 ) -> Result<Json<FunctionView>, ApiError> {
-    let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
-    let (vms, nodes) = fleet(&state, [&f.spec.tenant]).await?;
-    Ok(Json(view(&state, f, &vms, &nodes)))
+    let f = app::functions::find(&state, &tenant_of(&caller, &q)?, &name).await?;
+    Ok(Json(app::functions::view_of(&state, f).await?))
 }
 
 /// Remove a function: its record at once; its template and instances are stopped and removed
@@ -327,15 +145,7 @@ pub async fn remove(
     Path(name): Path<String>,
     ValidQuery(q): ValidQuery<TenantQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = tenant_of(&caller, &q)?;
-    let f = find(&state, &tenant, &name).await?;
-    repo::delete_function(&state, &tenant, &name).await?;
-    let vms = crate::quota::tenant_vms(&state, &tenant).await?;
-    state.gateway.forget(&(tenant, name));
-    for vm in function_vms(&vms, &f.spec) {
-        repo::remove_vm(&state, vm).await?;
-    }
-    state.kick.notify_waiters();
+    app::functions::remove(&state, &tenant_of(&caller, &q)?, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -349,48 +159,8 @@ pub async fn logs(
     Path(name): Path<String>,
     ValidQuery(q): ValidQuery<TenantQuery>,
 ) -> Result<Json<FunctionLogs>, ApiError> {
-    let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
-    let vms = crate::quota::tenant_vms(&state, &f.spec.tenant).await?;
-    let mut items = Vec::new();
-    for vm in function_vms(&vms, &f.spec) {
-        let rec = repo::get_console(&state, &vm.id).await?;
-        items.push(FunctionLog {
-            vm: vm.id.clone(),
-            name: vm.spec.name.clone(),
-            data: String::from_utf8_lossy(&rec.data).into_owned(),
-        });
-    }
-    Ok(Json(FunctionLogs { items }))
-}
-
-async fn call(
-    state: &AppState,
-    f: &Function,
-    body: &[u8],
-    region: Option<&str>,
-) -> Result<crate::functions::Invoked, ApiError> {
-    if body.len() > MAX_INVOKE_BYTES {
-        return Err(ApiError::TooLarge {
-            limit: MAX_INVOKE_BYTES,
-        });
-    }
-    if f.status.phase == FunctionPhase::Failed {
-        return Err(ApiError::Conflict(format!(
-            "function {} failed to deploy: {}",
-            f.spec.name,
-            f.status.message.as_deref().unwrap_or("unknown cause")
-        )));
-    }
-    let key: FnKey = (f.spec.tenant.clone(), f.spec.name.clone());
-    state
-        .gateway
-        .invoke(&key, &f.spec, body, region, state.functions.hold)
-        .await
-        .map_err(|e| match e {
-            e @ InvokeError::Busy { .. } => ApiError::Unavailable(e.to_string()),
-            e @ InvokeError::NoInstance { .. } => ApiError::Timeout(e.to_string()),
-            e @ InvokeError::Relay { .. } => ApiError::Timeout(firefleet_types::error_chain(&e)),
-        })
+    let f = app::functions::find(&state, &tenant_of(&caller, &q)?, &name).await?;
+    Ok(Json(app::functions::logs(&state, &f).await?))
 }
 
 /// Invoke a function: the request body goes to the handler as is; the answer says how it went
@@ -408,8 +178,8 @@ pub async fn invoke(
     ValidQuery(q): ValidQuery<TenantQuery>,
     body: Bytes,
 ) -> Result<Json<InvokeResponse>, ApiError> {
-    let f = find(&state, &tenant_of(&caller, &q)?, &name).await?;
-    let done = call(&state, &f, &body, q.region.as_deref()).await?;
+    let f = app::functions::find(&state, &tenant_of(&caller, &q)?, &name).await?;
+    let done = app::functions::invoke(&state, &f, &body, q.region.as_deref()).await?;
     let out = B64.decode(&done.result.body_b64).unwrap_or_default();
     let stderr = B64.decode(&done.result.stderr_b64).unwrap_or_default();
     Ok(Json(InvokeResponse {
@@ -440,7 +210,7 @@ pub async fn plain(
 ) -> Response {
     let result = async {
         let tenant = TenantId::parse("tenant", &tenant)?;
-        let f = find(&state, &tenant, &name).await?;
+        let f = app::functions::find(&state, &tenant, &name).await?;
         if !f.spec.public {
             let allowed = authn.caller().is_ok_and(|c| {
                 c.role == firefleet_api::Role::Admin
@@ -456,7 +226,7 @@ pub async fn plain(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         });
-        call(&state, &f, &body, region.as_deref()).await
+        app::functions::invoke(&state, &f, &body, region.as_deref()).await
     }
     .await;
     match result {
@@ -526,13 +296,4 @@ pub async fn agent_result(
     } else {
         Err(ApiError::not_found("invocation", id))
     }
-}
-
-/// The node a VM is on (for the instance table).
-pub(crate) fn node_region(nodes: &[firefleet_types::NodeInfo], node: &NodeId) -> String {
-    nodes
-        .iter()
-        .find(|n| &n.id == node)
-        .and_then(|n| n.labels.get("region").cloned())
-        .unwrap_or_default()
 }

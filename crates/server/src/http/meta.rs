@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use axum::{extract::State, http::header, response::IntoResponse, Json};
 use firefleet_api::{ErrorBody, Health, Role};
-use firefleet_types::{node::NodeReadiness, NodeInfo, Vm};
+use firefleet_types::node::NodeReadiness;
 
-use crate::{repo, ApiError, AppState};
+use crate::{app, ApiError, AppState};
 
 /// Liveness and store revision.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
@@ -36,7 +36,7 @@ pub async fn metrics(
     let mut out = String::new();
     state.metrics.render(&mut out);
     state.guard.render(&mut out);
-    let (vms, revision) = repo::list_json::<Vm>(&state, "/vms/").await?;
+    let (vms, revision) = app::vms::all(&state).await?;
     let mut by_phase: BTreeMap<String, u64> = BTreeMap::new();
     for vm in &vms {
         let phase = serde_json::to_value(vm.status.phase)
@@ -48,7 +48,7 @@ pub async fn metrics(
     for (phase, n) in by_phase {
         let _ = writeln!(out, "firefleet_vms{{phase=\"{phase}\"}} {n}");
     }
-    let (nodes, _) = repo::list_json::<NodeInfo>(&state, "/nodes/").await?;
+    let nodes = app::nodes::list(&state).await?;
     let ready = nodes
         .iter()
         .filter(|n| n.status.readiness == NodeReadiness::Ready)
@@ -154,7 +154,7 @@ pub async fn metrics(
     );
     out.push_str("# HELP firefleet_store_revision Current store revision.\n# TYPE firefleet_store_revision gauge\n");
     let _ = writeln!(out, "firefleet_store_revision {revision}");
-    crate::functions::render_metrics(&state.gateway, &mut out);
+    crate::app::functions::render_metrics(&state.gateway, &mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 

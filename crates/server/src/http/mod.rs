@@ -4,12 +4,12 @@
 mod admin;
 mod agent;
 pub(crate) mod audit;
-pub(crate) mod functions;
+mod functions;
 mod meta;
 pub(crate) mod migrations;
 mod openapi;
 mod paging;
-pub(crate) mod plan;
+mod plan;
 mod policy;
 mod threats;
 mod upload;

@@ -1,21 +1,23 @@
 //! `/v1/policies`, `/v1/tenants`, `/v1/compliance`: the policy set (admins change it, anyone
 //! may read it), tenants' attributes, and the compliance records and report.
 
-use std::collections::BTreeMap;
-
 use axum::{
     extract::{Path, State},
     http::StatusCode,
     Json,
 };
 use firefleet_api::{
-    ApplyPolicyRequest, ComplianceList, ComplianceRecord, ComplianceReport, ControlSummary,
-    ErrorBody, PolicyList, PolicyRecord, TenantList, TenantRecord,
+    ApplyPolicyRequest, ComplianceList, ComplianceReport, ErrorBody, PolicyList, PolicyRecord,
+    TenantList, TenantRecord,
 };
 use serde::Deserialize;
 
 use super::{ValidJson, ValidQuery};
-use crate::{auth::Caller, now_ms, policy, ApiError, AppState};
+use crate::{
+    app::{self, compliance, policy},
+    auth::Caller,
+    ApiError, AppState,
+};
 
 /// List the policies in force and the set's version.
 #[utoipa::path(get, path = "/v1/policies", security(("bearer" = [])),
@@ -85,17 +87,7 @@ pub async fn tenants(
     caller: Caller,
 ) -> Result<Json<TenantList>, ApiError> {
     caller.require_admin()?;
-    let tenants = policy::tenants(&state).await?;
-    let mut usage = BTreeMap::new();
-    for t in &tenants {
-        let id: firefleet_types::TenantId = t.id.parse().map_err(ApiError::Validation)?;
-        usage.insert(t.id.clone(), crate::quota::usage(&state, &id).await?);
-    }
-    Ok(Json(TenantList {
-        tenants,
-        default_quota: state.default_quota,
-        usage,
-    }))
+    Ok(Json(app::quota::tenants(&state).await?))
 }
 
 /// Set a tenant's attributes (admin): what the policies see as `input.tenant`, and its quota
@@ -123,35 +115,6 @@ pub async fn put_tenant(
     Ok(Json(t))
 }
 
-/// The records the caller may see: a tenant its VMs'; an admin every VM's and node's.
-async fn visible(
-    state: &AppState,
-    caller: &Caller,
-    tenant: Option<&str>,
-) -> Result<Vec<ComplianceRecord>, ApiError> {
-    let admin = caller.role == firefleet_api::Role::Admin;
-    let tenant = if admin {
-        tenant.map(str::to_owned)
-    } else {
-        Some(caller.tenant.to_string())
-    };
-    let mut out: Vec<ComplianceRecord> = policy::records(state, policy::VM_RECORDS)
-        .await?
-        .into_iter()
-        .map(|r| r.record)
-        .filter(|r| tenant.is_none() || r.tenant == tenant)
-        .collect();
-    if admin {
-        out.extend(
-            policy::records(state, policy::NODE_RECORDS)
-                .await?
-                .into_iter()
-                .map(|r| r.record),
-        );
-    }
-    Ok(out)
-}
-
 /// List compliance records (of VMs; an admin also sees nodes').
 #[utoipa::path(get, path = "/v1/compliance", security(("bearer" = [])),
     responses((status = 200, body = ComplianceList), (status = 401, body = ErrorBody)))]
@@ -159,11 +122,11 @@ pub async fn records(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ComplianceList>, ApiError> {
-    let policy_version = policy::version(&state).await?;
-    Ok(Json(ComplianceList {
-        policy_version,
-        records: visible(&state, &caller, None).await?,
-    }))
+    let admin = caller.role == firefleet_api::Role::Admin;
+    let tenant = (!admin).then(|| caller.tenant.to_string());
+    Ok(Json(
+        compliance::list(&state, admin, tenant.as_deref()).await?,
+    ))
 }
 
 /// Query of the compliance report.
@@ -195,42 +158,5 @@ pub async fn report(
         Some(t) => Some(t),
         None => (!admin).then(|| caller.tenant.to_string()),
     };
-    let policy_version = policy::version(&state).await?;
-    let mut records = visible(&state, &caller, tenant.as_deref()).await?;
-    if tenant.is_some() {
-        records.retain(|r| r.kind == "vm");
-    }
-    records.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
-    Ok(Json(ComplianceReport {
-        generated_ms: now_ms(),
-        policy_version,
-        tenant,
-        controls: summarise(&records),
-        records,
-    }))
-}
-
-/// Passes and failures per control: the records' controls, and for a policy without controls
-/// one control named after it (failed by its violations).
-pub fn summarise(records: &[ComplianceRecord]) -> Vec<ControlSummary> {
-    let mut by: BTreeMap<(String, String), ControlSummary> = BTreeMap::new();
-    for r in records {
-        for c in &r.controls {
-            let s = by
-                .entry((c.policy.clone(), c.id.clone()))
-                .or_insert_with(|| ControlSummary {
-                    policy: c.policy.clone(),
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    passed: 0,
-                    failed: 0,
-                });
-            if c.passed {
-                s.passed += 1;
-            } else {
-                s.failed += 1;
-            }
-        }
-    }
-    by.into_values().collect()
+    Ok(Json(compliance::report(&state, admin, tenant).await?))
 }

@@ -1,7 +1,5 @@
 //! Telemetry from agents, and the threats the guard found (`firefleet threat ls|get|ack`).
 
-use std::collections::HashMap;
-
 use axum::{
     body::Bytes,
     extract::{Path, State},
@@ -9,15 +7,13 @@ use axum::{
     Json,
 };
 use firefleet_api::{
-    AckThreatRequest, ErrorBody, QuarantinedImage, TelemetryBatch, Threat, ThreatAck,
-    MAX_TELEMETRY_BYTES,
+    AckThreatRequest, ErrorBody, QuarantinedImage, TelemetryBatch, Threat, MAX_TELEMETRY_BYTES,
 };
-use firefleet_types::{Vm, VmId};
 
 use crate::{
+    app,
     auth::{AgentNode, Caller},
-    guard::{quarantine_key, threat_key, Observed},
-    now_ms, repo, ApiError, AppState,
+    ApiError, AppState,
 };
 
 /// Agents post telemetry samples in batches: statistics are kept (latest per VM, for
@@ -40,69 +36,13 @@ pub async fn telemetry(
             field: None,
             message: format!("telemetry batch: {e}"),
         })?;
-    let mut vms: HashMap<VmId, Vm> = HashMap::new();
-    for s in &batch.samples {
-        if vms.contains_key(&s.vm) {
-            continue;
-        }
-        let vm = repo::get_vm(&state, &s.vm).await?;
-        match vm {
-            Some(vm) if vm.status.node.as_ref() == Some(&node) => {
-                vms.insert(vm.id.clone(), vm);
-            }
-            // Deleted or moved on since the agent sampled it: the sample is stale, not an
-            // attack on another node's VM.
-            Some(vm) if vm.status.node.is_some() && vm.deleting => {}
-            None => {}
-            Some(_) => {
-                return Err(ApiError::Forbidden(format!(
-                    "vm {} is not placed on node {node}",
-                    s.vm
-                )))
-            }
-        }
-    }
-    let mut observed = Vec::with_capacity(batch.samples.len());
-    for s in batch.samples {
-        let Some(vm) = vms.get(&s.vm) else { continue };
-        let group = match &vm.spec.function {
-            Some(f) => format!("fn:{}/{}", vm.spec.tenant, f.function),
-            None => format!("image:{}", vm.spec.image),
-        };
-        let net = s.stats.host.net.clone().unwrap_or_default();
-        let sample = firefleet_guard::Sample {
-            vm: vm.id.to_string(),
-            at_ms: s.stats.collected_ms,
-            group: Some(group),
-            host: firefleet_guard::HostSample {
-                cpu_time_ms: s.stats.host.cpu_time_ms,
-                rss_bytes: s.stats.host.rss_bytes,
-                // The host's view of the TAP: what it receives is what the guest sends.
-                tx_bytes: net.rx_bytes,
-                rx_bytes: net.tx_bytes,
-                tx_packets: net.rx_packets,
-                rx_packets: net.tx_packets,
-            },
-            guest: s.guest,
-        };
-        if let Ok(mut m) = state.stats.lock() {
-            m.insert(vm.id.clone(), s.stats);
-        }
-        observed.push(Observed {
-            sample,
-            vm: vm.id.clone(),
-            tenant: vm.spec.tenant.to_string(),
-            name: vm.spec.name.clone(),
-            node: vm.status.node.as_ref().map(ToString::to_string),
-            image: vm.spec.image.clone(),
-        });
-    }
-    state.guard.submit(observed, batch.dropped);
+    app::threats::ingest(&state, &node, batch).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn visible(caller: &Caller, t: &Threat) -> bool {
-    caller.role == firefleet_api::Role::Admin || caller.tenant.as_str() == t.tenant
+/// Whose threats the caller sees: an admin's all (None), a tenant's its own.
+fn viewer(caller: &Caller) -> Option<&str> {
+    (caller.role != firefleet_api::Role::Admin).then_some(caller.tenant.as_str())
 }
 
 /// The threats the guard found, newest first (a tenant's own; an admin's: all).
@@ -112,24 +52,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<Threat>>, ApiError> {
-    let (mut threats, _) = repo::list_json::<Threat>(&state, "/threats/").await?;
-    threats.retain(|t| visible(&caller, t));
-    threats.sort_by(|a, b| b.detected_ms.cmp(&a.detected_ms).then(a.id.cmp(&b.id)));
-    Ok(Json(threats))
-}
-
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<(Threat, u64), ApiError> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(ApiError::BadRequest {
-            field: Some("threat".into()),
-            message: format!("{id:?} is not a threat id"),
-        });
-    }
-    match repo::get_json::<Threat>(state, &threat_key(id)).await? {
-        Some((t, rev)) if visible(caller, &t) => Ok((t, rev)),
-        _ => Err(ApiError::not_found("threat", id)),
-    }
+    Ok(Json(app::threats::list(&state, viewer(&caller)).await?))
 }
 
 /// One threat: the finding with its evidence, and each action of its playbook.
@@ -141,7 +64,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Threat>, ApiError> {
-    Ok(Json(find(&state, &caller, &id).await?.0))
+    Ok(Json(app::threats::get(&state, viewer(&caller), &id).await?))
 }
 
 /// Acknowledge a threat (someone looked at it). Containment stays as it is: resume, delete or
@@ -161,27 +84,15 @@ pub async fn ack(
             message: "at most 1024 bytes".into(),
         });
     }
-    loop {
-        let (mut t, rev) = find(&state, &caller, &id).await?;
-        if t.ack.is_some() {
-            return Ok(Json(t));
-        }
-        t.ack = Some(ThreatAck {
-            by: caller.tenant.to_string(),
-            at_ms: now_ms(),
-            note: req.note.clone(),
-        });
-        let value = serde_json::to_vec(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
-        match state
-            .store
-            .compare_and_swap(&threat_key(&id), rev, value)
-            .await
-        {
-            Ok(_) => return Ok(Json(t)),
-            Err(firefleet_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let t = app::threats::ack(
+        &state,
+        viewer(&caller),
+        &id,
+        caller.tenant.as_str(),
+        req.note,
+    )
+    .await?;
+    Ok(Json(t))
 }
 
 /// Images the guard quarantined (admin).
@@ -192,8 +103,7 @@ pub async fn quarantined(
     caller: Caller,
 ) -> Result<Json<Vec<QuarantinedImage>>, ApiError> {
     caller.require_admin()?;
-    let (images, _) = repo::list_json::<QuarantinedImage>(&state, "/quarantine/images/").await?;
-    Ok(Json(images))
+    Ok(Json(app::threats::quarantined(&state).await?))
 }
 
 /// Lift an image's quarantine (admin): new VMs may use it again.
@@ -206,11 +116,6 @@ pub async fn release(
     Path(image): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    match state.store.delete(&quarantine_key(&image), None).await? {
-        Some(_) => {
-            tracing::info!(%image, by = %caller.tenant, "image quarantine lifted");
-            Ok(StatusCode::NO_CONTENT)
-        }
-        None => Err(ApiError::not_found("quarantined image", &image)),
-    }
+    app::threats::release(&state, &image, caller.tenant.as_str()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -2,24 +2,21 @@
 //! Each is recorded in the store (desired state, a snapshot or exec record) for the VM's agent
 //! to carry out; exec waits for the agent's answer.
 
-use std::time::Duration;
-
 use axum::{
     extract::{Path, State},
     http::StatusCode,
     Json,
 };
 use firefleet_api::{
-    CreateSnapshotRequest, ErrorBody, ExecRequest, ExecRequestRecord, ExecResult, RestoreVmRequest,
-    SnapshotList, VmStats, MAX_EXEC_ARGS, MAX_EXEC_BYTES, MAX_EXEC_TIMEOUT_MS,
+    CreateSnapshotRequest, ErrorBody, ExecRequest, ExecResult, RestoreVmRequest, SnapshotList,
+    VmStats, MAX_EXEC_ARGS, MAX_EXEC_BYTES, MAX_EXEC_TIMEOUT_MS,
 };
 use firefleet_types::{
-    snapshot::validate_snapshot_name, DesiredState, RestoreRequest, Snapshot, SnapshotPhase,
-    ValidationError, Vm, VmPhase,
+    snapshot::validate_snapshot_name, DesiredState, Snapshot, ValidationError, Vm,
 };
 
 use super::{vms::find_vm, ValidJson};
-use crate::{auth::Caller, now_ms, repo, ApiError, AppState};
+use crate::{app, auth::Caller, ApiError, AppState};
 
 /// Pause a running VM (its vCPUs stop; memory stays).
 #[utoipa::path(post, path = "/v1/vms/{vm}/pause", security(("bearer" = [])),
@@ -52,24 +49,7 @@ async fn set_desired(
     desired: DesiredState,
 ) -> Result<Json<Vm>, ApiError> {
     let vm = find_vm(state, caller, key).await?;
-    let vm = repo::update_vm(state, &vm.id, |vm| {
-        if vm.deleting || vm.spec.desired == DesiredState::Stopped || vm.status.phase.is_terminal()
-        {
-            return Err(ApiError::Conflict(format!(
-                "vm {} is {:?}: only a running or paused VM can be paused or resumed",
-                vm.spec.name, vm.status.phase
-            )));
-        }
-        if vm.spec.desired == desired {
-            return Ok(false);
-        }
-        vm.spec.desired = desired;
-        vm.generation = vm.generation.next();
-        Ok(true)
-    })
-    .await?;
-    state.kick.notify_waiters();
-    Ok(Json(vm))
+    Ok(Json(app::vms::set_desired(state, &vm.id, desired).await?))
 }
 
 /// Take a snapshot of a running or paused VM (memory, device state, disks), kept on its node.
@@ -86,20 +66,7 @@ pub async fn create_snapshot(
 ) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
     validate_snapshot_name(&req.name)?;
     let vm = find_vm(&state, &caller, &key).await?;
-    let node = match (&vm.status.node, vm.status.phase) {
-        (Some(n), VmPhase::Running | VmPhase::Paused) if !vm.deleting => n.clone(),
-        _ => {
-            return Err(ApiError::Conflict(format!(
-                "vm {} is {:?}: only a running or paused VM can be snapshotted",
-                vm.spec.name, vm.status.phase
-            )))
-        }
-    };
-    let snap = Snapshot::requested(vm.id.clone(), req.name, node, now_ms());
-    let quota =
-        crate::quota::admit(&state, &vm.spec.tenant, crate::quota::Adding::Snapshot).await?;
-    repo::create_snapshot(&state, &snap).await?;
-    drop(quota);
+    let snap = app::snapshots::request(&state, &vm, req.name).await?;
     Ok((StatusCode::ACCEPTED, Json(snap)))
 }
 
@@ -114,7 +81,7 @@ pub async fn list_snapshots(
 ) -> Result<Json<SnapshotList>, ApiError> {
     let vm = find_vm(&state, &caller, &key).await?;
     Ok(Json(SnapshotList {
-        items: repo::list_snapshots(&state, &vm.id).await?,
+        items: app::snapshots::list(&state, &vm.id).await?,
     }))
 }
 
@@ -132,46 +99,9 @@ pub async fn restore(
     validate_snapshot_name(&req.snapshot)
         .map_err(|e| ValidationError::new("snapshot", e.message))?;
     let vm = find_vm(&state, &caller, &key).await?;
-    let snap = repo::get_json::<Snapshot>(&state, &repo::snapshot_key(&vm.id, &req.snapshot))
-        .await?
-        .map(|(s, _)| s)
-        .ok_or_else(|| ApiError::not_found("snapshot", req.snapshot.clone()))?;
-    if snap.phase != SnapshotPhase::Ready {
-        return Err(ApiError::Conflict(format!(
-            "snapshot {:?} is {:?}, not ready",
-            snap.name, snap.phase
-        )));
-    }
-    let vm = repo::update_vm(&state, &vm.id, |vm| {
-        if vm.deleting {
-            return Err(ApiError::Conflict(format!(
-                "vm {} is being deleted",
-                vm.spec.name
-            )));
-        }
-        if vm.status.node.as_ref() != Some(&snap.node) {
-            return Err(ApiError::Conflict(format!(
-                "snapshot {:?} is on node {}, the VM is not placed there",
-                snap.name, snap.node
-            )));
-        }
-        vm.generation = vm.generation.next();
-        vm.spec.desired = DesiredState::Running;
-        vm.spec.restore = Some(RestoreRequest {
-            snapshot: snap.name.clone(),
-            generation: vm.generation,
-        });
-        if vm.status.phase.is_terminal() {
-            vm.status.phase = VmPhase::Scheduled;
-            vm.status.exit_code = None;
-            vm.status.stopped_ms = None;
-            vm.status.message = Some(format!("restoring from snapshot {:?}", snap.name));
-        }
-        Ok(true)
-    })
-    .await?;
-    state.kick.notify_waiters();
-    Ok(Json(vm))
+    Ok(Json(
+        app::snapshots::restore(&state, &vm, &req.snapshot).await?,
+    ))
 }
 
 /// Run a command in the guest (through the agent and the guest channel) and wait for it.
@@ -187,57 +117,7 @@ pub async fn exec(
 ) -> Result<Json<ExecResult>, ApiError> {
     validate_exec(&req)?;
     let vm = find_vm(&state, &caller, &key).await?;
-    if vm.status.phase != VmPhase::Running || vm.deleting {
-        return Err(ApiError::Conflict(format!(
-            "vm {} is {:?}, not running",
-            vm.spec.name, vm.status.phase
-        )));
-    }
-    let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(30_000));
-    let rec = ExecRequestRecord {
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        vm: vm.id.clone(),
-        request: req,
-        result: None,
-    };
-    let key = repo::exec_key(&vm.id, &rec.id);
-    let rev = repo::create_exec(&state, &rec).await?;
-    // Wait for the agent's result (exec timeout plus time for the agent to notice and answer).
-    let wait = timeout + Duration::from_secs(15);
-    let outcome = tokio::time::timeout(wait, async {
-        let mut watch = state.store.watch(&key, rev + 1).await?;
-        loop {
-            if let Some((r, _)) = repo::get_json::<ExecRequestRecord>(&state, &key).await? {
-                if let Some(result) = r.result {
-                    return Ok::<_, ApiError>(Some(result));
-                }
-            } else {
-                return Ok(None);
-            }
-            match watch.next().await {
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => {
-                    watch = state
-                        .store
-                        .watch(&key, state.store.revision().await? + 1)
-                        .await?
-                }
-            }
-        }
-    })
-    .await;
-    let _ = state.store.delete(&key, None).await;
-    match outcome {
-        Ok(Ok(Some(result))) => Ok(Json(result)),
-        Ok(Ok(None)) => Err(ApiError::Conflict(
-            "the exec was cancelled (the VM went away)".to_owned(),
-        )),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(ApiError::Timeout(format!(
-            "no answer from the VM's agent within {} s",
-            wait.as_secs()
-        ))),
-    }
+    Ok(Json(app::exec::run(&state, &vm, req).await?))
 }
 
 fn validate_exec(req: &ExecRequest) -> Result<(), ValidationError> {

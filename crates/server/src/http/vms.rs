@@ -7,17 +7,17 @@ use axum::{
     Json,
 };
 use firefleet_api::{ConsoleChunk, CreateVmRequest, ErrorBody, VmList};
-use firefleet_types::{DesiredState, Vm, VmId, VmPhase, VmSpec};
+use firefleet_types::{DesiredState, Vm, VmId, VmSpec};
 use serde::Deserialize;
 
 use super::{ValidJson, ValidQuery};
-use crate::{auth::Caller, now_ms, repo, ApiError, AppState};
+use crate::{app, auth::Caller, ApiError, AppState};
 
 /// Finds a VM the caller may see, by id or by name within the caller's tenant.
 pub(crate) async fn find_vm(state: &AppState, caller: &Caller, key: &str) -> Result<Vm, ApiError> {
     let not_found = || ApiError::not_found("vm", key);
     if let Ok(id) = key.parse::<VmId>() {
-        if let Some(vm) = repo::get_vm(state, &id).await? {
+        if let Some(vm) = app::vms::get(state, &id).await? {
             if caller.owns(&vm) {
                 return Ok(vm);
             }
@@ -25,12 +25,8 @@ pub(crate) async fn find_vm(state: &AppState, caller: &Caller, key: &str) -> Res
         }
     }
     if firefleet_types::validate::check_name("vm", key).is_ok() {
-        let key_name = format!("/vmnames/{}/{key}", caller.tenant);
-        if let Some(kv) = state.store.get(&key_name).await? {
-            let id = String::from_utf8_lossy(&kv.value)
-                .parse::<VmId>()
-                .map_err(ApiError::Validation)?;
-            if let Some(vm) = repo::get_vm(state, &id).await? {
+        if let Some(id) = app::vms::id_by_name(state, &caller.tenant, key).await? {
+            if let Some(vm) = app::vms::get(state, &id).await? {
                 if caller.owns(&vm) {
                     return Ok(vm);
                 }
@@ -74,16 +70,7 @@ pub async fn create(
         function: None,
     };
     spec.validate()?;
-    // Counted and written under the tenant's lock: concurrent creates cannot overshoot.
-    let quota = crate::quota::admit(
-        &state,
-        &spec.tenant,
-        crate::quota::Adding::Vm(spec.resources),
-    )
-    .await?;
-    let (vm, warnings) = repo::create_vm_admitted(&state, spec).await?;
-    drop(quota);
-    state.kick.notify_waiters();
+    let (vm, warnings) = app::vms::create_in_quota(&state, spec).await?;
     Ok((
         StatusCode::CREATED,
         super::warning_headers(&warnings),
@@ -116,24 +103,9 @@ pub async fn list(
     caller: Caller,
     ValidQuery(q): ValidQuery<ListQuery>,
 ) -> Result<Json<VmList>, ApiError> {
-    let page = super::paging::Page::parse(q.limit.as_deref(), q.after)?;
+    let page = super::paging::parse(q.limit.as_deref(), q.after)?;
     let tenant = super::paging::scope(&caller, q.tenant.as_deref())?;
-    let prefix = match &tenant {
-        Some(t) => format!("/vmnames/{t}/"),
-        None => "/vmnames/".to_owned(),
-    };
-    let (kvs, _) = state.store.list(&prefix).await?;
-    let (keys, next) = page.select(&kvs, &prefix);
-    let mut items = Vec::with_capacity(keys.len());
-    for kv in keys {
-        let id = String::from_utf8_lossy(&kv.value)
-            .parse::<VmId>()
-            .map_err(ApiError::Validation)?;
-        // Gone since the names were read: left out.
-        if let Some(vm) = repo::get_vm(&state, &id).await? {
-            items.push(vm);
-        }
-    }
+    let (items, next) = app::vms::list(&state, tenant.as_ref(), &page).await?;
     Ok(Json(VmList { items, next }))
 }
 
@@ -159,22 +131,7 @@ pub async fn stop(
     Path(key): Path<String>,
 ) -> Result<Json<Vm>, ApiError> {
     let vm = find_vm(&state, &caller, &key).await?;
-    let vm = repo::update_vm(&state, &vm.id, |vm| {
-        if vm.spec.desired == DesiredState::Stopped {
-            return Ok(false);
-        }
-        vm.spec.desired = DesiredState::Stopped;
-        vm.generation = vm.generation.next();
-        if vm.status.phase == VmPhase::Pending {
-            // Never placed: nothing runs anywhere, so it is stopped now.
-            vm.status.phase = VmPhase::Stopped;
-            vm.status.stopped_ms = Some(now_ms());
-        }
-        Ok(true)
-    })
-    .await?;
-    state.kick.notify_waiters();
-    Ok(Json(vm))
+    Ok(Json(app::vms::stop(&state, &vm.id).await?))
 }
 
 /// Delete a VM. A VM on a node is stopped and its state removed by the agent first (202, the VM
@@ -189,15 +146,13 @@ pub async fn delete(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let vm = find_vm(&state, &caller, &key).await?;
-    if vm.status.node.is_none() {
-        repo::delete_vm_record(&state, &vm).await?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
+    match app::vms::delete(&state, &vm).await? {
+        app::vms::Deletion::Gone => Ok(StatusCode::NO_CONTENT.into_response()),
+        app::vms::Deletion::Deleting(vm) => {
+            let vm = *vm.ok_or_else(|| ApiError::not_found("vm", key))?;
+            Ok((StatusCode::ACCEPTED, Json(vm)).into_response())
+        }
     }
-    repo::remove_vm(&state, &vm).await?;
-    let vm = repo::get_vm(&state, &vm.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("vm", key))?;
-    Ok((StatusCode::ACCEPTED, Json(vm)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,18 +173,5 @@ pub async fn logs(
     ValidQuery(q): ValidQuery<LogsQuery>,
 ) -> Result<Json<ConsoleChunk>, ApiError> {
     let vm = find_vm(&state, &caller, &key).await?;
-    let rec = repo::get_console(&state, &vm.id).await?;
-    let start = q.offset.max(rec.start);
-    let skip = usize::try_from(start - rec.start)
-        .unwrap_or(usize::MAX)
-        .min(rec.data.len());
-    let data = String::from_utf8_lossy(&rec.data[skip..]).into_owned();
-    let next_offset = rec.start + rec.data.len() as u64;
-    let finished = vm.status.phase.is_terminal() && vm.status.stopped_ms.is_some();
-    Ok(Json(ConsoleChunk {
-        data,
-        offset: start.min(next_offset),
-        next_offset,
-        finished,
-    }))
+    Ok(Json(app::vms::console(&state, &vm, q.offset).await?))
 }

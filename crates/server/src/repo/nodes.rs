@@ -18,8 +18,9 @@ use firefleet_store::{Compare, Op, StoreError};
 use firefleet_types::{NodeId, NodeInfo, Vm};
 use serde::{Deserialize, Serialize};
 
-use super::{encode, get_json, hash_secret, list_json, node_key, random_secret};
-use crate::{now_ms, ApiError, AppState};
+use super::{
+    encode, get_json, hash_secret, list_json, node_key, random_secret, Db, RepoError, NODE_RECORDS,
+};
 
 /// How often a transaction that lost a race is tried again before giving up (409).
 const TRIES: usize = 16;
@@ -71,22 +72,22 @@ fn join_token_key(token: &str) -> String {
     format!("/jointokens/{}", hash_secret(token))
 }
 
-/// Creates a one-time join token, bound to `node` if given.
+/// Creates a one-time join token, bound to `node` if given, valid for `ttl` from `now_ms`.
 pub async fn create_join_token(
-    state: &AppState,
+    db: &impl Db,
+    now_ms: u64,
     ttl: Duration,
     node: Option<NodeId>,
     cordon: Option<bool>,
-) -> Result<JoinTokenResponse, ApiError> {
+) -> Result<JoinTokenResponse, RepoError> {
     let token = random_secret("ffj");
-    let expires_ms = now_ms() + ttl.as_millis() as u64;
+    let expires_ms = now_ms + ttl.as_millis() as u64;
     let rec = JoinTokenRecord {
         expires_ms,
         node: node.clone(),
         cordon,
     };
-    state
-        .store
+    db.store()
         .compare_and_swap(&join_token_key(&token), 0, encode(&rec)?)
         .await?;
     Ok(JoinTokenResponse {
@@ -126,34 +127,38 @@ pub enum Enrolled {
 /// name that is enrolled, unless the token is bound to it (409, saying how to re-enrol). A
 /// re-enrolment keeps what the admin set (the cordon, unless the token sets it) and the node's
 /// status until its next heartbeat; the labels are the agent's, as on every heartbeat.
+///
+/// `now_ms`: the time of the enrolment (the token's expiry is checked against it, and the node
+/// is recorded as enrolled then).
 pub async fn enroll_node(
-    state: &AppState,
+    db: &impl Db,
+    now_ms: u64,
     join_token: &str,
     enrolment: &Enrolment,
-) -> Result<Enrolled, ApiError> {
+) -> Result<Enrolled, RepoError> {
     let key = join_token_key(join_token);
     let name = &enrolment.node;
     let invalid =
-        || ApiError::Unauthorized("join token is invalid, expired or already used".to_owned());
+        || RepoError::Unauthorized("join token is invalid, expired or already used".to_owned());
     for _ in 0..TRIES {
-        let Some((token, token_rev)) = get_json::<JoinTokenRecord>(state, &key).await? else {
+        let Some((token, token_rev)) = get_json::<JoinTokenRecord>(db, &key).await? else {
             return Err(invalid());
         };
-        if token.expires_ms < now_ms() {
-            let _ = state.store.delete(&key, Some(token_rev)).await;
+        if token.expires_ms < now_ms {
+            let _ = db.store().delete(&key, Some(token_rev)).await;
             return Err(invalid());
         }
         if let Some(bound) = token.node.as_ref().filter(|bound| *bound != name) {
-            return Err(ApiError::Forbidden(format!(
+            return Err(RepoError::Forbidden(format!(
                 "this join token can only enrol node {bound}, not {name}"
             )));
         }
-        let existing = get_json::<NodeInfo>(state, &node_key(name)).await?;
+        let existing = get_json::<NodeInfo>(db, &node_key(name)).await?;
         let (node, node_compare, outcome) = match existing {
             Some((old, rev)) => {
                 if token.node.is_none() {
                     tracing::warn!(node = %name, "enrolment refused: the name is taken");
-                    return Err(ApiError::Conflict(format!(
+                    return Err(RepoError::Conflict(format!(
                         "node {name} is already enrolled; to enrol it again (an agent that lost \
                          its data directory), use a join token made for it \
                          (`firefleet join-token create --node {name}`), or remove the node \
@@ -163,7 +168,7 @@ pub async fn enroll_node(
                 let node = NodeInfo {
                     labels: enrolment.labels.clone(),
                     cordoned: token.cordon.unwrap_or(old.cordoned),
-                    enrolled_ms: now_ms(),
+                    enrolled_ms: now_ms,
                     ..old
                 };
                 let compare = Compare::ModRevision {
@@ -177,7 +182,7 @@ pub async fn enroll_node(
                     id: name.clone(),
                     labels: enrolment.labels.clone(),
                     cordoned: token.cordon.unwrap_or(false),
-                    enrolled_ms: now_ms(),
+                    enrolled_ms: now_ms,
                     status: firefleet_types::node::NodeStatus {
                         readiness: firefleet_types::node::NodeReadiness::NotReady,
                         last_heartbeat_ms: 0,
@@ -195,8 +200,8 @@ pub async fn enroll_node(
             previous: None,
             not_after_ms: enrolment.not_after_ms,
         };
-        let resp = state
-            .store
+        let resp = db
+            .store()
             .txn(
                 vec![
                     Compare::ModRevision {
@@ -225,7 +230,7 @@ pub async fn enroll_node(
         // The token was used meanwhile (the next read says so), or the node record changed (a
         // heartbeat of the old agent): read again.
     }
-    Err(ApiError::Conflict(format!(
+    Err(RepoError::Conflict(format!(
         "node {name} kept changing during its enrolment; try again"
     )))
 }
@@ -233,20 +238,20 @@ pub async fn enroll_node(
 /// Whether `serial` is a certificate node `id` may use now. A node enrolled before certificates
 /// were recorded has its first certificate seen adopted as the current one.
 pub async fn check_node_cert(
-    state: &AppState,
+    db: &impl Db,
     id: &NodeId,
     serial: &str,
-) -> Result<CertStanding, ApiError> {
+) -> Result<CertStanding, RepoError> {
     let revoked = || {
-        ApiError::Unauthorized(format!(
+        RepoError::Unauthorized(format!(
             "this certificate of node {id} was superseded or revoked; enrol the node again with \
              a join token made for it (`firefleet join-token create --node {id}`)"
         ))
     };
     let key = node_cert_key(id);
-    let Some((rec, rev)) = get_json::<NodeCertRecord>(state, &key).await? else {
-        let Some((_, node_rev)) = get_json::<NodeInfo>(state, &node_key(id)).await? else {
-            return Err(ApiError::Forbidden(format!(
+    let Some((rec, rev)) = get_json::<NodeCertRecord>(db, &key).await? else {
+        let Some((_, node_rev)) = get_json::<NodeInfo>(db, &node_key(id)).await? else {
+            return Err(RepoError::Forbidden(format!(
                 "node {id} is not enrolled (or was removed)"
             )));
         };
@@ -255,8 +260,8 @@ pub async fn check_node_cert(
             previous: None,
             not_after_ms: 0,
         };
-        let resp = state
-            .store
+        let resp = db
+            .store()
             .txn(
                 vec![
                     Compare::Absent { key: key.clone() },
@@ -273,7 +278,7 @@ pub async fn check_node_cert(
             )
             .await?;
         if !resp.succeeded {
-            return Err(ApiError::Unauthorized(format!(
+            return Err(RepoError::Unauthorized(format!(
                 "node {id} changed while its certificate was checked; try again"
             )));
         }
@@ -287,8 +292,8 @@ pub async fn check_node_cert(
                 previous: None,
                 ..rec
             };
-            match state
-                .store
+            match db
+                .store()
                 .compare_and_swap(&key, rev, encode(&cleared)?)
                 .await
             {
@@ -308,21 +313,21 @@ pub async fn check_node_cert(
 /// `presented`) node `id`'s current one; `presented` stays accepted until `serial` is first
 /// used. Refused (401) when `presented` is no longer accepted (revoked meanwhile).
 pub async fn renew_node_cert(
-    state: &AppState,
+    db: &impl Db,
     id: &NodeId,
     presented: &str,
     serial: &str,
     not_after_ms: u64,
-) -> Result<(), ApiError> {
+) -> Result<(), RepoError> {
     let key = node_cert_key(id);
     for _ in 0..TRIES {
-        let Some((rec, rev)) = get_json::<NodeCertRecord>(state, &key).await? else {
-            return Err(ApiError::Forbidden(format!(
+        let Some((rec, rev)) = get_json::<NodeCertRecord>(db, &key).await? else {
+            return Err(RepoError::Forbidden(format!(
                 "node {id} is not enrolled (or was removed)"
             )));
         };
         if rec.current != presented && rec.previous.as_deref() != Some(presented) {
-            return Err(ApiError::Unauthorized(format!(
+            return Err(RepoError::Unauthorized(format!(
                 "this certificate of node {id} was superseded or revoked"
             )));
         }
@@ -331,17 +336,13 @@ pub async fn renew_node_cert(
             previous: Some(presented.to_owned()),
             not_after_ms,
         };
-        match state
-            .store
-            .compare_and_swap(&key, rev, encode(&next)?)
-            .await
-        {
+        match db.store().compare_and_swap(&key, rev, encode(&next)?).await {
             Ok(_) => return Ok(()),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::Conflict(format!(
+    Err(RepoError::Conflict(format!(
         "the certificate record of node {id} kept changing; try again"
     )))
 }
@@ -349,12 +350,12 @@ pub async fn renew_node_cert(
 /// Removes node `id` (admin): its record, its certificate record (so every certificate it was
 /// issued is refused from then on) and its compliance record, in one transaction. Refused
 /// (409) while VMs are placed on it or migrations involve it: drain it or delete them first.
-pub async fn remove_node(state: &AppState, id: &NodeId) -> Result<NodeInfo, ApiError> {
+pub async fn remove_node(db: &impl Db, id: &NodeId) -> Result<NodeInfo, RepoError> {
     for _ in 0..TRIES {
-        let Some((node, rev)) = get_json::<NodeInfo>(state, &node_key(id)).await? else {
-            return Err(ApiError::not_found("node", id.as_str()));
+        let Some((node, rev)) = get_json::<NodeInfo>(db, &node_key(id)).await? else {
+            return Err(RepoError::not_found("node", id.as_str()));
         };
-        let (vms, _) = list_json::<Vm>(state, "/vms/").await?;
+        let (vms, _) = list_json::<Vm>(db, "/vms/").await?;
         let placed: Vec<String> = vms
             .iter()
             .filter(|vm| vm.status.node.as_ref() == Some(id))
@@ -373,25 +374,24 @@ pub async fn remove_node(state: &AppState, id: &NodeId) -> Result<NodeInfo, ApiE
             } else {
                 String::new()
             };
-            return Err(ApiError::Conflict(format!(
+            return Err(RepoError::Conflict(format!(
                 "node {id} still holds {} VM(s): {shown}{more}; drain it (`firefleet node drain \
                  {id}`) or delete them first",
                 placed.len()
             )));
         }
-        let (migrations, _) =
-            list_json::<firefleet_types::Migration>(state, "/migrations/").await?;
+        let (migrations, _) = list_json::<firefleet_types::Migration>(db, "/migrations/").await?;
         if let Some(m) = migrations
             .iter()
             .find(|m| !m.phase.is_terminal() && (&m.from == id || &m.to == id))
         {
-            return Err(ApiError::Conflict(format!(
+            return Err(RepoError::Conflict(format!(
                 "node {id} takes part in the migration of VM {}; wait for it to end",
                 m.vm
             )));
         }
-        let resp = state
-            .store
+        let resp = db
+            .store()
             .txn(
                 vec![Compare::ModRevision {
                     key: node_key(id),
@@ -403,7 +403,7 @@ pub async fn remove_node(state: &AppState, id: &NodeId) -> Result<NodeInfo, ApiE
                         key: node_cert_key(id),
                     },
                     Op::Delete {
-                        key: format!("{}{id}", crate::policy::NODE_RECORDS),
+                        key: format!("{}{id}", NODE_RECORDS),
                     },
                 ],
                 vec![],
@@ -413,7 +413,31 @@ pub async fn remove_node(state: &AppState, id: &NodeId) -> Result<NodeInfo, ApiE
             return Ok(node);
         }
     }
-    Err(ApiError::Conflict(format!(
+    Err(RepoError::Conflict(format!(
         "node {id} kept changing during its removal; try again"
     )))
+}
+
+/// Applies `f` to a node with compare-and-swap.
+pub async fn update_node<F>(db: &impl Db, id: &NodeId, mut f: F) -> Result<NodeInfo, RepoError>
+where
+    F: FnMut(&mut NodeInfo) -> bool,
+{
+    loop {
+        let Some((mut node, rev)) = get_json::<NodeInfo>(db, &node_key(id)).await? else {
+            return Err(RepoError::not_found("node", id.as_str()));
+        };
+        if !f(&mut node) {
+            return Ok(node);
+        }
+        match db
+            .store()
+            .compare_and_swap(&node_key(id), rev, encode(&node)?)
+            .await
+        {
+            Ok(_) => return Ok(node),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -20,11 +20,11 @@
 //! [`check`] is pure; the rest reads the store.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
-use firefleet_api::{QuotaUsage, TenantQuota, ADMIN_TENANT};
+use firefleet_api::{QuotaUsage, TenantList, TenantQuota, ADMIN_TENANT};
 use firefleet_types::{TenantId, Vm, VmId};
 use tokio::sync::OwnedMutexGuard;
 
@@ -139,7 +139,7 @@ pub async fn limits(state: &AppState, tenant: &TenantId) -> Result<Option<Tenant
     if tenant.as_str() == ADMIN_TENANT {
         return Ok(None);
     }
-    let record = crate::policy::tenant(state, tenant).await?;
+    let record = crate::app::policy::tenant(state, tenant).await?;
     Ok(Some(record.quota.unwrap_or(state.default_quota)))
 }
 
@@ -263,6 +263,21 @@ pub async fn admit(
     };
     check(&quota, &used, &add).map_err(|e| e.into_error(tenant))?;
     Ok(guard)
+}
+
+/// Every tenant with attributes set, the default quota, and what each of them holds.
+pub async fn tenants(state: &AppState) -> Result<TenantList, ApiError> {
+    let tenants = crate::app::policy::tenants(state).await?;
+    let mut usage = BTreeMap::new();
+    for t in &tenants {
+        let id: TenantId = t.id.parse().map_err(ApiError::Validation)?;
+        usage.insert(t.id.clone(), self::usage(state, &id).await?);
+    }
+    Ok(TenantList {
+        tenants,
+        default_quota: state.default_quota,
+        usage,
+    })
 }
 
 #[cfg(test)]

@@ -9,8 +9,6 @@
 //! hold deadline passes (a clear error then). Counters and a latency histogram per function
 //! feed `/metrics` and, per tick, the autoscaler.
 
-pub(crate) mod relay;
-
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Mutex, MutexGuard},
@@ -22,6 +20,7 @@ use firefleet_api::{AgentInvocation, AgentInvocationResult, FunctionCounters};
 use firefleet_types::{FunctionSpec, NodeId, TenantId, VmId};
 use tokio::sync::{watch, Notify};
 
+use super::relay;
 use crate::now_ms;
 
 /// A function's identity in the gateway.

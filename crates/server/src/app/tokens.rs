@@ -10,9 +10,11 @@ use firefleet_api::{Role, TokenInfo, TokenResponse, ADMIN_TENANT, MAX_TOKEN_TTL_
 use firefleet_types::{TenantId, ValidationError};
 use serde::{Deserialize, Serialize};
 
+use std::path::Path;
+
 use crate::{
     now_ms,
-    repo::{encode, get_json, hash_secret, list_json, random_secret},
+    repo::{decode, encode, get_json, hash_secret, list_json, random_secret},
     ApiError, AppState,
 };
 
@@ -36,6 +38,21 @@ pub struct TokenRecord {
     /// What it is for.
     #[serde(default)]
     pub note: Option<String>,
+}
+
+impl TokenRecord {
+    /// The token as listed (id `id`), expired or not at `now_ms`.
+    fn info(self, id: String, now_ms: u64) -> TokenInfo {
+        TokenInfo {
+            id,
+            tenant: self.tenant,
+            role: self.role,
+            created_ms: self.created_ms,
+            expires_ms: self.expires_ms,
+            expired: self.expires_ms.is_some_and(|e| e <= now_ms),
+            note: self.note,
+        }
+    }
 }
 
 /// A token that was presented and is valid now.
@@ -168,20 +185,11 @@ pub async fn list(state: &AppState, tenant: Option<&TenantId>) -> Result<Vec<Tok
     let now = now_ms();
     let mut out = Vec::new();
     for kv in kvs {
-        let rec: TokenRecord = serde_json::from_slice(&kv.value)
-            .map_err(|e| ApiError::Internal(format!("corrupt record at {}: {e}", kv.key)))?;
+        let rec: TokenRecord = decode(&kv)?;
         if tenant.is_some_and(|t| *t != rec.tenant) {
             continue;
         }
-        out.push(TokenInfo {
-            id: id_of_hash(kv.key.trim_start_matches(PREFIX)),
-            tenant: rec.tenant,
-            role: rec.role,
-            created_ms: rec.created_ms,
-            expires_ms: rec.expires_ms,
-            expired: rec.expires_ms.is_some_and(|e| e <= now),
-            note: rec.note,
-        });
+        out.push(rec.info(id_of_hash(kv.key.trim_start_matches(PREFIX)), now));
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
@@ -203,19 +211,32 @@ pub async fn revoke(state: &AppState, id: &str) -> Result<TokenInfo, ApiError> {
     let [kv] = kvs.as_slice() else {
         return Err(ApiError::not_found("token", id));
     };
-    let rec: TokenRecord = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::Internal(format!("corrupt record at {}: {e}", kv.key)))?;
+    let rec: TokenRecord = decode(kv)?;
     state.store.delete(&kv.key, Some(kv.mod_revision)).await?;
-    let now = now_ms();
-    Ok(TokenInfo {
-        id: id.to_owned(),
-        tenant: rec.tenant,
-        role: rec.role,
-        created_ms: rec.created_ms,
-        expires_ms: rec.expires_ms,
-        expired: rec.expires_ms.is_some_and(|e| e <= now),
-        note: rec.note,
-    })
+    Ok(rec.info(id.to_owned(), now_ms()))
+}
+
+/// Creates the admin token on first start and writes it to `dir/admin.token` (mode 0600); also
+/// when that file was lost.
+pub async fn ensure_admin_token(state: &AppState, dir: &Path) -> Result<(), ApiError> {
+    let path = dir.join("admin.token");
+    // If the token file was lost (it is only written once), make a new admin token rather than
+    // lock the operator out; the old one stays valid.
+    if path.exists() && admin_exists(state).await? {
+        return Ok(());
+    }
+    let token = create(
+        state,
+        NewToken {
+            tenant: ADMIN_TENANT.parse().map_err(ApiError::Validation)?,
+            role: Role::Admin,
+            ttl_secs: None,
+            note: Some("made at first start".to_owned()),
+        },
+    )
+    .await?;
+    crate::files::write_private_file(&path, token.token.as_bytes())
+        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
 }
 
 #[cfg(test)]

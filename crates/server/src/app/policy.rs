@@ -24,10 +24,6 @@ use crate::{now_ms, repo, ApiError, AppState};
 const HEAD: &str = "/policy-head";
 const POLICIES: &str = "/policies/";
 const TENANTS: &str = "/tenants/";
-/// Compliance records of VMs, by VM id.
-pub const VM_RECORDS: &str = "/compliance/vm/";
-/// Compliance records of nodes, by node name.
-pub const NODE_RECORDS: &str = "/compliance/node/";
 const TRIES: usize = 8;
 
 /// The policy set's version.
@@ -153,7 +149,7 @@ pub async fn version(state: &AppState) -> Result<u64, ApiError> {
 }
 
 async fn head(state: &AppState) -> Result<Option<(Head, firefleet_store::Revision)>, ApiError> {
-    repo::get_json::<Head>(state, HEAD).await
+    Ok(repo::get_json::<Head>(state, HEAD).await?)
 }
 
 /// The set in force and its version (compiled once per version).
