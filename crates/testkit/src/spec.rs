@@ -3,9 +3,8 @@
 use serde_json::{json, Value};
 
 /// A well-formed image digest that no image store holds (`sha256:` and 64 `a`s): the server
-/// accepts it, no agent can run it.
-pub const TEST_IMAGE: &str =
-    "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+/// accepts it, no agent can run it. The same as the unit tests' (`firefleet_types::fixtures`).
+pub use firefleet_types::fixtures::TEST_IMAGE;
 
 /// The smallest valid `POST /v1/vms` body: `name`, [`TEST_IMAGE`], 1 vCPU, 256 MiB.
 pub fn vm_spec(name: &str) -> Value {

@@ -250,24 +250,8 @@ mod tests {
 
     fn spec() -> FunctionSpec {
         FunctionSpec {
-            name: "echo".into(),
-            tenant: "acme".parse().unwrap(),
-            image: format!("sha256:{}", "a".repeat(64)),
-            cmd: vec!["cat".into()],
-            http_port: None,
-            http_path: None,
-            resources: Resources {
-                vcpus: 1,
-                memory_mib: 128,
-            },
-            concurrency: 1,
-            min: 0,
             max: 4,
-            regions: vec![],
-            timeout_ms: DEFAULT_TIMEOUT_MS,
-            keep_alive_secs: None,
-            runtime: VmRuntime::Qemu,
-            public: false,
+            ..crate::fixtures::function_spec("echo")
         }
     }
 

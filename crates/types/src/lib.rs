@@ -6,6 +6,8 @@
 //! never do I/O, read the clock, or depend on tokio, an HTTP stack or a database driver
 //! (checked by `cargo xtask check`).
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod fixtures;
 pub mod fleet;
 pub mod function;
 pub mod ids;

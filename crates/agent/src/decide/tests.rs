@@ -2,14 +2,7 @@
 use super::*;
 
 fn intent(phase: VmPhase, restarts: u32) -> VmIntent {
-    let spec: firefleet_types::VmSpec = serde_json::from_value(serde_json::json!({
-        "name": "web",
-        "tenant": "acme",
-        "image": format!("sha256:{}", "a".repeat(64)),
-        "resources": {"vcpus": 1, "memory_mib": 128},
-        "desired": "running",
-    }))
-    .expect("spec");
+    let spec = firefleet_types::fixtures::vm_spec("web", 128);
     VmIntent {
         id: "vm-1".parse().expect("id"),
         generation: Generation(1),

@@ -265,7 +265,7 @@ mod tests {
     use super::*;
     use crate::app::compliance::*;
     use firefleet_policy::{PolicyDoc, PolicySet};
-    use firefleet_types::{Generation, VmId, VmSpec, VmStatus};
+    use firefleet_types::{Generation, VmId, VmStatus};
     use proptest::prelude::*;
 
     /// What happens to the fleet, in any order.
@@ -315,12 +315,7 @@ mod tests {
     }
 
     fn vm(n: usize, memory_mib: u64) -> Vm {
-        let spec: VmSpec = serde_json::from_value(serde_json::json!({
-            "name": format!("vm{n}"), "tenant": "acme",
-            "image": format!("sha256:{}", "a".repeat(64)),
-            "resources": {"vcpus": 1, "memory_mib": memory_mib}, "desired": "running",
-        }))
-        .unwrap();
+        let spec = firefleet_types::fixtures::vm_spec(&format!("vm{n}"), memory_mib);
         Vm {
             id: VmId::parse("id", &format!("00000000-0000-4000-8000-{n:012}")).unwrap(),
             generation: Generation(1),

@@ -216,15 +216,10 @@ mod tests {
     use firefleet_types::{Generation, NodeId, VmId, VmStatus};
 
     fn vm(policy: RestartPolicy, phase: VmPhase) -> Vm {
-        let spec: firefleet_types::VmSpec = serde_json::from_value(serde_json::json!({
-            "name": "web",
-            "tenant": "acme",
-            "image": format!("sha256:{}", "a".repeat(64)),
-            "resources": {"vcpus": 1, "memory_mib": 128},
-            "restart_policy": policy,
-            "desired": "running",
-        }))
-        .expect("spec");
+        let spec = firefleet_types::VmSpec {
+            restart_policy: policy,
+            ..firefleet_types::fixtures::vm_spec("web", 128)
+        };
         let mut status = VmStatus::new(0);
         status.phase = phase;
         status.node = Some(NodeId::parse("node", "n1").expect("node"));

@@ -1,25 +1,7 @@
 use super::*;
 
 fn spec() -> VmSpec {
-    VmSpec {
-        name: "web".into(),
-        tenant: "acme".parse().unwrap(),
-        image: format!("sha256:{}", "a".repeat(64)),
-        resources: Resources {
-            vcpus: 1,
-            memory_mib: 256,
-        },
-        labels: Labels::new(),
-        cmd: None,
-        restart_policy: RestartPolicy::Never,
-        desired: DesiredState::Running,
-        restore: None,
-        network: NetworkSpec::default(),
-        runtime: VmRuntime::Qemu,
-        disks: Vec::new(),
-        placement: PlacementSpec::default(),
-        function: None,
-    }
+    crate::fixtures::vm_spec("web", 256)
 }
 
 fn image_disk() -> DiskSpec {

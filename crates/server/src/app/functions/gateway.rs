@@ -578,24 +578,8 @@ mod tests {
         let gw = Gateway::default();
         let key: FnKey = ("acme".parse().unwrap(), "echo".into());
         let spec = FunctionSpec {
-            name: "echo".into(),
-            tenant: "acme".parse().unwrap(),
-            image: format!("sha256:{}", "a".repeat(64)),
-            cmd: vec!["cat".into()],
-            http_port: None,
-            http_path: None,
-            resources: firefleet_types::Resources {
-                vcpus: 1,
-                memory_mib: 128,
-            },
-            concurrency: 1,
-            min: 0,
-            max: 2,
-            regions: vec![],
             timeout_ms: 1000,
-            keep_alive_secs: None,
-            runtime: Default::default(),
-            public: false,
+            ..firefleet_types::fixtures::function_spec("echo")
         };
         let err = gw
             .invoke(&key, &spec, b"x", None, Duration::from_millis(50))
