@@ -23,12 +23,7 @@ use firefleet_vmm::{LaunchConfig, QemuRuntime, Runtime};
 
 use crate::control::{blocking, ControlPlane, Download};
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use firefleet_vmm::unix_ms as now_ms;
 
 async fn report(cp: &dyn ControlPlane, vm: &str, r: &MigrationReport) {
     if let Err(e) = cp.report_migration(vm, r).await {

@@ -78,10 +78,7 @@ pub fn span(ms: u64) -> String {
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    firefleet_vmm::unix_ms()
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ pub use channel::{GuestTelemetry, InvokeHandler, InvokeOutput};
 pub use disk::{DiskError, DiskFormat};
 pub use firecracker::{FirecrackerRuntime, JailerConfig};
 pub use firefleet_types::Accel;
+pub use fsutil::unix_ms;
 pub use guestlink::GuestLink;
 pub use image::{
     build_image, default_guest_bin, BuildOptions, BuildProgress, BuildStage, Image, ImageError,

@@ -113,12 +113,8 @@ pub struct Ops {
     templates: Arc<tokio::sync::Mutex<()>>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch (the clock the agent reports with).
+pub(crate) use firefleet_vmm::unix_ms as now_ms;
 
 impl Ops {
     pub fn new(
