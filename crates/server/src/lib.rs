@@ -211,6 +211,8 @@ pub struct Server {
     /// PEM of the cluster CA.
     pub ca_pem: String,
     state: AppState,
+    /// The store's file, closed (its lock released) by [`Server::shutdown`].
+    sqlite: SqliteStore,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -229,8 +231,8 @@ impl Server {
             path: dir.clone(),
             source,
         })?;
-        let store: Arc<dyn KvStore> =
-            Arc::new(SqliteStore::open(&dir.join("store.db")).map_err(StartError::Store)?);
+        let sqlite = SqliteStore::open(&dir.join("store.db")).map_err(StartError::Store)?;
+        let store: Arc<dyn KvStore> = Arc::new(sqlite.clone());
         // The store holds every secret's hash and every tenant's objects: owner only, like the
         // directory (SQLite creates its files with the umask's mode).
         for f in ["store.db", "store.db-wal", "store.db-shm"] {
@@ -329,6 +331,7 @@ impl Server {
             addr,
             ca_pem,
             state,
+            sqlite,
             shutdown,
             tasks,
         })
@@ -346,11 +349,16 @@ impl Server {
             .map(|r| r.token)
     }
 
-    /// Stops serving and the controllers.
+    /// Stops serving and the controllers, then closes the store: when it returns, the store's
+    /// file lock is released (a connection task that outlives the listener, holding a clone of
+    /// the state, gets `closed` errors instead of keeping the file locked).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Err(e) = self.sqlite.close().await {
+            tracing::warn!(error = %e, "closing the store");
         }
     }
 }
