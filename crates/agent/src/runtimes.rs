@@ -28,8 +28,6 @@ const JAILED_ID: u32 = 3_100_000;
 pub struct Runtimes {
     /// The QEMU backend (a fake one in unit tests).
     qemu: Arc<dyn Runtime>,
-    /// Where the QEMU backend keeps its VMs' state directories.
-    qemu_root: PathBuf,
     /// The QEMU backend as itself, for what only it does (live migration); `None` with a fake.
     qemu_live: Option<Arc<QemuRuntime>>,
     qemu_accel: Accel,
@@ -81,7 +79,6 @@ impl Runtimes {
         firecracker: Option<&FirecrackerConfig>,
     ) -> Result<Self, VmmError> {
         let mut this = Self {
-            qemu_root: qemu.state_root().to_owned(),
             qemu_live: Some(qemu.clone()),
             qemu,
             qemu_accel,
@@ -110,13 +107,12 @@ impl Runtimes {
         Ok(this)
     }
 
-    /// `qemu` standing for the QEMU backend, its VMs' state directories under `root`, TCG, no
-    /// Firecracker: for unit tests with a fake backend.
+    /// `qemu` standing for the QEMU backend (its VMs' state directories under its
+    /// `state_root`), TCG, no Firecracker: for unit tests with a fake backend.
     #[cfg(test)]
-    pub fn with_backend(qemu: Arc<dyn Runtime>, root: &Path) -> Self {
+    pub fn with_backend(qemu: Arc<dyn Runtime>) -> Self {
         Self {
             qemu,
-            qemu_root: root.to_owned(),
             qemu_live: None,
             qemu_accel: Accel::Tcg,
             firecracker: None,
@@ -170,7 +166,7 @@ impl Runtimes {
 
     /// Which backend holds VM `id` (has its state directory), if any.
     pub fn holder(&self, id: &str) -> Option<VmRuntime> {
-        if self.qemu_root.join(id).is_dir() {
+        if self.qemu.state_root().join(id).is_dir() {
             return Some(VmRuntime::Qemu);
         }
         match &self.firecracker {
@@ -191,7 +187,7 @@ impl Runtimes {
     pub fn vm_dir(&self, id: &str) -> PathBuf {
         match (self.holder(id), &self.firecracker) {
             (Some(VmRuntime::Firecracker), Some(fc)) => fc.vm_dir(id),
-            _ => self.qemu_root.join(id),
+            _ => self.qemu.state_root().join(id),
         }
     }
 
@@ -199,7 +195,7 @@ impl Runtimes {
     pub fn dir_for(&self, kind: VmRuntime, id: &str) -> PathBuf {
         match (kind, &self.firecracker) {
             (VmRuntime::Firecracker, Some(fc)) => fc.vm_dir(id),
-            _ => self.qemu_root.join(id),
+            _ => self.qemu.state_root().join(id),
         }
     }
 

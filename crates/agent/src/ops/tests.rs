@@ -126,10 +126,9 @@ impl Node {
 
     /// A fresh executor of another node sharing this one's control plane.
     fn executor_with(&self, rt: Arc<FakeRuntime>) -> Ops {
-        let vms = self.dir.path().join("vms");
         let backend: Arc<dyn Runtime> = rt;
         Ops::new(
-            Arc::new(Runtimes::with_backend(backend, &vms)),
+            Arc::new(Runtimes::with_backend(backend)),
             Arc::new(Network::none()),
             self.dir.path().join("data"),
             self.dir.path().join("images"),
