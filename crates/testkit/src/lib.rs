@@ -59,9 +59,6 @@ pub fn image_dir() -> PathBuf {
 
 /// The target directory the running test binary was built into (`<target>/<profile>/deps/x`).
 fn target_dir() -> PathBuf {
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(t);
-    }
     let exe = std::env::current_exe().expect("the test binary's path");
     exe.ancestors()
         .nth(3)
