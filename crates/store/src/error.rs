@@ -71,6 +71,14 @@ pub enum StoreError {
     /// revision below `resume_from` was delivered; watch again from `resume_from`.
     #[error("watch fell too far behind; watch again from revision {resume_from}")]
     WatchLagged { resume_from: Revision },
+    /// The store cannot serve this now (no quorum, unreachable, timed out); retry later.
+    /// Distinct from [`StoreError::Backend`], a real failure: the write may or may not have
+    /// been applied when this is returned for a write, exactly as for a timeout.
+    #[error("store unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// A write fenced on leader term `term` was refused: leadership moved.
+    #[error("write to {key:?} fenced on leader term {term} was refused: leadership moved")]
+    Fenced { key: String, term: Revision },
     /// The backend (database, network) failed.
     #[error("store backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),

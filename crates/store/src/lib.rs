@@ -91,4 +91,9 @@ pub trait KvStore: Send + Sync + 'static {
     /// Drops the history below `revision` (no-op if already compacted that far). Watches can
     /// then start at `revision` or later. `revision` may be at most the current revision.
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+
+    /// Releases the store's resources (file lock, connections). Later calls fail with
+    /// [`StoreError::Closed`] and open watches end with it. Idempotent: closing twice is a
+    /// no-op.
+    async fn close(&self) -> Result<(), StoreError>;
 }

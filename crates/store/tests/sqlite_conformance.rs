@@ -60,6 +60,9 @@ impl KvStore for TempStore {
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         self.store.compact(revision).await
     }
+    async fn close(&self) -> Result<(), StoreError> {
+        self.store.close().await
+    }
 }
 
 async fn fresh_store() -> Arc<dyn KvStore> {

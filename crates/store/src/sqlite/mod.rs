@@ -293,6 +293,10 @@ impl KvStore for SqliteStore {
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         with_conn(&self.inner, move |conn, _| ops::compact(conn, revision)).await
     }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        SqliteStore::close(self).await
+    }
 }
 
 #[cfg(test)]
