@@ -14,6 +14,7 @@
 //! It must not know about FireFleet's objects (VMs, nodes, ...): typed repositories live above
 //! it, in `server`. Blocking database calls never run on the async runtime's worker threads.
 
+pub mod election;
 mod error;
 pub mod fence;
 mod model;
@@ -26,6 +27,10 @@ pub mod conformance;
 
 use async_trait::async_trait;
 
+pub use election::{
+    Candidate, Election, LeaderRecord, Leadership, LeaseElection, LeaseElectionConfig,
+    LocalElection, ReplicaRecord, LEADER_KEY, REPLICAS_PREFIX,
+};
 pub use error::{InvalidKeyReason, StoreError};
 pub use fence::FencedStore;
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, TxnResponse};
