@@ -45,15 +45,13 @@ impl ControlPlane for Client {
     }
 
     async fn upload_migration(&self, vm: &str, archive: &Path) -> Result<(), String> {
-        let (f, len) = open(archive).await?;
-        self.migration_upload(vm, f, len)
+        self.migration_upload(vm, archive)
             .await
             .map_err(|e| error_chain(&e))
     }
 
     async fn upload_snapshot(&self, vm: &str, name: &str, archive: &Path) -> Result<(), String> {
-        let (f, len) = open(archive).await?;
-        self.snapshot_upload(vm, name, f, len)
+        self.snapshot_upload(vm, name, archive)
             .await
             .map_err(|e| error_chain(&e))
     }
@@ -84,18 +82,6 @@ impl ControlPlane for Client {
             .await
             .map_err(|e| error_chain(&e))
     }
-}
-
-/// Opens an archive to upload, with its length.
-async fn open(archive: &Path) -> Result<(tokio::fs::File, u64), String> {
-    let len = tokio::fs::metadata(archive)
-        .await
-        .map_err(|e| format!("{}: {e}", archive.display()))?
-        .len();
-    let f = tokio::fs::File::open(archive)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((f, len))
 }
 
 /// Runs blocking `f` (VMM, disk and host-network work) on tokio's blocking pool, off the async

@@ -103,7 +103,7 @@ pub async fn load_or_enroll(config: &AgentConfig) -> Result<Identity, AgentError
     let (csr_pem, key_pem) = firefleet_pki::make_agent_csr(config.node.as_str())
         .map_err(|e| AgentError::Identity(format!("making a CSR: {e}")))?;
     let client = Client::new(&Connection {
-        server: config.server.clone(),
+        servers: config.servers.clone(),
         ca_pem,
         token: None,
         identity: None,

@@ -50,8 +50,9 @@ pub use runtimes::FirecrackerConfig;
 /// How the agent is started.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// `https://host:port` of the server.
-    pub server: String,
+    /// `https://host:port` of every server replica (at least one): the agent's client fails
+    /// over between them (see `firefleet_client::Failover`).
+    pub servers: Vec<String>,
     /// PEM file of the cluster CA (trusted for enrollment; the enrolled CA is kept in `data_dir`).
     pub ca_file: PathBuf,
     /// The node's name.
@@ -128,7 +129,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let identity = identity::load_or_enroll(&config).await?;
     let client = Client::new(&Connection {
-        server: config.server.clone(),
+        servers: config.servers.clone(),
         ca_pem: identity.ca_pem.clone(),
         token: None,
         identity: Some((identity.cert_pem.clone(), identity.key_pem.clone())),

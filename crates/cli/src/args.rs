@@ -3,6 +3,7 @@
 //! `args` (processes, server settings, VMs and nodes, functions, tokens, images, benchmarks),
 //! re-exported here so every command module imports them from `crate::args`.
 
+mod addresses;
 mod bench;
 mod function;
 mod image;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use addresses::{parse_san, parse_servers, split_sans, San, ServerUrls};
 pub use bench::BenchCommand;
 pub use function::{FnCommand, FnDeployArgs};
 pub use image::ImageCommand;
@@ -45,14 +47,17 @@ pub enum Output {
 /// Options every client command takes.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// Server address.
+    /// Server address, or the addresses of several replicas, comma-separated
+    /// (`https://a:7443,https://b:7443`): each call fails over to the next one when the
+    /// current one cannot be reached or answers 503.
     #[arg(
         long,
         global = true,
         env = "FIREFLEET_SERVER",
-        default_value = "https://127.0.0.1:7443"
+        default_value = "https://127.0.0.1:7443",
+        value_parser = parse_servers
     )]
-    pub server: String,
+    pub server: ServerUrls,
     /// Bearer token, or @FILE to read it from a file.
     #[arg(long, global = true, env = "FIREFLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

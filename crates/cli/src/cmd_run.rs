@@ -86,8 +86,15 @@ fn server_config(
 }
 
 pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
+    let (dns_names, ip_sans) = a.certificate_names();
+    if let Some(ip) = ip_sans.first() {
+        anyhow::bail!(
+            "--san {ip}: this server puts only DNS names in its certificate (besides the \
+             loopback and --listen addresses); give the replica's DNS name instead"
+        );
+    }
     let server = Server::start(ServerConfig {
-        dns_names: a.dns_names,
+        dns_names,
         node_timers: a.node_timers.timers(),
         ..server_config(&a.control, a.data_dir.clone(), a.listen)?
     })
@@ -116,7 +123,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
         }),
     };
     let config = AgentConfig {
-        server: a.server,
+        servers: a.server.0,
         ca_file: a.ca,
         node: a.name.parse()?,
         labels: labels(&a.labels)?,

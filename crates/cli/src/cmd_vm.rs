@@ -37,7 +37,7 @@ pub fn client(g: &Global) -> anyhow::Result<Client> {
         bail!("no token given: pass --token TOKEN (or @FILE) or set FIREFLEET_TOKEN");
     }
     Ok(Client::new(&Connection {
-        server: g.server.clone(),
+        servers: g.server.0.clone(),
         ca_pem,
         token,
         identity: None,

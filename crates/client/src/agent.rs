@@ -1,6 +1,12 @@
 //! What only agents call (mutual TLS after enrollment): enrollment, renewal, heartbeats,
 //! intents, and the reports of VM status, execs, statistics, telemetry and console. The
 //! agent's snapshot, migration and invocation calls live with their resources.
+//!
+//! On failover, heartbeats, the intents long-poll (from the same revision: revisions are the
+//! shared store's), the `PUT` reports and console uploads (addressed by offset) are sent again
+//! on the next replica; enrollment (its join token is single-use), renewal (it issues a
+//! certificate) and telemetry (a batch would count twice; the agent keeps a failed batch and
+//! sends it later) only when no attempt reached a server.
 
 use std::time::Duration;
 
@@ -10,6 +16,7 @@ use firefleet_api::{
 };
 use reqwest::Method;
 
+use crate::failover::Replay;
 use crate::transport::enc;
 use crate::{Client, ClientError};
 
@@ -26,9 +33,9 @@ impl Client {
             .await
     }
 
-    /// Agent: heartbeat.
+    /// Agent: heartbeat (the node's latest facts: sent again on failover).
     pub async fn heartbeat(&self, req: &HeartbeatRequest) -> Result<(), ClientError> {
-        self.call_ignoring_body(Method::POST, "/v1/agent/heartbeat", Some(req))
+        self.idempotent_post_ignoring_body("/v1/agent/heartbeat", Some(req))
             .await
     }
 
@@ -98,16 +105,19 @@ impl Client {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<u64, ClientError> {
-        let url = self.url(&format!(
-            "/v1/agent/vms/{}/console?offset={offset}",
-            enc(vm)
-        ));
-        let req = self
-            .http()
-            .post(&url)
-            .header("content-type", "application/octet-stream")
-            .body(data);
-        let r: ConsoleOffset = self.finish_required_body(url, req).await?;
+        // Bytes at an offset: sending them again stores them once.
+        let r: ConsoleOffset = self
+            .send_required_body(
+                &format!("/v1/agent/vms/{}/console?offset={offset}", enc(vm)),
+                Replay::Always,
+                |http, url| {
+                    Ok(http
+                        .post(url)
+                        .header("content-type", "application/octet-stream")
+                        .body(data.clone()))
+                },
+            )
+            .await?;
         Ok(r.next_offset)
     }
 }

@@ -8,17 +8,18 @@ use firefleet_api::{
 };
 use reqwest::Method;
 
+use crate::failover::Replay;
 use crate::transport::{enc, page_path};
 use crate::{Client, ClientError};
 
 impl Client {
-    /// `POST /v1/functions`.
+    /// `POST /v1/functions`: an upsert (the same spec again changes nothing), sent again on
+    /// failover.
     pub async fn deploy_function(
         &self,
         req: &DeployFunctionRequest,
     ) -> Result<FunctionView, ClientError> {
-        self.call_required_body(Method::POST, "/v1/functions", Some(req))
-            .await
+        self.idempotent_post("/v1/functions", Some(req)).await
     }
 
     /// `GET /v1/functions`: every page, following `next`.
@@ -68,25 +69,27 @@ impl Client {
     }
 
     /// `POST /v1/functions/{name}/invoke`: the body as is; waits as long as the server holds
-    /// the request (cold start) plus the function's run time.
+    /// the request (cold start) plus the function's run time. Sent again only when no attempt
+    /// reached a server (an invocation is not idempotent).
     pub async fn invoke_function(
         &self,
         name: &str,
         body: Vec<u8>,
         region: Option<&str>,
     ) -> Result<InvokeResponse, ClientError> {
-        let mut url = self.url(&format!("/v1/functions/{}/invoke", enc(name)));
+        let mut path = format!("/v1/functions/{}/invoke", enc(name));
         if let Some(r) = region {
-            url.push_str(&format!("?region={}", enc(r)));
+            path.push_str(&format!("?region={}", enc(r)));
         }
-        let req = self.with_token(
-            self.http()
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .timeout(Duration::from_secs(20 * 60))
-                .body(body),
-        );
-        self.finish_required_body(url, req).await
+        self.send_required_body(&path, Replay::UnlessSent, |http, url| {
+            Ok(self.with_token(
+                http.post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .timeout(Duration::from_secs(20 * 60))
+                    .body(body.clone()),
+            ))
+        })
+        .await
     }
 
     /// Agent: the invocations queued for this node (waits up to `wait` for some).

@@ -2,11 +2,15 @@
 //! cluster CA, authenticates with a bearer token (people, scripts) or a client certificate
 //! (agents), and turns error bodies into [`ClientError::Api`] carrying the server's message.
 //!
+//! A client holds every server replica's URL and fails over between them (`failover`: which
+//! failures, which requests are sent again, for how long).
+//!
 //! `transport` is the core (connection, TLS, request building, error bodies, streaming); every
 //! other module is one resource's `impl Client` block and builds on it alone.
 
 mod agent;
 mod audit;
+mod failover;
 mod functions;
 mod meta;
 mod migrations;
@@ -19,4 +23,5 @@ mod tokens;
 mod transport;
 mod vms;
 
+pub use failover::{parse_server_list, Failover};
 pub use transport::{Client, ClientError, Connection};

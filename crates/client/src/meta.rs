@@ -3,6 +3,7 @@
 use firefleet_api::Health;
 use reqwest::Method;
 
+use crate::failover::{Answered, Attempts, Replay};
 use crate::{Client, ClientError};
 
 impl Client {
@@ -14,17 +15,16 @@ impl Client {
 
     /// `GET /metrics` as text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        let url = self.url("/metrics");
-        let resp = self
-            .http()
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        resp.text()
+        let Answered { url, response } = self
+            .send(
+                "/metrics",
+                Replay::Always,
+                &mut Attempts::default(),
+                |http, url| Ok(http.get(url)),
+            )
+            .await?;
+        response
+            .text()
             .await
             .map_err(|source| ClientError::Transport { url, source })
     }

@@ -1,11 +1,19 @@
 //! Migrations: ask for one and follow it; the agent's side (live stream, snapshot archive,
 //! step reports).
+//!
+//! On failover, step reports (the server applies each once), archive uploads and downloads
+//! (before their bytes flow) are sent again on the next replica; asking for a migration only
+//! when no attempt reached a server; the live stream never (it cannot be sent twice: the
+//! migration fails and is rolled back).
+
+use std::path::Path;
 
 use firefleet_api::{MigrateRequest, MigrationReport};
 use firefleet_types::Migration;
 use reqwest::Method;
 
-use crate::transport::{enc, TRANSFER_TIMEOUT};
+use crate::failover::{Attempts, Replay};
+use crate::transport::{enc, read_answer, TRANSFER_TIMEOUT};
 use crate::{Client, ClientError};
 
 impl Client {
@@ -43,16 +51,32 @@ impl Client {
     where
         S: futures::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static,
     {
-        let url = self.url(&format!("/v1/agent/migrations/{}/live", enc(vm)));
-        let req = self
-            .http()
-            .put(&url)
-            .timeout(TRANSFER_TIMEOUT)
-            .header("content-type", "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(stream));
-        self.finish_optional_body::<serde_json::Value>(url, req)
-            .await
-            .map(drop)
+        let path = format!("/v1/agent/migrations/{}/live", enc(vm));
+        // One attempt (Replay::Never): the stream is taken by it.
+        let stream = std::sync::Mutex::new(Some(stream));
+        let answered = self
+            .send(
+                &path,
+                Replay::Never,
+                &mut Attempts::default(),
+                |http, url| {
+                    let stream = stream
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                        .ok_or_else(|| ClientError::Decode {
+                            url: url.to_owned(),
+                            detail: "the live migration stream was already sent".to_owned(),
+                        })?;
+                    Ok(http
+                        .put(url)
+                        .timeout(TRANSFER_TIMEOUT)
+                        .header("content-type", "application/octet-stream")
+                        .body(reqwest::Body::wrap_stream(stream)))
+                },
+            )
+            .await?;
+        read_answer::<serde_json::Value>(answered).await.map(drop)
     }
 
     /// Agent, live migration destination: the source's stream, as the server forwards it,
@@ -62,21 +86,19 @@ impl Client {
         W: tokio::io::AsyncWrite + Unpin,
     {
         use tokio::io::AsyncWriteExt;
-        let url = self.url(&format!("/v1/agent/migrations/{}/live", enc(vm)));
-        let n = self.stream_to(url, out).await?;
+        let path = format!("/v1/agent/migrations/{}/live", enc(vm));
+        let n = self.stream_to(&path, out).await?;
         let _ = out.shutdown().await;
         Ok(n)
     }
 
-    /// Agent: uploads a migration snapshot (a tar file), streaming it.
-    pub async fn migration_upload(
-        &self,
-        vm: &str,
-        file: tokio::fs::File,
-        len: u64,
-    ) -> Result<(), ClientError> {
-        let url = self.url(&format!("/v1/agent/migrations/{}/snapshot", enc(vm)));
-        self.upload_tar(url, file, len).await
+    /// Agent: uploads a migration snapshot (the tar file `archive`), streaming it.
+    pub async fn migration_upload(&self, vm: &str, archive: &Path) -> Result<(), ClientError> {
+        self.upload_tar(
+            &format!("/v1/agent/migrations/{}/snapshot", enc(vm)),
+            archive,
+        )
+        .await
     }
 
     /// Agent: downloads a migration snapshot into `out`, streaming it; returns its size.
@@ -85,18 +107,18 @@ impl Client {
         vm: &str,
         out: &mut tokio::fs::File,
     ) -> Result<u64, ClientError> {
-        let url = self.url(&format!("/v1/agent/migrations/{}/snapshot", enc(vm)));
-        self.stream_to(url, out).await
+        self.stream_to(&format!("/v1/agent/migrations/{}/snapshot", enc(vm)), out)
+            .await
     }
 
-    /// Agent: reports a migration step.
+    /// Agent: reports a migration step (the server applies a step once: sent again on
+    /// failover).
     pub async fn migration_report(
         &self,
         vm: &str,
         report: &MigrationReport,
     ) -> Result<(), ClientError> {
-        self.call_ignoring_body(
-            Method::POST,
+        self.idempotent_post_ignoring_body(
             &format!("/v1/agent/migrations/{}/report", enc(vm)),
             Some(report),
         )

@@ -16,15 +16,11 @@ impl Client {
             .items)
     }
 
-    /// Cordons (`true`) or uncordons a node.
+    /// Cordons (`true`) or uncordons a node (idempotent: sent again on failover).
     pub async fn node_cordon(&self, node: &str, cordon: bool) -> Result<NodeInfo, ClientError> {
         let verb = if cordon { "cordon" } else { "uncordon" };
-        self.call_required_body::<(), NodeInfo>(
-            Method::POST,
-            &format!("/v1/nodes/{node}/{verb}"),
-            None,
-        )
-        .await
+        self.idempotent_post::<(), NodeInfo>(&format!("/v1/nodes/{node}/{verb}"), None)
+            .await
     }
 
     /// Removes a node (its certificates are revoked); returns the removed record.
@@ -33,7 +29,8 @@ impl Client {
             .await
     }
 
-    /// Drains a node: cordons it and starts a migration per running VM on it.
+    /// Drains a node: cordons it and starts a migration per running VM on it (sent again only
+    /// when no attempt reached a server).
     pub async fn node_drain(&self, node: &str) -> Result<DrainResponse, ClientError> {
         self.call_required_body::<(), _>(
             Method::POST,

@@ -1,31 +1,34 @@
 //! Policies, tenants' attributes, compliance, and the admission warnings of creates.
 
 use firefleet_api::{
-    ApplyPolicyRequest, ComplianceList, ComplianceReport, CreateVmRequest, DeployFunctionRequest,
-    FunctionView, PolicyList, PolicyRecord, TenantList, TenantRecord, WARNING_HEADER,
+    ApplyPolicyRequest, ComplianceList, ComplianceReport, DeployFunctionRequest, FunctionView,
+    PolicyList, PolicyRecord, TenantList, TenantRecord, WARNING_HEADER,
 };
-use firefleet_types::Vm;
 use reqwest::Method;
-use serde::{de::DeserializeOwned, Serialize};
 
+use crate::failover::{Attempts, Replay};
 use crate::transport::{empty_body, enc};
 use crate::{Client, ClientError};
 
 impl Client {
-    /// Creates a VM; also returns the warnings of policies in `warn` mode it violates.
-    pub async fn vm_create_with_warnings(
-        &self,
-        req: &CreateVmRequest,
-    ) -> Result<(Vm, Vec<String>), ClientError> {
-        self.must_with_warnings("/v1/vms", req).await
-    }
-
     /// `POST /v1/functions`; also returns the warnings of policies in `warn` mode it violates.
+    /// A deploy is an upsert (the same spec again changes nothing): sent again on failover.
     pub async fn deploy_function_with_warnings(
         &self,
         req: &DeployFunctionRequest,
     ) -> Result<(FunctionView, Vec<String>), ClientError> {
-        self.must_with_warnings("/v1/functions", req).await
+        let path = "/v1/functions";
+        let (value, headers) = self
+            .exchange(
+                Method::POST,
+                path,
+                Some(req),
+                Replay::Always,
+                &mut Attempts::default(),
+            )
+            .await?;
+        let value = value.ok_or_else(|| empty_body(path.to_owned()))?;
+        Ok((value, warnings(&headers)))
     }
 
     /// `GET /v1/policies`.
@@ -34,13 +37,12 @@ impl Client {
             .await
     }
 
-    /// `POST /v1/policies`: adds or replaces a policy (admin).
+    /// `POST /v1/policies`: adds or replaces a policy (admin); sent again on failover.
     pub async fn policy_apply(
         &self,
         req: &ApplyPolicyRequest,
     ) -> Result<PolicyRecord, ClientError> {
-        self.call_required_body(Method::POST, "/v1/policies", Some(req))
-            .await
+        self.idempotent_post("/v1/policies", Some(req)).await
     }
 
     /// `GET /v1/policies/{name}` (names such as `admission/resource_limits`).
@@ -89,23 +91,15 @@ impl Client {
         self.call_required_body::<(), _>(Method::GET, &path, None)
             .await
     }
+}
 
-    /// `POST path` with `body`: the response and the warnings in its `warning` headers.
-    async fn must_with_warnings<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<(T, Vec<String>), ClientError> {
-        let (url, req) = self.request(Method::POST, path, Some(body));
-        let (value, headers) = self.finish_with_headers(url.clone(), req).await?;
-        let value = value.ok_or_else(|| empty_body(url))?;
-        let warnings = headers
-            .get_all(WARNING_HEADER)
-            .iter()
-            .map(|v| warning_text(&String::from_utf8_lossy(v.as_bytes())))
-            .collect();
-        Ok((value, warnings))
-    }
+/// The warnings in an answer's `warning` headers.
+pub(crate) fn warnings(headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(WARNING_HEADER)
+        .iter()
+        .map(|v| warning_text(&String::from_utf8_lossy(v.as_bytes())))
+        .collect()
 }
 
 /// `/v1/policies/<name>`, each `/`-separated part of the name encoded, the slashes kept.

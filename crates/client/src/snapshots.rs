@@ -1,5 +1,11 @@
 //! Snapshots: request, list, restore from; the agent's outcome report and the server's copy
 //! of an archive (upload, download).
+//!
+//! On failover, asking for a snapshot or a restore is sent again only when no attempt reached
+//! a server (a restore is carried out once per request); the report and the archive's upload
+//! and download (before its bytes flow) are sent again on the next replica.
+
+use std::path::Path;
 
 use firefleet_api::{CreateSnapshotRequest, RestoreVmRequest, SnapshotList, SnapshotReport};
 use firefleet_types::{Snapshot, Vm};
@@ -59,21 +65,16 @@ impl Client {
             .await
     }
 
-    /// Agent: keeps a copy of a VM's snapshot (a tar) on the server, for a restore on another
-    /// node (after a failover).
+    /// Agent: keeps a copy of a VM's snapshot (the tar file `archive`) on the server, for a
+    /// restore on another node (after a failover).
     pub async fn snapshot_upload(
         &self,
         vm: &str,
         name: &str,
-        file: tokio::fs::File,
-        len: u64,
+        archive: &Path,
     ) -> Result<(), ClientError> {
-        let url = self.url(&format!(
-            "/v1/agent/vms/{}/snapshots/{}/data",
-            enc(vm),
-            enc(name)
-        ));
-        self.upload_tar(url, file, len).await
+        let path = format!("/v1/agent/vms/{}/snapshots/{}/data", enc(vm), enc(name));
+        self.upload_tar(&path, archive).await
     }
 
     /// Agent: the server's copy of a VM's snapshot, into `out`; returns its size.
@@ -83,11 +84,7 @@ impl Client {
         name: &str,
         out: &mut tokio::fs::File,
     ) -> Result<u64, ClientError> {
-        let url = self.url(&format!(
-            "/v1/agent/vms/{}/snapshots/{}/data",
-            enc(vm),
-            enc(name)
-        ));
-        self.stream_to(url, out).await
+        let path = format!("/v1/agent/vms/{}/snapshots/{}/data", enc(vm), enc(name));
+        self.stream_to(&path, out).await
     }
 }

@@ -18,18 +18,14 @@ impl Client {
             .await
     }
 
-    /// Acknowledges a threat.
+    /// Acknowledges a threat (the first acknowledgement stands: sent again on failover).
     pub async fn ack_threat(
         &self,
         id: &str,
         req: &firefleet_api::AckThreatRequest,
     ) -> Result<firefleet_api::Threat, ClientError> {
-        self.call_required_body(
-            Method::POST,
-            &format!("/v1/threats/{}/ack", enc(id)),
-            Some(req),
-        )
-        .await
+        self.idempotent_post(&format!("/v1/threats/{}/ack", enc(id)), Some(req))
+            .await
     }
 
     /// Images the guard quarantined (admin).

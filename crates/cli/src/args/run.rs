@@ -75,6 +75,11 @@ pub struct ServerArgs {
     /// Extra DNS name for the server certificate (repeatable).
     #[arg(long = "dns-name")]
     pub dns_names: Vec<String>,
+    /// A name or IP address the server certificate covers besides localhost and the listen
+    /// address (repeatable): every name and address clients and agents reach this replica at
+    /// (its host name, its address, a load balancer's name).
+    #[arg(long = "san", value_name = "NAME_OR_IP", value_parser = super::parse_san)]
+    pub sans: Vec<super::San>,
     /// Write the bound address to this file once listening (useful with port 0).
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
@@ -86,13 +91,15 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Server address.
+    /// Server address, or the addresses of several replicas, comma-separated: the agent fails
+    /// over to the next one when the current one cannot be reached or answers 503.
     #[arg(
         long,
         env = "FIREFLEET_SERVER",
-        default_value = "https://127.0.0.1:7443"
+        default_value = "https://127.0.0.1:7443",
+        value_parser = super::parse_servers
     )]
-    pub server: String,
+    pub server: super::ServerUrls,
     /// PEM file of the cluster CA.
     #[arg(long, env = "FIREFLEET_CA")]
     pub ca: PathBuf,
@@ -166,5 +173,20 @@ impl FirecrackerArgs {
                 binary,
                 jailer: self.jailer.clone(),
             })
+    }
+}
+
+impl ServerArgs {
+    /// The DNS names (`--dns-name` and the names of `--san`) and IP addresses (of `--san`) the
+    /// server certificate covers besides localhost, the loopback addresses and `--listen`'s.
+    pub fn certificate_names(&self) -> (Vec<String>, Vec<std::net::IpAddr>) {
+        let (names, ips) = super::split_sans(&self.sans);
+        let mut dns = self.dns_names.clone();
+        for n in names {
+            if !dns.contains(&n) {
+                dns.push(n);
+            }
+        }
+        (dns, ips)
     }
 }
