@@ -15,6 +15,7 @@
 //! it, in `server`. Blocking database calls never run on the async runtime's worker threads.
 
 mod error;
+pub mod etcd;
 mod model;
 pub mod sqlite;
 mod validate;
@@ -26,6 +27,7 @@ pub mod conformance;
 use async_trait::async_trait;
 
 pub use error::{InvalidKeyReason, StoreError};
+pub use etcd::{EtcdConfig, EtcdError, EtcdStore, EtcdTls, LeaseId};
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, TxnResponse};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use validate::{
