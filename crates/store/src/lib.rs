@@ -17,6 +17,7 @@
 pub mod election;
 mod error;
 pub mod fence;
+pub mod etcd;
 mod model;
 pub mod sqlite;
 mod validate;
@@ -33,6 +34,7 @@ pub use election::{
 };
 pub use error::{InvalidKeyReason, StoreError};
 pub use fence::FencedStore;
+pub use etcd::{EtcdConfig, EtcdError, EtcdStore, EtcdTls, LeaseId};
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, TxnResponse};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use validate::{
