@@ -28,8 +28,8 @@ pub mod conformance;
 use async_trait::async_trait;
 
 pub use election::{
-    Candidate, Election, LeaderRecord, Leadership, LeaseElection, LeaseElectionConfig,
-    LocalElection, ReplicaRecord, LEADER_KEY, REPLICAS_PREFIX,
+    Candidate, Election, EtcdElection, EtcdElectionConfig, LeaderRecord, Leadership, LocalElection,
+    ReplicaRecord, LEADER_KEY, REPLICAS_PREFIX,
 };
 pub use error::{InvalidKeyReason, StoreError};
 pub use fence::FencedStore;
