@@ -15,10 +15,14 @@ say() { printf '==> %s\n' "$*" >&2; }
 
 # Every Debian package the project needs, and every command it runs from them. The test suite's
 # extra parts (curl, promtool, python3 for the API fuzzer) are in the same list: one transaction.
+# etcd: the store's etcd backend is tested against real etcd members (etcd-server, etcd-client);
+# its gRPC client is generated at build time by protoc, which needs the well-known types
+# (google/protobuf/*.proto) of libprotobuf-dev.
 pkgs=(gcc libc6-dev qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio xz-utils zstd
-  ca-certificates nftables iproute2 procps tar dpkg curl prometheus python3 python3-venv)
+  ca-certificates nftables iproute2 procps tar dpkg curl prometheus python3 python3-venv
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 cmds=(cc qemu-system-x86_64 qemu-img mkfs.ext4 nft tc ip cpio xz zstd tar dpkg-deb apt-get
-  pgrep curl promtool python3)
+  pgrep curl promtool python3 etcd etcdctl protoc)
 
 # `verify`: every command on the PATH and busybox statically linked at FIREFLEET_BUSYBOX (or
 # /bin/busybox); stops at the first missing one, naming it and the package that brings it.
@@ -29,6 +33,7 @@ verify() {
   done
   local bb="${FIREFLEET_BUSYBOX:-/bin/busybox}"
   [ -x "$bb" ] || { say "missing command: busybox at $bb (Debian package busybox-static)"; return 1; }
+  [ -f /usr/include/google/protobuf/descriptor.proto ] || { say "missing file: /usr/include/google/protobuf/descriptor.proto (Debian package libprotobuf-dev)"; return 1; }
   # A qemu-img that cannot run (a half-removed package) is as missing as an absent one.
   qemu-img --version >/dev/null 2>&1 || { say "missing command: qemu-img does not run"; return 1; }
   qemu-system-x86_64 --version >/dev/null 2>&1 || { say "missing command: qemu-system-x86_64 does not run"; return 1; }

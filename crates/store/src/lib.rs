@@ -16,6 +16,7 @@
 
 pub mod election;
 mod error;
+pub mod etcd;
 pub mod fence;
 mod model;
 pub mod sqlite;
@@ -32,6 +33,7 @@ pub use election::{
     ReplicaRecord, LEADER_KEY, REPLICAS_PREFIX,
 };
 pub use error::{InvalidKeyReason, StoreError};
+pub use etcd::{EtcdConfig, EtcdError, EtcdStore, EtcdTls, LeaseId};
 pub use fence::FencedStore;
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, TxnResponse};
 pub use sqlite::{SqliteConfig, SqliteStore};
