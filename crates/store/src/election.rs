@@ -23,6 +23,7 @@
 //! while renewals succeed, then `Lost(reason)`, never back. A term that was lost is over; a
 //! replica campaigns again for a new term.
 
+mod etcd;
 mod lease;
 mod local;
 

@@ -15,8 +15,7 @@ use super::{
 };
 use crate::{EventKind, KeyValue, KvStore, Revision, StoreError, Watch};
 
-/// An etcd lease id.
-pub type LeaseId = i64;
+pub use crate::etcd::LeaseId;
 
 /// The lease primitives a [`EtcdElection`] needs beyond [`KvStore`] (etcd's).
 #[async_trait]
@@ -286,7 +285,8 @@ async fn keep_leading(
     publisher: StatePublisher,
 ) {
     let mut next_renewal = valid_until - config.valid_for() + config.renew_every();
-    let mut watch = match watch_leader_key(store.as_ref(), term).await {
+    let opened = timeout_at(valid_until, watch_leader_key(store.as_ref(), term)).await;
+    let mut watch = match opened.unwrap_or(Err(LossReason::RenewalOverdue)) {
         Ok(watch) => watch,
         Err(reason) => {
             publisher.publish(LeaderState::Lost(reason));
