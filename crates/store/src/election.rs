@@ -7,7 +7,7 @@
 //! deposed leader is refused by the store however late it arrives.
 //!
 //! Two implementations of [`Election`]:
-//! - [`LeaseElection`] (etcd, several replicas): the leader key is written only if absent and
+//! - [`EtcdElection`] (etcd, several replicas): the leader key is written only if absent and
 //!   bound to a lease with a TTL (default 5 s); the leader renews the lease every TTL/3. A
 //!   leader that has not renewed successfully within TTL·2/3 of *sending* its last successful
 //!   renewal declares the leadership lost, before the lease (which runs from when etcd
@@ -23,6 +23,7 @@
 //! while renewals succeed, then `Lost(reason)`, never back. A term that was lost is over; a
 //! replica campaigns again for a new term.
 
+mod etcd;
 mod lease;
 mod local;
 
@@ -36,7 +37,7 @@ use tokio::time::Instant;
 
 use crate::{KeyValue, KvStore, Revision, StoreError};
 
-pub use lease::{LeaseElection, LeaseElectionConfig, LeaseId, LeaseStore};
+pub use lease::{EtcdElection, EtcdElectionConfig, LeaseId, LeaseStore};
 pub use local::LocalElection;
 
 /// The key the leader holds; its `mod_revision` is the leader's term.

@@ -16,8 +16,8 @@
 
 pub mod election;
 mod error;
-pub mod fence;
 pub mod etcd;
+pub mod fence;
 mod model;
 pub mod sqlite;
 mod validate;
@@ -29,12 +29,12 @@ pub mod conformance;
 use async_trait::async_trait;
 
 pub use election::{
-    Candidate, Election, LeaderRecord, Leadership, LeaseElection, LeaseElectionConfig,
-    LocalElection, ReplicaRecord, LEADER_KEY, REPLICAS_PREFIX,
+    Candidate, Election, EtcdElection, EtcdElectionConfig, LeaderRecord, Leadership, LocalElection,
+    ReplicaRecord, LEADER_KEY, REPLICAS_PREFIX,
 };
 pub use error::{InvalidKeyReason, StoreError};
-pub use fence::FencedStore;
 pub use etcd::{EtcdConfig, EtcdError, EtcdStore, EtcdTls, LeaseId};
+pub use fence::FencedStore;
 pub use model::{Compare, Event, EventKind, KeyValue, Op, Revision, TxnResponse};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use validate::{

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use firefleet_store::{Compare, KvStore, Op, StoreError};
+use firefleet_store::{Compare, FencedStore, KvStore, Op, StoreError};
 use tokio::sync::mpsc;
 
 /// Per measurement: stop after this long or after `MAX_ITERATIONS`, whichever comes first.
@@ -129,6 +129,21 @@ async fn run(backend: &str, store: Arc<dyn KvStore>, table: &mut Table) -> Resul
         "put (256 B)",
         time(MAX_ITERATIONS, |i| async move {
             s.put(&format!("/bench/put/{}", i % 100), vec![1; 256])
+                .await
+                .map(|_| ())
+        })
+        .await?,
+    );
+    crate::settle().await;
+
+    // A leader's controller write: the same put, fenced on the leader key's revision.
+    let term = s.put("/bench/leader", b"me".to_vec()).await?;
+    let fenced = FencedStore::new(store.clone(), "/bench/leader", term);
+    let f = &fenced;
+    push(
+        "fenced put (256 B)",
+        time(MAX_ITERATIONS, |i| async move {
+            f.put(&format!("/bench/put/{}", i % 100), vec![1; 256])
                 .await
                 .map(|_| ())
         })

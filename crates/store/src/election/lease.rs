@@ -15,10 +15,9 @@ use super::{
 };
 use crate::{EventKind, KeyValue, KvStore, Revision, StoreError, Watch};
 
-/// An etcd lease id.
-pub type LeaseId = i64;
+pub use crate::etcd::LeaseId;
 
-/// The lease primitives a [`LeaseElection`] needs beyond [`KvStore`] (etcd's).
+/// The lease primitives a [`EtcdElection`] needs beyond [`KvStore`] (etcd's).
 #[async_trait]
 pub trait LeaseStore: KvStore {
     /// Grants a lease of `ttl`.
@@ -38,15 +37,15 @@ pub trait LeaseStore: KvStore {
     ) -> Result<Result<Revision, KeyValue>, StoreError>;
 }
 
-/// Timing of a [`LeaseElection`]. Derived: renew every `ttl/3`; a leader whose last
+/// Timing of a [`EtcdElection`]. Derived: renew every `ttl/3`; a leader whose last
 /// successful renewal was sent more than `ttl·2/3` ago has lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseElectionConfig {
+pub struct EtcdElectionConfig {
     /// The lease TTL: how long after the leader's last renewal another replica can take over.
     pub ttl: Duration,
 }
 
-impl Default for LeaseElectionConfig {
+impl Default for EtcdElectionConfig {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(5),
@@ -54,7 +53,7 @@ impl Default for LeaseElectionConfig {
     }
 }
 
-impl LeaseElectionConfig {
+impl EtcdElectionConfig {
     /// How often the leader renews.
     pub fn renew_every(&self) -> Duration {
         fraction(self.ttl, 1, 3)
@@ -75,26 +74,23 @@ impl LeaseElectionConfig {
 /// [`Election`] over a [`LeaseStore`]: the etcd election (see the module doc of
 /// [`crate::election`]).
 #[derive(Clone)]
-pub struct LeaseElection {
+pub struct EtcdElection {
     store: Arc<dyn LeaseStore>,
-    config: LeaseElectionConfig,
+    config: EtcdElectionConfig,
 }
 
-impl std::fmt::Debug for LeaseElection {
+impl std::fmt::Debug for EtcdElection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseElection")
+        f.debug_struct("EtcdElection")
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-impl LeaseElection {
+impl EtcdElection {
     /// An election over `store` with `config`. A TTL under 1 s is refused (etcd's own floor
     /// is higher still; it raises shorter leases, which only makes this side safer).
-    pub fn new(
-        store: Arc<dyn LeaseStore>,
-        config: LeaseElectionConfig,
-    ) -> Result<Self, StoreError> {
+    pub fn new(store: Arc<dyn LeaseStore>, config: EtcdElectionConfig) -> Result<Self, StoreError> {
         if config.ttl < Duration::from_secs(1) {
             return Err(StoreError::backend(TtlTooShort { ttl: config.ttl }));
         }
@@ -102,7 +98,7 @@ impl LeaseElection {
     }
 
     /// The timing in use.
-    pub fn config(&self) -> LeaseElectionConfig {
+    pub fn config(&self) -> EtcdElectionConfig {
         self.config
     }
 
@@ -150,7 +146,7 @@ pub struct TtlTooShort {
 }
 
 #[async_trait]
-impl Election for LeaseElection {
+impl Election for EtcdElection {
     async fn campaign(&self, me: &Candidate) -> Result<Leadership, StoreError> {
         me.checked()?;
         loop {
@@ -222,7 +218,7 @@ impl Election for LeaseElection {
     }
 }
 
-impl LeaseElection {
+impl EtcdElection {
     /// Starts the renewal loop of a won term.
     fn lead(&self, lease: LeaseId, term: Revision, valid_until: Instant) -> Leadership {
         let (publisher, signal) = StatePublisher::new(LeaderState::Held {
@@ -282,14 +278,15 @@ async fn watch_leader_key(
 /// leader that merely lost track of time hands over without waiting for the TTL.
 async fn keep_leading(
     store: Arc<dyn LeaseStore>,
-    config: LeaseElectionConfig,
+    config: EtcdElectionConfig,
     lease: LeaseId,
     term: Revision,
     mut valid_until: Instant,
     publisher: StatePublisher,
 ) {
     let mut next_renewal = valid_until - config.valid_for() + config.renew_every();
-    let mut watch = match watch_leader_key(store.as_ref(), term).await {
+    let opened = timeout_at(valid_until, watch_leader_key(store.as_ref(), term)).await;
+    let mut watch = match opened.unwrap_or(Err(LossReason::RenewalOverdue)) {
         Ok(watch) => watch,
         Err(reason) => {
             publisher.publish(LeaderState::Lost(reason));
@@ -355,7 +352,7 @@ async fn keep_leading(
 /// current lease for [`Registration::deregister`].
 async fn keep_registered(
     store: Arc<dyn LeaseStore>,
-    config: LeaseElectionConfig,
+    config: EtcdElectionConfig,
     key: String,
     record: Vec<u8>,
     mut lease: LeaseId,

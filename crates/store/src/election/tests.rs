@@ -232,8 +232,8 @@ impl LeaseStore for Client {
 
 const TTL: Duration = Duration::from_secs(1);
 
-fn election(client: &Arc<Client>) -> LeaseElection {
-    LeaseElection::new(client.clone(), LeaseElectionConfig { ttl: TTL }).expect("election")
+fn election(client: &Arc<Client>) -> EtcdElection {
+    EtcdElection::new(client.clone(), EtcdElectionConfig { ttl: TTL }).expect("election")
 }
 
 fn candidate(id: &str) -> Candidate {
@@ -493,9 +493,9 @@ fn a_lost_term_stays_lost() {
 #[tokio::test]
 async fn a_too_short_ttl_is_refused() {
     let server = Server::start();
-    let err = LeaseElection::new(
+    let err = EtcdElection::new(
         server.client(),
-        LeaseElectionConfig {
+        EtcdElectionConfig {
             ttl: Duration::from_millis(300),
         },
     )
