@@ -252,3 +252,51 @@ async fn unreachable_etcd_fails_connect_with_unavailable_naming_the_endpoints() 
     }
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_one_member_dead_every_call_succeeds() {
+    let s = ClusterStore::start(3).await;
+    ok(s.store.put("/one/start", vec![]).await, "put");
+    for victim in [0, 2] {
+        s.cluster.kill(victim);
+        // A leader's death needs an election first; after that, no call may fail, although
+        // some are routed to the dead member first (refused connections are sent again).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for i in 0..60 {
+            let key = format!("/one/{victim}/{i}");
+            let r = ok(s.store.put(&key, vec![i]).await, "put");
+            let kv = ok(s.store.get(&key).await, "get").expect("written");
+            assert_eq!(kv.mod_revision, r);
+            ok(s.store.list("/one/").await, "list");
+        }
+        s.cluster.restart(victim).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_unavailable_after_a_long_outage() {
+    let cluster = EtcdCluster::start(1).await;
+    let mut config = cluster.config("/firefleet/test");
+    config.watch_outage_limit = Duration::from_secs(2);
+    let store = match firefleet_store::EtcdStore::connect(config).await {
+        Ok(store) => store,
+        Err(err) => panic!("connect: {err}"),
+    };
+    let r = ok(store.put("/o/a", vec![]).await, "put");
+    let mut watch = ok(store.watch("/o/", r).await, "watch");
+    assert_put(&next_event(&mut watch).await, "/o/a", b"", r);
+    cluster.kill(0);
+    let started = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(15), watch.next()).await {
+        Ok(Some(Err(StoreError::Unavailable { reason }))) => {
+            assert!(reason.contains("watch"), "{reason}")
+        }
+        other => panic!("expected Unavailable after the outage limit: {other:?}"),
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(8),
+        "{elapsed:?}"
+    );
+    assert!(watch.next().await.is_none());
+}
