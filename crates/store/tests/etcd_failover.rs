@@ -123,7 +123,7 @@ async fn without_quorum_calls_fail_unavailable_in_time_and_recover_without_recon
             "{what} without quorum: {result:?}"
         );
         assert!(
-            elapsed <= timeout + Duration::from_millis(500),
+            elapsed <= timeout + Duration::from_secs(1),
             "{what} took {elapsed:?}, over the request timeout {timeout:?}"
         );
     }
