@@ -85,17 +85,20 @@ async fn replicas_all_down_give_an_error_naming_each() {
         .await;
     let (a, b) = (refusing_url(), refusing_url());
     let started = std::time::Instant::now();
-    let out = cli(&dir, &format!("{a},{b}"), &["node", "ls"]).await;
+    let out = cli(
+        &dir,
+        &format!("{a},{b}"),
+        &["node", "ls", "--failover-secs", "2"],
+    )
+    .await;
+    let took = started.elapsed();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains(&a) && err.contains(&b), "{err}");
     assert!(err.contains("no server answered"), "{err}");
-    // The default budget is 15 s.
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(25),
-        "{:?}",
-        started.elapsed()
-    );
+    // Refused connections fail at once: the budget is what the call took.
+    assert!(took >= std::time::Duration::from_millis(1900), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
 }
 
 #[test]
