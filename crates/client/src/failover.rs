@@ -228,6 +228,52 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `POST path` creating an object unique by name (a VM per tenant, a snapshot per VM):
+    /// sent again on another replica after any failure that calls for failover. When an
+    /// attempt may have been applied before the one that answered, and that answer is a
+    /// refusal (4xx: the name is taken, or a quota the lost attempt used up), `made` looks for
+    /// the object that attempt would have made; found, it is the result (with no headers),
+    /// else the refusal stands.
+    pub(crate) async fn create_named<B, T, F, Fut>(
+        &self,
+        path: &str,
+        body: &B,
+        made: F,
+    ) -> Result<(T, reqwest::header::HeaderMap), ClientError>
+    where
+        B: serde::Serialize,
+        T: serde::de::DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let mut attempts = Attempts::default();
+        let refusal = match self
+            .exchange::<B, T>(
+                reqwest::Method::POST,
+                path,
+                Some(body),
+                Replay::Always,
+                &mut attempts,
+            )
+            .await
+        {
+            Ok((Some(t), headers)) => return Ok((t, headers)),
+            Ok((None, _)) => return Err(crate::transport::empty_body(path.to_owned())),
+            Err(e) => e,
+        };
+        let refused =
+            matches!(refusal, ClientError::Api { status, .. } if (400..500).contains(&status));
+        if !(attempts.maybe_applied_before && refused) {
+            return Err(refusal);
+        }
+        match made().await {
+            Some(t) => Ok((t, reqwest::header::HeaderMap::new())),
+            None => Err(refusal),
+        }
+    }
+}
+
 /// An attempt that calls for failover.
 struct Failure {
     error: ClientError,

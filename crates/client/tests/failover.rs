@@ -18,7 +18,7 @@ use std::{
 use firefleet_api::{CreateTokenRequest, CreateVmRequest};
 use firefleet_client::{Client, ClientError, Connection, Failover};
 use firefleet_types::{
-    fixtures, DesiredState, Generation, Resources, TenantId, Vm, VmId, VmStatus,
+    fixtures, DesiredState, Generation, NodeId, Resources, Snapshot, TenantId, Vm, VmId, VmStatus,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::{
@@ -43,8 +43,14 @@ enum Mode {
     Drop,
 }
 
-/// What the replicas share: the VMs, by name.
-type Store = Arc<Mutex<Vec<Vm>>>;
+/// What the replicas share, as replicas share a store.
+#[derive(Debug, Default)]
+struct Shared {
+    vms: Vec<Vm>,
+    snapshots: Vec<Snapshot>,
+}
+
+type Store = Arc<Mutex<Shared>>;
 
 /// The cluster CA's PEM and the replicas' TLS configuration (one certificate for all).
 struct Pki {
@@ -162,7 +168,8 @@ async fn answer(
     }
     let query = query.unwrap_or_default();
     let by_name = |name: &str| {
-        let vms = store.lock().unwrap();
+        let shared = store.lock().unwrap();
+        let vms = &shared.vms;
         vms.iter()
             .find(|v| v.spec.name == name && v.spec.tenant.as_str() == CALLER_TENANT)
             .cloned()
@@ -170,7 +177,8 @@ async fn answer(
     match (method.as_str(), path.as_str()) {
         ("GET", "/v1/vms") => {
             let tenant = query.strip_prefix("tenant=").unwrap_or(CALLER_TENANT);
-            let vms = store.lock().unwrap();
+            let shared = store.lock().unwrap();
+            let vms = &shared.vms;
             let items: Vec<&Vm> = vms
                 .iter()
                 .filter(|v| v.spec.tenant.as_str() == tenant)
@@ -181,7 +189,8 @@ async fn answer(
         ("POST", "/v1/vms") => {
             let req: CreateVmRequest = serde_json::from_slice(&body)?;
             let vm = {
-                let mut vms = store.lock().unwrap();
+                let mut shared = store.lock().unwrap();
+                let vms = &mut shared.vms;
                 let tenant = req.tenant.as_ref().map_or(CALLER_TENANT, |t| t.as_str());
                 if vms
                     .iter()
@@ -200,7 +209,8 @@ async fn answer(
         }
         ("POST", p) if p.starts_with("/v1/vms/") && p.ends_with("/stop") => {
             let name = &p["/v1/vms/".len()..p.len() - "/stop".len()];
-            let mut vms = store.lock().unwrap();
+            let mut shared = store.lock().unwrap();
+            let vms = &mut shared.vms;
             match vms.iter_mut().find(|v| v.spec.name == name) {
                 Some(vm) => {
                     vm.spec.desired = DesiredState::Stopped;
@@ -208,6 +218,37 @@ async fn answer(
                 }
                 None => error(404, "not_found", "no such vm"),
             }
+        }
+        ("POST", p) if p.starts_with("/v1/vms/") && p.ends_with("/snapshots") => {
+            let vm = by_name(&p["/v1/vms/".len()..p.len() - "/snapshots".len()]).unwrap();
+            let name = serde_json::from_slice::<serde_json::Value>(&body)?["name"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let snap = {
+                let mut shared = store.lock().unwrap();
+                if shared
+                    .snapshots
+                    .iter()
+                    .any(|s| s.vm == vm.id && s.name == name)
+                {
+                    return error(409, "conflict", "a snapshot of that name already exists");
+                }
+                let node = NodeId::parse("node", "n1").unwrap();
+                let snap = Snapshot::requested(vm.id.clone(), name, node, 0);
+                shared.snapshots.push(snap.clone());
+                snap
+            };
+            if mode == Mode::ApplyThenDrop {
+                return dropped();
+            }
+            json(201, &snap)
+        }
+        ("GET", p) if p.starts_with("/v1/vms/") && p.ends_with("/snapshots") => {
+            let vm = by_name(&p["/v1/vms/".len()..p.len() - "/snapshots".len()]).unwrap();
+            let shared = store.lock().unwrap();
+            let items: Vec<&Snapshot> = shared.snapshots.iter().filter(|s| s.vm == vm.id).collect();
+            json(200, &serde_json::json!({ "items": items }))
         }
         ("GET", p) if p.starts_with("/v1/vms/") => match by_name(&p["/v1/vms/".len()..]) {
             Some(vm) => json(200, &vm),
@@ -351,7 +392,7 @@ async fn a_create_whose_answer_was_lost_returns_the_vm_it_made() {
     let c = client(&pki, &[&a.url, &b.url], Duration::from_secs(5));
     let req = create_request("web", fixtures::TEST_IMAGE);
     let vm = c.vm_create(&req).await.unwrap();
-    let stored = store.lock().unwrap().clone();
+    let stored = store.lock().unwrap().vms.clone();
     assert_eq!(stored.len(), 1, "one VM, not two: {stored:?}");
     assert_eq!(vm.id, stored[0].id);
     assert_eq!(a.hits(), 1);
@@ -369,7 +410,7 @@ async fn a_create_that_was_not_applied_is_made_on_the_next_server() {
         .vm_create(&create_request("web", fixtures::TEST_IMAGE))
         .await
         .unwrap();
-    assert_eq!(store.lock().unwrap().len(), 1);
+    assert_eq!(store.lock().unwrap().vms.len(), 1);
     assert_eq!(vm.spec.name, "web");
     assert_eq!((a.hits(), b.hits()), (1, 1));
 }
@@ -380,6 +421,7 @@ async fn a_retried_create_does_not_take_over_another_vm_of_that_name() {
     store
         .lock()
         .unwrap()
+        .vms
         .push(vm_from(create_request("web", OTHER_IMAGE), 0));
     let a = Replica::start(&pki, &store, Mode::Drop).await;
     let b = Replica::start(&pki, &store, Mode::Serve).await;
@@ -389,14 +431,14 @@ async fn a_retried_create_does_not_take_over_another_vm_of_that_name() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
-    assert_eq!(store.lock().unwrap().len(), 1);
+    assert_eq!(store.lock().unwrap().vms.len(), 1);
 }
 
 #[tokio::test]
 async fn a_create_conflict_without_a_lost_attempt_stays_a_conflict() {
     let (pki, store) = (pki(), Store::default());
     let req = create_request("web", fixtures::TEST_IMAGE);
-    store.lock().unwrap().push(vm_from(req.clone(), 0));
+    store.lock().unwrap().vms.push(vm_from(req.clone(), 0));
     let b = Replica::start(&pki, &store, Mode::Serve).await;
     let down = refusing_url().await;
     // The refused connection cannot have created anything: the conflict is the caller's.
@@ -416,13 +458,36 @@ async fn an_admin_create_for_another_tenant_is_looked_up_in_that_tenant() {
     store
         .lock()
         .unwrap()
+        .vms
         .push(vm_from(create_request("web", fixtures::TEST_IMAGE), 7));
     let mut req = create_request("web", fixtures::TEST_IMAGE);
     req.tenant = Some(TenantId::parse("tenant", "globex").unwrap());
     let vm = c.vm_create(&req).await.unwrap();
-    assert_eq!(store.lock().unwrap().len(), 2);
+    assert_eq!(store.lock().unwrap().vms.len(), 2);
     assert_eq!(vm.spec.tenant.as_str(), "globex");
     assert_eq!(vm.id.as_str(), "vm-1");
+}
+
+#[tokio::test]
+async fn a_snapshot_request_whose_answer_was_lost_returns_the_snapshot_it_made() {
+    let (pki, store) = (pki(), Store::default());
+    store
+        .lock()
+        .unwrap()
+        .vms
+        .push(vm_from(create_request("web", fixtures::TEST_IMAGE), 0));
+    let a = Replica::start(&pki, &store, Mode::ApplyThenDrop).await;
+    let b = Replica::start(&pki, &store, Mode::Serve).await;
+    let c = client(&pki, &[&a.url, &b.url], Duration::from_secs(5));
+    let snap = c.snapshot_create("web", "before-upgrade").await.unwrap();
+    assert_eq!(snap.name, "before-upgrade");
+    assert_eq!(store.lock().unwrap().snapshots.len(), 1);
+    // The same name again, with no lost attempt, is the caller's conflict.
+    let e = c
+        .snapshot_create("web", "before-upgrade")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
 }
 
 #[tokio::test]
@@ -431,6 +496,7 @@ async fn an_idempotent_post_is_sent_again_after_a_reset() {
     store
         .lock()
         .unwrap()
+        .vms
         .push(vm_from(create_request("web", fixtures::TEST_IMAGE), 0));
     let a = Replica::start(&pki, &store, Mode::Drop).await;
     let b = Replica::start(&pki, &store, Mode::Serve).await;
