@@ -9,9 +9,11 @@
 //!
 //! What may be sent again ([`Replay`]) depends on the request: an idempotent one (GET, PUT,
 //! DELETE, and the POSTs the server treats as desired-state writes) anywhere and any number of
-//! times; any other POST only while no attempt can have reached a server (the connection or
-//! its TLS handshake failed). Creates of named objects are sent again too, and resolve the
-//! conflict a lost first attempt leaves behind by name (see `vms.rs`).
+//! times; any other POST only while no attempt can have been applied: the connection or its
+//! TLS handshake failed, or the server answered 503 `not_leader` (a replica refuses a call only
+//! the leader serves before it does anything). Creates of named objects are sent again too,
+//! and resolve the conflict a lost first attempt leaves behind by name (see `vms.rs`). A
+//! streamed body is sent again only while none of it was taken (see `migrations.rs`).
 //!
 //! With one URL nothing is retried: the one attempt's error is returned as it is.
 
@@ -52,18 +54,20 @@ impl Default for Failover {
     }
 }
 
+/// The error code of a replica's 503 for a call only the leader serves: answered before the
+/// call does anything, so any request may be sent again.
+pub(crate) const NOT_LEADER: &str = "not_leader";
+
 /// Whether a request may be sent again after an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Replay {
     /// Idempotent (or deduplicated by name): sent again after any failure that calls for
     /// failover.
     Always,
-    /// Sent again only while no attempt can have reached a server (a failed connection or TLS
-    /// handshake); a reset, a timeout or a 503 after sending ends the call with that error.
+    /// Sent again only while no attempt can have been applied (a failed connection or TLS
+    /// handshake, a 503 `not_leader`); a reset, a timeout or another 503 ends the call with
+    /// that error.
     UnlessSent,
-    /// One attempt (a streamed body cannot be sent twice); a failure still moves the client's
-    /// later calls to the next server.
-    Never,
 }
 
 impl Replay {
@@ -84,7 +88,6 @@ impl Replay {
         match self {
             Replay::Always => true,
             Replay::UnlessSent => !sent,
-            Replay::Never => false,
         }
     }
 }
@@ -177,10 +180,10 @@ impl Client {
             let failure = match req.send().await {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && n > 1 => {
                     let body = resp.bytes().await.unwrap_or_default();
-                    Failure {
-                        error: api_error(StatusCode::SERVICE_UNAVAILABLE.as_u16(), &body),
-                        sent: true,
-                    }
+                    let error = api_error(StatusCode::SERVICE_UNAVAILABLE.as_u16(), &body);
+                    let sent =
+                        !matches!(&error, ClientError::Api { code, .. } if code == NOT_LEADER);
+                    Failure { error, sent }
                 }
                 Ok(response) => {
                     servers.answered(i);
@@ -277,7 +280,7 @@ impl Client {
 /// An attempt that calls for failover.
 struct Failure {
     error: ClientError,
-    /// It may have reached a server.
+    /// It may have been applied.
     sent: bool,
 }
 
@@ -361,7 +364,6 @@ mod tests {
         assert_eq!(Replay::of(&reqwest::Method::POST), Replay::UnlessSent);
         assert!(Replay::UnlessSent.allows_another(false));
         assert!(!Replay::UnlessSent.allows_another(true));
-        assert!(!Replay::Never.allows_another(false));
         assert!(Replay::Always.allows_another(true));
     }
 

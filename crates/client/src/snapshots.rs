@@ -3,8 +3,9 @@
 //!
 //! On failover, asking for a snapshot is sent again (names are unique per VM: after a refusal
 //! that a lost attempt may explain, the snapshot of that name is returned); a restore only
-//! when no attempt reached a server (it is carried out once per request); the report and the
-//! archive's upload and download (before its bytes flow) are sent again on the next replica.
+//! when no attempt can have been applied (it is carried out once per request); the report and
+//! the archive's upload and download (before its bytes flow) are sent again on the next
+//! replica.
 
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 //! quota the first attempt used up), the VM of that name is read back and returned if its spec
 //! is the one asked for; otherwise the refusal stands. Stop, pause and resume set the desired
 //! state and are sent again freely; exec runs a command and is only sent again when no attempt
-//! reached a server.
+//! can have been applied (see `failover.rs`).
 
 use std::time::Duration;
 
@@ -140,7 +140,7 @@ impl Client {
         .await
     }
 
-    /// Runs a command in a VM's guest (sent again only when no attempt reached a server).
+    /// Runs a command in a VM's guest (sent again only when no attempt can have been applied).
     pub async fn vm_exec(&self, vm: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
         // The call lasts as long as the command: give it the command's timeout and some slack.
         let wait =

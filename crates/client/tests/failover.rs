@@ -33,8 +33,11 @@ use tokio::net::TcpListener;
 enum Mode {
     /// As the server would, over the shared VMs.
     Serve,
-    /// 503 `not_leader` to everything.
+    /// 503 `store_unavailable` to everything (read, as the server does, after the body).
     Unavailable,
+    /// 503 `not_leader` to everything, before reading the body (as a replica refuses a call
+    /// only the leader serves).
+    NotLeader,
     /// This status (with an error body) to everything.
     Status(u16),
     /// Applies a create (the VM is stored), then drops the connection without an answer.
@@ -48,6 +51,8 @@ enum Mode {
 struct Shared {
     vms: Vec<Vm>,
     snapshots: Vec<Snapshot>,
+    /// The bytes of live migration streams received.
+    live: Vec<u8>,
 }
 
 type Store = Arc<Mutex<Shared>>;
@@ -154,6 +159,9 @@ async fn answer(
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    if mode == Mode::NotLeader {
+        return error(503, "not_leader", "this replica does not lead");
+    }
     let body = req
         .into_body()
         .collect()
@@ -161,7 +169,8 @@ async fn answer(
         .map_err(std::io::Error::other)?
         .to_bytes();
     match mode {
-        Mode::Unavailable => return error(503, "not_leader", "this replica does not lead"),
+        Mode::Unavailable => return error(503, "store_unavailable", "the store has no quorum"),
+        Mode::NotLeader => return error(503, "not_leader", "this replica does not lead"),
         Mode::Status(s) => return error(s, "refused", "as the test asked"),
         Mode::Drop => return dropped(),
         Mode::Serve | Mode::ApplyThenDrop => {}
@@ -254,6 +263,10 @@ async fn answer(
             Some(vm) => json(200, &vm),
             None => error(404, "not_found", "no such vm"),
         },
+        ("PUT", p) if p.starts_with("/v1/agent/migrations/") && p.ends_with("/live") => {
+            store.lock().unwrap().live.extend_from_slice(&body);
+            json(200, &serde_json::json!({}))
+        }
         ("POST", "/v1/tokens") => json(
             201,
             &serde_json::json!({"token": "secret", "id": "t1", "tenant": "acme", "role": "tenant"}),
@@ -532,6 +545,52 @@ async fn a_post_that_may_have_been_applied_is_not_sent_again() {
     let down = refusing_url().await;
     let c = client(&pki, &[&down, &b.url], Duration::from_secs(5));
     assert_eq!(c.token_create(&token).await.unwrap().id, "t1");
+}
+
+#[tokio::test]
+async fn a_not_leader_answer_lets_any_request_go_to_the_next_replica() {
+    let (pki, store) = (pki(), Store::default());
+    let a = Replica::start(&pki, &store, Mode::NotLeader).await;
+    let b = Replica::start(&pki, &store, Mode::Serve).await;
+    let c = client(&pki, &[&a.url, &b.url], Duration::from_secs(5));
+    let token = CreateTokenRequest {
+        tenant: TenantId::parse("tenant", "acme").unwrap(),
+        role: None,
+        ttl_secs: None,
+        note: None,
+    };
+    // Not idempotent, but refused before anything was done.
+    assert_eq!(c.token_create(&token).await.unwrap().id, "t1");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_live_stream_none_of_which_was_taken_goes_to_the_next_replica() {
+    let (pki, store) = (pki(), Store::default());
+    let a = Replica::start(&pki, &store, Mode::NotLeader).await;
+    let b = Replica::start(&pki, &store, Mode::Serve).await;
+    let c = client(&pki, &[&a.url, &b.url], Duration::from_secs(5));
+    // The VMM's first bytes come after a's answer.
+    let first = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(vec![1u8, 2, 3])
+    });
+    let stream = futures::StreamExt::chain(first, futures::stream::iter([Ok(vec![4u8, 5])]));
+    c.migration_live_send("web", stream).await.unwrap();
+    assert_eq!(store.lock().unwrap().live, vec![1, 2, 3, 4, 5]);
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_live_stream_partly_taken_by_a_failed_replica_is_not_sent_again() {
+    let (pki, store) = (pki(), Store::default());
+    let a = Replica::start(&pki, &store, Mode::Drop).await;
+    let b = Replica::start(&pki, &store, Mode::Serve).await;
+    let c = client(&pki, &[&a.url, &b.url], Duration::from_secs(5));
+    let stream = futures::stream::iter([Ok(vec![1u8, 2, 3]), Ok(vec![4u8, 5])]);
+    c.migration_live_send("web", stream).await.unwrap_err();
+    assert!(store.lock().unwrap().live.is_empty());
+    assert_eq!(b.hits(), 0);
 }
 
 #[tokio::test]
