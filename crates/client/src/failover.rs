@@ -3,7 +3,7 @@
 //! handshake cut, connect timeout, request timeout) or answers 503 (`not_leader`,
 //! `store_unavailable`, a full queue: any 503), the request goes to the next one, round after
 //! round with a short doubling backoff between rounds, until one answers or
-//! [`Failover::budget`] is spent; then the last error is returned inside
+//! [`Failover::budget`] (counted from the first failure) is spent; then the last error is returned inside
 //! [`ClientError::NoServer`], which names every URL tried. A replica that answered (any status
 //! but 503) becomes the current one for every clone of the client, until it fails in turn.
 //!
@@ -30,8 +30,8 @@ use crate::{Client, ClientError};
 /// How long a client keeps failing over, and how fast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failover {
-    /// No new attempt starts this long after the first one began (an attempt under way runs to
-    /// its own timeout). Default 15 s.
+    /// No new attempt starts this long after the first attempt failed (an attempt under way
+    /// runs to its own timeout). Default 15 s.
     pub budget: Duration,
     /// Pause after the first round of servers that all failed; doubled after each further
     /// round. Default 100 ms.
@@ -168,7 +168,9 @@ impl Client {
         let http = self.http();
         let first = servers.current();
         let started = Instant::now();
-        let deadline = started + self.failover.budget;
+        // Set when the first attempt fails: a long-poll or an upload that ran long before its
+        // replica died still gets the whole budget to reach another.
+        let mut deadline: Option<Instant> = None;
         let mut backoff = self.failover.first_backoff;
         let mut tried: Vec<String> = Vec::new();
         let mut attempt = 0usize;
@@ -211,6 +213,7 @@ impl Client {
             attempts.maybe_applied_before |= failure.sent;
             attempt += 1;
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.failover.budget);
             if now >= deadline {
                 break failure.error;
             }

@@ -44,6 +44,8 @@ enum Mode {
     ApplyThenDrop,
     /// Drops every request's connection without applying it.
     Drop,
+    /// Holds every request this long (a long-poll), then drops its connection.
+    HoldThenDrop(Duration),
 }
 
 /// What the replicas share, as replicas share a store.
@@ -173,6 +175,10 @@ async fn answer(
         Mode::NotLeader => return error(503, "not_leader", "this replica does not lead"),
         Mode::Status(s) => return error(s, "refused", "as the test asked"),
         Mode::Drop => return dropped(),
+        Mode::HoldThenDrop(hold) => {
+            tokio::time::sleep(hold).await;
+            return dropped();
+        }
         Mode::Serve | Mode::ApplyThenDrop => {}
     }
     let query = query.unwrap_or_default();
@@ -266,6 +272,15 @@ async fn answer(
         ("PUT", p) if p.starts_with("/v1/agent/migrations/") && p.ends_with("/live") => {
             store.lock().unwrap().live.extend_from_slice(&body);
             json(200, &serde_json::json!({}))
+        }
+        ("GET", "/v1/agent/intents") => {
+            // Answers at once, one revision past the caller's.
+            let after: u64 = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("after="))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0);
+            json(200, &serde_json::json!({"revision": after + 1, "vms": []}))
         }
         ("POST", "/v1/tokens") => json(
             201,
@@ -591,6 +606,23 @@ async fn a_live_stream_partly_taken_by_a_failed_replica_is_not_sent_again() {
     c.migration_live_send("web", stream).await.unwrap_err();
     assert!(store.lock().unwrap().live.is_empty());
     assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_long_poll_cut_after_the_budget_resumes_on_the_next_replica_from_its_revision() {
+    let (pki, store) = (pki(), Store::default());
+    let a = Replica::start(
+        &pki,
+        &store,
+        Mode::HoldThenDrop(Duration::from_millis(1500)),
+    )
+    .await;
+    let b = Replica::start(&pki, &store, Mode::Serve).await;
+    // The poll ran longer than the whole budget before its replica went away.
+    let c = client(&pki, &[&a.url, &b.url], Duration::from_secs(1));
+    let r = c.intents(Some(41), Duration::from_secs(20)).await.unwrap();
+    assert_eq!(r.revision, 42, "b was asked from revision 41");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
 }
 
 #[tokio::test]
