@@ -102,12 +102,15 @@ pub async fn load_or_enroll(config: &AgentConfig) -> Result<Identity, AgentError
     let ca_pem = read(&config.ca_file)?;
     let (csr_pem, key_pem) = firefleet_pki::make_agent_csr(config.node.as_str())
         .map_err(|e| AgentError::Identity(format!("making a CSR: {e}")))?;
-    let client = Client::new(&Connection {
-        servers: config.servers.clone(),
-        ca_pem,
-        token: None,
-        identity: None,
-    })
+    let client = Client::with_failover(
+        &Connection {
+            servers: config.servers.clone(),
+            ca_pem,
+            token: None,
+            identity: None,
+        },
+        config.failover,
+    )
     .map_err(|source| AgentError::Api {
         what: "building the enrollment client".into(),
         source: Box::new(source),

@@ -53,6 +53,8 @@ pub struct AgentConfig {
     /// `https://host:port` of every server replica (at least one): the agent's client fails
     /// over between them (see `firefleet_client::Failover`).
     pub servers: Vec<String>,
+    /// How the agent's client fails over between `servers`.
+    pub failover: firefleet_client::Failover,
     /// PEM file of the cluster CA (trusted for enrollment; the enrolled CA is kept in `data_dir`).
     pub ca_file: PathBuf,
     /// The node's name.
@@ -128,12 +130,15 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let identity = identity::load_or_enroll(&config).await?;
-    let client = Client::new(&Connection {
-        servers: config.servers.clone(),
-        ca_pem: identity.ca_pem.clone(),
-        token: None,
-        identity: Some((identity.cert_pem.clone(), identity.key_pem.clone())),
-    })
+    let client = Client::with_failover(
+        &Connection {
+            servers: config.servers.clone(),
+            ca_pem: identity.ca_pem.clone(),
+            token: None,
+            identity: Some((identity.cert_pem.clone(), identity.key_pem.clone())),
+        },
+        config.failover,
+    )
     .map_err(|source| AgentError::Api {
         what: "building the mTLS client".into(),
         source: Box::new(source),

@@ -58,6 +58,11 @@ pub struct Global {
         value_parser = parse_servers
     )]
     pub server: ServerUrls,
+    /// With several servers: seconds a call keeps failing over between them (unreachable, or
+    /// answering 503) before it gives up.
+    #[arg(long, global = true, env = "FIREFLEET_FAILOVER_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub failover_secs: u64,
     /// Bearer token, or @FILE to read it from a file.
     #[arg(long, global = true, env = "FIREFLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

@@ -124,6 +124,10 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<()> {
     };
     let config = AgentConfig {
         servers: a.server.0,
+        failover: firefleet_client::Failover {
+            budget: Duration::from_secs(a.failover_secs),
+            ..Default::default()
+        },
         ca_file: a.ca,
         node: a.name.parse()?,
         labels: labels(&a.labels)?,

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use firefleet_api::{CreateJoinTokenRequest, CreateVmRequest, ExecRequest};
-use firefleet_client::{Client, Connection};
+use firefleet_client::{Client, Connection, Failover};
 use firefleet_types::{
     topology::parse_label, DiskSpec, Labels, Migration, MigrationPhase, NetworkSpec, PlacementSpec,
     Resources, Snapshot, SnapshotPhase, Vm, VmPhase,
@@ -36,12 +36,19 @@ pub fn client(g: &Global) -> anyhow::Result<Client> {
     if token.is_none() {
         bail!("no token given: pass --token TOKEN (or @FILE) or set FIREFLEET_TOKEN");
     }
-    Ok(Client::new(&Connection {
-        servers: g.server.0.clone(),
-        ca_pem,
-        token,
-        identity: None,
-    })?)
+    let failover = Failover {
+        budget: Duration::from_secs(g.failover_secs),
+        ..Failover::default()
+    };
+    Ok(Client::with_failover(
+        &Connection {
+            servers: g.server.0.clone(),
+            ca_pem,
+            token,
+            identity: None,
+        },
+        failover,
+    )?)
 }
 
 fn vm_row(vm: &Vm) -> Vec<String> {

@@ -6,7 +6,7 @@
 //! shared store's), the `PUT` reports and console uploads (addressed by offset) are sent again
 //! on the next replica; enrollment (its join token is single-use), renewal (it issues a
 //! certificate) and telemetry (a batch would count twice; the agent keeps a failed batch and
-//! sends it later) only when no attempt reached a server.
+//! sends it later) only when no attempt can have been applied.
 
 use std::time::Duration;
 

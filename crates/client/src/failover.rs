@@ -3,15 +3,17 @@
 //! handshake cut, connect timeout, request timeout) or answers 503 (`not_leader`,
 //! `store_unavailable`, a full queue: any 503), the request goes to the next one, round after
 //! round with a short doubling backoff between rounds, until one answers or
-//! [`Failover::budget`] is spent; then the last error is returned inside
+//! [`Failover::budget`] (counted from the first failure) is spent; then the last error is returned inside
 //! [`ClientError::NoServer`], which names every URL tried. A replica that answered (any status
 //! but 503) becomes the current one for every clone of the client, until it fails in turn.
 //!
 //! What may be sent again ([`Replay`]) depends on the request: an idempotent one (GET, PUT,
 //! DELETE, and the POSTs the server treats as desired-state writes) anywhere and any number of
-//! times; any other POST only while no attempt can have reached a server (the connection or
-//! its TLS handshake failed). Creates of named objects are sent again too, and resolve the
-//! conflict a lost first attempt leaves behind by name (see `vms.rs`).
+//! times; any other POST only while no attempt can have been applied: the connection or its
+//! TLS handshake failed, or the server answered 503 `not_leader` (a replica refuses a call only
+//! the leader serves before it does anything). Creates of named objects are sent again too,
+//! and resolve the conflict a lost first attempt leaves behind by name (see `vms.rs`). A
+//! streamed body is sent again only while none of it was taken (see `migrations.rs`).
 //!
 //! With one URL nothing is retried: the one attempt's error is returned as it is.
 
@@ -28,8 +30,8 @@ use crate::{Client, ClientError};
 /// How long a client keeps failing over, and how fast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failover {
-    /// No new attempt starts this long after the first one began (an attempt under way runs to
-    /// its own timeout). Default 15 s.
+    /// No new attempt starts this long after the first attempt failed (an attempt under way
+    /// runs to its own timeout). Default 15 s.
     pub budget: Duration,
     /// Pause after the first round of servers that all failed; doubled after each further
     /// round. Default 100 ms.
@@ -52,18 +54,20 @@ impl Default for Failover {
     }
 }
 
+/// The error code of a replica's 503 for a call only the leader serves: answered before the
+/// call does anything, so any request may be sent again.
+pub(crate) const NOT_LEADER: &str = "not_leader";
+
 /// Whether a request may be sent again after an attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Replay {
     /// Idempotent (or deduplicated by name): sent again after any failure that calls for
     /// failover.
     Always,
-    /// Sent again only while no attempt can have reached a server (a failed connection or TLS
-    /// handshake); a reset, a timeout or a 503 after sending ends the call with that error.
+    /// Sent again only while no attempt can have been applied (a failed connection or TLS
+    /// handshake, a 503 `not_leader`); a reset, a timeout or another 503 ends the call with
+    /// that error.
     UnlessSent,
-    /// One attempt (a streamed body cannot be sent twice); a failure still moves the client's
-    /// later calls to the next server.
-    Never,
 }
 
 impl Replay {
@@ -84,7 +88,6 @@ impl Replay {
         match self {
             Replay::Always => true,
             Replay::UnlessSent => !sent,
-            Replay::Never => false,
         }
     }
 }
@@ -165,7 +168,9 @@ impl Client {
         let http = self.http();
         let first = servers.current();
         let started = Instant::now();
-        let deadline = started + self.failover.budget;
+        // Set when the first attempt fails: a long-poll or an upload that ran long before its
+        // replica died still gets the whole budget to reach another.
+        let mut deadline: Option<Instant> = None;
         let mut backoff = self.failover.first_backoff;
         let mut tried: Vec<String> = Vec::new();
         let mut attempt = 0usize;
@@ -177,10 +182,10 @@ impl Client {
             let failure = match req.send().await {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && n > 1 => {
                     let body = resp.bytes().await.unwrap_or_default();
-                    Failure {
-                        error: api_error(StatusCode::SERVICE_UNAVAILABLE.as_u16(), &body),
-                        sent: true,
-                    }
+                    let error = api_error(StatusCode::SERVICE_UNAVAILABLE.as_u16(), &body);
+                    let sent =
+                        !matches!(&error, ClientError::Api { code, .. } if code == NOT_LEADER);
+                    Failure { error, sent }
                 }
                 Ok(response) => {
                     servers.answered(i);
@@ -208,6 +213,7 @@ impl Client {
             attempts.maybe_applied_before |= failure.sent;
             attempt += 1;
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + self.failover.budget);
             if now >= deadline {
                 break failure.error;
             }
@@ -228,10 +234,56 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `POST path` creating an object unique by name (a VM per tenant, a snapshot per VM):
+    /// sent again on another replica after any failure that calls for failover. When an
+    /// attempt may have been applied before the one that answered, and that answer is a
+    /// refusal (4xx: the name is taken, or a quota the lost attempt used up), `made` looks for
+    /// the object that attempt would have made; found, it is the result (with no headers),
+    /// else the refusal stands.
+    pub(crate) async fn create_named<B, T, F, Fut>(
+        &self,
+        path: &str,
+        body: &B,
+        made: F,
+    ) -> Result<(T, reqwest::header::HeaderMap), ClientError>
+    where
+        B: serde::Serialize,
+        T: serde::de::DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let mut attempts = Attempts::default();
+        let refusal = match self
+            .exchange::<B, T>(
+                reqwest::Method::POST,
+                path,
+                Some(body),
+                Replay::Always,
+                &mut attempts,
+            )
+            .await
+        {
+            Ok((Some(t), headers)) => return Ok((t, headers)),
+            Ok((None, _)) => return Err(crate::transport::empty_body(path.to_owned())),
+            Err(e) => e,
+        };
+        let refused =
+            matches!(refusal, ClientError::Api { status, .. } if (400..500).contains(&status));
+        if !(attempts.maybe_applied_before && refused) {
+            return Err(refusal);
+        }
+        match made().await {
+            Some(t) => Ok((t, reqwest::header::HeaderMap::new())),
+            None => Err(refusal),
+        }
+    }
+}
+
 /// An attempt that calls for failover.
 struct Failure {
     error: ClientError,
-    /// It may have reached a server.
+    /// It may have been applied.
     sent: bool,
 }
 
@@ -315,7 +367,6 @@ mod tests {
         assert_eq!(Replay::of(&reqwest::Method::POST), Replay::UnlessSent);
         assert!(Replay::UnlessSent.allows_another(false));
         assert!(!Replay::UnlessSent.allows_another(true));
-        assert!(!Replay::Never.allows_another(false));
         assert!(Replay::Always.allows_another(true));
     }
 

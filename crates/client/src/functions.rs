@@ -69,8 +69,8 @@ impl Client {
     }
 
     /// `POST /v1/functions/{name}/invoke`: the body as is; waits as long as the server holds
-    /// the request (cold start) plus the function's run time. Sent again only when no attempt
-    /// reached a server (an invocation is not idempotent).
+    /// the request (cold start) plus the function's run time. Sent again only when no attempt can
+    /// have been applied (an invocation is not idempotent).
     pub async fn invoke_function(
         &self,
         name: &str,

@@ -3,10 +3,19 @@
 //!
 //! On failover, step reports (the server applies each once), archive uploads and downloads
 //! (before their bytes flow) are sent again on the next replica; asking for a migration only
-//! when no attempt reached a server; the live stream never (it cannot be sent twice: the
-//! migration fails and is rolled back).
+//! when no attempt can have been applied; the live stream only while none of it was taken
+//! (bytes of it that went to a failed replica are gone: the migration fails and is rolled
+//! back).
 
-use std::path::Path;
+use std::{
+    path::Path,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+};
 
 use firefleet_api::{MigrateRequest, MigrationReport};
 use firefleet_types::Migration;
@@ -52,27 +61,26 @@ impl Client {
         S: futures::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static,
     {
         let path = format!("/v1/agent/migrations/{}/live", enc(vm));
-        // One attempt (Replay::Never): the stream is taken by it.
-        let stream = std::sync::Mutex::new(Some(stream));
+        let stream = Untaken::new(stream);
         let answered = self
             .send(
                 &path,
-                Replay::Never,
+                Replay::UnlessSent,
                 &mut Attempts::default(),
                 |http, url| {
-                    let stream = stream
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take()
-                        .ok_or_else(|| ClientError::Decode {
+                    if stream.taken() {
+                        return Err(ClientError::Decode {
                             url: url.to_owned(),
-                            detail: "the live migration stream was already sent".to_owned(),
-                        })?;
+                            detail: "part of the live migration stream went to a replica that \
+                                 failed; it cannot be sent again"
+                                .to_owned(),
+                        });
+                    }
                     Ok(http
                         .put(url)
                         .timeout(TRANSFER_TIMEOUT)
                         .header("content-type", "application/octet-stream")
-                        .body(reqwest::Body::wrap_stream(stream)))
+                        .body(reqwest::Body::wrap_stream(stream.clone())))
                 },
             )
             .await?;
@@ -123,5 +131,48 @@ impl Client {
             Some(report),
         )
         .await
+    }
+}
+
+/// A stream that the bodies of several attempts share: each attempt's body polls the one
+/// stream, so an attempt that failed before it took a chunk leaves it whole for the next.
+struct Untaken<S> {
+    inner: Arc<Mutex<Pin<Box<S>>>>,
+    taken: Arc<AtomicBool>,
+}
+
+impl<S> Clone for Untaken<S> {
+    fn clone(&self) -> Self {
+        Untaken {
+            inner: self.inner.clone(),
+            taken: self.taken.clone(),
+        }
+    }
+}
+
+impl<S> Untaken<S> {
+    fn new(stream: S) -> Self {
+        Untaken {
+            inner: Arc::new(Mutex::new(Box::pin(stream))),
+            taken: Arc::default(),
+        }
+    }
+
+    /// Whether an attempt took a chunk (or the end) of the stream.
+    fn taken(&self) -> bool {
+        self.taken.load(Ordering::SeqCst)
+    }
+}
+
+impl<S: futures::Stream> futures::Stream for Untaken<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let next = inner.as_mut().poll_next(cx);
+        if next.is_ready() {
+            self.taken.store(true, Ordering::SeqCst);
+        }
+        next
     }
 }

@@ -30,7 +30,7 @@ impl Client {
     }
 
     /// Drains a node: cordons it and starts a migration per running VM on it (sent again only
-    /// when no attempt reached a server).
+    /// when no attempt can have been applied).
     pub async fn node_drain(&self, node: &str) -> Result<DrainResponse, ClientError> {
         self.call_required_body::<(), _>(
             Method::POST,

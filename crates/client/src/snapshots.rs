@@ -1,9 +1,11 @@
 //! Snapshots: request, list, restore from; the agent's outcome report and the server's copy
 //! of an archive (upload, download).
 //!
-//! On failover, asking for a snapshot or a restore is sent again only when no attempt reached
-//! a server (a restore is carried out once per request); the report and the archive's upload
-//! and download (before its bytes flow) are sent again on the next replica.
+//! On failover, asking for a snapshot is sent again (names are unique per VM: after a refusal
+//! that a lost attempt may explain, the snapshot of that name is returned); a restore only
+//! when no attempt can have been applied (it is carried out once per request); the report and
+//! the archive's upload and download (before its bytes flow) are sent again on the next
+//! replica.
 
 use std::path::Path;
 
@@ -20,12 +22,12 @@ impl Client {
         let req = CreateSnapshotRequest {
             name: name.to_owned(),
         };
-        self.call_required_body(
-            Method::POST,
-            &format!("/v1/vms/{}/snapshots", enc(vm)),
-            Some(&req),
-        )
-        .await
+        let made = || async {
+            let list = self.snapshot_list(vm).await.ok()?;
+            list.into_iter().find(|s| s.name == name)
+        };
+        let path = format!("/v1/vms/{}/snapshots", enc(vm));
+        Ok(self.create_named(&path, &req, made).await?.0)
     }
 
     /// Lists a VM's snapshots.

@@ -6,7 +6,7 @@
 //! quota the first attempt used up), the VM of that name is read back and returned if its spec
 //! is the one asked for; otherwise the refusal stands. Stop, pause and resume set the desired
 //! state and are sent again freely; exec runs a command and is only sent again when no attempt
-//! reached a server.
+//! can have been applied (see `failover.rs`).
 
 use std::time::Duration;
 
@@ -14,8 +14,8 @@ use firefleet_api::{ConsoleChunk, CreateVmRequest, ExecRequest, ExecResult, VmLi
 use firefleet_types::Vm;
 use reqwest::Method;
 
-use crate::failover::{Attempts, Replay};
-use crate::transport::{empty_body, enc, page_path};
+use crate::failover::Replay;
+use crate::transport::{enc, page_path};
 use crate::{Client, ClientError};
 
 /// Most pages of a tenant's VMs read when looking for the VM a retried create made.
@@ -33,25 +33,10 @@ impl Client {
         &self,
         req: &CreateVmRequest,
     ) -> Result<(Vm, Vec<String>), ClientError> {
-        let path = "/v1/vms";
-        let mut attempts = Attempts::default();
-        let refusal = match self
-            .exchange::<_, Vm>(Method::POST, path, Some(req), Replay::Always, &mut attempts)
-            .await
-        {
-            Ok((Some(vm), headers)) => return Ok((vm, crate::policy::warnings(&headers))),
-            Ok((None, _)) => return Err(empty_body(path.to_owned())),
-            Err(e) => e,
-        };
-        let refused =
-            matches!(refusal, ClientError::Api { status, .. } if (400..500).contains(&status));
-        if !(attempts.maybe_applied_before && refused) {
-            return Err(refusal);
-        }
-        match self.vm_created_by(req).await {
-            Some(vm) => Ok((vm, Vec::new())),
-            None => Err(refusal),
-        }
+        let (vm, headers) = self
+            .create_named("/v1/vms", req, || self.vm_created_by(req))
+            .await?;
+        Ok((vm, crate::policy::warnings(&headers)))
     }
 
     /// The VM named in `req`, if it exists with the spec `req` asks for (made by an attempt
@@ -155,7 +140,7 @@ impl Client {
         .await
     }
 
-    /// Runs a command in a VM's guest (sent again only when no attempt reached a server).
+    /// Runs a command in a VM's guest (sent again only when no attempt can have been applied).
     pub async fn vm_exec(&self, vm: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
         // The call lasts as long as the command: give it the command's timeout and some slack.
         let wait =

@@ -106,6 +106,96 @@ mod tests {
     }
 
     #[test]
+    fn server_takes_a_list_for_every_command_and_the_agent() {
+        use clap::Parser;
+        let cli = crate::args::Cli::try_parse_from([
+            "firefleet",
+            "node",
+            "ls",
+            "--server",
+            "https://a:7443,https://10.0.0.2:7443/",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.global.server,
+            ServerUrls(vec![
+                "https://a:7443".into(),
+                "https://10.0.0.2:7443".into()
+            ])
+        );
+        let cli = crate::args::Cli::try_parse_from([
+            "firefleet",
+            "agent",
+            "--server",
+            "https://a:7443,https://b:7443",
+            "--ca",
+            "ca.pem",
+            "--name",
+            "n1",
+            "--data-dir",
+            "d",
+        ])
+        .unwrap();
+        match cli.command {
+            crate::args::Command::Agent(a) => assert_eq!(a.server.0.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_server_in_the_list_is_named() {
+        use clap::Parser;
+        for (list, bad) in [
+            ("https://a:7443,http://b:7443", "\"http://b:7443\""),
+            ("https://a:7443,,https://c:7443", "\"\""),
+            ("https://a:7443,b:7443", "\"b:7443\""),
+        ] {
+            let e = crate::args::Cli::try_parse_from(["firefleet", "--server", list, "node", "ls"])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad), "{list}: {e}");
+            assert!(e.contains("--server"), "{list}: {e}");
+        }
+    }
+
+    #[test]
+    fn server_sans_reach_the_certificate_names() {
+        use clap::Parser;
+        let cli = crate::args::Cli::try_parse_from([
+            "firefleet",
+            "server",
+            "--data-dir",
+            "d",
+            "--dns-name",
+            "cp.example.com",
+            "--san",
+            "cp-1.example.com",
+            "--san",
+            "10.0.0.5",
+            "--san",
+            "cp.example.com",
+        ])
+        .unwrap();
+        let crate::args::Command::Server(a) = cli.command else {
+            panic!("not the server command");
+        };
+        let (dns, ips) = a.certificate_names();
+        assert_eq!(dns, vec!["cp.example.com", "cp-1.example.com"]);
+        assert_eq!(ips, vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        let e = crate::args::Cli::try_parse_from([
+            "firefleet",
+            "server",
+            "--data-dir",
+            "d",
+            "--san",
+            "bad_name",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"bad_name\""), "{e}");
+    }
+
+    #[test]
     fn sans_split_into_names_and_addresses() {
         let sans = [
             San::Dns("a".into()),

@@ -100,6 +100,11 @@ pub struct AgentArgs {
         value_parser = super::parse_servers
     )]
     pub server: super::ServerUrls,
+    /// With several servers: seconds a call keeps failing over between them before it gives
+    /// up (the agent's loops then try again).
+    #[arg(long, env = "FIREFLEET_FAILOVER_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub failover_secs: u64,
     /// PEM file of the cluster CA.
     #[arg(long, env = "FIREFLEET_CA")]
     pub ca: PathBuf,
