@@ -81,8 +81,14 @@ pub struct Global {
 pub enum Command {
     /// Run a server and a local agent in one process tree (embedded SQLite store).
     Up(UpArgs),
-    /// Run the control-plane server.
+    /// Run the control-plane server (one of several replicas on etcd, or alone on SQLite).
     Server(ServerArgs),
+    /// The control plane's replicas and leader.
+    #[command(subcommand)]
+    Cluster(crate::cmd_cluster::ClusterCommand),
+    /// The store itself: copy a fleet's state from one store to another.
+    #[command(subcommand)]
+    Store(crate::cmd_cluster::StoreCommand),
     /// Run a node agent.
     Agent(AgentArgs),
     /// Manage VMs.

@@ -87,15 +87,13 @@ fn server_config(
 
 pub async fn server(a: ServerArgs) -> anyhow::Result<()> {
     let (dns_names, ip_sans) = a.certificate_names();
-    if let Some(ip) = ip_sans.first() {
-        anyhow::bail!(
-            "--san {ip}: this server puts only DNS names in its certificate (besides the \
-             loopback and --listen addresses); give the replica's DNS name instead"
-        );
-    }
     let server = Server::start(ServerConfig {
         dns_names,
+        ip_sans,
         node_timers: a.node_timers.timers(),
+        store: a.ha.store()?,
+        secrets_key: a.ha.secrets_key()?,
+        replica: a.ha.replica(),
         ..server_config(&a.control, a.data_dir.clone(), a.listen)?
     })
     .await

@@ -6,6 +6,7 @@ mod args;
 mod cmd_audit;
 mod cmd_bench;
 mod cmd_bench_admission;
+mod cmd_cluster;
 mod cmd_eval;
 mod cmd_fn;
 mod cmd_guard;
@@ -79,6 +80,8 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(a) => cmd_run::up(a).await,
         Command::Server(a) => cmd_run::server(a).await,
+        Command::Cluster(c) => cmd_cluster::cluster(&g, c).await,
+        Command::Store(c) => cmd_cluster::store(&g, c).await,
         Command::Agent(a) => cmd_run::agent(a).await,
         Command::Vm(c) => cmd_vm::vm(&g, c).await,
         Command::Plan(a) => cmd_vm::plan(&g, a).await,

@@ -10,6 +10,7 @@
 
 mod agent;
 mod audit;
+mod cluster;
 mod failover;
 mod functions;
 mod meta;

@@ -101,6 +101,20 @@ impl Ca {
         }
     }
 
+    /// A CA from its certificate and key as PEM text, e.g. the cluster's shared secrets kept
+    /// (encrypted) in the store. `origin` names where they came from in errors. The key must
+    /// match the certificate.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, origin: &Path) -> Result<Ca, PkiError> {
+        Self::from_pem_files(cert_pem.to_owned(), origin, key_pem, origin)
+    }
+
+    /// The CA's private key (PEM, PKCS#8): only for sealing it into the cluster's encrypted
+    /// secrets, never to be written out in the clear.
+    #[must_use]
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// A new CA that lives in memory only (tests, `firefleet up` without a state directory).
     pub fn generate() -> Result<Ca, PkiError> {
         let key = KeyPair::generate().map_err(PkiError::cert("generate the CA key"))?;

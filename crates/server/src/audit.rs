@@ -22,6 +22,28 @@ use firefleet_store::{Compare, KvStore, Op};
 
 use crate::{files::write_private_file, ApiError, AppState};
 
+/// Reads `dir/audit.key`, or makes one if there is none.
+pub(crate) fn load_or_create_key(dir: &Path) -> std::io::Result<SigningKey> {
+    let path = dir.join("audit.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => signing_key_from_hex(&text).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use rand::RngCore;
+            let mut seed = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut seed);
+            let key = SigningKey::from_bytes(&seed);
+            write_private_file(&path, signing_key_to_hex(&key).as_bytes())?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Prefix of the entries.
 const ENTRIES: &str = "/audit/";
 /// The last entry's seq and hash.
@@ -42,26 +64,8 @@ pub(crate) struct Auditor {
 }
 
 impl Auditor {
-    /// Reads `dir/audit.key`, or makes one (and `dir/audit.pub`) if there is none.
-    pub(crate) fn load_or_create(dir: &Path) -> std::io::Result<Self> {
-        let path = dir.join("audit.key");
-        let key = match std::fs::read_to_string(&path) {
-            Ok(text) => signing_key_from_hex(&text).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use rand::RngCore;
-                let mut seed = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut seed);
-                let key = SigningKey::from_bytes(&seed);
-                write_private_file(&path, signing_key_to_hex(&key).as_bytes())?;
-                key
-            }
-            Err(e) => return Err(e),
-        };
+    /// An auditor signing with `key`; writes its public half to `dir/audit.pub`.
+    pub(crate) fn new(dir: &Path, key: SigningKey) -> std::io::Result<Self> {
         let public = format!("{}\n", verifying_key_to_hex(&key.verifying_key()));
         let pub_path = dir.join("audit.pub");
         if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(public.as_str()) {

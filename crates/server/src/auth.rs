@@ -177,6 +177,23 @@ impl FromRequestParts<AppState> for AgentCert {
     }
 }
 
+/// A request this replica serves only while it leads (see `app::cluster::require_leader`);
+/// put it after the caller's extractor, so that an unauthenticated call still gets 401.
+#[derive(Debug, Clone)]
+pub struct OnLeader;
+
+impl FromRequestParts<AppState> for OnLeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        _parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        crate::app::cluster::require_leader(state).await?;
+        Ok(OnLeader)
+    }
+}
+
 /// A caller with the admin role: refused (403) before the request body is even read.
 #[derive(Debug, Clone)]
 pub struct Admin;

@@ -1,6 +1,7 @@
 //! The API's error type. It knows nothing about HTTP; the HTTP layer (`http/mod.rs`) maps it to a
 //! status code and a body fit for the user.
 
+use firefleet_store::StoreError;
 use firefleet_types::ValidationError;
 
 /// Why an API operation failed.
@@ -64,6 +65,11 @@ pub enum ApiError {
     /// The server is at a limit it keeps for everyone (queue full); retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// This replica does not lead, and the call needs the leader's memory (telemetry for the
+    /// guard, stats, snapshot and migration transfers, the functions gateway): 503, and the
+    /// client fails over to another replica.
+    #[error("{0}")]
+    NotLeader(String),
     /// The store failed.
     #[error("store error")]
     Store(#[from] firefleet_store::StoreError),
@@ -97,8 +103,20 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::QuotaExceeded(_) => "quota_exceeded",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotLeader(_) => "not_leader",
+            ApiError::Store(StoreError::Unavailable { .. }) => "store_unavailable",
+            ApiError::Store(StoreError::Fenced { .. }) => "not_leader",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }
+    }
+
+    /// Whether the store could not serve the call now (no quorum, unreachable) or the write
+    /// was a deposed leader's: answered 503, and a client may retry (on another replica).
+    pub fn is_retryable_store(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Store(StoreError::Unavailable { .. } | StoreError::Fenced { .. })
+        )
     }
 
     /// The request field at fault.

@@ -28,12 +28,16 @@ pub mod http;
 mod limits;
 mod metrics;
 mod repo;
+mod secrets;
 mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use firefleet_pki::Ca;
-use firefleet_store::{KvStore, SqliteStore};
+use firefleet_store::election::{
+    Candidate, Election, EtcdElection, EtcdElectionConfig, LocalElection,
+};
+use firefleet_store::{EtcdConfig, EtcdStore, KvStore, SqliteStore};
 use tokio::{net::TcpListener, sync::watch};
 
 pub use app::quota::DEFAULT_QUOTA;
@@ -43,6 +47,7 @@ pub use error::ApiError;
 pub use firefleet_autoscaler::PolicyKind;
 pub use http::openapi_json;
 pub use limits::Limits;
+pub use secrets::{SecretsError, SecretsKey};
 
 /// Heartbeats older than this mark a node NotReady (default of [`NodeTimers::grace`]).
 pub const NODE_GRACE: Duration = Duration::from_secs(15);
@@ -82,6 +87,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Extra DNS names for the server certificate.
     pub dns_names: Vec<String>,
+    /// Extra IP addresses for the server certificate (besides loopback and the listen
+    /// address): what clients reach this replica by.
+    pub ip_sans: Vec<std::net::IpAddr>,
     /// Node failure detection.
     pub node_timers: NodeTimers,
     /// The fleet's topology and prices (placement scores cost, latency and edge power from it).
@@ -100,6 +108,70 @@ pub struct ServerConfig {
     pub agent_cert_lifetime: Duration,
     /// The quota of tenants whose record sets none. Default [`DEFAULT_QUOTA`].
     pub default_quota: firefleet_api::TenantQuota,
+    /// Where the fleet's state lives. Default: SQLite in `data_dir`.
+    pub store: StoreConfig,
+    /// The operator's key sealing the CA and audit key into the store, so that every replica
+    /// shares them; required with etcd. None: they are files in `data_dir`.
+    pub secrets_key: Option<SecretsKey>,
+    /// This replica's id, address and leadership lease.
+    pub replica: ReplicaConfig,
+}
+
+/// Where the fleet's state lives.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// An embedded SQLite file: `store.db` in the data directory when `None`. One replica.
+    Sqlite(Option<PathBuf>),
+    /// An etcd cluster every replica shares.
+    Etcd(EtcdConfig),
+}
+
+impl StoreConfig {
+    /// Parses `sqlite:PATH` or `etcd://HOST:PORT[,HOST:PORT…]` (the etcd TLS files and key
+    /// prefix are set on the result); the error names what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err("sqlite: needs a path (sqlite:/var/lib/firefleet/store.db)".into());
+            }
+            return Ok(Self::Sqlite(Some(PathBuf::from(path))));
+        }
+        if text.starts_with("etcd://") {
+            let endpoints = EtcdConfig::parse_url(text).map_err(|e| e.to_string())?;
+            return Ok(Self::Etcd(EtcdConfig::new(endpoints, DEFAULT_ETCD_PREFIX)));
+        }
+        Err(format!(
+            "store {text:?}: expected sqlite:PATH or etcd://HOST:PORT[,HOST:PORT...]"
+        ))
+    }
+}
+
+/// The key prefix of a fleet's state in etcd unless `--etcd-prefix` says otherwise.
+pub const DEFAULT_ETCD_PREFIX: &str = "/firefleet/default";
+
+/// The leadership lease unless `--lease-ttl` says otherwise.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// This replica among the control plane's.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// Its id; default: the host name and the listen port.
+    pub id: Option<String>,
+    /// The URL other replicas and clients reach it at; default from the listen address.
+    pub advertise: Option<String>,
+    /// The leader's lease: a leader that cannot renew it stops its controllers before it
+    /// expires, and another replica takes over within about this long.
+    pub lease_ttl: Duration,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            advertise: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -110,6 +182,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             listen,
             dns_names: Vec::new(),
+            ip_sans: Vec::new(),
             node_timers: NodeTimers::default(),
             topology: Default::default(),
             rebalance_every: None,
@@ -118,6 +191,9 @@ impl ServerConfig {
             limits: Limits::default(),
             agent_cert_lifetime: AGENT_CERT_LIFETIME,
             default_quota: DEFAULT_QUOTA,
+            store: StoreConfig::Sqlite(None),
+            secrets_key: None,
+            replica: ReplicaConfig::default(),
         }
     }
 }
@@ -164,6 +240,8 @@ pub(crate) struct AppState {
     pub default_quota: firefleet_api::TenantQuota,
     /// Per-tenant create locks (quota checks).
     pub quota_locks: Arc<app::quota::QuotaLocks>,
+    /// This replica, the election and its leadership.
+    pub cluster: Arc<app::cluster::Cluster>,
 }
 
 impl repo::Db for AppState {
@@ -202,6 +280,12 @@ pub enum StartError {
     /// Bootstrapping the admin token failed.
     #[error("cannot create the admin token")]
     Bootstrap(#[source] ApiError),
+    /// The shared secrets (CA, audit key) could not be had.
+    #[error("cannot load the cluster's secrets")]
+    Secrets(#[source] SecretsError),
+    /// The settings do not go together.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A running server.
@@ -211,8 +295,8 @@ pub struct Server {
     /// PEM of the cluster CA.
     pub ca_pem: String,
     state: AppState,
-    /// The store's file, closed (its lock released) by [`Server::shutdown`].
-    sqlite: SqliteStore,
+    /// This replica's record among the replicas, withdrawn at shutdown.
+    registration: Option<firefleet_store::election::Registration>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -231,25 +315,32 @@ impl Server {
             path: dir.clone(),
             source,
         })?;
-        let sqlite = SqliteStore::open(&dir.join("store.db")).map_err(StartError::Store)?;
-        let store: Arc<dyn KvStore> = Arc::new(sqlite.clone());
-        // The store holds every secret's hash and every tenant's objects: owner only, like the
-        // directory (SQLite creates its files with the umask's mode).
-        for f in ["store.db", "store.db-wal", "store.db-shm"] {
-            files::make_private_file(&dir.join(f)).map_err(|source| StartError::DataDir {
-                path: dir.join(f),
-                source,
-            })?;
-        }
-        let ca = Ca::load_or_create(dir).map_err(StartError::Pki)?;
+        let (store, election, store_kind) = open_store(&config).await?;
+        let secrets = secrets::load(&*store, dir, config.secrets_key.as_ref())
+            .await
+            .map_err(StartError::Secrets)?;
+        let ca = secrets.ca;
         let ca_pem = ca.cert_pem().to_owned();
         let mut dns = config.dns_names.clone();
         dns.push("localhost".to_owned());
-        let ips = vec![config.listen.ip()];
+        let mut ips = vec![config.listen.ip()];
+        ips.extend(config.ip_sans.iter().copied());
         let server_cert = ca.issue_server_cert(&dns, &ips).map_err(StartError::Pki)?;
         let tls =
             firefleet_pki::server_tls_config(&ca_pem, &server_cert.cert_pem, &server_cert.key_pem)
                 .map_err(StartError::Pki)?;
+        let me = Candidate {
+            id: config
+                .replica
+                .id
+                .clone()
+                .unwrap_or_else(|| default_replica_id(config.listen)),
+            address: config
+                .replica
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("https://{}", config.listen)),
+        };
 
         let state = AppState {
             store,
@@ -264,9 +355,9 @@ impl Server {
             gateway: Arc::default(),
             functions: config.functions.clone(),
             guard: Arc::default(),
-            audit: Arc::new(audit::Auditor::load_or_create(dir).map_err(|source| {
+            audit: Arc::new(audit::Auditor::new(dir, secrets.audit).map_err(|source| {
                 StartError::DataDir {
-                    path: dir.join("audit.key"),
+                    path: dir.join("audit.pub"),
                     source,
                 }
             })?),
@@ -277,6 +368,7 @@ impl Server {
             agent_cert_lifetime: config.agent_cert_lifetime,
             default_quota: config.default_quota,
             quota_locks: Arc::default(),
+            cluster: Arc::new(app::cluster::Cluster::new(me, store_kind, election)),
         };
         app::tokens::ensure_admin_token(&state, dir)
             .await
@@ -305,33 +397,32 @@ impl Server {
             config.limits.clone(),
             shutdown_rx.clone(),
         ))];
-        if let Some(period) = config.rebalance_every {
-            tasks.push(controllers::rebalance::spawn(
-                state.clone(),
-                shutdown_rx.clone(),
-                period,
-            ));
-        }
-        tasks.push(controllers::functions::spawn(
-            state.clone(),
-            shutdown_rx.clone(),
-        ));
-        tasks.push(controllers::guard::spawn(
-            state.clone(),
-            config.guard.clone(),
-            shutdown_rx.clone(),
-        ));
         tasks.push(http::audit::spawn_refusal_flush(
             state.clone(),
             shutdown_rx.clone(),
         ));
-        tasks.extend(controllers::spawn_all(state.clone(), shutdown_rx));
+        // Every replica registers itself and campaigns; the leader runs the controllers.
+        let registration = state
+            .cluster
+            .election
+            .register(&state.cluster.me)
+            .await
+            .map_err(StartError::Store)?;
+        tasks.push(controllers::leader::spawn(
+            state.clone(),
+            controllers::leader::ControllerConfig {
+                rebalance_every: config.rebalance_every,
+                guard: config.guard.clone(),
+                follow_store: store_kind != "sqlite",
+            },
+            shutdown_rx,
+        ));
         tracing::info!(%addr, "firefleet server listening");
         Ok(Server {
             addr,
             ca_pem,
             state,
-            sqlite,
+            registration: Some(registration),
             shutdown,
             tasks,
         })
@@ -357,10 +448,68 @@ impl Server {
         for t in self.tasks {
             let _ = t.await;
         }
-        if let Err(e) = self.sqlite.close().await {
+        if let Some(r) = self.registration {
+            if let Err(e) = r.deregister().await {
+                tracing::warn!(error = %e, "withdrawing this replica's record");
+            }
+        }
+        if let Err(e) = self.state.store.close().await {
             tracing::warn!(error = %e, "closing the store");
         }
     }
+}
+
+/// Opens the configured store and the election that goes with it.
+async fn open_store(
+    config: &ServerConfig,
+) -> Result<(Arc<dyn KvStore>, Arc<dyn Election>, &'static str), StartError> {
+    match &config.store {
+        StoreConfig::Sqlite(path) => {
+            let path = path
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("store.db"));
+            let sqlite = SqliteStore::open(&path).map_err(StartError::Store)?;
+            // The store holds every secret's hash and every tenant's objects: owner only,
+            // like the directory (SQLite creates its files with the umask's mode).
+            for suffix in ["", "-wal", "-shm"] {
+                let f = PathBuf::from(format!("{}{suffix}", path.display()));
+                files::make_private_file(&f)
+                    .map_err(|source| StartError::DataDir { path: f, source })?;
+            }
+            let store: Arc<dyn KvStore> = Arc::new(sqlite);
+            let election: Arc<dyn Election> = Arc::new(LocalElection::new(Arc::clone(&store)));
+            Ok((store, election, "sqlite"))
+        }
+        StoreConfig::Etcd(etcd) => {
+            if config.secrets_key.is_none() {
+                return Err(StartError::Config(
+                    "an etcd store needs --secrets-key FILE: every replica must share the cluster CA and audit key, which are kept in etcd sealed with that key (make one with `openssl rand -hex 32 > secrets.key; chmod 600 secrets.key`)".to_owned(),
+                ));
+            }
+            let etcd = EtcdStore::connect(etcd.clone())
+                .await
+                .map_err(StartError::Store)?;
+            let etcd = Arc::new(etcd);
+            let election = EtcdElection::new(
+                Arc::clone(&etcd) as Arc<dyn firefleet_store::election::LeaseStore>,
+                EtcdElectionConfig {
+                    ttl: config.replica.lease_ttl,
+                },
+            )
+            .map_err(StartError::Store)?;
+            Ok((etcd, Arc::new(election), "etcd"))
+        }
+    }
+}
+
+/// The host name and the port: unique per host and listener.
+fn default_replica_id(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}-{}", listen.port())
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -87,6 +87,8 @@ pub struct ServerArgs {
     pub node_timers: NodeTimerArgs,
     #[command(flatten)]
     pub control: ControlPlaneArgs,
+    #[command(flatten)]
+    pub ha: crate::cmd_cluster::HaArgs,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 //! (admission, quarantine, quotas) happens here, before `repo` stores it.
 
 pub(crate) mod agents;
+pub(crate) mod cluster;
 pub(crate) mod compliance;
 pub(crate) mod exec;
 pub(crate) mod functions;

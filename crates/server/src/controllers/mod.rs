@@ -8,6 +8,7 @@ pub(crate) mod compliance;
 pub(crate) mod functions;
 pub(crate) mod guard;
 mod healing;
+pub(crate) mod leader;
 mod nodes;
 pub(crate) mod rebalance;
 pub(crate) mod scheduling;

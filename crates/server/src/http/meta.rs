@@ -18,6 +18,17 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiE
     }))
 }
 
+/// The control plane's replicas and its leader (admin).
+#[utoipa::path(get, path = "/v1/cluster", security(("bearer" = [])),
+    responses((status = 200, body = firefleet_api::ClusterStatus), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn cluster(
+    State(state): State<AppState>,
+    _admin: crate::auth::Admin,
+) -> Result<Json<firefleet_api::ClusterStatus>, ApiError> {
+    Ok(Json(app::cluster::status(&state).await?))
+}
+
 /// Prometheus metrics (text format). They name tenants, functions and VMs, so they need an
 /// admin token or a metrics token (`firefleet token create --role metrics`).
 #[utoipa::path(get, path = "/metrics", security(("bearer" = [])),
@@ -36,6 +47,7 @@ pub async fn metrics(
     let mut out = String::new();
     state.metrics.render(&mut out);
     state.guard.render(&mut out);
+    state.cluster.render(&mut out);
     let (vms, revision) = app::vms::all(&state).await?;
     let mut by_phase: BTreeMap<String, u64> = BTreeMap::new();
     for vm in &vms {

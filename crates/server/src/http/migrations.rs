@@ -77,6 +77,7 @@ pub async fn get(
 pub async fn upload(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
+    _leader: crate::auth::OnLeader,
     Path(vm): Path<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
@@ -99,6 +100,7 @@ pub async fn upload(
 pub async fn download(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
+    _leader: crate::auth::OnLeader,
     Path(vm): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let m = migration_on(&state, &vm, &node, Side::Destination).await?;
@@ -196,6 +198,7 @@ impl futures::Stream for Watched {
 pub async fn live_receive(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
+    _leader: crate::auth::OnLeader,
     Path(vm): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let m = migration_for(&state, &vm).await?;
@@ -234,6 +237,7 @@ pub async fn live_receive(
 pub async fn live_send(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
+    _leader: crate::auth::OnLeader,
     Path(vm): Path<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {

@@ -36,6 +36,7 @@ use crate::{ApiError, AppState};
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(meta::healthz))
+        .route("/v1/cluster", get(meta::cluster))
         .route("/metrics", get(meta::metrics))
         .route("/openapi.json", get(meta::openapi))
         .route("/v1/vms", post(vms::create).get(vms::list))
@@ -315,7 +316,8 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
+            e if e.is_retryable_store() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if status.is_server_error()
@@ -324,6 +326,8 @@ impl IntoResponse for ApiError {
         {
             tracing::error!(error = %firefleet_types::error_chain(&self), "request failed");
             "internal error (see the server log)".to_owned()
+        } else if let ApiError::Store(e) = &self {
+            format!("{e}; retry (on another replica)")
         } else {
             self.to_string()
         };
@@ -500,6 +504,7 @@ fn serde_urlencoded_query<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
     info(title = "FireFleet API", description = "Control plane for microVMs."),
     paths(
         meta::healthz,
+        meta::cluster,
         meta::metrics,
         vms::create,
         vms::list,

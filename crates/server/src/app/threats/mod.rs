@@ -23,7 +23,7 @@ pub(crate) mod actions;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use std::collections::HashMap;
 
@@ -78,7 +78,9 @@ pub(crate) struct Observed {
 /// The handle the HTTP handlers and `/metrics` use.
 pub(crate) struct Guard {
     tx: mpsc::Sender<Vec<Observed>>,
-    rx: Mutex<Option<mpsc::Receiver<Vec<Observed>>>>,
+    /// Held by the guard controller while it runs (on the leader); released when it stops,
+    /// so that the next leadership's controller takes it again.
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<Observed>>>>,
     queued: AtomicU64,
     samples: AtomicU64,
     dropped_server: AtomicU64,
@@ -94,7 +96,7 @@ impl Default for Guard {
         let (tx, rx) = mpsc::channel(1024);
         Self {
             tx,
-            rx: Mutex::new(Some(rx)),
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
             queued: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             dropped_server: AtomicU64::new(0),
@@ -127,9 +129,12 @@ impl Guard {
         }
     }
 
-    /// Takes the queue's receiving end (once: the guard controller's).
-    pub fn take_queue(&self) -> Option<mpsc::Receiver<Vec<Observed>>> {
-        self.rx.lock().ok().and_then(|mut r| r.take())
+    /// Takes the queue's receiving end for as long as the guard holds it (one controller at a
+    /// time); `None` while another holds it.
+    pub fn take_queue(
+        &self,
+    ) -> Option<tokio::sync::OwnedMutexGuard<mpsc::Receiver<Vec<Observed>>>> {
+        Arc::clone(&self.rx).try_lock_owned().ok()
     }
 
     /// The controller took `n` samples off the queue.
