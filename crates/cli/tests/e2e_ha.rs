@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firefleet_store::etcd::testing::EtcdCluster;
-use firefleet_testkit::cluster::firefleet_bin;
+use firefleet_testkit::cluster::{firefleet_bin, Cluster};
 use firefleet_testkit::{image_dir, wait_until};
 
 /// The leader's lease in these tests.
@@ -111,7 +111,8 @@ struct Replica {
 /// Three etcd members, three replicas.
 struct Ha {
     rt: tokio::runtime::Runtime,
-    tmp: tempfile::TempDir,
+    /// The agents, and the directory everything lives in (replica 0's data in `server/`).
+    fleet: Cluster,
     etcd: EtcdCluster,
     replicas: Vec<Replica>,
     key_file: PathBuf,
@@ -122,7 +123,8 @@ impl Ha {
         let tmp = tempfile::Builder::new().prefix("ff-ha-").tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let etcd = rt.block_on(EtcdCluster::start(3));
-        let key_file = tmp.path().join("secrets.key");
+        let fleet = Cluster::for_replicas(tmp, String::new());
+        let key_file = fleet.path("secrets.key");
         let key = firefleet_server::SecretsKey::generate();
         std::fs::write(&key_file, key.to_hex()).unwrap();
         std::fs::set_permissions(
@@ -132,7 +134,7 @@ impl Ha {
         .unwrap();
         let mut ha = Ha {
             rt,
-            tmp,
+            fleet,
             etcd,
             replicas: Vec::new(),
             key_file,
@@ -146,13 +148,18 @@ impl Ha {
                 .collect();
             ha.replicas.push(Replica {
                 id: format!("r{i}"),
-                dir: ha.tmp.path().join(format!("r{i}")),
+                dir: if i == 0 {
+                    ha.fleet.path("server")
+                } else {
+                    ha.fleet.path(&format!("r{i}"))
+                },
                 child: None,
                 addr: String::new(),
                 proxies,
             });
             ha.start_replica(i);
         }
+        ha.fleet.servers = Some(ha.servers());
         ha
     }
 
@@ -523,4 +530,76 @@ fn a_partitioned_leader_stops_acting_and_another_takes_over() {
         "the healed replica to follow",
         || ha.leader_seen_by(i).as_deref() == new.as_deref(),
     );
+}
+
+#[test]
+fn every_acknowledged_vm_runs_once_across_a_leader_kill_and_a_migration() {
+    let mut ha = Ha::start(3);
+    wait_until(Duration::from_secs(30), "a leader", || {
+        ha.agreed_leader().is_some()
+    });
+    ha.fleet.start_agent("node-a", &[], 12);
+    ha.fleet.start_agent("node-b", &[], 12);
+    ha.fleet.wait_nodes_ready(2);
+
+    // A running VM that is being migrated when the leader dies.
+    let out = ha.cli(&["vm", "run", "--name", "mover", "--memory", "128", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from = ha.fleet.vm("mover")["status"]["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let to = if from == "node-a" { "node-b" } else { "node-a" };
+    let out = ha.cli(&["vm", "migrate", "mover", "--to", to]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut acknowledged = vec!["mover".to_owned()];
+    let mut failover = None;
+    for n in 0..20 {
+        if n == 2 {
+            failover = Some(ha.kill_leader_and_time_failover());
+        }
+        let name = format!("ha-{n}");
+        let out = ha.cli(&["vm", "run", "--name", &name, "--memory", "128"]);
+        assert!(
+            out.status.success(),
+            "vm run {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        acknowledged.push(name);
+    }
+    let (old, took) = failover.unwrap();
+    eprintln!("failover after SIGKILL of leader {old} (migration in flight): {took:?}");
+    assert!(
+        took <= TTL + Duration::from_secs(2),
+        "failover took {took:?}"
+    );
+
+    // Every acknowledged create runs, once; the migration ended one way or the other.
+    acknowledged.sort();
+    assert_eq!(vm_names(&ha), acknowledged);
+    for name in &acknowledged {
+        ha.fleet
+            .wait_phase(name, "running", Duration::from_secs(300));
+    }
+    let live = ha.alive()[0];
+    wait_until(Duration::from_secs(120), "the migration to end", || {
+        let (code, body) = ha.http(live, "GET", "/v1/vms/mover/migration", None);
+        code == 200 && (body.contains("\"done\"") || body.contains("\"failed\""))
+    });
+    let (_, migration) = ha.http(live, "GET", "/v1/vms/mover/migration", None);
+    eprintln!("the migration in flight during the kill: {migration}");
+    ha.fleet
+        .wait_phase("mover", "running", Duration::from_secs(120));
+    wait_until(Duration::from_secs(60), "one VMM per VM", || {
+        ha.fleet.vmm_pids().len() == acknowledged.len()
+    });
 }

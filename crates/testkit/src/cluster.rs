@@ -44,6 +44,10 @@ pub struct Cluster {
     pub agent_args: Vec<String>,
     /// Extra arguments for the server (kept for restarts).
     pub server_args: Vec<String>,
+    /// Every replica's URL (`https://a,https://b`) when the control plane is replicated and
+    /// started by the test itself (then `server` is `None` and `dir/server` is replica 0's data
+    /// directory): what agents and the CLI are given instead of [`Cluster::server_url`].
+    pub servers: Option<String>,
 }
 
 /// An agent's VM bridge and subnet.
@@ -77,9 +81,31 @@ impl Cluster {
             nets: vec![],
             agent_args: vec![],
             server_args: server_args.iter().map(|s| s.to_string()).collect(),
+            servers: None,
         };
         c.start_server();
         c
+    }
+
+    /// A cluster whose control plane the test runs itself (replicas), reached at `servers`
+    /// (`https://a,https://b`); replica 0 must keep its data in `dir/server` (CA, admin
+    /// token). Agents and the CLI started from it get every URL.
+    pub fn for_replicas(dir: tempfile::TempDir, servers: String) -> Cluster {
+        Cluster {
+            dir,
+            server: None,
+            agents: vec![],
+            addr: String::new(),
+            nets: vec![],
+            agent_args: vec![],
+            server_args: vec![],
+            servers: Some(servers),
+        }
+    }
+
+    /// What agents and the CLI are pointed at: every replica, or the one server.
+    pub fn urls(&self) -> String {
+        self.servers.clone().unwrap_or_else(|| self.server_url())
     }
 
     /// A path in the cluster's temporary directory.
@@ -160,7 +186,7 @@ impl Cluster {
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
         Command::new(firefleet_bin())
             .args(args)
-            .env("FIREFLEET_SERVER", self.server_url())
+            .env("FIREFLEET_SERVER", self.urls())
             .env("FIREFLEET_CA", self.ca())
             .env("FIREFLEET_TOKEN", token)
             .env("FIREFLEET_IMAGE_DIR", image_dir())
@@ -237,7 +263,7 @@ impl Cluster {
         cmd.args([
             "agent",
             "--server",
-            &self.server_url(),
+            &self.urls(),
             "--name",
             name,
             "--data-dir",
