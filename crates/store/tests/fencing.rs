@@ -156,9 +156,10 @@ async fn a_cut_off_leader_stops_before_another_of_three_takes_over_within_the_tt
         stores.push(Cuttable::connect(&cluster, "/election").await);
     }
     let names = ["r0", "r1", "r2"];
+    let mut registrations = Vec::new();
     for (store, name) in stores.iter().zip(names) {
         let registration = election(store).register(&candidate(name)).await;
-        std::mem::forget(registration.expect("register")); // Kept alive for the test.
+        registrations.push(registration.expect("register"));
     }
 
     // All three campaign at once; exactly one wins.
@@ -241,6 +242,19 @@ async fn a_cut_off_leader_stops_before_another_of_three_takes_over_within_the_tt
         campaign.abort();
     }
     drop(first_leader);
+
+    // The cut-off replica's record expires with its lease; the others stay listed.
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    let replicas = election(&stores[second])
+        .replicas()
+        .await
+        .expect("replicas");
+    let ids: Vec<&str> = replicas.iter().map(|r| r.id.as_str()).collect();
+    let alive: Vec<&str> = (0..3).filter(|i| *i != first).map(|i| names[i]).collect();
+    assert_eq!(ids, alive, "the cut-off replica's record expired");
+    for registration in registrations {
+        drop(registration);
+    }
 }
 
 /// One controller write; keys are indexes into a handful of keys.

@@ -295,7 +295,7 @@ async fn a_cut_off_leader_stops_before_its_lease_expires_and_another_takes_over(
     assert_eq!(reason, LossReason::RenewalOverdue);
     assert!(!leader_a.is_held());
     assert!(
-        lost_at - cut_at <= TTL * 2 / 3 + Duration::from_millis(100),
+        lost_at - cut_at <= TTL * 2 / 3 + Duration::from_millis(300),
         "a stopped {:?} after the cut",
         lost_at - cut_at
     );
@@ -304,7 +304,7 @@ async fn a_cut_off_leader_stops_before_its_lease_expires_and_another_takes_over(
     let leader_b = won.expect("b campaign");
     assert!(leader_b.term > term_a, "a new term has a higher number");
     assert!(lost_at < won_at, "a stopped before b started");
-    assert!(won_at - cut_at <= TTL + Duration::from_millis(500));
+    assert!(won_at - cut_at <= TTL + Duration::from_secs(1));
     assert!(leader_b.is_held());
 }
 
