@@ -8,8 +8,14 @@
 //!   watches that replay history from a revision and then follow live writes;
 //! - the embedded backend, [`SqliteStore`] (one file, WAL, `synchronous=FULL`: a write that
 //!   returned `Ok` survives a crash of the process or the host);
+//! - the distributed backend, [`EtcdStore`] (etcd's v3 API, one key prefix per cluster,
+//!   revisions shifted to start at 0, watches resumed across member failures, TLS with
+//!   client certificates), and the lease primitives leader election builds on;
 //! - with the `test-util` feature, `conformance`: the suite every backend must pass
-//!   unchanged (SQLite here, etcd later).
+//!   unchanged, and `etcd::testing`: real etcd members on free ports for tests.
+//!
+//! [`StoreError::Unavailable`] means "not now, retry" (no quorum, unreachable, timed out),
+//! as opposed to [`StoreError::Backend`], a real failure.
 //!
 //! It must not know about FireFleet's objects (VMs, nodes, ...): typed repositories live above
 //! it, in `server`. Blocking database calls never run on the async runtime's worker threads.

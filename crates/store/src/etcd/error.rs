@@ -156,23 +156,29 @@ pub(super) fn classify(err: &etcd_client::Error) -> Failure {
             if looks_like_tls(&detail) {
                 return Failure::Tls(detail);
             }
-            let retry_later = matches!(
-                status.code(),
-                Code::Unavailable
-                    | Code::DeadlineExceeded
-                    | Code::ResourceExhausted
-                    | Code::Aborted
-                    | Code::Cancelled
-            ) || [
-                "no leader",
-                "leader changed",
-                "timed out",
-                "too many requests",
-                "not capable",
-                "stopped",
-            ]
-            .iter()
-            .any(|needle| message.contains(needle));
+            // A status with a source was made by the client's transport (the connection
+            // broke or could not be made), not sent by etcd.
+            let transport =
+                std::error::Error::source(status).is_some() || message.contains("transport error");
+            let retry_later = transport
+                || matches!(
+                    status.code(),
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::ResourceExhausted
+                        | Code::Aborted
+                        | Code::Cancelled
+                )
+                || [
+                    "no leader",
+                    "leader changed",
+                    "timed out",
+                    "too many requests",
+                    "not capable",
+                    "stopped",
+                ]
+                .iter()
+                .any(|needle| message.contains(needle));
             if retry_later {
                 Failure::Unavailable {
                     unsent: looks_unsent(&detail),
@@ -219,6 +225,7 @@ mod tests {
             ),
             (tonic::Code::DeadlineExceeded, "context deadline exceeded"),
             (tonic::Code::Unknown, "etcdserver: no leader"),
+            (tonic::Code::Unknown, "transport error"),
         ] {
             assert!(
                 matches!(

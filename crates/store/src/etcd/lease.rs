@@ -30,7 +30,9 @@ async fn renew(mut lease: LeaseClient, id: LeaseId) -> Result<i64, etcd_client::
 }
 
 impl EtcdStore {
-    /// Grants a lease of `ttl` (rounded up to whole seconds, at least 1 s).
+    /// Grants a lease of `ttl` (rounded up to whole seconds, at least 1 s). etcd may grant
+    /// more: its minimum is 1.5 × the members' election timeout (2 s with the defaults);
+    /// [`EtcdStore::keep_alive_once`] returns the TTL actually granted.
     pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let inner = &self.inner;
         inner.check_open()?;

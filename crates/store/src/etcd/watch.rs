@@ -228,7 +228,7 @@ impl Task {
                     self.compacted(None).await;
                     return None;
                 }
-                Err(failure) => reason = format!("{failure:?}"),
+                Err(failure) => reason = chain(&self.inner.error("watch", failure)),
             }
         }
     }
