@@ -182,7 +182,8 @@ fn unix_ms() -> u64 {
 #[async_trait]
 pub trait Election: Send + Sync {
     /// Waits (watching the leader key) until `me` holds the leader key, and returns the new
-    /// term. Fails on store errors; the caller retries.
+    /// term. While the store is unavailable (no quorum, a leader change) it keeps trying;
+    /// it fails on other errors (closed store, invalid candidate, backend failure).
     async fn campaign(&self, me: &Candidate) -> Result<Leadership, StoreError>;
 
     /// The current leader, if any.

@@ -156,9 +156,10 @@ async fn a_cut_off_leader_stops_before_another_of_three_takes_over_within_the_tt
         stores.push(Cuttable::connect(&cluster, "/election").await);
     }
     let names = ["r0", "r1", "r2"];
+    let mut registrations = Vec::new();
     for (store, name) in stores.iter().zip(names) {
         let registration = election(store).register(&candidate(name)).await;
-        std::mem::forget(registration.expect("register")); // Kept alive for the test.
+        registrations.push(registration.expect("register"));
     }
 
     // All three campaign at once; exactly one wins.
@@ -241,6 +242,86 @@ async fn a_cut_off_leader_stops_before_another_of_three_takes_over_within_the_tt
         campaign.abort();
     }
     drop(first_leader);
+
+    // The cut-off replica's record expires with its lease; the others stay listed.
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    let replicas = election(&stores[second])
+        .replicas()
+        .await
+        .expect("replicas");
+    let ids: Vec<&str> = replicas.iter().map(|r| r.id.as_str()).collect();
+    let alive: Vec<&str> = (0..3).filter(|i| *i != first).map(|i| names[i]).collect();
+    assert_eq!(ids, alive, "the cut-off replica's record expired");
+    for registration in registrations {
+        drop(registration);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_only_etcd_member_dies_stops_before_one_on_the_others_takes_over() {
+    let cluster = EtcdCluster::start(3).await;
+    // A reaches etcd through member 0 only; B through members 1 and 2.
+    let mut a_config = cluster.config("/partition");
+    a_config.endpoints = vec![cluster.endpoint(0)];
+    let mut b_config = cluster.config("/partition");
+    b_config.endpoints = vec![cluster.endpoint(1), cluster.endpoint(2)];
+    let a_store = Arc::new(EtcdStore::connect(a_config).await.expect("a connects"));
+    let b_store = Arc::new(EtcdStore::connect(b_config).await.expect("b connects"));
+    let config = EtcdElectionConfig { ttl: TTL };
+    let a = EtcdElection::new(a_store.clone(), config).expect("election");
+    let b = EtcdElection::new(b_store.clone(), config).expect("election");
+
+    let a_leader = a.campaign(&candidate("a")).await.expect("a campaigns");
+    let b_campaign = tokio::spawn(async move {
+        let won = b.campaign(&candidate("b")).await;
+        (won, Instant::now())
+    });
+    tokio::time::sleep(TTL).await;
+    assert!(!b_campaign.is_finished(), "b waits while a renews");
+
+    // A's side of the network goes: its member dies, the other two keep the quorum.
+    let cut_at = Instant::now();
+    cluster.kill(0);
+    let reason = a_leader.lost().await;
+    let lost_at = Instant::now();
+    let (won, won_at) = tokio::time::timeout(TTL * 4, b_campaign)
+        .await
+        .expect("b leads")
+        .expect("b task");
+    let b_leader = won.unwrap_or_else(|err| panic!("b campaigns: {err:?}"));
+    eprintln!(
+        "a stopped ({reason}) after {:?}, b led after {:?}",
+        lost_at - cut_at,
+        won_at - cut_at
+    );
+    assert!(lost_at < won_at, "a stopped before b started");
+    assert!(
+        lost_at - cut_at <= TTL,
+        "a stopped {:?} after its member died",
+        lost_at - cut_at
+    );
+    // When member 0 was etcd's raft leader, the survivors first elect a new one (about 1 s
+    // here) and the new raft leader extends every lease to TTL + its election timeout (1 s):
+    // then b leads about TTL + 2.5 s after the kill; otherwise within the TTL.
+    assert!(
+        won_at - cut_at <= TTL + Duration::from_secs(4),
+        "b led {:?} after the kill",
+        won_at - cut_at
+    );
+
+    // A's writes are refused, B's apply.
+    let (key, term) = a_leader.fence();
+    let stale = FencedStore::new(b_store.clone(), key, term);
+    assert!(matches!(
+        stale.put("/data/x", b"a".to_vec()).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    let (key, term) = b_leader.fence();
+    let current = FencedStore::new(b_store.clone(), key, term);
+    current
+        .put("/data/x", b"b".to_vec())
+        .await
+        .expect("b writes");
 }
 
 /// One controller write; keys are indexes into a handful of keys.

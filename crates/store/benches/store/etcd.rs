@@ -17,7 +17,7 @@ async fn connect(cluster: &EtcdCluster, prefix: &str) -> Option<EtcdStore> {
     match EtcdStore::connect(cluster.config(prefix)).await {
         Ok(store) => Some(store),
         Err(err) => {
-            eprintln!("cannot connect to etcd: {err}");
+            eprintln!("cannot connect to etcd: {}", chain(&err));
             None
         }
     }
@@ -50,9 +50,10 @@ pub async fn failover() {
     let cluster = EtcdCluster::start(3).await;
     let config = EtcdElectionConfig::default();
     let (won_tx, mut won_rx) = mpsc::channel::<(usize, Leadership, Instant)>(REPLICAS);
-    let campaign = |i: usize, store: EtcdStore| {
+    let mut campaigns = Vec::new();
+    let mut campaign = |i: usize, store: EtcdStore| {
         let won = won_tx.clone();
-        tokio::spawn(async move {
+        campaigns.push(tokio::spawn(async move {
             let election = match EtcdElection::new(Arc::new(store), config) {
                 Ok(election) => election,
                 Err(err) => return eprintln!("election: {err}"),
@@ -65,9 +66,9 @@ pub async fn failover() {
                 Ok(leadership) => {
                     let _ = won.send((i, leadership, Instant::now())).await;
                 }
-                Err(err) => eprintln!("r{i} campaign failed: {err}"),
+                Err(err) => eprintln!("r{i} campaign failed: {}", chain(&err)),
             }
-        })
+        }));
     };
     for i in 0..REPLICAS {
         let Some(store) = connect(&cluster, "/failover").await else {
@@ -110,6 +111,9 @@ pub async fn failover() {
         leader = next;
         leadership = next_leadership;
     }
+    for task in campaigns {
+        task.abort(); // Before the cluster goes: the losers still wait.
+    }
     println!(
         "\n| leader failover (3 etcd members, 3 replicas, TTL {:?}) | n | min s | p50 s | max s | mean s |\n|---|---:|---:|---:|---:|---:|",
         config.ttl
@@ -132,4 +136,16 @@ pub async fn failover() {
             mean.as_secs_f64()
         );
     }
+}
+
+/// An error and its causes, on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

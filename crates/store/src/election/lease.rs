@@ -132,6 +132,35 @@ impl EtcdElection {
         }
     }
 
+    /// One round of a campaign: `Some` if this replica won; `None` once the leader key it
+    /// found is gone (or may be), to try again.
+    async fn try_once(&self, me: &Candidate) -> Result<Option<Leadership>, StoreError> {
+        let sent = Instant::now();
+        let lease = self.store.grant_lease(self.config.ttl).await?;
+        let record = ReplicaRecord::of(me).encode();
+        let put = self.store.put_leased(LEADER_KEY, record, lease, true).await;
+        match put {
+            Ok(Ok(term)) => {
+                let valid_until = sent + self.config.valid_for();
+                if Instant::now() >= valid_until {
+                    // Won, but too slowly to be sure of the lease: give it back.
+                    self.drop_lease(lease).await;
+                    return Ok(None);
+                }
+                Ok(Some(self.lead(lease, term, valid_until)))
+            }
+            Ok(Err(current)) => {
+                self.drop_lease(lease).await;
+                self.wait_for_vacancy(current.mod_revision).await?;
+                Ok(None)
+            }
+            Err(err) => {
+                self.drop_lease(lease).await;
+                Err(err)
+            }
+        }
+    }
+
     /// Revokes `lease`, best effort (it expires by itself otherwise).
     async fn drop_lease(&self, lease: LeaseId) {
         let _ = timeout(self.config.renew_every(), self.store.revoke_lease(lease)).await;
@@ -150,28 +179,12 @@ impl Election for EtcdElection {
     async fn campaign(&self, me: &Candidate) -> Result<Leadership, StoreError> {
         me.checked()?;
         loop {
-            let sent = Instant::now();
-            let lease = self.store.grant_lease(self.config.ttl).await?;
-            let record = ReplicaRecord::of(me).encode();
-            let put = self.store.put_leased(LEADER_KEY, record, lease, true).await;
-            match put {
-                Ok(Ok(term)) => {
-                    let valid_until = sent + self.config.valid_for();
-                    if Instant::now() >= valid_until {
-                        // Won, but too slowly to be sure of the lease: give it back.
-                        self.drop_lease(lease).await;
-                        continue;
-                    }
-                    return Ok(self.lead(lease, term, valid_until));
-                }
-                Ok(Err(current)) => {
-                    self.drop_lease(lease).await;
-                    self.wait_for_vacancy(current.mod_revision).await?;
-                }
-                Err(err) => {
-                    self.drop_lease(lease).await;
-                    return Err(err);
-                }
+            match self.try_once(me).await {
+                Ok(Some(leadership)) => return Ok(leadership),
+                Ok(None) => {}
+                // No quorum, a leader change, a member down: wait and try again.
+                Err(StoreError::Unavailable { .. }) => sleep(self.config.retry_after()).await,
+                Err(err) => return Err(err),
             }
         }
     }
