@@ -116,6 +116,63 @@ pub async fn admission(g: &Global, count: usize, api: bool) -> anyhow::Result<()
         rows.push(row("API: POST /v1/vms refused by policy (round trip)", d));
     }
     bar.finish_and_clear();
+    print_rows(g, &rows)
+}
+
+/// `firefleet bench creates`: `POST /v1/vms` accepted (the VM is stored; with no node it
+/// stays pending) and `DELETE /v1/vms/{id}`, each timed at the client.
+pub async fn creates(g: &Global, count: usize) -> anyhow::Result<()> {
+    if count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let c = crate::cmd_vm::client(g)?;
+    let bar = if g.output == Output::Table {
+        ProgressBar::new(count as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    let (mut created, mut deleted) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for i in 0..count {
+        let req = CreateVmRequest {
+            name: format!("bench-create-{}-{i}", std::process::id()),
+            image: format!("sha256:{}", "ab".repeat(32)),
+            resources: Resources {
+                vcpus: 1,
+                memory_mib: 128,
+            },
+            labels: Default::default(),
+            cmd: None,
+            restart_policy: Default::default(),
+            tenant: None,
+            network: Default::default(),
+            runtime: Default::default(),
+            disks: Vec::new(),
+            placement: Default::default(),
+        };
+        let t = Instant::now();
+        let vm = c
+            .vm_create(&req)
+            .await
+            .with_context(|| format!("creating {}", req.name))?;
+        created.push(t.elapsed());
+        let t = Instant::now();
+        c.vm_delete(&vm.id.to_string())
+            .await
+            .with_context(|| format!("deleting {}", req.name))?;
+        deleted.push(t.elapsed());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    print_rows(
+        g,
+        &[
+            row("API: POST /v1/vms accepted (round trip)", created),
+            row("API: DELETE /v1/vms/{id} (round trip)", deleted),
+        ],
+    )
+}
+
+fn print_rows(g: &Global, rows: &[Row]) -> anyhow::Result<()> {
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

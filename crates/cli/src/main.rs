@@ -118,6 +118,9 @@ async fn dispatch(cli: args::Cli) -> anyhow::Result<()> {
         Command::Bench(args::BenchCommand::Admission { count, api }) => {
             cmd_bench_admission::admission(&g, count, api).await
         }
+        Command::Bench(args::BenchCommand::Creates { count }) => {
+            cmd_bench_admission::creates(&g, count).await
+        }
         Command::Bench(args::BenchCommand::Restore { count, state_dir }) => {
             cmd_bench::restore(&g, count, state_dir).await
         }

@@ -35,6 +35,13 @@ pub enum BenchCommand {
         #[arg(long)]
         api: bool,
     },
+    /// The API's round trip for creates the server accepts and stores (`POST /v1/vms`, then
+    /// `DELETE` of each): the store's write path as clients see it (SQLite or etcd).
+    Creates {
+        /// Creates (each deleted right after).
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+    },
     /// Cold boot to ready vs restore from a snapshot to running, on this host (no server).
     Restore {
         /// Samples of each.
