@@ -224,6 +224,40 @@ impl Ca {
         })
     }
 
+    /// Issues the client certificate a control-plane replica presents to the other replicas
+    /// when it forwards a request to the leader: DNS SAN [`crate::REPLICA_DNS_NAME`] (never a
+    /// node name: node names are single DNS labels), client-auth EKU, subject CN `replica_id`
+    /// (for logs only). Valid as long as a server certificate.
+    pub fn issue_replica_cert(&self, replica_id: &str) -> Result<CertifiedKey, PkiError> {
+        let key = KeyPair::generate().map_err(PkiError::cert("generate a replica key"))?;
+        let mut params = CertificateParams::default();
+        let cn: String = replica_id
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect();
+        params.distinguished_name = distinguished_name(&format!("firefleet replica {cn}"));
+        let name = crate::REPLICA_DNS_NAME
+            .try_into()
+            .map_err(|source| PkiError::DnsName {
+                name: crate::REPLICA_DNS_NAME.to_owned(),
+                source,
+            })?;
+        params.subject_alt_names = vec![SanType::DnsName(name)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, Duration::days(SERVER_VALIDITY_DAYS));
+        params.serial_number = Some(random_serial());
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(PkiError::cert("sign a replica certificate"))?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Signs an agent's CSR for `node_name`, valid for `lifetime` (at least
     /// [`MIN_AGENT_CERT_LIFETIME`]) from now; the certificate is backdated a few minutes for
     /// clock skew. Returns the certificate and its serial (what the control plane records as

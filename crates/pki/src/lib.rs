@@ -25,7 +25,7 @@ mod tls;
 pub use ca::{AgentCert, Ca, CertifiedKey, CA_CERT_FILE, CA_KEY_FILE, MIN_AGENT_CERT_LIFETIME};
 pub use error::PkiError;
 pub use node::{
-    make_agent_csr, node_cert_info, node_cert_info_pem, node_dns_name, node_name_from_cert,
-    NodeCertInfo, NODE_DNS_SUFFIX,
+    is_replica_cert, make_agent_csr, node_cert_info, node_cert_info_pem, node_dns_name,
+    node_name_from_cert, NodeCertInfo, NODE_DNS_SUFFIX, REPLICA_DNS_NAME,
 };
 pub use tls::{client_tls_config, server_tls_config, ALPN_PROTOCOLS};

@@ -74,6 +74,26 @@ pub fn node_cert_info_pem(pem: &str) -> Result<NodeCertInfo, PkiError> {
     node_cert_info(&der)
 }
 
+/// The one DNS SAN of a control-plane replica's client certificate
+/// ([`crate::Ca::issue_replica_cert`]).
+pub const REPLICA_DNS_NAME: &str = "replica.firefleet";
+
+/// Whether a certificate (DER, already verified against the cluster CA by the TLS handshake)
+/// is a control-plane replica's: its DNS SANs are exactly [`REPLICA_DNS_NAME`].
+pub fn is_replica_cert(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let mut dns = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::DNSName(d) => Some(*d),
+        _ => None,
+    });
+    dns.next() == Some(REPLICA_DNS_NAME) && dns.next().is_none()
+}
+
 /// The node name, serial and validity of a node certificate (DER). The name is the one DNS SAN
 /// `<node>.node.firefleet`, which must agree with the subject CN.
 ///
@@ -172,6 +192,25 @@ mod tests {
         assert!(!text.contains("admin"), "{text}");
         let eku = parsed.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth);
+    }
+
+    #[test]
+    fn replica_certs_are_told_apart_from_node_and_server_certs() {
+        let ca = Ca::generate().unwrap();
+        let replica = ca.issue_replica_cert("cp-1\n").unwrap();
+        assert!(is_replica_cert(&der(&replica.cert_pem)));
+        assert!(node_cert_info(&der(&replica.cert_pem)).is_err());
+        let (csr, _key) = make_agent_csr("replica").unwrap();
+        let node = ca.sign_agent_csr(&csr, "replica", DAY).unwrap();
+        assert!(!is_replica_cert(&der(&node.cert_pem)));
+        let server = ca
+            .issue_server_cert(&["replica.firefleet".into()], &[])
+            .unwrap();
+        assert!(
+            !is_replica_cert(&der(&server.cert_pem)),
+            "a server cert has more names"
+        );
+        assert!(!is_replica_cert(b"junk"));
     }
 
     #[test]

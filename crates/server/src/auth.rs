@@ -13,6 +13,18 @@ use crate::{app::tokens, repo, ApiError, AppState};
 #[derive(Debug, Clone)]
 pub struct PeerIdentity(pub Option<PeerCert>);
 
+/// Whether the client presented a control-plane replica's certificate (verified against the
+/// cluster CA in the handshake): the only callers whose `x-firefleet-agent-*` headers are
+/// believed (a follower forwarding an agent's request to the leader, see `http/forward.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaPeer(pub bool);
+
+/// Headers a follower sets on an agent's request it forwards to the leader, after checking the
+/// agent's certificate itself: the node and its certificate's serial.
+pub const FORWARDED_NODE: &str = "x-firefleet-agent-node";
+/// See [`FORWARDED_NODE`].
+pub const FORWARDED_SERIAL: &str = "x-firefleet-agent-serial";
+
 /// A verified node certificate: whose, and which one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCert {
@@ -169,6 +181,7 @@ impl FromRequestParts<AppState> for AgentCert {
             .extensions
             .get::<PeerIdentity>()
             .and_then(|p| p.0.clone())
+            .or_else(|| forwarded_agent(parts))
             .ok_or_else(|| {
                 ApiError::Unauthorized("agent endpoints need a client certificate".to_owned())
             })?;
@@ -177,21 +190,17 @@ impl FromRequestParts<AppState> for AgentCert {
     }
 }
 
-/// A request this replica serves only while it leads (see `app::cluster::require_leader`);
-/// put it after the caller's extractor, so that an unauthenticated call still gets 401.
-#[derive(Debug, Clone)]
-pub struct OnLeader;
-
-impl FromRequestParts<AppState> for OnLeader {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        _parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        crate::app::cluster::require_leader(state).await?;
-        Ok(OnLeader)
+/// The agent a replica forwarded this request for (its certificate checked again by the
+/// caller, as for a direct one); `None` unless the peer is a replica.
+fn forwarded_agent(parts: &Parts) -> Option<PeerCert> {
+    if !parts.extensions.get::<ReplicaPeer>().is_some_and(|r| r.0) {
+        return None;
     }
+    let header = |name: &str| parts.headers.get(name)?.to_str().ok().map(str::to_owned);
+    Some(PeerCert {
+        node: header(FORWARDED_NODE)?.parse().ok()?,
+        serial: header(FORWARDED_SERIAL)?,
+    })
 }
 
 /// A caller with the admin role: refused (403) before the request body is even read.

@@ -329,6 +329,17 @@ impl Server {
         let tls =
             firefleet_pki::server_tls_config(&ca_pem, &server_cert.cert_pem, &server_cert.key_pem)
                 .map_err(StartError::Pki)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let me = Candidate {
             id: config
                 .replica
@@ -339,8 +350,9 @@ impl Server {
                 .replica
                 .advertise
                 .clone()
-                .unwrap_or_else(|| format!("https://{}", config.listen)),
+                .unwrap_or_else(|| format!("https://{addr}")),
         };
+        let peer = replica_client(&ca, &ca_pem, &me.id).map_err(StartError::Pki)?;
 
         let state = AppState {
             store,
@@ -368,7 +380,7 @@ impl Server {
             agent_cert_lifetime: config.agent_cert_lifetime,
             default_quota: config.default_quota,
             quota_locks: Arc::default(),
-            cluster: Arc::new(app::cluster::Cluster::new(me, store_kind, election)),
+            cluster: Arc::new(app::cluster::Cluster::new(me, store_kind, election, peer)),
         };
         app::tokens::ensure_admin_token(&state, dir)
             .await
@@ -377,17 +389,6 @@ impl Server {
             .await
             .map_err(StartError::Bootstrap)?;
 
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let router = http::router(state.clone());
         let mut tasks = vec![tokio::spawn(tls::serve(
@@ -500,6 +501,26 @@ async fn open_store(
             Ok((etcd, Arc::new(election), "etcd"))
         }
     }
+}
+
+/// The HTTPS client this replica forwards calls to the leader with: trusting only the
+/// cluster CA, presenting a replica certificate.
+fn replica_client(
+    ca: &Ca,
+    ca_pem: &str,
+    id: &str,
+) -> Result<reqwest::Client, firefleet_pki::PkiError> {
+    let cert = ca.issue_replica_cert(id)?;
+    let tls = firefleet_pki::client_tls_config(ca_pem, Some((&cert.cert_pem, &cert.key_pem)))?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| firefleet_pki::PkiError::Tls {
+            op: "build the replica client",
+            source: rustls::Error::General(e.to_string()),
+        })
 }
 
 /// The host name and the port: unique per host and listener.

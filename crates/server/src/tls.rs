@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::{
-    auth::{PeerCert, PeerIdentity},
+    auth::{PeerCert, PeerIdentity, ReplicaPeer},
     limits::{Connections, Limits},
 };
 
@@ -116,11 +116,15 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
-            let identity = stream
+            let peer_cert = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|certs| certs.first())
+                .and_then(|certs| certs.first());
+            let replica = ReplicaPeer(
+                peer_cert.is_some_and(|der| firefleet_pki::is_replica_cert(der.as_ref())),
+            );
+            let identity = peer_cert
                 .and_then(|der| firefleet_pki::node_cert_info(der.as_ref()).ok())
                 .and_then(|info| {
                     Some(PeerCert {
@@ -138,6 +142,7 @@ pub async fn serve(
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(peer.clone());
+                    req.extensions_mut().insert(replica);
                     req.extensions_mut().insert(client);
                     let busy = svc_activity.begin();
                     let response = router.clone().oneshot(req);

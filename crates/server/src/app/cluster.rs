@@ -20,6 +20,8 @@ pub(crate) struct Cluster {
     pub store_kind: &'static str,
     /// The election every replica takes part in.
     pub election: Arc<dyn Election>,
+    /// HTTPS client presenting this replica's certificate, for forwarding to the leader.
+    pub peer: reqwest::Client,
     /// The term this replica leads in, `None` while it does not.
     term: watch::Sender<Option<Revision>>,
     /// Times this replica took the leadership.
@@ -33,11 +35,13 @@ impl Cluster {
         me: Candidate,
         store_kind: &'static str,
         election: Arc<dyn Election>,
+        peer: reqwest::Client,
     ) -> Self {
         Self {
             me,
             store_kind,
             election,
+            peer,
             term: watch::channel(None).0,
             won: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -123,20 +127,31 @@ pub(crate) async fn status(state: &AppState) -> Result<ClusterStatus, ApiError> 
     })
 }
 
-/// Fails with `not_leader` (naming the leader) unless this replica leads or is the only one.
-/// For the calls that need the leader's memory.
-pub(crate) async fn require_leader(state: &AppState) -> Result<(), ApiError> {
+/// Where a call that needs the leader's memory goes: `None` to serve it here (this replica
+/// leads, or is the only one), else the leader's URL. `not_leader` when no replica leads now,
+/// or when the call was already forwarded once (one hop at most) and this replica does not
+/// lead.
+pub(crate) async fn leader_to_forward_to(
+    state: &AppState,
+    forwarded: bool,
+) -> Result<Option<String>, ApiError> {
     let cluster = &state.cluster;
     if cluster.store_kind == "sqlite" || cluster.term().is_some() {
-        return Ok(());
+        return Ok(None);
     }
-    let leader = match cluster.election.leader().await {
-        Ok(Some(l)) => format!("the leader is {} at {}", l.id, l.address),
-        Ok(None) => "no replica leads now".to_owned(),
-        Err(e) => format!("the leader is unknown ({e})"),
+    let refuse = |why: String| {
+        ApiError::NotLeader(format!(
+            "replica {} does not lead and this call is served by the leader: {why}; retry on another replica",
+            cluster.me.id
+        ))
     };
-    Err(ApiError::NotLeader(format!(
-        "replica {} does not lead and this call is served by the leader: {leader}; retry on another replica",
-        cluster.me.id
-    )))
+    if forwarded {
+        return Err(refuse("it was forwarded here already".to_owned()));
+    }
+    match cluster.election.leader().await {
+        Ok(Some(l)) if l.id != cluster.me.id => Ok(Some(l.address)),
+        Ok(Some(_)) => Err(refuse("its leadership is changing".to_owned())),
+        Ok(None) => Err(refuse("no replica leads now".to_owned())),
+        Err(e) => Err(ApiError::Store(e)),
+    }
 }

@@ -218,7 +218,6 @@ pub async fn report_snapshot(
 pub async fn snapshot_data_put(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
-    _leader: crate::auth::OnLeader,
     Path((vm, name)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> Result<axum::http::StatusCode, ApiError> {
@@ -241,7 +240,6 @@ pub async fn snapshot_data_put(
 pub async fn snapshot_data_get(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
-    _leader: crate::auth::OnLeader,
     Path((vm, name)): Path<(String, String)>,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
     firefleet_types::snapshot::validate_snapshot_name(&name)?;
@@ -284,7 +282,6 @@ pub async fn report_exec(
 pub async fn report_stats(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
-    _leader: crate::auth::OnLeader,
     Path(vm): Path<String>,
     ValidJson(stats): ValidJson<VmStats>,
 ) -> Result<axum::http::StatusCode, ApiError> {

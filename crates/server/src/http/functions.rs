@@ -174,7 +174,6 @@ pub async fn logs(
 pub async fn invoke(
     State(state): State<AppState>,
     caller: Caller,
-    _leader: crate::auth::OnLeader,
     Path(name): Path<String>,
     ValidQuery(q): ValidQuery<TenantQuery>,
     body: Bytes,

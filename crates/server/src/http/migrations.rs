@@ -77,7 +77,6 @@ pub async fn get(
 pub async fn upload(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
-    _leader: crate::auth::OnLeader,
     Path(vm): Path<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
@@ -100,7 +99,6 @@ pub async fn upload(
 pub async fn download(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
-    _leader: crate::auth::OnLeader,
     Path(vm): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let m = migration_on(&state, &vm, &node, Side::Destination).await?;
@@ -198,7 +196,6 @@ impl futures::Stream for Watched {
 pub async fn live_receive(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
-    _leader: crate::auth::OnLeader,
     Path(vm): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let m = migration_for(&state, &vm).await?;
@@ -237,7 +234,6 @@ pub async fn live_receive(
 pub async fn live_send(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
-    _leader: crate::auth::OnLeader,
     Path(vm): Path<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {

@@ -4,6 +4,7 @@
 mod admin;
 mod agent;
 pub(crate) mod audit;
+mod forward;
 mod functions;
 mod meta;
 pub(crate) mod migrations;
@@ -34,6 +35,31 @@ use crate::{ApiError, AppState};
 
 /// Builds the router with every route.
 pub(crate) fn router(state: AppState) -> Router {
+    // The calls whose state lives in the leader's memory: a follower forwards them.
+    let on_leader = Router::new()
+        .route("/v1/vms/{vm}/stats", get(vm_ops::stats))
+        .route("/v1/functions/{name}/invoke", post(functions::invoke))
+        .route("/fn/{tenant}/{name}", axum::routing::any(functions::plain))
+        .route("/v1/agent/invocations", get(functions::agent_take))
+        .route("/v1/agent/invocations/{id}", post(functions::agent_result))
+        .route(
+            "/v1/agent/vms/{vm}/snapshots/{name}/data",
+            put(agent::snapshot_data_put).get(agent::snapshot_data_get),
+        )
+        .route("/v1/agent/vms/{vm}/stats", put(agent::report_stats))
+        .route("/v1/agent/telemetry", post(threats::telemetry))
+        .route(
+            "/v1/agent/migrations/{vm}/snapshot",
+            put(migrations::upload).get(migrations::download),
+        )
+        .route(
+            "/v1/agent/migrations/{vm}/live",
+            put(migrations::live_send).get(migrations::live_receive),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_leader,
+        ));
     Router::new()
         .route("/healthz", get(meta::healthz))
         .route("/v1/cluster", get(meta::cluster))
@@ -51,7 +77,6 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/v1/vms/{vm}/restore", post(vm_ops::restore))
         .route("/v1/vms/{vm}/exec", post(vm_ops::exec))
-        .route("/v1/vms/{vm}/stats", get(vm_ops::stats))
         .route("/v1/vms/{vm}/migrate", post(migrations::migrate))
         .route("/v1/vms/{vm}/migration", get(migrations::get))
         .route(
@@ -63,10 +88,6 @@ pub(crate) fn router(state: AppState) -> Router {
             get(functions::get).delete(functions::remove),
         )
         .route("/v1/functions/{name}/logs", get(functions::logs))
-        .route("/v1/functions/{name}/invoke", post(functions::invoke))
-        .route("/fn/{tenant}/{name}", axum::routing::any(functions::plain))
-        .route("/v1/agent/invocations", get(functions::agent_take))
-        .route("/v1/agent/invocations/{id}", post(functions::agent_result))
         .route("/v1/nodes", get(admin::list_nodes))
         .route(
             "/v1/nodes/{node}",
@@ -97,12 +118,6 @@ pub(crate) fn router(state: AppState) -> Router {
             put(agent::report_snapshot),
         )
         .route("/v1/agent/vms/{vm}/execs/{exec}", put(agent::report_exec))
-        .route(
-            "/v1/agent/vms/{vm}/snapshots/{name}/data",
-            put(agent::snapshot_data_put).get(agent::snapshot_data_get),
-        )
-        .route("/v1/agent/vms/{vm}/stats", put(agent::report_stats))
-        .route("/v1/agent/telemetry", post(threats::telemetry))
         .route("/v1/policies", get(policy::list).post(policy::apply))
         .route(
             "/v1/policies/{*name}",
@@ -122,15 +137,8 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/quarantine/images/{image}",
             axum::routing::delete(threats::release),
         )
-        .route(
-            "/v1/agent/migrations/{vm}/snapshot",
-            put(migrations::upload).get(migrations::download),
-        )
         .route("/v1/agent/migrations/{vm}/report", post(migrations::report))
-        .route(
-            "/v1/agent/migrations/{vm}/live",
-            put(migrations::live_send).get(migrations::live_receive),
-        )
+        .merge(on_leader)
         .fallback(|| async {
             ApiError::NotFound {
                 kind: "route",
@@ -280,11 +288,18 @@ async fn authenticate_and_limit(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
+    // Agents are not rate-limited by address (their node's calls are bounded by the agent), nor
+    // are calls another replica forwards (it counted them already).
     let node = req
         .extensions()
         .get::<crate::auth::PeerIdentity>()
         .is_some_and(|p| p.0.is_some());
+    let replica = req
+        .extensions()
+        .get::<crate::auth::ReplicaPeer>()
+        .is_some_and(|r| r.0);
     let bucket = match &authn {
+        _ if replica => None,
         crate::auth::Authn::Valid(c) => Some(format!("token:{}", c.token_id)),
         crate::auth::Authn::Anonymous if node => None,
         _ => req

@@ -24,7 +24,6 @@ use crate::{
 pub async fn telemetry(
     State(state): State<AppState>,
     AgentNode(node): AgentNode,
-    _leader: crate::auth::OnLeader,
     body: axum::body::Body,
 ) -> Result<StatusCode, ApiError> {
     let bytes: Bytes = axum::body::to_bytes(body, MAX_TELEMETRY_BYTES)

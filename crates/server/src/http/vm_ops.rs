@@ -163,7 +163,6 @@ fn validate_exec(req: &ExecRequest) -> Result<(), ValidationError> {
 pub async fn stats(
     State(state): State<AppState>,
     caller: Caller,
-    _leader: crate::auth::OnLeader,
     Path(key): Path<String>,
 ) -> Result<Json<VmStats>, ApiError> {
     let vm = find_vm(&state, &caller, &key).await?;

@@ -51,7 +51,7 @@ impl EtcdStore {
     pub async fn keep_alive_once(&self, lease: LeaseId) -> Result<Duration, StoreError> {
         let inner = &self.inner;
         inner.check_open()?;
-        match inner.call(|c| renew(c.lease, lease)).await {
+        match inner.call_idempotent(|c| renew(c.lease, lease)).await {
             Ok(ttl) => Ok(Duration::from_secs(ttl.unsigned_abs())),
             Err(Failure::LeaseNotFound) => Ok(Duration::ZERO),
             Err(failure) => Err(inner.error("keep_alive_once", failure)),

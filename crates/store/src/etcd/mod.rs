@@ -194,7 +194,27 @@ impl Inner {
 
     /// Runs `attempt` with the request timeout; sends it again, within that time, while it
     /// fails without having reached a member.
-    async fn call<T, F, Fut>(&self, mut attempt: F) -> Result<T, Failure>
+    async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, Failure>
+    where
+        F: FnMut(Clients) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_with(false, attempt).await
+    }
+
+    /// [`Inner::call`] for a request that may be applied any number of times (a read, a lease
+    /// renewal): sent again, within the request timeout, after any "retry later" failure,
+    /// including a connection that broke with the request on it (a member killed or
+    /// restarted), so that another member answers.
+    async fn call_idempotent<T, F, Fut>(&self, attempt: F) -> Result<T, Failure>
+    where
+        F: FnMut(Clients) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_with(true, attempt).await
+    }
+
+    async fn call_with<T, F, Fut>(&self, idempotent: bool, mut attempt: F) -> Result<T, Failure>
     where
         F: FnMut(Clients) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -209,8 +229,8 @@ impl Inner {
                 Ok(Err(err)) => classify(&err),
             };
             match failure {
-                Failure::Unavailable { unsent: true, .. }
-                    if Instant::now() + RETRY_PAUSE < deadline =>
+                Failure::Unavailable { unsent, .. }
+                    if (unsent || idempotent) && Instant::now() + RETRY_PAUSE < deadline =>
                 {
                     last = Some(failure);
                     tokio::time::sleep(RETRY_PAUSE).await;

@@ -183,7 +183,7 @@ impl Inner {
     pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let etcd_key = self.keys.data_key(key);
         let mut resp = self
-            .call(|mut c| {
+            .call_idempotent(|mut c| {
                 let etcd_key = etcd_key.clone();
                 async move { c.kv.get(etcd_key, None).await }
             })
@@ -209,7 +209,7 @@ impl Inner {
                     options = options.with_revision(revision);
                 }
                 let page = self
-                    .call(|mut c| {
+                    .call_idempotent(|mut c| {
                         let (start, options) = (start.clone(), options.clone());
                         async move { c.kv.get(start, Some(options)).await }
                     })
@@ -387,7 +387,7 @@ impl Inner {
     pub(super) async fn revision(&self) -> Result<Revision, StoreError> {
         let key = self.keys.base.clone();
         let resp = self
-            .call(|mut c| {
+            .call_idempotent(|mut c| {
                 let key = key.clone();
                 async move {
                     c.kv.get(key, Some(GetOptions::new().with_count_only()))
