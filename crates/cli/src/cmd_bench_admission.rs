@@ -85,22 +85,7 @@ pub async fn admission(g: &Global, count: usize, api: bool) -> anyhow::Result<()
     }
     if api {
         let c = crate::cmd_vm::client(g)?;
-        let req = CreateVmRequest {
-            name: format!("bench-admission-{}", std::process::id()),
-            image: format!("sha256:{}", "ab".repeat(32)),
-            resources: Resources {
-                vcpus: 12,
-                memory_mib: 256,
-            },
-            labels: Default::default(),
-            cmd: None,
-            restart_policy: Default::default(),
-            tenant: None,
-            network: Default::default(),
-            runtime: Default::default(),
-            disks: Vec::new(),
-            placement: Default::default(),
-        };
+        let req = request(format!("bench-admission-{}", std::process::id()), 12, 256);
         let mut d = Vec::with_capacity(count);
         for _ in 0..count {
             let t = Instant::now();
@@ -133,22 +118,7 @@ pub async fn creates(g: &Global, count: usize) -> anyhow::Result<()> {
     };
     let (mut created, mut deleted) = (Vec::with_capacity(count), Vec::with_capacity(count));
     for i in 0..count {
-        let req = CreateVmRequest {
-            name: format!("bench-create-{}-{i}", std::process::id()),
-            image: format!("sha256:{}", "ab".repeat(32)),
-            resources: Resources {
-                vcpus: 1,
-                memory_mib: 128,
-            },
-            labels: Default::default(),
-            cmd: None,
-            restart_policy: Default::default(),
-            tenant: None,
-            network: Default::default(),
-            runtime: Default::default(),
-            disks: Vec::new(),
-            placement: Default::default(),
-        };
+        let req = request(format!("bench-create-{}-{i}", std::process::id()), 1, 128);
         let t = Instant::now();
         let vm = c
             .vm_create(&req)
@@ -170,6 +140,23 @@ pub async fn creates(g: &Global, count: usize) -> anyhow::Result<()> {
             row("API: DELETE /v1/vms/{id} (round trip)", deleted),
         ],
     )
+}
+
+/// A create of a VM of a made-up image (never booted: no node runs it in these benchmarks).
+fn request(name: String, vcpus: u32, memory_mib: u64) -> CreateVmRequest {
+    CreateVmRequest {
+        name,
+        image: format!("sha256:{}", "ab".repeat(32)),
+        resources: Resources { vcpus, memory_mib },
+        labels: Default::default(),
+        cmd: None,
+        restart_policy: Default::default(),
+        tenant: None,
+        network: Default::default(),
+        runtime: Default::default(),
+        disks: Vec::new(),
+        placement: Default::default(),
+    }
 }
 
 fn print_rows(g: &Global, rows: &[Row]) -> anyhow::Result<()> {

@@ -19,18 +19,8 @@ pub struct HaArgs {
     /// `etcd://HOST:PORT[,HOST:PORT…]` (any number of replicas).
     #[arg(long, env = "FIREFLEET_STORE")]
     pub store: Option<String>,
-    /// The key prefix of this fleet in etcd (one etcd can hold several fleets).
-    #[arg(long, default_value = firefleet_server::DEFAULT_ETCD_PREFIX)]
-    pub etcd_prefix: String,
-    /// PEM file of the CA that signed etcd's certificates (TLS to etcd).
-    #[arg(long, requires_all = ["etcd_cert", "etcd_key"])]
-    pub etcd_ca: Option<PathBuf>,
-    /// PEM file of this server's client certificate for etcd.
-    #[arg(long, requires_all = ["etcd_ca", "etcd_key"])]
-    pub etcd_cert: Option<PathBuf>,
-    /// PEM file of the key of `--etcd-cert`.
-    #[arg(long, requires_all = ["etcd_ca", "etcd_cert"])]
-    pub etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// File with the 64-hex-digit key that seals the cluster CA and audit key in the store
     /// (required with etcd; the same file on every replica; `openssl rand -hex 32`).
     #[arg(long, env = "FIREFLEET_SECRETS_KEY_FILE")]
@@ -48,23 +38,48 @@ pub struct HaArgs {
     pub lease_ttl_secs: u64,
 }
 
+/// Which fleet in etcd, and TLS to it.
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// The key prefix of this fleet in etcd (one etcd can hold several fleets).
+    #[arg(long, default_value = firefleet_server::DEFAULT_ETCD_PREFIX)]
+    pub etcd_prefix: String,
+    /// PEM file of the CA that signed etcd's certificates (TLS to etcd).
+    #[arg(long, requires_all = ["etcd_cert", "etcd_key"])]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM file of the client certificate for etcd.
+    #[arg(long, requires_all = ["etcd_ca", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM file of the key of `--etcd-cert`.
+    #[arg(long, requires_all = ["etcd_ca", "etcd_cert"])]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// `text` (`sqlite:PATH` or `etcd://…`) as a store configuration with these settings.
+    fn store_config(&self, text: &str) -> anyhow::Result<StoreConfig> {
+        let mut config = StoreConfig::parse(text).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+        if let StoreConfig::Etcd(etcd) = &mut config {
+            self.etcd_prefix.clone_into(&mut etcd.prefix);
+            etcd.tls = match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
+                (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            };
+        }
+        Ok(config)
+    }
+}
+
 impl HaArgs {
     /// The store the server opens.
     pub fn store(&self) -> anyhow::Result<StoreConfig> {
-        let Some(text) = &self.store else {
-            return Ok(StoreConfig::Sqlite(None));
-        };
-        store_config(text, &self.etcd_prefix, self.etcd_tls())
-    }
-
-    fn etcd_tls(&self) -> Option<EtcdTls> {
-        match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
-            (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
-                ca: ca.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            _ => None,
+        match &self.store {
+            None => Ok(StoreConfig::Sqlite(None)),
+            Some(text) => self.etcd.store_config(text),
         }
     }
 
@@ -85,15 +100,6 @@ impl HaArgs {
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
         }
     }
-}
-
-fn store_config(text: &str, prefix: &str, tls: Option<EtcdTls>) -> anyhow::Result<StoreConfig> {
-    let mut config = StoreConfig::parse(text).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
-    if let StoreConfig::Etcd(etcd) = &mut config {
-        prefix.clone_into(&mut etcd.prefix);
-        etcd.tls = tls;
-    }
-    Ok(config)
 }
 
 /// `firefleet cluster`.
@@ -154,16 +160,9 @@ pub struct StoreCopyArgs {
     /// The store to fill (must hold no key of this fleet).
     #[arg(long)]
     pub to: String,
-    /// Key prefix in etcd (both sides when etcd).
-    #[arg(long, default_value = firefleet_server::DEFAULT_ETCD_PREFIX)]
-    pub etcd_prefix: String,
-    /// etcd TLS: CA, client certificate and key (both sides when etcd).
-    #[arg(long, requires_all = ["etcd_cert", "etcd_key"])]
-    pub etcd_ca: Option<PathBuf>,
-    #[arg(long, requires_all = ["etcd_ca", "etcd_key"])]
-    pub etcd_cert: Option<PathBuf>,
-    #[arg(long, requires_all = ["etcd_ca", "etcd_cert"])]
-    pub etcd_key: Option<PathBuf>,
+    /// etcd's prefix and TLS (both sides, when etcd).
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 }
 
 /// Keys that belong to the running replicas, not to the fleet: never copied.
@@ -177,18 +176,10 @@ const BATCH_OPS: usize = 64;
 /// Runs `firefleet store ...`.
 pub async fn store(g: &Global, cmd: StoreCommand) -> anyhow::Result<()> {
     let StoreCommand::Copy(a) = cmd;
-    let tls = match (&a.etcd_ca, &a.etcd_cert, &a.etcd_key) {
-        (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
-            ca: ca.clone(),
-            cert: cert.clone(),
-            key: key.clone(),
-        }),
-        _ => None,
-    };
-    let from = open(&a.from, &a.etcd_prefix, tls.clone(), true)
+    let from = open(&a.etcd, &a.from, true)
         .await
         .with_context(|| format!("opening --from {}", a.from))?;
-    let to = open(&a.to, &a.etcd_prefix, tls, false)
+    let to = open(&a.etcd, &a.to, false)
         .await
         .with_context(|| format!("opening --to {}", a.to))?;
     let (existing, _) = to.list("").await.context("reading --to")?;
@@ -263,13 +254,8 @@ async fn flush(to: &dyn KvStore, batch: &mut Vec<Op>) -> anyhow::Result<u64> {
 }
 
 /// Opens a store; a source (`must_exist`) SQLite file is never created.
-async fn open(
-    text: &str,
-    prefix: &str,
-    tls: Option<EtcdTls>,
-    must_exist: bool,
-) -> anyhow::Result<Box<dyn KvStore>> {
-    Ok(match store_config(text, prefix, tls)? {
+async fn open(etcd: &EtcdArgs, text: &str, must_exist: bool) -> anyhow::Result<Box<dyn KvStore>> {
+    Ok(match etcd.store_config(text)? {
         StoreConfig::Sqlite(Some(path)) => {
             if must_exist && !path.is_file() {
                 bail!("{} does not exist", path.display());

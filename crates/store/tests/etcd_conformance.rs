@@ -6,16 +6,14 @@ mod etcd;
 
 use std::sync::Arc;
 
-use etcd::ClusterStore;
-use firefleet_store::conformance;
 use firefleet_store::KvStore;
 
 async fn single() -> Arc<dyn KvStore> {
-    Arc::new(ClusterStore::start(1).await)
+    Arc::new(etcd::cluster_store(1).await)
 }
 
 async fn three() -> Arc<dyn KvStore> {
-    Arc::new(ClusterStore::start(3).await)
+    Arc::new(etcd::cluster_store(3).await)
 }
 
 macro_rules! conformance_tests {
@@ -38,32 +36,7 @@ macro_rules! conformance_tests {
             )*
         }
 
-        #[test]
-        fn every_case_has_a_test() {
-            let tested = [$(stringify!($case)),*];
-            let all: Vec<&str> = conformance::CASES.iter().map(|(name, _)| *name).collect();
-            assert_eq!(all, tested);
-        }
     };
 }
 
-conformance_tests![
-    revision_counts_writes,
-    get_put_list_prefix,
-    key_revisions_and_version,
-    cas_success_and_conflict,
-    cas_create_only,
-    delete_semantics,
-    txn_success_applies_all_at_one_revision,
-    txn_failure_applies_failure_ops_only,
-    invalid_input_rejected_store_unchanged,
-    concurrent_cas_one_winner_per_round,
-    concurrent_increments_lose_nothing,
-    watch_replays_history_then_goes_live,
-    watch_from_current_gets_only_new,
-    watch_filters_by_prefix,
-    watch_delete_events,
-    watch_compacted_errors,
-    watch_pages_through_large_history,
-    watch_during_writes_has_no_gaps,
-];
+firefleet_store::conformance_cases!(conformance_tests);

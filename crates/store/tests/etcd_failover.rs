@@ -6,7 +6,7 @@ mod etcd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd::{connect, ClusterStore};
+use etcd::connect;
 use firefleet_store::conformance::{assert_put, next_event, ok};
 use firefleet_store::etcd::testing::EtcdCluster;
 use firefleet_store::{Event, EventKind, KvStore, Revision, StoreError, Watch};
@@ -89,13 +89,13 @@ async fn a_watch_survives_the_death_of_each_member_with_no_gap_and_no_duplicate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_quorum_calls_fail_unavailable_in_time_and_recover_without_reconnecting() {
-    let s = ClusterStore::start(3).await;
+    let s = etcd::cluster_store(3).await;
     let timeout = s.store.config().request_timeout;
     let r1 = ok(s.store.put("/q/a", b"1".to_vec()).await, "put");
     let mut watch = ok(s.store.watch("/q/", r1 + 1).await, "watch");
 
-    s.cluster.kill(1);
-    s.cluster.kill(2);
+    s.guard.kill(1);
+    s.guard.kill(2);
     // Give the survivor time to notice it has no leader: then it answers at once. Before
     // that, calls hang in raft and time out: both must be Unavailable within the timeout.
     for (what, call) in [
@@ -129,7 +129,7 @@ async fn without_quorum_calls_fail_unavailable_in_time_and_recover_without_recon
     }
 
     // One member back: a quorum again. The same store, with no reconnect, writes again.
-    s.cluster.restart(1).await;
+    s.guard.restart(1).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let r2 = loop {
         match s.store.put("/q/c", b"3".to_vec()).await {
@@ -206,7 +206,7 @@ async fn two_prefixes_on_one_etcd_do_not_see_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_close_calls_fail_closed_and_watches_end() {
-    let s = ClusterStore::start(1).await;
+    let s = etcd::cluster_store(1).await;
     ok(s.store.put("/c/a", vec![]).await, "put");
     let mut watch = ok(s.store.watch("/c/", 1).await, "watch");
     assert_eq!(next_event(&mut watch).await.kv.key, "/c/a");
@@ -255,10 +255,10 @@ async fn unreachable_etcd_fails_connect_with_unavailable_naming_the_endpoints() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_one_member_dead_every_call_succeeds() {
-    let s = ClusterStore::start(3).await;
+    let s = etcd::cluster_store(3).await;
     ok(s.store.put("/one/start", vec![]).await, "put");
     for victim in [0, 2] {
-        s.cluster.kill(victim);
+        s.guard.kill(victim);
         // A leader's death needs an election first; after that, no call may fail, although
         // some are routed to the dead member first (refused connections are sent again).
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -269,7 +269,7 @@ async fn with_one_member_dead_every_call_succeeds() {
             assert_eq!(kv.mod_revision, r);
             ok(s.store.list("/one/").await, "list");
         }
-        s.cluster.restart(victim).await;
+        s.guard.restart(victim).await;
     }
 }
 

@@ -4,13 +4,12 @@ mod etcd;
 
 use std::time::Duration;
 
-use etcd::ClusterStore;
 use firefleet_store::conformance::{assert_delete, next_event, ok};
 use firefleet_store::{EtcdError, EventKind, KvStore, StoreError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leased_key_lives_while_renewed_and_disappears_after_the_ttl() {
-    let s = ClusterStore::start(1).await;
+    let s = etcd::cluster_store(1).await;
     let lease = ok(s.store.grant_lease(Duration::from_secs(2)).await, "grant");
     let rev = ok(
         s.store
@@ -64,7 +63,7 @@ async fn a_leased_key_lives_while_renewed_and_disappears_after_the_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_if_absent_returns_the_holder_and_revoke_deletes_the_key() {
-    let s = ClusterStore::start(1).await;
+    let s = etcd::cluster_store(1).await;
     let first = ok(s.store.grant_lease(Duration::from_secs(30)).await, "grant");
     let second = ok(s.store.grant_lease(Duration::from_secs(30)).await, "grant");
     assert_ne!(first, second);

@@ -5,7 +5,6 @@ mod etcd;
 
 use std::sync::Arc;
 
-use etcd::ClusterStore;
 use firefleet_store::conformance::ok;
 use firefleet_store::{KvStore, Op, MAX_VALUE_LEN};
 
@@ -14,7 +13,7 @@ async fn ten_thousand_keys_and_big_values_list_whole_at_one_revision() {
     const KEYS: usize = 10_000;
     const PER_TXN: usize = 1000;
     const BIG: usize = 24;
-    let s = Arc::new(ClusterStore::start(1).await);
+    let s = Arc::new(etcd::cluster_store(1).await);
     for t in 0..KEYS / PER_TXN {
         let ops = (0..PER_TXN)
             .map(|i| Op::Put {
