@@ -53,11 +53,7 @@ pub async fn vm_run(g: &Global, count: usize, memory: u64) -> anyhow::Result<()>
     }
     let c = client(g)?;
     let image = crate::cmd_image::resolve_or_build(g, "default").await?;
-    let bar = if g.output == Output::Table {
-        ProgressBar::new(count as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::output::progress(g.output, count as u64);
     let mut samples = vec![];
     for i in 0..count {
         let name = format!("bench-{}-{i}", std::process::id());
@@ -302,11 +298,7 @@ pub async fn function(g: &Global, count: usize, warm: usize, memory: u64) -> any
         runtime: Default::default(),
         public: false,
     };
-    let bar = if g.output == Output::Table {
-        ProgressBar::new((count * (warm + 1)) as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::output::progress(g.output, (count * (warm + 1)) as u64);
     bar.set_message("deploying");
     let v = crate::cmd_fn::wait_deployed(&c, c.deploy_function(&req).await?).await?;
     if v.function.status.phase != firefleet_types::FunctionPhase::Ready {

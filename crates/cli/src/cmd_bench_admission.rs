@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use firefleet_api::CreateVmRequest;
 use firefleet_types::Resources;
-use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::args::{Global, Output};
+use crate::args::Global;
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -59,11 +58,7 @@ pub async fn admission(g: &Global, count: usize, api: bool) -> anyhow::Result<()
     if count == 0 {
         bail!("--count must be at least 1");
     }
-    let bar = if g.output == Output::Table {
-        ProgressBar::new((count * if api { 3 } else { 2 }) as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::output::progress(g.output, (count * if api { 3 } else { 2 }) as u64);
     let set = firefleet_policy::PolicySet::compile(&firefleet_policy::builtin())
         .context("compiling the built-in bundle")?;
     let mut rows = Vec::new();
@@ -111,11 +106,7 @@ pub async fn creates(g: &Global, count: usize) -> anyhow::Result<()> {
         bail!("--count must be at least 1");
     }
     let c = crate::cmd_vm::client(g)?;
-    let bar = if g.output == Output::Table {
-        ProgressBar::new(count as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::output::progress(g.output, count as u64);
     let (mut created, mut deleted) = (Vec::with_capacity(count), Vec::with_capacity(count));
     for i in 0..count {
         let req = request(format!("bench-create-{}-{i}", std::process::id()), 1, 128);

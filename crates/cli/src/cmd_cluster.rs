@@ -196,11 +196,7 @@ pub async fn store(g: &Global, cmd: StoreCommand) -> anyhow::Result<()> {
         .into_iter()
         .filter(|kv| !EPHEMERAL.iter().any(|p| kv.key.starts_with(p)))
         .collect();
-    let bar = if g.output == crate::args::Output::Table {
-        indicatif::ProgressBar::new(kvs.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::output::progress(g.output, kvs.len() as u64);
     let mut batch: Vec<Op> = Vec::new();
     let mut bytes = 0;
     let mut copied = 0u64;

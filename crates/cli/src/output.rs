@@ -4,6 +4,15 @@ use serde::Serialize;
 
 use crate::args::Output;
 
+/// A progress bar of `len` steps on a terminal (table output); hidden for scripts (JSON).
+pub fn progress(output: Output, len: u64) -> indicatif::ProgressBar {
+    if output == Output::Table {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
 /// Prints `value` as JSON, or `rows` under `headers` as a table.
 pub fn print<T: Serialize>(
     output: Output,

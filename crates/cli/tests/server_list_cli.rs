@@ -4,25 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{net::SocketAddr, path::Path};
+use std::net::SocketAddr;
 
 use firefleet_server::{Server, ServerConfig};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_firefleet");
-
-async fn cli(dir: &Path, servers: &str, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(BIN)
-        .args(args)
-        .env("FIREFLEET_SERVER", servers)
-        .arg("--token")
-        .arg(format!("@{}", dir.join("admin.token").display()))
-        .arg("--ca")
-        .arg(dir.join("ca.pem"))
-        .output()
-        .await
-        .unwrap()
-}
+use firefleet_testkit::cluster::cli_for as cli;
 
 /// A URL where nothing listens.
 fn refusing_url() -> String {
@@ -56,7 +43,7 @@ async fn a_list_with_a_dead_first_replica_reaches_the_live_one() {
     assert_eq!(token["tenant"], "acme", "{token}");
 
     // The flag takes the same list as the variable.
-    let out = tokio::process::Command::new(BIN)
+    let out = tokio::process::Command::new(firefleet_testkit::cluster::firefleet_bin())
         .args(["token", "ls", "--output", "json", "--server", &list])
         .env_remove("FIREFLEET_SERVER")
         .arg("--token")
@@ -104,7 +91,7 @@ async fn replicas_all_down_give_an_error_naming_each() {
 #[test]
 fn a_bad_url_in_the_list_is_named() {
     let run = |args: &[&str], env: Option<&str>| {
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(firefleet_testkit::cluster::firefleet_bin());
         cmd.args(args)
             .env_remove("FIREFLEET_SERVER")
             .env("FIREFLEET_TOKEN", "t")

@@ -5,27 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::process::Output;
 
 use firefleet_server::{SecretsKey, Server, ServerConfig, StoreConfig};
 use firefleet_store::etcd::testing::EtcdCluster;
 use firefleet_store::KvStore;
 
-const BIN: &str = env!("CARGO_BIN_EXE_firefleet");
-
-async fn cli(dir: &Path, server: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(BIN)
-        .args(args)
-        .env("FIREFLEET_SERVER", server)
-        .arg("--token")
-        .arg(format!("@{}", dir.join("admin.token").display()))
-        .arg("--ca")
-        .arg(dir.join("ca.pem"))
-        .output()
-        .await
-        .unwrap()
-}
+use firefleet_testkit::cluster::cli_for as cli;
 
 fn text(out: &Output) -> String {
     format!(

@@ -414,7 +414,7 @@ impl Server {
             controllers::leader::ControllerConfig {
                 rebalance_every: config.rebalance_every,
                 guard: config.guard.clone(),
-                follow_store: store_kind != "sqlite",
+                follow_store: !state.cluster.single_replica(),
             },
             shutdown_rx,
         ));

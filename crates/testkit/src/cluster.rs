@@ -28,6 +28,22 @@ pub fn firefleet_bin() -> PathBuf {
     bin
 }
 
+/// Runs the CLI (without waiting on the test's thread) against `servers` (`https://a,https://b`)
+/// as the admin of a server whose data directory is `data_dir` (its `admin.token` and
+/// `ca.pem`), for tests that start servers in process.
+pub async fn cli_for(data_dir: &Path, servers: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(firefleet_bin())
+        .args(args)
+        .env("FIREFLEET_SERVER", servers)
+        .arg("--token")
+        .arg(format!("@{}", data_dir.join("admin.token").display()))
+        .arg("--ca")
+        .arg(data_dir.join("ca.pem"))
+        .output()
+        .await
+        .unwrap()
+}
+
 /// A server and its agents, as processes.
 pub struct Cluster {
     /// The cluster's temporary directory (server and agent data, logs).

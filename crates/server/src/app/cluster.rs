@@ -48,6 +48,12 @@ impl Cluster {
         }
     }
 
+    /// Whether this is the only replica there can be (SQLite: it leads from the start, and
+    /// nothing is forwarded or followed).
+    pub(crate) fn single_replica(&self) -> bool {
+        self.store_kind == "sqlite"
+    }
+
     /// Records that this replica now leads in `term`.
     pub(crate) fn took(&self, term: Revision) {
         self.won.fetch_add(1, Ordering::Relaxed);
@@ -136,7 +142,7 @@ pub(crate) async fn leader_to_forward_to(
     forwarded: bool,
 ) -> Result<Option<String>, ApiError> {
     let cluster = &state.cluster;
-    if cluster.store_kind == "sqlite" || cluster.term().is_some() {
+    if cluster.single_replica() || cluster.term().is_some() {
         return Ok(None);
     }
     let refuse = |why: String| {
