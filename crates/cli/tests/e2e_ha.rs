@@ -34,6 +34,16 @@ const TTL: Duration = Duration::from_secs(3);
 /// flaps (each time safely: the leader stops first).
 const BUSY_TTL: Duration = Duration::from_secs(5);
 
+/// One test at a time: each runs three etcd members and three servers (one also 21 TCG VMs);
+/// two at once on a 2-core host starve the leases and the guests.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A TCP forwarder to one etcd member that can be cut (every connection closed, new ones
 /// refused) and healed.
 struct Proxy {
@@ -369,6 +379,7 @@ fn vm_names(ha: &Ha) -> Vec<String> {
 
 #[test]
 fn replicas_fail_over_and_survive_a_lost_quorum() {
+    let _serial = one_at_a_time();
     let mut ha = Ha::start(3);
     wait_until(
         Duration::from_secs(30),
@@ -504,6 +515,7 @@ fn replicas_fail_over_and_survive_a_lost_quorum() {
 
 #[test]
 fn a_partitioned_leader_stops_acting_and_another_takes_over() {
+    let _serial = one_at_a_time();
     let ha = Ha::start(2);
     wait_until(Duration::from_secs(30), "a leader", || {
         ha.agreed_leader().is_some()
@@ -550,6 +562,7 @@ fn a_partitioned_leader_stops_acting_and_another_takes_over() {
 
 #[test]
 fn every_acknowledged_vm_runs_once_across_a_leader_kill_and_a_migration() {
+    let _serial = one_at_a_time();
     let mut ha = Ha::start_with_ttl(3, BUSY_TTL);
     wait_until(Duration::from_secs(30), "a leader", || {
         ha.agreed_leader().is_some()
